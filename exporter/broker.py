@@ -1,0 +1,129 @@
+"""Alpaca through alpaca-py, bounded.
+
+alpaca-py sets no request timeout and retries 429/504 three times 3 s apart; a readiness check
+must never hang on the broker, so every request gets a timeout and the retries are disabled (a
+429 is itself a finding). Raw JSON is read (``TradingClient.get``) rather than alpaca-py's
+models so a field Alpaca removes cannot turn a healthy account into a parse error.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+
+
+class BrokerError(Exception):
+    """kind: auth, forbidden, rate_limit, server, timeout, connection, bad_response, not_found, client."""
+
+    def __init__(self, kind: str, message: str, status: int | None = None, code: int | None = None) -> None:
+        self.kind, self.status, self.code = kind, status, code
+        super().__init__(message)
+
+
+class _BoundedSession(requests.Session):
+    """A session whose every request has a timeout and whose rate-limit headers are kept."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.rate_limit: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout)
+        response = super().request(method, url, *args, **kwargs)
+        limits = {}
+        for header, key in (("X-RateLimit-Limit", "limit"), ("X-RateLimit-Remaining", "remaining"),
+                            ("X-RateLimit-Reset", "reset")):
+            value = response.headers.get(header)
+            if value is not None and value.strip().isdigit():
+                limits[key] = int(value)
+        if limits:
+            with self._lock:
+                self.rate_limit = limits
+        return response
+
+
+@dataclass
+class Broker:
+    base_url: str
+    key: str | None
+    secret: str | None
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        self._client: TradingClient | None = None
+        self._session = _BoundedSession(self.timeout)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.key and self.secret)
+
+    @property
+    def rate_limit(self) -> dict[str, int]:
+        return dict(self._session.rate_limit)
+
+    def _trading(self) -> TradingClient:
+        if self._client is None:
+            if not self.configured:
+                raise BrokerError("auth", "Alpaca key or secret is not set (ALPACA_KEY/ALPACA_SECRET or aliases)")
+            client = TradingClient(self.key, self.secret, paper=True, url_override=self.base_url)
+            client._session = self._session  # bounded timeout instead of none
+            client._retry = 0  # a 429 is reported, not slept on
+            self._client = client
+        return self._client
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET ``/v2<path>`` and return the decoded JSON, or raise BrokerError."""
+        client = self._trading()
+        try:
+            return client.get(path, params)
+        except APIError as exc:
+            raise _api_error(exc) from None
+        except requests.Timeout:
+            raise BrokerError("timeout", f"Alpaca did not answer {path} within {self.timeout:g} s") from None
+        except requests.ConnectionError as exc:
+            raise BrokerError("connection", f"cannot connect to Alpaca ({_reason(exc)})") from None
+        except ValueError:
+            raise BrokerError("bad_response", f"Alpaca answered {path} with a body that is not JSON") from None
+        except requests.RequestException as exc:
+            raise BrokerError("connection", f"Alpaca request failed ({type(exc).__name__})") from None
+
+
+def _api_error(exc: APIError) -> BrokerError:
+    status = exc.status_code
+    try:
+        code = exc.code
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code = None
+    try:
+        message = exc.message
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message = ""
+    message = (message or "").strip()[:120]
+    detail = f"HTTP {status}" + (f" code {code}" if code else "") + (f": {message}" if message else "")
+    if status == 401:
+        return BrokerError("auth", f"Alpaca rejected the credentials ({detail})", status, code)
+    if status == 403:
+        return BrokerError("forbidden", f"Alpaca refused access ({detail})", status, code)
+    if status == 429:
+        return BrokerError("rate_limit", f"Alpaca rate limit exceeded ({detail})", status, code)
+    if status == 404:
+        return BrokerError("not_found", f"Alpaca: not found ({detail})", status, code)
+    if status is not None and status >= 500:
+        return BrokerError("server", f"Alpaca server error ({detail})", status, code)
+    return BrokerError("client", f"Alpaca refused the request ({detail})", status, code)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "No route to host",
+                   "Temporary failure in name resolution", "Connection reset"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__

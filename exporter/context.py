@@ -1,0 +1,121 @@
+"""What a check may use: config, the bot's environment, the clock, the broker, UW, readers.
+
+Everything that does I/O or tells time is a parameter here, so tests hand in a temporary bot
+root, loopback servers and a controlled clock instead of patching our code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import market
+from .botenv import BotEnv, Redactor
+from .broker import Broker, BrokerError
+from .config import Config
+from .readers import ChangedFileCache, Tails
+from .uwclient import UWClient
+
+T = TypeVar("T")
+
+
+class _Memo:
+    __slots__ = ("lock", "at", "value", "error")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at = float("-inf")
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class Context:
+    """Shared by all checks of one engine; long-lived in the exporter, one-shot in the CLI."""
+
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.root: Path = config.bot_root
+        self.clock = clock
+        self.env = BotEnv.load(self.root, environ)
+        self.redact = Redactor(self.env.secrets())
+        alpaca_url = config["alpaca"]["base_url"] or self.env.alpaca_base_url
+        uw_url = config["uw"]["base_url"] or self.env.uw_base_url
+        self.broker = Broker(alpaca_url, self.env.alpaca_key, self.env.alpaca_secret,
+                             float(config["alpaca"]["timeout_seconds"]))
+        self.uw = UWClient(uw_url, self.env.uw_key, float(config["uw"]["timeout_seconds"]))
+        self.files = ChangedFileCache()
+        self.tails = Tails()
+        #: state a check keeps between cycles (e.g. the last UW auth probe), keyed by the check
+        self.state: dict[str, dict[str, Any]] = {}
+        self._memos: dict[str, _Memo] = {}
+        self._memos_lock = threading.Lock()
+
+    # time ---------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock()
+
+    def now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    # paths --------------------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        return self.config.path(name)
+
+    def state_for(self, fp: str) -> dict[str, Any]:
+        return self.state.setdefault(fp, {})
+
+    # shared, rate-limited lookups ---------------------------------------------------------
+    def shared(self, key: str, ttl: float, fn: Callable[[], T]) -> T:
+        """Call ``fn`` at most once per ``ttl`` seconds across all checks; errors are shared too.
+
+        Concurrent callers wait for the one in flight, so FP-4.2, FP-4.3 and FP-3.2 cost one
+        ``/v2/account`` request, and a broker that hangs costs one timeout, not three.
+        """
+        with self._memos_lock:
+            memo = self._memos.setdefault(key, _Memo())
+        with memo.lock:
+            if self.clock() - memo.at < ttl:
+                if memo.error is not None:
+                    raise memo.error
+                return memo.value  # type: ignore[no-any-return]
+            try:
+                memo.value, memo.error = fn(), None
+            except Exception as exc:
+                memo.value, memo.error = None, exc
+            memo.at = self.clock()
+            if memo.error is not None:
+                raise memo.error
+            return memo.value  # type: ignore[no-any-return]
+
+    def broker_get(self, path: str, params: dict[str, Any] | None = None, ttl: float | None = None) -> Any:
+        ttl = float(self.config["alpaca"]["cache_seconds"]) if ttl is None else ttl
+        key = "alpaca:" + path + (":" + repr(sorted(params.items())) if params else "")
+        return self.shared(key, ttl, lambda: self.broker.get(path, params))
+
+    def session(self) -> market.Session:
+        """The market session: the broker's clock when it answers, else regular NY hours."""
+        mcfg = self.config["market"]
+        now = self.now_dt()
+        try:
+            clock = self.broker_get("/clock", ttl=float(mcfg["clock_cache_seconds"]))
+            if not isinstance(clock, dict):
+                raise BrokerError("bad_response", "clock is not an object")
+        except BrokerError:
+            return market.local_session(now, float(mcfg["premarket_seconds"]))
+        days: set[Any] | None = None
+        try:
+            cal = self.broker_get("/calendar", {"start": (now.date()).isoformat(), "end": now.date().isoformat()},
+                                  ttl=float(mcfg["calendar_cache_seconds"]))
+            days = market.calendar_days(cal)
+        except BrokerError:
+            days = None
+        return market.from_clock(clock, now, float(mcfg["premarket_seconds"]), days)

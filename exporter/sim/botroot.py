@@ -1,0 +1,189 @@
+"""Writes a realistic stock-bot root (BOT.md layout) for tests, the sandbox and benchmarks.
+
+``BotRoot.healthy()`` produces a root on which every check is OK (given running processes and
+loopback servers); the ``break_*``/setter methods reproduce each way BOT.md says it can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..checks.scoring import ENTRY_COMPONENTS
+
+EXIT_COMPONENTS = ("time_decay", "profit_target", "stop_loss", "flow_reversal", "regime_shift",
+                   "trailing", "volatility")
+TICKERS = ("NVDA", "AAPL", "TSLA", "AMD", "MSFT", "META", "AMZN", "GOOGL", "SPY", "QQQ", "NFLX", "AVGO")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def write_json(path: Path, data: Any, atomic: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not atomic:
+        path.write_text(json.dumps(data))
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+
+
+def ticker_entry(symbol: str, now: float, rng: random.Random, trades: int = 4) -> dict[str, Any]:
+    flow = []
+    for i in range(trades):
+        premium = rng.randint(100_000, 2_000_000)
+        flow.append({
+            "ticker": symbol, "type": rng.choice(["call", "put"]), "total_premium": str(premium),
+            "strike": str(rng.randint(50, 900)), "expiry": iso(now + 86400 * rng.randint(1, 7))[:10],
+            "created_at": iso(now - 60 * i), "has_sweep": True, "volume": rng.randint(100, 5000),
+            "open_interest": rng.randint(100, 20000), "underlying_price": str(rng.randint(50, 900)),
+        })
+    calls = sum(int(t["total_premium"]) for t in flow if t["type"] == "call")
+    puts = sum(int(t["total_premium"]) for t in flow if t["type"] == "put")
+    return {
+        "flow_trades": flow, "sentiment": "BULLISH" if calls >= puts else "BEARISH",
+        "conviction": round(rng.random(), 3), "total_premium": calls + puts, "call_premium": calls,
+        "put_premium": puts, "net_premium": calls - puts, "trade_count": len(flow),
+        "dark_pool": {"volume": rng.randint(1000, 100000), "notional": rng.randint(10**6, 10**8)},
+        "insider": {}, "greeks": {"gamma_exposure": rng.random()}, "_last_update": now,
+    }
+
+
+def weight_band(rng: random.Random) -> dict[str, Any]:
+    lo, hi = 0.25, 2.5
+    return {"min_weight": lo, "max_weight": hi, "neutral": 1.0, "current": round(rng.uniform(0.5, 2.0), 4),
+            "sample_count": rng.randint(10, 500), "wins": rng.randint(0, 100), "losses": rng.randint(0, 100)}
+
+
+class BotRoot:
+    """A bot root on disk. Times default to now; pass ``now`` for a controlled clock."""
+
+    def __init__(self, path: Path, now: float | None = None, seed: int = 7) -> None:
+        self.path = Path(path)
+        self.now = time.time() if now is None else now
+        self.rng = random.Random(seed)
+        for d in ("data", "state", "logs"):
+            (self.path / d).mkdir(parents=True, exist_ok=True)
+
+    def p(self, rel: str) -> Path:
+        return self.path / rel
+
+    # --- the healthy layout ------------------------------------------------------------------
+    def healthy(self, alpaca_url: str | None = None, uw_url: str | None = None,
+                key: str = "PKTEST", secret: str = "SECRETTEST", uw_token: str = "uw-test-token",
+                tickers: tuple[str, ...] = TICKERS) -> BotRoot:
+        env = {"ALPACA_KEY": key, "ALPACA_SECRET": secret, "UW_API_KEY": uw_token, "TRADING_MODE": "PAPER",
+               "MAX_CONCURRENT_POSITIONS": "16", "MAX_NEW_POSITIONS_PER_CYCLE": "6", "MIN_EXEC_SCORE": "2.0",
+               "ENTRY_THRESHOLD_BASE": "2.7", "COOLDOWN_MINUTES_PER_TICKER": "15", "UW_DAILY_LIMIT": "50000"}
+        if alpaca_url:
+            env["ALPACA_BASE_URL"] = alpaca_url
+        if uw_url:
+            env["UW_BASE_URL"] = uw_url
+        self.write_env(env)
+        self.write_cache(tickers)
+        self.write_weights()
+        write_json(self.p("state/governor_freezes.json"), {"performance_freeze": False,
+                                                           "performance_freeze_reason": ""})
+        write_json(self.p("state/kill_switch.json"), {"enabled": False})
+        write_json(self.p("state/self_healing_threshold.json"),
+                   {"adjustment": 0.0, "activated_at": None, "consecutive_losses": 0})
+        write_json(self.p("state/uw_thresholds_hierarchical.json"), {"default": 2.7, "symbols": {"NVDA": 2.9}})
+        self.heartbeat()
+        write_json(self.p("state/health.json"), {
+            "overall_status": "OK", "services": {"trading-bot": "OK", "uw-daemon": "OK"},
+            "timestamp": iso(self.now), "details": {}})
+        self.run_cycles(5)
+        self.daemon_cycles(5)
+        append_jsonl(self.p("data/uw_api_quota.jsonl"), [
+            {"ts": self.now - 30 * i, "url": "/api/option-trades/flow-alerts", "source": "uw_flow_daemon"}
+            for i in range(20, 0, -1)])
+        append_jsonl(self.p("state/blocked_trades.jsonl"), [
+            {"timestamp": iso(self.now - 120), "symbol": "AMD", "reason": "score_below_min", "score": 1.4}])
+        for script in ("main.py", "uw_flow_daemon.py", "deploy_supervisor.py"):
+            self.p(script).write_text("# stock-bot placeholder\n")
+        return self
+
+    def write_env(self, env: dict[str, str]) -> None:
+        self.p(".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+
+    def set_env(self, **changes: str | None) -> None:
+        def name(line: str) -> str:
+            return line.split("=", 1)[0].strip().removeprefix("export ").strip()
+
+        lines = [ln for ln in self.p(".env").read_text().splitlines() if name(ln) not in changes]
+        lines += [f"{k}={v}" for k, v in changes.items() if v is not None]
+        self.p(".env").write_text("\n".join(lines) + "\n")
+
+    def write_cache(self, tickers: tuple[str, ...] = TICKERS, last_update: float | None = None,
+                    trades: int = 4, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {t: ticker_entry(t, self.now, self.rng, trades) for t in tickers}
+        data["_metadata"] = {"last_update": self.now if last_update is None else last_update,
+                             "updated_by": "uw_flow_daemon", "ticker_count": len(tickers)}
+        data["_market_tide"] = {"data": [{"net_call_premium": "1200000", "net_put_premium": "800000",
+                                          "timestamp": iso(self.now)}]}
+        data["_top_net_impact"] = {"data": [{"ticker": t, "net_premium": "1000000"} for t in tickers[:5]]}
+        if extra:
+            data.update(extra)
+        write_json(self.p("data/uw_flow_cache.json"), data)
+        return data
+
+    def write_weights(self, bands: dict[str, Any] | None = None) -> dict[str, Any]:
+        entry = bands if bands is not None else {c: weight_band(self.rng) for c in ENTRY_COMPONENTS}
+        data = {
+            "entry_weights": {"weight_bands": entry, "base_weights": {c: 1.0 for c in ENTRY_COMPONENTS}},
+            "exit_model": {"weight_bands": {c: weight_band(self.rng) for c in EXIT_COMPONENTS}},
+            "learner": {"updates": 42, "last_trade_id": "t-1"},
+            "saved_at": self.now,
+        }
+        write_json(self.p("state/signal_weights.json"), data)
+        return data
+
+    def heartbeat(self, ts: float | None = None, iter_count: int = 100) -> None:
+        write_json(self.p("state/bot_heartbeat.json"),
+                   {"last_heartbeat_ts": self.now if ts is None else ts, "iter_count": iter_count, "running": True})
+
+    def run_cycles(self, n: int, clusters: int = 3, orders: int = 1, every: float = 60.0,
+                   end: float | None = None, **extra: Any) -> None:
+        end = self.now if end is None else end
+        append_jsonl(self.p("logs/run.jsonl"), [
+            {"ts": iso(end - every * i), "_ts": end - every * i, "msg": "complete", "clusters": clusters,
+             "orders": orders, **extra} for i in range(n - 1, -1, -1)])
+
+    def daemon_cycles(self, n: int, every: float = 300.0, end: float | None = None, start_cycle: int = 1) -> None:
+        end = self.now if end is None else end
+        append_jsonl(self.p("logs/uw_daemon.jsonl"), [
+            {"event": "uw_flow_cycle", "cycle": start_cycle + k, "ts": end - every * (n - 1 - k),
+             "timestamp": iso(end - every * (n - 1 - k))} for k in range(n)])
+
+    # --- the ways it fails -------------------------------------------------------------------
+    def freeze(self, key: str = "max_drawdown_exceeded", as_object: bool = True, reason: str = "drawdown 8%") -> None:
+        path = self.p("state/governor_freezes.json")
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[key] = {"active": True, "reason": reason, "timestamp": iso(self.now)} if as_object else True
+        write_json(path, data)
+
+    def safe_mode(self) -> None:
+        self.p("state/health_safe_mode.flag").write_text("set by health monitor\n")
+
+    def kill_switch(self, enabled: bool = True) -> None:
+        write_json(self.p("state/kill_switch.json"), {"enabled": enabled})
+
+    def torn(self, rel: str) -> None:
+        """Leave a half-written JSON file, as a non-atomic writer interrupted mid-write does."""
+        path = self.p(rel)
+        text = path.read_text() if path.exists() else '{"a": 1, "b": [1, 2, 3]}'
+        path.write_text(text[: max(1, len(text) // 2)])

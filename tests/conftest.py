@@ -1,0 +1,160 @@
+"""Shared fixtures: loopback Alpaca and UW servers, bot roots on disk, real bot processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import load as load_config
+from exporter.context import Context
+from exporter.engine import Engine
+from exporter.model import Report
+from exporter.sim.alpaca import FakeAlpaca
+from exporter.sim.botroot import BotRoot
+from exporter.sim.uw import FakeUW
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+DAEMON_SCRIPT = textwrap.dedent("""
+    import fcntl, os, sys, time, datetime
+    fh = open("state/uw_flow_daemon.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        time.sleep(float(os.environ.get("DUPLICATE_LINGER", "0")))
+        sys.exit("another uw_flow_daemon holds the lock")
+    fh.truncate(0)
+    fh.write(f"pid={os.getpid()} ts={datetime.datetime.now(datetime.timezone.utc).isoformat()}\\n")
+    fh.flush()
+    while True:
+        time.sleep(0.5)
+""")
+
+BOT_SCRIPT = "import time\nwhile True:\n    time.sleep(0.5)\n"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process environment without anything that would leak into the bot's view."""
+    drop = ("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith(("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN")):
+            monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture
+def alpaca() -> Iterator[FakeAlpaca]:
+    srv = FakeAlpaca().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def uw() -> Iterator[FakeUW]:
+    srv = FakeUW().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def bot(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW) -> BotRoot:
+    root = BotRoot(tmp_path / "bot").healthy(alpaca.url, uw.url)
+    return root
+
+
+class Procs:
+    """Real processes started in the bot root; all killed at teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(argv, cwd=cwd or self.root, env=env or clean_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def daemon(self, linger: float = 0) -> subprocess.Popen[bytes]:
+        (self.root / "uw_flow_daemon.py").write_text(DAEMON_SCRIPT)
+        p = self.start([sys.executable, "uw_flow_daemon.py"], env=clean_env(DUPLICATE_LINGER=str(linger)))
+        if not linger:
+            wait_for(lambda: _lock_written(self.root, p.pid), what="daemon lock")
+        return p
+
+    def bot(self, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        (self.root / "main.py").write_text(BOT_SCRIPT)
+        return self.start([sys.executable, "-u", str((cwd and (self.root / "main.py")) or "main.py")], cwd=cwd)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=5)
+
+
+def _lock_written(root: Path, pid: int) -> bool:
+    try:
+        return f"pid={pid}" in (root / "state/uw_flow_daemon.lock").read_text()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def procs(bot: BotRoot) -> Iterator[Procs]:
+    p = Procs(bot.path)
+    yield p
+    p.stop_all()
+
+
+@pytest.fixture
+def running(procs: Procs) -> Procs:
+    """The daemon and the bot, both running as real processes in the bot root."""
+    procs.daemon()
+    procs.bot()
+    return procs
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition", every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def evaluate(root: Path, only: list[str] | None = None, config: Path | None = None,
+             clock: Callable[[], float] = time.time, environ: dict[str, str] | None = None) -> Report:
+    """Run the engine in-process on a real bot root (no mocks: real files, loopback servers)."""
+    cfg = load_config(str(config) if config else None, str(root))
+    ctx = Context(cfg, environ=environ if environ is not None else {}, clock=clock)
+    return Engine(ctx).report(only)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+                          env=env or clean_env(), timeout=timeout, cwd=REPO)
+
+
+def check_json(root: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    r = run_cli("--bot-root", str(root), "check", "--json", *extra, env=env)
+    assert r.stdout, r.stderr
+    return r.returncode, json.loads(r.stdout)

@@ -1,0 +1,68 @@
+"""The catalog is the single source of truth; the committed docs must match it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from exporter.catalog import CATEGORIES, load
+from exporter.render import catalog_markdown
+
+from .conftest import REPO, run_cli
+
+ORIGINAL = {
+    "FP-1.1": "UW daemon not running", "FP-1.2": "UW cache file missing or empty", "FP-1.3": "UW cache stale",
+    "FP-1.4": "No symbols in cache", "FP-1.5": "UW API authentication failure",
+    "FP-1.6": "UW API rate limit exceeded", "FP-1.7": "No clusters generated", "FP-1.8": "Cluster generation errors",
+    "FP-2.1": "Adaptive weights not initialised", "FP-2.2": "Composite score calculation failure",
+    "FP-2.3": "Score below threshold", "FP-2.4": "Enrichment failure", "FP-2.5": "Regime detection failure",
+    "FP-3.1": "Freeze state active", "FP-3.2": "Max positions reached", "FP-3.3": "Max new positions per cycle",
+    "FP-3.4": "Expectancy gate blocking", "FP-3.5": "Regime gate blocking", "FP-3.6": "Theme risk limit",
+    "FP-3.7": "Cooldown period active", "FP-3.8": "Self-healing threshold raised",
+    "FP-4.1": "Alpaca API connection failure", "FP-4.2": "Alpaca API authentication failure",
+    "FP-4.3": "Insufficient buying power", "FP-4.4": "Order rejection by broker",
+    "FP-4.5": "Position reconciliation failure", "FP-5.1": "Missing environment variables",
+    "FP-5.2": "Invalid configuration values", "FP-5.3": "State file corruption", "FP-5.4": "Missing required files",
+    "FP-6.1": "Bot process not running", "FP-6.2": "Bot process crashed", "FP-6.3": "Bot stuck or unresponsive",
+    "FP-6.4": "Disk space full", "FP-6.5": "Memory exhaustion", "FP-6.6": "Network connectivity issues",
+}
+
+
+def test_original_ids_keep_their_meaning() -> None:
+    cat = load()
+    for fp, name in ORIGINAL.items():
+        assert fp in cat.points, fp
+        assert cat[fp].original_name == name, fp
+        assert cat[fp].category == CATEGORIES[int(fp[3])]
+
+
+def test_every_point_is_complete() -> None:
+    for p in load():
+        assert p.detects and p.how and p.source and p.runbook and p.levels, p.id
+        assert p.healer or p.no_healer_reason, p.id
+        assert "error" in p.levels or "warn" in p.levels, p.id
+
+
+def test_no_healer_touches_human_decisions() -> None:
+    cat = load()
+    assert cat["FP-3.1"].healer is None  # freezes, safe mode, kill switch
+    for p in cat:
+        if p.healer:
+            assert "freeze" not in p.healer and "kill" not in p.healer and "order" not in p.healer
+
+
+def test_committed_markdown_matches_the_catalog() -> None:
+    committed = (REPO / "docs" / "FAILURE_POINTS.md").read_text()
+    fresh = catalog_markdown(load())
+    if os.environ.get("UPDATE_GOLDEN"):
+        (REPO / "docs" / "FAILURE_POINTS.md").write_text(fresh)
+    assert committed == fresh, "docs/FAILURE_POINTS.md drifted: run `make generate`"
+
+
+def test_catalog_cli_json_and_markdown() -> None:
+    r = run_cli("catalog", "--json")
+    assert r.returncode == 0
+    data = json.loads(r.stdout)
+    assert data["count"] == len(data["failure_points"]) == len(load())
+    r = run_cli("catalog", "--markdown")
+    assert r.returncode == 0 and r.stdout == catalog_markdown(load())

@@ -1,0 +1,131 @@
+"""Every configuration and usage error: one line naming the key and the file, exit 3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.botenv import BotEnv, parse_dotenv
+from exporter.config import load
+
+from .conftest import clean_env, run_cli
+
+BAD_CONFIGS = [
+    ("unknown_top.yaml", "bots_root: /tmp\n", "unknown key 'bots_root' in {f}"),
+    ("unknown_nested.yaml", "readiness:\n  max_warning: 3\n", "unknown key 'readiness.max_warning' in {f}"),
+    ("wrong_type.yaml", "readiness:\n  max_warnings: many\n",
+     "key 'readiness.max_warnings' in {f} must be an integer, got 'many'"),
+    ("bool_as_number.yaml", "alpaca:\n  timeout_seconds: yes\n",
+     "key 'alpaca.timeout_seconds' in {f} must be a number, got True"),
+    ("section_not_mapping.yaml", "paths: data\n", "'paths' in {f} must be a mapping"),
+    ("unknown_fp.yaml", "checks:\n  FP-9.9: {enabled: false}\n", "unknown failure point 'checks.FP-9.9' in {f}"),
+    ("unknown_check_key.yaml", "checks:\n  FP-1.3: {intervall_seconds: 5}\n",
+     "unknown key 'checks.FP-1.3.intervall_seconds' in {f}"),
+    ("unknown_param.yaml", "checks:\n  FP-1.3: {params: {open_warn: 5}}\n",
+     "unknown key 'checks.FP-1.3.params.open_warn' in {f}"),
+    ("bad_param_type.yaml", "checks:\n  FP-1.4: {params: {min_symbols: lots}}\n",
+     "key 'checks.FP-1.4.params.min_symbols' in {f} must be a number, got 'lots'"),
+    ("negative_timeout.yaml", "checks:\n  FP-1.1: {timeout_seconds: -1}\n",
+     "key 'checks.FP-1.1.timeout_seconds' in {f} must be positive"),
+    ("healer_shell.yaml", "healers:\n  FP-1.1: {run: 'systemctl restart x'}\n",
+     "key 'healers.FP-1.1.run' in {f} must be a list"),
+    ("healer_both.yaml", "healers:\n  FP-1.1: {run: [true], systemd_restart: a.service}\n",
+     "'healers.FP-1.1' in {f} needs exactly one of 'run' or 'systemd_restart'"),
+    ("healer_forbidden.yaml", "healers:\n  FP-3.1: {run: [rm, state/governor_freezes.json]}\n",
+     "'healers.FP-3.1' in {f}: FP-3.1 must not be healed"),
+    ("bad_listen.yaml", "exporter:\n  listen: localhost\n", "key 'exporter.listen' in {f} must be HOST:PORT"),
+    ("tls_half.yaml", "exporter:\n  tls_cert_file: /x.pem\n",
+     "keys 'exporter.tls_cert_file' and 'exporter.tls_key_file' in {f} go together"),
+    ("bad_yaml.yaml", "readiness: [\n", "config file {f} is not valid YAML at line 2"),
+    ("not_mapping.yaml", "- a\n- b\n", "'top level' in {f} must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_is_one_line_exit_3(tmp_path: Path, name: str, text: str, message: str) -> None:
+    f = tmp_path / name
+    f.write_text(text)
+    r = run_cli("--config", str(f), "--bot-root", str(tmp_path), "check")
+    assert r.returncode == 3
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert message.format(f=f) in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "many.yaml"
+    f.write_text("foo: 1\nreadiness: {max_warnings: x}\nchecks: {FP-1.1: {bogus: 1}}\n")
+    r = run_cli("--config", str(f), "check")
+    assert r.returncode == 3
+    for part in ("unknown key 'foo'", "readiness.max_warnings", "checks.FP-1.1.bogus"):
+        assert part in r.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "/nonexistent/tr.yaml", "check"], "config file /nonexistent/tr.yaml does not exist"),
+    (["--bot-root", "/nonexistent/bot", "check"], "bot root /nonexistent/bot is not a directory"),
+    (["check", "--only", "FP-9.1"], "unknown failure point FP-9.1 in --only"),
+    (["check", "--bogus"], "unrecognized arguments: --bogus"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "a COMMAND is required"),
+])
+def test_usage_errors_exit_3(argv: list[str], message: str, tmp_path: Path) -> None:
+    r = run_cli(*argv)
+    assert r.returncode == 3, r
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_config_discovery_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "bot"
+    root.mkdir()
+    (root / "trading-readiness.yaml").write_text("readiness: {max_warnings: 5}\n")
+    assert load(None, str(root)).data["readiness"]["max_warnings"] == 5
+    env_cfg = tmp_path / "env.yaml"
+    env_cfg.write_text("readiness: {max_warnings: 7}\n")
+    monkeypatch.setenv("TRADING_READINESS_CONFIG", str(env_cfg))
+    assert load(None, str(root)).data["readiness"]["max_warnings"] == 7
+    explicit = tmp_path / "x.yaml"
+    explicit.write_text(f"bot_root: {root}\nreadiness: {{max_warnings: 9}}\n")
+    cfg = load(str(explicit), None)
+    assert cfg.data["readiness"]["max_warnings"] == 9 and cfg.bot_root == root.resolve()
+    monkeypatch.delenv("TRADING_READINESS_CONFIG")
+    monkeypatch.setenv("TRADING_READINESS_BOT_ROOT", str(root))
+    assert load(None, None).bot_root == root.resolve()
+
+
+def test_relative_paths_resolve_against_the_bot_root(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("paths: {uw_cache: cache/flow.json}\n")
+    c = load(str(cfg), str(tmp_path))
+    assert c.path("uw_cache") == tmp_path.resolve() / "cache/flow.json"
+    assert c.path("weights") == tmp_path.resolve() / "state/signal_weights.json"
+
+
+def test_dotenv_parsing_and_precedence(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "# comment\nexport ALPACA_API_KEY=\" KEY1 \"\nALPACA_SECRET='S1'\nMIN_EXEC_SCORE=2.5 # tuned\n"
+        "EMPTY=\nBROKEN LINE\nUW_BASE_URL=http://127.0.0.1:1/\n")
+    env = BotEnv.load(tmp_path, {"ALPACA_SECRET": "  S2  "})
+    assert env.alpaca_key == "KEY1" and env.source["ALPACA_API_KEY"] == ".env"
+    assert env.alpaca_secret == "S2" and env.source["ALPACA_SECRET"] == "environment"
+    assert env.number("MIN_EXEC_SCORE", 0) == 2.5
+    assert env.uw_base_url == "http://127.0.0.1:1"
+    assert env.alpaca_base_url == "https://paper-api.alpaca.markets"
+    assert "EMPTY" not in env.values
+    assert parse_dotenv("A='x'\nB=\"y\"") == {"A": "x", "B": "y"}
+
+
+def test_secrets_found_for_redaction(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("ALPACA_KEY=PKABCDEF\nAPCA_API_SECRET_KEY=shh-secret\nUW_API_KEY=tok-123\n"
+                                   "MAX_CONCURRENT_POSITIONS=16\n")
+    env = BotEnv.load(tmp_path, {})
+    assert set(env.secrets()) == {"PKABCDEF", "shh-secret", "tok-123"}
+
+
+def test_defaults_need_only_bot_root(tmp_path: Path) -> None:
+    r = run_cli("--bot-root", str(tmp_path), "check", "--json", env=clean_env())
+    assert r.returncode == 2  # an empty directory is not a working bot, and says so
+    assert '"readiness": "BLOCKED"' in r.stdout

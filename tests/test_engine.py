@@ -1,0 +1,126 @@
+"""The check engine: registration, isolation, timeouts, dependencies and the verdict."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter import engine as engine_mod
+from exporter.catalog import load as load_catalog
+from exporter.config import load as load_config
+from exporter.context import Context
+from exporter.engine import Engine, registry
+from exporter.model import Outcome, Readiness, Status, verdict
+
+
+def test_registered_ids_match_the_catalog() -> None:
+    cat = load_catalog()
+    implemented = {p.id for p in cat if p.detection == "implemented"}
+    assert set(registry()) == implemented
+    # a catalog entry without a check is allowed only while it is marked planned
+    for p in cat:
+        assert (p.id in registry()) == (p.detection == "implemented"), p.id
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """An engine whose FP-1.2/FP-1.3/FP-1.4 checks are replaced by controllable functions."""
+    cfg = load_config(None, str(tmp_path))
+    return Engine(Context(cfg, environ={}))
+
+
+def _swap(monkeypatch: pytest.MonkeyPatch, eng: Engine, fp: str, fn) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(eng.checks, fp, fn)
+
+
+def test_a_raising_check_is_an_error_with_the_reason(scratch: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(ctx, p):  # type: ignore[no-untyped-def]
+        raise KeyError("entry_weights")
+
+    _swap(monkeypatch, scratch, "FP-2.1", boom)
+    r = scratch.run(["FP-2.1"])["FP-2.1"]
+    assert r.status is Status.ERROR
+    assert "KeyError" in r.outcome.message and "entry_weights" in r.outcome.message
+
+
+def test_a_hanging_check_times_out_and_never_blocks_others(scratch: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def hang(ctx, p):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return Outcome.ok("late")
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("checks:\n  FP-2.1: {timeout_seconds: 0.5}\n")
+    eng = Engine(Context(load_config(str(cfg), str(tmp_path)), environ={}))
+    _swap(monkeypatch, eng, "FP-2.1", hang)
+    _swap(monkeypatch, eng, "FP-3.1", lambda ctx, p: Outcome.ok("quick"))
+    t0 = time.monotonic()
+    res = eng.run(["FP-2.1", "FP-3.1"])
+    assert time.monotonic() - t0 < 5
+    assert res["FP-2.1"].status is Status.ERROR and "timed out after 0.5 s" in res["FP-2.1"].outcome.message
+    assert res["FP-3.1"].status is Status.OK and res["FP-3.1"].duration_seconds < 0.5
+    # the hung thread is still alive: the next run says so instead of stacking another thread
+    again = eng.run(["FP-2.1"])["FP-2.1"]
+    assert again.status is Status.ERROR and "has not returned" in again.outcome.message
+    release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and eng.run(["FP-2.1"])["FP-2.1"].status is not Status.OK:
+        time.sleep(0.05)
+    # and the late result never replaced the timeout: a fresh run is needed to see OK
+    assert eng.run(["FP-2.1"])["FP-2.1"].outcome.message == "late"
+
+
+def test_dependencies_skip_with_the_root_cause(scratch: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    called: list[str] = []
+
+    def mark(fp: str, out: Outcome):  # type: ignore[no-untyped-def]
+        def fn(ctx, p):  # type: ignore[no-untyped-def]
+            called.append(fp)
+            return out
+        return fn
+
+    _swap(monkeypatch, scratch, "FP-4.1", mark("FP-4.1", Outcome.error("down")))
+    for fp in ("FP-4.2", "FP-4.3", "FP-3.2"):
+        _swap(monkeypatch, scratch, fp, mark(fp, Outcome.ok()))
+    res = scratch.run(["FP-4.1", "FP-4.2", "FP-4.3", "FP-3.2"])
+    assert called == ["FP-4.1"]
+    for fp in ("FP-4.2", "FP-4.3", "FP-3.2"):
+        assert res[fp].status is Status.SKIPPED
+        assert res[fp].outcome.message == "depends on FP-4.1"
+    # a WARN dependency does not skip its dependents
+    _swap(monkeypatch, scratch, "FP-4.1", mark("FP-4.1", Outcome.warn("429")))
+    res = scratch.run(["FP-4.1", "FP-4.2"])
+    assert res["FP-4.2"].status is Status.OK
+    # dependencies not run this time come from `known`
+    res = scratch.run(["FP-4.3"], known={"FP-4.2": res["FP-4.2"]})
+    assert res["FP-4.3"].status is Status.OK
+
+
+def test_check_returning_garbage_is_an_error(scratch: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    _swap(monkeypatch, scratch, "FP-3.1", lambda ctx, p: "fine")
+    r = scratch.run(["FP-3.1"])["FP-3.1"]
+    assert r.status is Status.ERROR and "not an Outcome" in r.outcome.message
+
+
+@pytest.mark.parametrize("statuses, max_warnings, expected", [
+    ([], 2, Readiness.READY),
+    ([Status.OK, Status.SKIPPED], 2, Readiness.READY),
+    ([Status.WARN, Status.WARN], 2, Readiness.READY),
+    ([Status.WARN] * 3, 2, Readiness.DEGRADED),
+    ([Status.WARN], 0, Readiness.DEGRADED),
+    ([Status.ERROR, Status.OK], 2, Readiness.BLOCKED),
+    ([Status.ERROR] + [Status.WARN] * 5, 2, Readiness.BLOCKED),
+    ([Status.SKIPPED] * 4, 0, Readiness.READY),
+])
+def test_verdict(statuses: list[Status], max_warnings: int, expected: Readiness) -> None:
+    assert verdict(statuses, max_warnings) is expected
+
+
+def test_registering_twice_is_refused() -> None:
+    with pytest.raises(RuntimeError):
+        engine_mod.check("FP-1.1")(lambda ctx, p: Outcome.ok())
