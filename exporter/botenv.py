@@ -44,7 +44,7 @@ def parse_dotenv(text: str) -> dict[str, str]:
         m = _LINE.match(line)
         if not m:
             continue
-        raw = m.group(2)
+        raw: str = m.group(2) or ""
         # an unquoted value may carry a trailing comment
         if raw and raw[0] not in "'\"" and " #" in raw:
             raw = raw.split(" #", 1)[0]
@@ -77,9 +77,9 @@ class BotEnv:
         for k, v in dotenv.items():
             env.values[k], env.source[k] = v, ".env"
         for k, raw in environ.items():
-            v = clean(raw)
-            if v is not None:
-                env.values[k], env.source[k] = v, "environment"
+            value = clean(raw)
+            if value is not None:
+                env.values[k], env.source[k] = value, "environment"
         return env
 
     def get(self, *names: str, default: str | None = None) -> str | None:

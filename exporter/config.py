@@ -88,7 +88,7 @@ NULLABLE: dict[str, type | tuple[type, ...]] = {
     "probe.score": (int, float),
 }
 
-CHECK_KEYS = {"enabled": bool, "interval_seconds": (int, float), "timeout_seconds": (int, float), "params": dict}
+CHECK_KEYS: dict[str, type | tuple[type, ...]] = {"enabled": bool, "interval_seconds": (int, float), "timeout_seconds": (int, float), "params": dict}
 HEALER_KEYS: dict[str, type | tuple[type, ...]] = {
     "run": list,
     "systemd_restart": str,
