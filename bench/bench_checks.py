@@ -73,8 +73,8 @@ def build_root(base: Path, logs_bytes: int, urls: dict[str, str]) -> BotRoot:
     root = BotRoot(base).healthy(urls["alpaca"], urls["uw"])
     now = time.time()
     # ~6 MB cache: a few hundred tickers with realistic flow lists
-    tickers = tuple(f"T{i:03d}" for i in range(320))
-    data = {t: ticker_entry(t, now, root.rng, trades=22) for t in tickers}
+    tickers = tuple(f"T{i:03d}" for i in range(600))
+    data = {t: ticker_entry(t, now, root.rng, trades=40) for t in tickers}
     data["_metadata"] = {"last_update": now, "updated_by": "uw_flow_daemon", "ticker_count": len(tickers)}
     data["_market_tide"] = {"data": []}
     (base / "data/uw_flow_cache.json").write_text(json.dumps(data))
