@@ -113,7 +113,9 @@ class Context:
             return market.local_session(now, float(mcfg["premarket_seconds"]))
         days: set[Any] | None = None
         try:
-            cal = self.broker_get("/calendar", {"start": (now.date()).isoformat(), "end": now.date().isoformat()},
+            # the trading day is New York's: between 19:00 and 24:00 ET the UTC date is tomorrow
+            today = now.astimezone(market.NY).date().isoformat()
+            cal = self.broker_get("/calendar", {"start": today, "end": today},
                                   ttl=float(mcfg["calendar_cache_seconds"]))
             days = market.calendar_days(cal)
         except BrokerError:

@@ -66,25 +66,35 @@ class _Parsed:
 
 
 class ChangedFileCache:
-    """Keeps the parse of a file until its identity (inode, size, mtime) changes."""
+    """Keeps the parse of a file until its identity (inode, size, mtime) changes.
+
+    ``kind`` separates different parses of one file (the raw JSON of the weights file for FP-2.1,
+    a torn-read-counting parse for FP-2.6): without it the first parser's result would be handed
+    to the second. ``parses`` counts real parses, so tests can prove an unchanged file is not
+    parsed again.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[Path, _Parsed] = {}
+        self._cache: dict[tuple[Path, str], _Parsed] = {}
         self._lock = threading.Lock()
+        self.parses = 0
 
-    def get(self, path: Path, parse: Callable[[Path], Any]) -> Any:
+    def get(self, path: Path, parse: Callable[[Path], Any], kind: str = "") -> Any:
         try:
             st = path.stat()
         except FileNotFoundError:
             raise FileProblem("missing", path, f"{path.name} does not exist") from None
+        except OSError as exc:
+            raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            hit = self._cache.get(path)
+            hit = self._cache.get((path, kind))
             if hit and hit.key == key:
                 return hit.value
         value = parse(path)
         with self._lock:
-            self._cache[path] = _Parsed(key, value)
+            self.parses += 1
+            self._cache[(path, kind)] = _Parsed(key, value)
         return value
 
 
@@ -93,6 +103,12 @@ class TailState:
     inode: int = -1
     offset: int = 0
     partial: bytes = b""
+    #: the file's first bytes when we started reading it: a log truncated and regrown past our
+    #: offset between two polls keeps its inode and size order, but not its first line
+    head: bytes = b""
+
+
+HEAD_BYTES = 128
 
 
 @dataclass
@@ -110,6 +126,13 @@ class JsonlTail:
     records: deque[dict[str, Any]] = field(init=False)
     bad_lines: int = 0
     bytes_read: int = 0
+    #: records appended since this reader was created (a consumer compares it with what it saw)
+    appended: int = 0
+    #: bumped when the reader lost continuity (rotation, truncation, a gap skipped): consumers
+    #: that count every record (the UW quota) must recount from the file
+    generation: int = 0
+    #: a single poll reads at most this much; a bigger backlog is skipped to its last part
+    max_read_bytes: int = 64 << 20
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +142,38 @@ class JsonlTail:
         """Read what was appended since the last poll; returns the new records."""
         with self._lock:
             return list(self._poll())
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], int, int]:
+        """Poll, then (kept records oldest first, ``appended``, ``generation``), all consistent."""
+        with self._lock:
+            for _ in self._poll():
+                pass
+            return list(self.records), self.appended, self.generation
+
+    def consumed(self) -> tuple[int, int, int]:
+        """Poll, then (end offset of the complete lines read, ``appended``, ``generation``).
+
+        Lines before that offset are exactly the records counted in ``appended``, so a consumer
+        that recounts the file up to it and then follows ``since(appended)`` misses nothing.
+        """
+        with self._lock:
+            for _ in self._poll():
+                pass
+            return self.state.offset - len(self.state.partial), self.appended, self.generation
+
+    def since(self, seen: int) -> tuple[list[dict[str, Any]], bool]:
+        """Records appended after a consumer saw ``seen`` of them (call after ``poll``).
+
+        The flag is False when some of them are no longer kept in memory: the consumer must
+        fall back to reading the file itself.
+        """
+        with self._lock:
+            new = self.appended - seen
+            if new <= 0:
+                return [], new == 0
+            if new > len(self.records):
+                return list(self.records), False
+            return list(self.records)[-new:], True
 
     def _poll(self) -> Iterator[dict[str, Any]]:
         try:
@@ -130,16 +185,40 @@ class JsonlTail:
         with fh:
             st = os.fstat(fh.fileno())
             s = self.state
-            if st.st_ino != s.inode or st.st_size < s.offset:
+            restart = st.st_ino != s.inode or st.st_size < s.offset
+            if not restart and st.st_size > s.offset:
+                # same inode, grown: make sure it was not truncated and regrown past our offset
+                fh.seek(0)
+                head = fh.read(min(HEAD_BYTES, st.st_size))
+                self.bytes_read += len(head)
+                restart = not head.startswith(s.head)
+                if not restart:
+                    s.head = head
+            skip_partial_first = False
+            if restart:
                 # new file (rotation) or truncated in place: start again
                 first = s.inode == -1
+                if not first:
+                    self.generation += 1
                 s.inode, s.partial = st.st_ino, b""
                 s.offset = max(0, st.st_size - self.initial_bytes) if first else 0
+                fh.seek(0)
+                s.head = fh.read(min(HEAD_BYTES, st.st_size))
+                self.bytes_read += len(s.head)
                 skip_partial_first = s.offset > 0
-            else:
-                skip_partial_first = False
+            if st.st_size - s.offset > self.max_read_bytes:
+                # a backlog larger than we would ever keep: only its end matters; say we skipped
+                s.offset, s.partial = st.st_size - self.max_read_bytes, b""
+                skip_partial_first = True
+                self.generation += 1
             if st.st_size == s.offset:
                 return
+            if skip_partial_first:
+                # keep the first line when the offset happens to be a line start
+                fh.seek(s.offset - 1)
+                if fh.read(1) == b"\n":
+                    skip_partial_first = False
+                self.bytes_read += 1
             fh.seek(s.offset)
             chunk = fh.read(st.st_size - s.offset)
             s.offset += len(chunk)
@@ -159,6 +238,7 @@ class JsonlTail:
                 continue
             if isinstance(rec, dict):
                 self.records.append(rec)
+                self.appended += 1
                 yield rec
             else:
                 self.bad_lines += 1
@@ -180,6 +260,56 @@ class Tails:
 
     def recent(self, path: Path, keep: int = 2000) -> list[dict[str, Any]]:
         """Poll the log and return the records kept in memory, oldest first."""
-        tail = self.get(path, keep)
-        tail.poll()
-        return list(tail.records)
+        # copied under the reader's lock: another check may be appending to the deque right now
+        return self.get(path, keep).snapshot()[0]
+
+
+def find_offset(path: Path, key: Callable[[dict[str, Any]], float | None], target: float,
+                max_probes: int = 64) -> int:
+    """First byte offset of a line whose ``key`` is >= ``target`` in a time-ordered JSONL file.
+
+    A binary search over byte offsets (each probe reads one line), so finding today's first
+    quota record in a 1 GB log costs ~30 small reads, not a scan. Lines without a key are
+    skipped forward. Returns the file size when every line is older.
+    """
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+
+        def line_at(pos: int) -> tuple[int, float | None, int]:
+            """(start of the first full line at or after pos, its key, end of that line)."""
+            fh.seek(pos)
+            if pos > 0:
+                fh.seek(pos - 1)
+                if fh.read(1) != b"\n":
+                    fh.readline()
+            while True:
+                start = fh.tell()
+                line = fh.readline()
+                if not line:
+                    return size, None, size
+                if not line.endswith(b"\n"):
+                    return start, None, size  # a partial last line is not evidence
+                try:
+                    rec = json.loads(line)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                k = key(rec) if isinstance(rec, dict) else None
+                if k is not None:
+                    return start, k, fh.tell()
+
+        lo, hi = 0, size
+        for _ in range(max_probes):
+            if lo >= hi:
+                break
+            mid = (lo + hi) // 2
+            start, k, end = line_at(mid)
+            if k is None or start >= hi:
+                hi = mid
+            elif k < target:
+                lo = end
+            else:
+                hi = mid
+        start, k, _end = line_at(lo)
+        while k is not None and k < target:
+            start, k, _end = line_at(_end)
+        return start

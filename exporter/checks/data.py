@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time as _time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
-from .. import procs
+from .. import funnel, market, procs
 from ..context import Context
 from ..engine import check
-from ..model import Outcome
-from ..readers import FileProblem, read_json
+from ..model import Outcome, iso_utc
+from ..readers import FileProblem, find_offset, read_json
 from ..uwclient import UWError
 from .common import age_text, number
+
+#: per-ticker keys that are flow data, not enrichment (everything else dict-valued is intel)
+CORE_TICKER_KEYS = frozenset({"flow_trades", "sentiment", "conviction", "total_premium", "call_premium",
+                              "put_premium", "net_premium", "trade_count", "_last_update"})
 
 
 @dataclass
@@ -26,6 +35,14 @@ class CacheSummary:
     global_keys: list[str]
     tickers_with_trades: int = 0
     total_trades: int = 0
+    #: tickers with at least one non-empty intel block (dark_pool, greeks, ...) and how many
+    #: tickers carry intel blocks at all
+    tickers_enriched: int = 0
+    tickers_with_intel_keys: int = 0
+    #: ``_market_tide``: present, how many data points, newest timestamp found in it
+    tide_present: bool = False
+    tide_points: int = 0
+    tide_newest: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,6 +68,23 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
         if n or count:
             summary.tickers_with_trades += 1
         summary.total_trades += max(n, int(count))
+        intel = [v for k, v in entry.items() if k not in CORE_TICKER_KEYS and isinstance(v, dict)]
+        if intel:
+            summary.tickers_with_intel_keys += 1
+            if any(intel):
+                summary.tickers_enriched += 1
+    tide = raw.get("_market_tide")
+    if isinstance(tide, (dict, list)):
+        summary.tide_present = True
+        points = tide.get("data") if isinstance(tide, dict) else tide
+        points = points if isinstance(points, list) else ([tide] if isinstance(tide, dict) and tide else [])
+        summary.tide_points = len(points)
+        stamps = [funnel.record_time(x, "timestamp", "ts", "last_update", "date") for x in points
+                  if isinstance(x, dict)]
+        if isinstance(tide, dict):
+            stamps.append(funnel.record_time(tide, "last_update", "timestamp", "ts"))
+        found = [t for t in stamps if t is not None]
+        summary.tide_newest = max(found) if found else None
     return summary
 
 
@@ -100,8 +134,8 @@ def uw_cache_fresh(ctx: Context, p: dict[str, Any]) -> Outcome:
     session = ctx.session()
     details: dict[str, Any] = {"market": session.phase, "session_source": session.source}
     if s.last_update is None:
-        return Outcome.error("cache has no _metadata.last_update (only the daemon writes it; file mtime is not trusted)",
-                             **details)
+        return Outcome.error("cache has no _metadata.last_update (only the daemon writes it; "
+                             "file mtime is not trusted)", **details)
     age = ctx.now() - s.last_update
     details.update(age_seconds=round(age), last_update=s.last_update)
     out: Outcome
@@ -153,8 +187,327 @@ def uw_api_auth(ctx: Context, p: dict[str, Any]) -> Outcome:
         if exc.kind == "auth":
             out = Outcome.error(f"{exc} on {probe_path}", http_status=exc.status)
         elif exc.kind == "rate_limit":
+            # FP-1.6 reports the 429 itself (this probe is one of its sources)
+            ctx.state_for("uw")["last_429"] = probed_at
             out = Outcome.warn("token could not be verified: UW answered 429 (quota spent; see FP-1.6)",
                                http_status=429)
         else:
             out = Outcome.warn(f"token could not be verified: {exc}", problem=exc.kind)
     return out.observe("trading_uw_auth_last_probe_timestamp_seconds", probed_at)
+
+
+# --- FP-1.6: UW quota and rate limit -----------------------------------------------------------
+QUOTA_KEEP = 5000
+
+
+def last_quota_reset(now: float, hour: int = 20) -> float:
+    """The last 20:00 America/New_York (UW's daily reset), DST-correct via zoneinfo."""
+    local = datetime.fromtimestamp(now, market.NY)
+    day = local.date() if local.time() >= dtime(hour) else local.date() - timedelta(days=1)
+    return datetime.combine(day, dtime(hour), market.NY).timestamp()
+
+
+def next_quota_reset(now: float, hour: int = 20) -> float:
+    local = datetime.fromtimestamp(now, market.NY)
+    day = local.date() + timedelta(days=1) if local.time() >= dtime(hour) else local.date()
+    return datetime.combine(day, dtime(hour), market.NY).timestamp()
+
+
+def _is_429(rec: dict[str, Any]) -> bool:
+    for k in ("status", "status_code", "http_status", "code"):
+        v = rec.get(k)
+        if v == 429 or v == "429":
+            return True
+    event = rec.get("event")
+    return isinstance(event, str) and ("429" in event or "rate_limit" in event.lower())
+
+
+def _count_file(path: Path, start: int, end: int) -> tuple[int, int]:
+    """Complete lines in ``[start, end)`` and how many of them are 429 records."""
+    lines = hits = 0
+    carry = b""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+            parts = (carry + chunk).split(b"\n")
+            carry = parts.pop()
+            lines += len(parts)
+            if b"429" in chunk or b"rate_limit" in chunk or b"429" in carry:
+                # only lines that mention it are parsed
+                for line in parts:
+                    if b"429" in line or b"rate_limit" in line:
+                        rec = _loads(line)
+                        hits += int(rec is not None and _is_429(rec))
+    return lines, hits
+
+
+def _loads(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def quota_usage(ctx: Context, reset: float) -> tuple[int, int, bool]:
+    """(requests since ``reset``, 429 records since ``reset``, recounted from the file this time).
+
+    Steady state follows the tail's new records only (O(new bytes)). The day is recounted from
+    the file (binary search to the reset, then a newline count) the first time, after a reset,
+    and whenever the tail lost continuity (rotation, truncation, a burst larger than it keeps).
+    """
+    path = ctx.path("quota_log")
+    tail = ctx.tails.get(path, keep=QUOTA_KEEP)
+    st = ctx.state_for("FP-1.6")
+    lock = st.setdefault("lock", threading.Lock())
+    with lock:
+        if st.get("reset") == reset and st.get("generation") == tail.generation and st.get("path") == path:
+            tail.poll()
+            new, complete = tail.since(st["seen"])
+            if complete and st.get("generation") == tail.generation:
+                for rec in new:
+                    t = funnel.record_time(rec, "ts", "_ts", "timestamp")
+                    if t is None or t >= reset:
+                        st["count"] += 1
+                        st["hits"] += int(_is_429(rec))
+                st["seen"] += len(new)
+                return st["count"], st["hits"], False
+        end, appended, generation = tail.consumed()
+        start = find_offset(path, lambda r: funnel.record_time(r, "ts", "_ts", "timestamp"), reset)
+        count, hits = _count_file(path, start, end) if start < end else (0, 0)
+        st.update(reset=reset, generation=generation, seen=appended, count=count, hits=hits, path=path)
+        return count, hits, True
+
+
+def _daemon_429_since(ctx: Context, since: float) -> float | None:
+    """Time of the latest 429 the daemon logged since ``since`` (daemon log, newest first)."""
+    try:
+        records = ctx.tails.recent(ctx.path("daemon_log"))
+    except FileProblem:
+        return None
+    for rec in reversed(records):
+        t = funnel.record_time(rec, "ts", "_ts", "timestamp")
+        if t is not None and t < since:
+            break
+        if _is_429(rec):
+            return t if t is not None else since
+    return None
+
+
+@check("FP-1.6")
+def uw_quota(ctx: Context, p: dict[str, Any]) -> Outcome:
+    now = ctx.now()
+    reset, next_reset = last_quota_reset(now), next_quota_reset(now)
+    limit_note = ""
+    try:
+        limit = float(ctx.env.number("UW_DAILY_LIMIT", 50000))
+        if limit <= 0:
+            raise ValueError("UW_DAILY_LIMIT must be positive")
+    except ValueError as exc:
+        limit, limit_note = 50000.0, f" ({exc}; using 50000)"
+    details: dict[str, Any] = {"limit": limit, "limit_source": ctx.env.source.get("UW_DAILY_LIMIT", "default"),
+                               "since_reset": iso_utc(reset), "next_reset": iso_utc(next_reset)}
+    try:
+        used, log_429, recounted = quota_usage(ctx, reset)
+    except FileProblem as exc:
+        return Outcome.warn(f"cannot measure UW quota usage: {exc}", problem=exc.kind, **details).observe(
+            "trading_uw_quota_limit", limit).observe("trading_uw_quota_reset_timestamp_seconds", next_reset)
+    seen_429 = [t for t in (ctx.state_for("uw").get("last_429"), _daemon_429_since(ctx, reset))
+                if t is not None and t >= reset]
+    details.update(used=used, fraction=round(used / limit, 4), log_429=log_429, recounted=recounted)
+    session = ctx.session()
+    details["market"] = session.phase
+    in_session = session.phase in ("open", "premarket")
+    pct = f"{used} of {limit:g} requests since the 20:00 ET reset ({100 * used / limit:.0f}%)"
+    until = f"resets {datetime.fromtimestamp(next_reset, market.NY):%H:%M} ET"
+    rate_limited = bool(log_429 or seen_429)
+    out: Outcome
+    if used >= limit or rate_limited:
+        why = "daily quota exhausted" if used >= limit else "UW answered HTTP 429"
+        if seen_429:
+            details["last_429"] = iso_utc(max(seen_429))
+        text = f"{why}: {pct}; the daemon pauses until the reset ({until}){limit_note}"
+        out = Outcome.error(text, **details) if in_session else Outcome.warn(
+            text + f" ({session.describe()})", **details)
+    elif used >= p["warn_fraction"] * limit:
+        out = Outcome.warn(f"{pct}: above {100 * p['warn_fraction']:g}% of UW_DAILY_LIMIT ({until}){limit_note}",
+                           **details)
+    elif limit_note:
+        out = Outcome.warn(pct + limit_note, **details)
+    else:
+        out = Outcome.ok(pct, **details)
+    return (out.observe("trading_uw_quota_used", used).observe("trading_uw_quota_limit", limit)
+            .observe("trading_uw_rate_limited", rate_limited)
+            .observe("trading_uw_quota_reset_timestamp_seconds", next_reset))
+
+
+# --- FP-1.7 / FP-1.8: clusters from the run log ------------------------------------------------
+def _funnel_outcome(out: Outcome, fun: dict[str, Any]) -> Outcome:
+    out.details["funnel"] = fun
+    for stage in funnel.STAGES:
+        out.observe("trading_signal_funnel", fun["stages"].get(stage), stage=stage)
+    reasons = fun["blocked_by_reason"]
+    for reason in funnel.REASON_LABELS:
+        out.observe("trading_blocked_candidates", reasons.get(reason, 0), reason=reason)
+    return out
+
+
+@check("FP-1.7")
+def clusters_generated(ctx: Context, p: dict[str, Any]) -> Outcome:
+    session = ctx.session()
+    fun = funnel.compute(ctx, int(p["funnel_cycles"]), float(p["max_age_seconds"]))
+    if not session.is_open:
+        return _funnel_outcome(Outcome.skipped(f"{session.describe()}: clusters are expected only in session",
+                                               market=session.phase), fun)
+    w = funnel.in_session(ctx, funnel.window(ctx, int(p["funnel_cycles"])), session, float(p["max_age_seconds"]))
+    if w.run_problem:
+        return _funnel_outcome(Outcome.warn(f"cannot read the run log: {w.run_problem}"), fun)
+    need = int(p["cycles"])
+    cycles = w.cycles[-need:]
+    counted = [c for c in cycles if c.clusters is not None]
+    total = sum(c.clusters or 0 for c in counted)
+    details = {"cycles": len(cycles), "clusters": total, "needed_cycles": need}
+    if len(counted) >= need and total == 0:
+        out = Outcome.warn(f"no clusters in the last {len(counted)} in-session cycles: {fun['answer']}", **details)
+    elif not cycles:
+        out = Outcome.ok("no in-session cycle logged yet (bot liveness is FP-6.3)", **details)
+    elif total == 0:
+        out = Outcome.ok(f"no clusters yet in {len(counted)} in-session cycles (warns after {need})", **details)
+    else:
+        out = Outcome.ok(f"{total} clusters in the last {len(cycles)} in-session cycles", **details)
+    return _funnel_outcome(out, fun)
+
+
+def stage_errors(ctx: Context, p: dict[str, Any],
+                 stages: tuple[str, ...]) -> tuple[list[funnel.Event], list[funnel.Event]]:
+    """(recent events, those of them that logged an error of one of ``stages``)."""
+    w = funnel.window(ctx, int(p["cycles"])).since(ctx.now() - float(p["max_age_seconds"]))
+    return w.events, [e for e in w.events if e.error and e.stage in stages]
+
+
+@check("FP-1.8")
+def cluster_errors(ctx: Context, p: dict[str, Any]) -> Outcome:
+    try:
+        ctx.tails.get(ctx.path("run_log"), keep=funnel.RUN_KEEP).poll()
+    except FileProblem as exc:
+        return Outcome.warn(f"cannot read the run log: {exc}").observe("trading_cycle_errors", None)
+    events, errors = stage_errors(ctx, p, ("clusters", "cycle"))
+    details: dict[str, Any] = {"events": len(events), "errors": len(errors)}
+    if errors:
+        details["latest_error"] = errors[-1].error
+        details["latest_error_at"] = iso_utc(errors[-1].t)
+    streak = 0
+    for e in reversed(events):
+        if e.error and e.stage in ("clusters", "cycle"):
+            streak += 1
+        else:
+            break
+    details["failing_streak"] = streak
+    need = int(p["error_cycles"])
+    if streak >= need:
+        out = Outcome.error(f"the last {streak} cycles failed: {errors[-1].error}", **details)
+    elif errors:
+        out = Outcome.warn(f"{len(errors)} of the last {len(events)} cycles logged errors; latest: "
+                           f"{errors[-1].error}", **details)
+    else:
+        out = Outcome.ok(f"no cycle errors in the last {len(events)} run-log cycles", **details)
+    return out.observe("trading_cycle_errors", len(errors))
+
+
+# --- FP-1.9: cache fresh but empty -------------------------------------------------------------
+@check("FP-1.9")
+def uw_cache_has_data(ctx: Context, p: dict[str, Any]) -> Outcome:
+    try:
+        s = cache_summary(ctx)
+    except FileProblem as exc:
+        return Outcome.skipped(f"{exc} (see FP-1.2)")
+    session = ctx.session()
+    details = {"symbols": len(s.symbols), "tickers_with_trades": s.tickers_with_trades,
+               "total_trades": s.total_trades, "market": session.phase}
+    if s.tickers_with_trades >= int(p["min_tickers_with_trades"]):
+        out = Outcome.ok(f"{s.tickers_with_trades} of {len(s.symbols)} tickers carry flow trades "
+                         f"({s.total_trades} trades)", **details)
+    elif session.phase == "closed":
+        out = Outcome.skipped(f"{session.describe()}: the daemon skips flow endpoints outside the session "
+                              f"({s.tickers_with_trades} tickers with trades)", **details)
+    else:
+        text = (f"cache holds {len(s.symbols)} symbols but {s.tickers_with_trades} carry flow trades "
+                f"(trade_count 0 and empty flow_trades): the daemon is writing empty data, "
+                f"likely swallowing UW API errors")
+        out = Outcome.error(text, **details) if session.is_open else Outcome.warn(text + " (before the open)",
+                                                                                  **details)
+    return out.observe("trading_uw_cache_tickers_with_trades", s.tickers_with_trades)
+
+
+# --- FP-1.10: daemon cycle heartbeat -----------------------------------------------------------
+@check("FP-1.10")
+def uw_daemon_cycling(ctx: Context, p: dict[str, Any]) -> Outcome:
+    try:
+        records = ctx.tails.recent(ctx.path("daemon_log"))
+    except FileProblem as exc:
+        return Outcome.warn(f"no daemon heartbeat: {exc}", problem=exc.kind)
+    last: dict[str, Any] | None = None
+    last_t: float | None = None
+    for rec in reversed(records):
+        if rec.get("event") == "uw_flow_cycle" or "cycle" in rec:
+            t = funnel.record_time(rec, "ts", "_ts", "timestamp")
+            if t is not None:
+                last, last_t = rec, t
+                break
+    if last is None or last_t is None:
+        return Outcome.warn("the daemon log has no uw_flow_cycle line with a time")
+    session = ctx.session()
+    now = ctx.now()
+    age = now - last_t
+    reset = last_quota_reset(now)
+    try:
+        _used, log_429, _ = quota_usage(ctx, reset)
+    except FileProblem:
+        log_429 = 0
+    paused_at = [t for t in (ctx.state_for("uw").get("last_429"), _daemon_429_since(ctx, reset))
+                 if t is not None and t >= reset]
+    if (log_429 or paused_at) and age > float(p["open_warn_seconds"]):
+        until = datetime.fromtimestamp(next_quota_reset(now), market.NY)
+        return Outcome.skipped(f"daemon paused after an HTTP 429 until the {until:%H:%M} ET quota reset "
+                               f"(last cycle {age_text(age)} ago; see FP-1.6)", age_seconds=round(age))
+    details = {"last_cycle": last.get("cycle"), "last_cycle_at": iso_utc(last_t), "age_seconds": round(age),
+               "market": session.phase}
+    in_session = session.phase in ("open", "premarket")
+    limit = float(p["open_warn_seconds"] if in_session else p["closed_warn_seconds"])
+    if age > limit:
+        where = "in session" if in_session else f"outside the session ({session.describe()})"
+        out = Outcome.warn(f"no daemon cycle for {age_text(age)} (last cycle {last.get('cycle')}; "
+                           f"limit {limit:g} s {where}): the daemon is hung or paused", **details)
+    else:
+        out = Outcome.ok(f"last daemon cycle {last.get('cycle')} {age_text(max(age, 0))} ago", **details)
+    return out.observe("trading_uw_daemon_last_cycle_timestamp_seconds", last_t)
+
+
+# --- FP-1.11: exactly one daemon ---------------------------------------------------------------
+@check("FP-1.11")
+def single_uw_daemon(ctx: Context, p: dict[str, Any]) -> Outcome:
+    r = process_report(ctx, "uw_daemon")
+    now = _time.time()  # process start times are wall-clock; the check clock may be simulated
+    grace = float(p["grace_seconds"])
+    holders = [m.pid for m in r.matches if m.holds_lock]
+    extra = [m for m in r.matches if not m.holds_lock]
+    lingering = [m for m in extra if now - m.create_time >= grace]
+    details = {"pids": [m.pid for m in r.matches], "lock_holders": holders,
+               "duplicates": [m.pid for m in lingering]}
+    n = len(r.matches)
+    if len(holders) > 1 or (holders and lingering):
+        dup = ", ".join(f"{m.pid} (up {age_text(now - m.create_time)})" for m in lingering) or str(holders[1:])
+        out = Outcome.warn(f"{n} uw_flow_daemon.py processes in {ctx.root}: lock holder {holders[0]}, "
+                           f"duplicate(s) {dup} did not exit (double quota use, cache write races)", **details)
+    elif not holders and len(lingering) > 1:
+        out = Outcome.warn(f"{n} uw_flow_daemon.py processes and none holds the lock: "
+                           f"{[m.pid for m in lingering]}", **details)
+    else:
+        out = Outcome.ok(f"one daemon: pid {holders[0]} holds the lock" if holders
+                         else f"{n} daemon process(es), no lock holder (see FP-1.1)", **details)
+    return out.observe("trading_uw_daemon_processes", n)

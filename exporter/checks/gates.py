@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+from .. import funnel
+from ..botenv import ALPACA_URL_VARS
 from ..broker import BrokerError
 from ..context import Context
 from ..engine import check
-from ..model import Outcome
+from ..model import Outcome, iso_utc
 from ..readers import FileProblem, read_json
+from .common import load_state_json, number
 
 
 def active_freezes(data: Any) -> list[str]:
@@ -93,3 +97,176 @@ def below_max_positions(ctx: Context, p: dict[str, Any]) -> Outcome:
     else:
         out = Outcome.ok(f"{n} of {cap} positions open", **details)
     return out.observe("trading_positions_open", n).observe("trading_positions_max", cap)
+
+
+# --- FP-3.3 ... FP-3.7: per-candidate gates, from the bot's blocked-trades log --------------------
+GATE_ENV = {"max_new_positions_per_cycle": "MAX_NEW_POSITIONS_PER_CYCLE",
+            "symbol_on_cooldown": "COOLDOWN_MINUTES_PER_TICKER"}
+
+
+def gate_share(ctx: Context, p: dict[str, Any], reason: str, what: str) -> Outcome:
+    """WARN when ``reason`` refused at least ``warn_share`` of the recent in-session candidates.
+
+    Candidates are the blocked lines of the recent cycles plus the orders those cycles sent; a
+    share is judged only from ``min_candidates`` candidates on, so two refusals are not "most".
+    """
+    session = ctx.session()
+    if not session.is_open:
+        return Outcome.skipped(f"{session.describe()}: gates only refuse candidates in session",
+                               market=session.phase)
+    w = funnel.in_session(ctx, funnel.window(ctx, int(p["cycles"])), session, float(p["max_age_seconds"]))
+    if w.run_problem:
+        return Outcome.warn(f"cannot read the run log: {w.run_problem}")
+    blocked = w.blocked()
+    candidates = sum(blocked.values()) + w.orders()
+    hits = blocked.get(reason, 0)
+    share = hits / candidates if candidates else 0.0
+    details: dict[str, Any] = {"reason": reason, "blocked_by_gate": hits, "candidates": candidates,
+                               "share": round(share, 3), "cycles": len(w.cycles), "orders": w.orders()}
+    if reason == "expectancy_blocked":
+        raw = w.blocked_raw()
+        details["why"] = {k: v for k, v in raw.most_common(5) if k.startswith("expectancy_blocked")}
+    env_name = GATE_ENV.get(reason)
+    setting = ""
+    if env_name:
+        details[env_name] = ctx.env.get(env_name)
+        setting = f" ({env_name}={ctx.env.get(env_name) or 'default'})"
+    share_text = f"{hits} of {candidates} recent candidates ({100 * share:.0f}%) refused by {what}"
+    if candidates >= int(p["min_candidates"]) and share >= float(p["warn_share"]):
+        why = ""
+        if details.get("why"):
+            why = "; " + ", ".join(f"{k.split(':', 1)[-1]} {v}" for k, v in details["why"].items())
+        out = Outcome.warn(f"{share_text}{setting}{why}", **details)
+    elif candidates < int(p["min_candidates"]):
+        out = Outcome.ok(f"{share_text}; too few candidates to judge (minimum {p['min_candidates']})", **details)
+    else:
+        out = Outcome.ok(share_text, **details)
+    return out.observe("trading_gate_block_share", share, gate=reason)
+
+
+@check("FP-3.3")
+def new_positions_cap(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return gate_share(ctx, p, "max_new_positions_per_cycle", "the per-cycle cap MAX_NEW_POSITIONS_PER_CYCLE")
+
+
+@check("FP-3.4")
+def expectancy_gate(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return gate_share(ctx, p, "expectancy_blocked", "the expectancy gate")
+
+
+@check("FP-3.5")
+def regime_gate(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return gate_share(ctx, p, "regime_gate", "the regime gate")
+
+
+@check("FP-3.6")
+def theme_gate(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return gate_share(ctx, p, "theme_gate", "the theme risk limit")
+
+
+@check("FP-3.7")
+def cooldowns(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return gate_share(ctx, p, "symbol_on_cooldown", "per-ticker cooldowns")
+
+
+# --- FP-3.8: self-healing threshold ---------------------------------------------------------------
+def base_threshold(ctx: Context) -> tuple[float, str]:
+    """The entry threshold before adjustments, the way the bot picks it (file default, env, 2.7)."""
+    try:
+        data = load_state_json(ctx, "thresholds")
+        default = number(data.get("default")) if isinstance(data, dict) else None
+        if default is not None:
+            return default, "state/uw_thresholds_hierarchical.json default"
+    except FileProblem:
+        pass
+    try:
+        if ctx.env.get("ENTRY_THRESHOLD_BASE"):
+            return ctx.env.number("ENTRY_THRESHOLD_BASE", 2.7), "ENTRY_THRESHOLD_BASE"
+    except ValueError:
+        pass
+    return 2.7, "built-in 2.7"
+
+
+@check("FP-3.8")
+def self_healing_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
+    try:
+        data = load_state_json(ctx, "self_healing_threshold")
+    except FileProblem as exc:
+        if exc.kind == "missing":
+            return Outcome.ok("no self-healing threshold file: no adjustment").observe(
+                "trading_self_healing_threshold_adjustment", 0)
+        return Outcome.warn(f"{exc}: cannot tell whether the entry threshold is raised", problem=exc.kind)
+    if not isinstance(data, dict):
+        return Outcome.warn("self_healing_threshold.json is not a JSON object: cannot tell the adjustment")
+    adjustment = number(data.get("adjustment")) or 0.0
+    activated = data.get("activated_at")
+    activated_ts = number(activated)
+    losses = data.get("consecutive_losses")
+    base, base_source = base_threshold(ctx)
+    effective = base + adjustment
+    details: dict[str, Any] = {"adjustment": adjustment, "activated_at": activated, "consecutive_losses": losses,
+                               "base_threshold": base, "base_source": base_source}
+    active = activated not in (None, False, 0, "") and adjustment > 0
+    out: Outcome
+    if active:
+        since = f" since {iso_utc(activated_ts)}" if activated_ts is not None else ""
+        details["effective_threshold"] = effective
+        out = Outcome.warn(f"self-healing adjustment active{since}: entry threshold raised by {adjustment:g} to "
+                           f"{effective:g} ({base_source} {base:g}; {losses} consecutive losses)", **details)
+    else:
+        out = Outcome.ok(f"no active adjustment (entry threshold {base:g} from {base_source})", **details)
+    return (out.observe("trading_self_healing_threshold_adjustment", adjustment if active else 0)
+            .observe("trading_entry_threshold_effective", effective if active else base))
+
+
+# --- FP-3.9: paper-only mode against the broker URL -----------------------------------------------
+@check("FP-3.9")
+def paper_mode_matches_url(ctx: Context, p: dict[str, Any]) -> Outcome:
+    env = ctx.env
+    mode = env.trading_mode
+    url = env.alpaca_base_url
+    host = (urlsplit(url).hostname or "").lower()
+    url_var = env.which(*ALPACA_URL_VARS) or "default"
+    details = {"trading_mode": mode, "base_url_host": host, "base_url_variable": url_var}
+    paper_hosts = [h.lower() for h in p["paper_hosts"]]
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    if mode == "PAPER":
+        if host in paper_hosts:
+            return Outcome.ok(f"TRADING_MODE PAPER with the paper host {host}", **details)
+        if loopback and p["allow_loopback"]:
+            return Outcome.ok(f"TRADING_MODE PAPER with a loopback broker {host} (sandbox)", **details)
+        return Outcome.error(f"TRADING_MODE is PAPER but the Alpaca base URL ({url_var}) points at {host or url!r}, "
+                             "not the paper host: the bot refuses to run", **details)
+    if mode == "LIVE":
+        if host in paper_hosts:
+            return Outcome.warn(f"TRADING_MODE is LIVE but the Alpaca base URL ({url_var}) is the paper host: "
+                                "orders go to the paper account", **details)
+        return Outcome.ok(f"TRADING_MODE LIVE with {host}", **details)
+    return Outcome.warn(f"TRADING_MODE={mode!r} is neither PAPER nor LIVE", **details)
+
+
+# --- FP-3.10 / FP-3.11: kill switch and safe mode on their own ------------------------------------
+def _others(blocking: list[str], own: str) -> str:
+    rest = [b for b in blocking if own not in b]
+    return f"; also blocking: {'; '.join(rest)}" if rest else ""
+
+
+@check("FP-3.10")
+def kill_switch_off(ctx: Context, p: dict[str, Any]) -> Outcome:
+    blocking, details = freeze_state(ctx)
+    mine = [b for b in blocking if "kill switch" in b]
+    if mine:
+        # FP-3.1 is skipped while this fails, so every other blocker is named here
+        return Outcome.error(f"{mine[0]}{_others(blocking, 'kill switch')}", blocking=blocking, **details).observe(
+            "trading_kill_switch_enabled", 1)
+    return Outcome.ok("kill switch off").observe("trading_kill_switch_enabled", 0)
+
+
+@check("FP-3.11")
+def safe_mode_off(ctx: Context, p: dict[str, Any]) -> Outcome:
+    blocking, details = freeze_state(ctx)
+    mine = [b for b in blocking if "safe mode" in b]
+    if mine:
+        return Outcome.error(f"{mine[0]}{_others(blocking, 'safe mode')}", blocking=blocking, **details).observe(
+            "trading_safe_mode_active", 1)
+    return Outcome.ok("no safe-mode flag").observe("trading_safe_mode_active", 0)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from .. import funnel
 from ..context import Context
 from ..engine import check
-from ..model import Outcome
-from ..readers import FileProblem
-from .common import load_state_json, number
+from ..model import Outcome, iso_utc
+from ..readers import FileProblem, read_json
+from .common import age_text, load_state_json, number
+from .data import cache_summary, stage_errors
 
 ENTRY_COMPONENTS = (
     "options_flow", "dark_pool", "insider", "iv_term_skew", "smile_slope", "whale_persistence",
@@ -56,3 +60,242 @@ def weights_initialised(ctx: Context, p: dict[str, Any]) -> Outcome:
     else:
         out = Outcome.ok(f"all {len(ENTRY_COMPONENTS)} entry weight bands valid", **details)
     return out.observe("trading_weights_components", valid)
+
+
+# --- FP-2.2 / FP-2.4 / FP-2.5: stage errors in the run log ---------------------------------------
+def _stage_error_outcome(ctx: Context, p: dict[str, Any], stage: str, what: str) -> tuple[Outcome | None, int]:
+    """WARN naming the latest ``stage`` error of the recent cycles, or None when there is none."""
+    events, errors = stage_errors(ctx, p, (stage,))
+    if not errors:
+        return None, 0
+    latest = errors[-1]
+    return Outcome.warn(f"{len(errors)} of the last {len(events)} cycles logged {what} errors; latest at "
+                        f"{iso_utc(latest.t)}: {latest.error}", errors=len(errors), events=len(events),
+                        latest_error=latest.error), len(errors)
+
+
+@check("FP-2.2")
+def composite_scores(ctx: Context, p: dict[str, Any]) -> Outcome:
+    w = funnel.window(ctx, int(p["cycles"])).since(ctx.now() - float(p["max_age_seconds"]))
+    if w.run_problem:
+        return Outcome.warn(f"cannot read the run log: {w.run_problem}")
+    bad = sum(e.bad_scores for e in w.events)
+    scored = sum(len(e.scores) for e in w.events) + bad
+    logged, n_err = _stage_error_outcome(ctx, p, "scoring", "score")
+    details = {"candidates_scored": scored, "non_finite_scores": bad, "score_errors": n_err}
+    if bad:
+        out = Outcome.warn(f"{bad} of {scored} recent blocked candidates carry a missing or non-finite score "
+                           "(NaN/inf/null in state/blocked_trades.jsonl): the composite score failed", **details)
+    elif logged is not None:
+        out = logged
+        out.details.update(details)
+    else:
+        out = Outcome.ok(f"{scored} recent scores finite, no score errors in {len(w.events)} cycles", **details)
+    return out.observe("trading_score_failures", bad + n_err)
+
+
+@check("FP-2.3")
+def scores_reach_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
+    session = ctx.session()
+    if not session.is_open:
+        return Outcome.skipped(f"{session.describe()}: candidates are scored only in session", market=session.phase)
+    w = funnel.in_session(ctx, funnel.window(ctx, int(p["cycles"])), session, float(p["max_age_seconds"]))
+    if w.run_problem:
+        return Outcome.warn(f"cannot read the run log: {w.run_problem}")
+    cycles = w.cycles
+    blocked = w.blocked()
+    below = blocked.get("score_below_min", 0)
+    passed = sum(blocked.values()) - below + w.orders()
+    best = max((s for e in w.events for s in e.below_min_scores), default=None)
+    try:
+        min_exec = ctx.env.number("MIN_EXEC_SCORE", float("nan"))
+    except ValueError:
+        min_exec = float("nan")
+    details: dict[str, Any] = {"cycles": len(cycles), "below_min": below, "reached_threshold": passed,
+                               "best_score_below_min": best}
+    if min_exec == min_exec:  # not NaN
+        details["min_exec_score"] = min_exec
+    need = int(p["cycles"])
+    if len(cycles) >= need and below and not passed:
+        best_text = f"; best score {best:g}" if best is not None else ""
+        bar = f" against MIN_EXEC_SCORE {min_exec:g}" if "min_exec_score" in details else ""
+        out = Outcome.warn(f"no candidate reached the threshold in the last {len(cycles)} in-session cycles: "
+                           f"{below} blocked as score_below_min{best_text}{bar} (see FP-3.8)", **details)
+    elif passed:
+        out = Outcome.ok(f"{passed} candidate(s) reached the threshold in the last {len(cycles)} cycles "
+                         f"({below} below it)", **details)
+    else:
+        out = Outcome.ok(f"{len(cycles)} in-session cycles, {below} candidates below the threshold "
+                         f"(warns after {need} cycles with none above)", **details)
+    return out.observe("trading_candidates_below_threshold", below)
+
+
+@check("FP-2.4")
+def enrichment(ctx: Context, p: dict[str, Any]) -> Outcome:
+    session = ctx.session()
+    if not session.is_open:
+        return Outcome.skipped(f"{session.describe()}: enrichment endpoints are market-sensitive",
+                               market=session.phase)
+    try:
+        s = cache_summary(ctx)
+    except FileProblem as exc:
+        return Outcome.skipped(f"{exc} (see FP-1.2)")
+    logged, n_err = _stage_error_outcome(ctx, p, "enrichment", "enrichment")
+    n = len(s.symbols)
+    share = s.tickers_enriched / n if n else 0.0
+    details = {"symbols": n, "tickers_enriched": s.tickers_enriched, "share": round(share, 3),
+               "enrichment_errors": n_err}
+    out: Outcome
+    if n and share < float(p["min_enriched_share"]):
+        out = Outcome.warn(f"only {s.tickers_enriched} of {n} tickers carry any non-empty intel block "
+                           f"(dark_pool, greeks, ...; minimum share {p['min_enriched_share']:g})", **details)
+    elif logged is not None:
+        out = logged
+        out.details.update(details)
+    else:
+        out = Outcome.ok(f"{s.tickers_enriched} of {n} tickers enriched", **details)
+    return out.observe("trading_uw_cache_tickers_enriched", s.tickers_enriched)
+
+
+@check("FP-2.5")
+def regime_detection(ctx: Context, p: dict[str, Any]) -> Outcome:
+    session = ctx.session()
+    if not session.is_open:
+        return Outcome.skipped(f"{session.describe()}: market tide is fetched only in session",
+                               market=session.phase)
+    try:
+        s = cache_summary(ctx)
+    except FileProblem as exc:
+        return Outcome.skipped(f"{exc} (see FP-1.2)")
+    logged, n_err = _stage_error_outcome(ctx, p, "regime", "regime")
+    details: dict[str, Any] = {"tide_points": s.tide_points, "regime_errors": n_err}
+    if s.tide_newest is not None:
+        details["tide_newest"] = iso_utc(s.tide_newest)
+    out: Outcome
+    if not s.tide_present:
+        out = Outcome.warn("the cache has no _market_tide: the regime cannot be determined", **details)
+    elif s.tide_points == 0:
+        out = Outcome.warn("_market_tide holds no data points: the regime cannot be determined", **details)
+    elif s.tide_newest is not None and ctx.now() - s.tide_newest > float(p["max_age_seconds"]):
+        age = ctx.now() - s.tide_newest
+        out = Outcome.warn(f"newest market-tide point is {age_text(age)} old (limit {p['max_age_seconds']:g} s "
+                           "in session): the regime is computed from stale data", age_seconds=round(age), **details)
+    elif logged is not None:
+        out = logged
+        out.details.update(details)
+    else:
+        out = Outcome.ok(f"market tide has {s.tide_points} points"
+                         + (f", newest {age_text(max(0, ctx.now() - s.tide_newest))} old"
+                            if s.tide_newest is not None else ""), **details)
+    return out.observe("trading_market_tide_timestamp_seconds", s.tide_newest)
+
+
+# --- FP-2.6: the weights file is saved, whole -----------------------------------------------------
+def _weights_read(ctx: Context, p: dict[str, Any], torn_at: list[float]) -> Any:
+    """The parsed weights; a first read that was torn is recorded in ``torn_at``.
+
+    Parsed again only when the file changed, so one torn write is counted once.
+    """
+    def parse(path: Path) -> Any:
+        try:
+            return json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            torn_at.append(ctx.now())
+            return read_json(path, int(p["retries"]), float(p["retry_delay_seconds"]))
+        except FileNotFoundError:
+            raise FileProblem("missing", path, f"{path.name} does not exist") from None
+        except OSError as exc:
+            raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
+
+    return ctx.files.get(ctx.path("weights"), parse, kind="FP-2.6")
+
+
+@check("FP-2.6")
+def weights_saved(ctx: Context, p: dict[str, Any]) -> Outcome:
+    now = ctx.now()
+    torn_at: list[float] = ctx.state_for("FP-2.6").setdefault("torn_at", [])
+    try:
+        data = _weights_read(ctx, p, torn_at)
+    except FileProblem as exc:
+        return Outcome.error(f"{exc} (see FP-2.1)", problem=exc.kind)
+    window = float(p["torn_window_seconds"])
+    torn_at[:] = [t for t in torn_at if now - t <= window]
+    saved_at = number(data.get("saved_at")) if isinstance(data, dict) else None
+    details: dict[str, Any] = {"torn_reads": len(torn_at), "torn_window_seconds": window}
+    out: Outcome
+    if saved_at is None:
+        out = Outcome.warn("state/signal_weights.json has no numeric saved_at: cannot tell when the learner "
+                           "last saved", **details)
+    else:
+        age = now - saved_at
+        details.update(saved_at=iso_utc(saved_at), age_seconds=round(age))
+        if age < -300:
+            out = Outcome.warn(f"saved_at is {age_text(-age)} in the future (clock skew?)", **details)
+        elif age > float(p["max_age_seconds"]):
+            out = Outcome.warn(f"weights not saved for {age_text(age)} (limit {age_text(p['max_age_seconds'])}): "
+                               "the learner is not updating", **details)
+        elif len(torn_at) >= int(p["torn_warn_count"]):
+            out = Outcome.warn(f"{len(torn_at)} torn reads of state/signal_weights.json in the last "
+                               f"{age_text(window)}: it is written non-atomically and a crash mid-write "
+                               "would lose the weights", **details)
+        else:
+            out = Outcome.ok(f"saved {age_text(max(age, 0))} ago", **details)
+    return out.observe("trading_weights_saved_timestamp_seconds", saved_at)
+
+
+# --- FP-2.7: per-symbol thresholds ----------------------------------------------------------------
+def threshold_problems(data: Any, lo: float, hi: float) -> tuple[list[str], int]:
+    """Problems with the hierarchical thresholds and how many numeric thresholds it holds."""
+    if not isinstance(data, dict):
+        return [f"not a JSON object (got {type(data).__name__})"], 0
+    problems: list[str] = []
+    count = 0
+
+    def walk(node: Any, where: str) -> None:
+        nonlocal count
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(node, bool) or node is None or isinstance(node, str):
+            return  # metadata (source, updated_at, ...) is not a threshold
+        elif isinstance(node, (int, float)):
+            count += 1
+            f = float(node)
+            if f != f or f in (float("inf"), float("-inf")):
+                problems.append(f"{where} is not finite")
+            elif not lo <= f <= hi:
+                problems.append(f"{where} = {f:g} outside [{lo:g}, {hi:g}]")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(data, "")
+    return problems, count
+
+
+@check("FP-2.7")
+def thresholds_valid(ctx: Context, p: dict[str, Any]) -> Outcome:
+    path = ctx.path("thresholds")
+    try:
+        data = load_state_json(ctx, "thresholds", int(p["retries"]), float(p["retry_delay_seconds"]))
+    except FileProblem as exc:
+        if exc.kind == "missing":
+            return Outcome.ok(f"{path.name} absent: the bot uses ENTRY_THRESHOLD_BASE (else 2.7)")
+        return Outcome.error(f"{exc}: the bot cannot read its per-symbol entry thresholds", problem=exc.kind)
+    lo, hi = float(p["min_threshold"]), float(p["max_threshold"])
+    problems, count = threshold_problems(data, lo, hi)
+    details: dict[str, Any] = {"thresholds": count}
+    if problems and problems[0].startswith("not a JSON object"):
+        return Outcome.error(f"{path.name} is {problems[0]}", **details)
+    if any("not finite" in x for x in problems):
+        shown = "; ".join(problems[:4])
+        return Outcome.error(f"{path.name} has non-finite thresholds: {shown}", problems=problems[:20], **details)
+    if problems:
+        shown = "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else "")
+        return Outcome.warn(f"{path.name}: {shown}", problems=problems[:20], **details).observe(
+            "trading_thresholds_invalid", len(problems))
+    if count == 0:
+        return Outcome.warn(f"{path.name} holds no numeric threshold", **details).observe(
+            "trading_thresholds_invalid", 0)
+    return Outcome.ok(f"{count} thresholds, all within [{lo:g}, {hi:g}]", **details).observe(
+        "trading_thresholds_invalid", 0)
