@@ -158,3 +158,14 @@ def check_json(root: Path, *extra: str, env: dict[str, str] | None = None) -> tu
     r = run_cli("--bot-root", str(root), "check", "--json", *extra, env=env)
     assert r.stdout, r.stderr
     return r.returncode, json.loads(r.stdout)
+
+
+def market_at(alpaca: FakeAlpaca, when: Any) -> Callable[[], float]:
+    """Put the fake broker's clock and calendar at ``when`` (aware datetime, NYSE rules: holidays,
+    half days) and return the matching clock for ``evaluate(..., clock=...)``."""
+    alpaca.clock = None
+    alpaca.calendar = None
+    alpaca.time_source = lambda: when
+    alpaca.rate_limit = 1_000_000  # a frozen time source puts every request in one rate window
+    ts = when.timestamp()
+    return lambda: ts

@@ -169,6 +169,54 @@ class BotRoot:
             {"event": "uw_flow_cycle", "cycle": start_cycle + k, "ts": end - every * (n - 1 - k),
              "timestamp": iso(end - every * (n - 1 - k))} for k in range(n)])
 
+    # --- writers for the log-based points (quota, funnel, gates, stage errors) ----------------
+    def cycles_with_blocks(self, n: int, blocked: dict[str, int] | None = None, clusters: int = 3,
+                           orders: int = 0, every: float = 60.0, end: float | None = None,
+                           score: float | None = 1.5, **extra: Any) -> None:
+        """``n`` cycles ending at ``end``; before each "complete" line, ``blocked`` reason -> count
+        lines in state/blocked_trades.jsonl, as main.py writes them during the cycle."""
+        end = self.now if end is None else end
+        runs: list[dict[str, Any]] = []
+        blocks: list[dict[str, Any]] = []
+        for i in range(n - 1, -1, -1):
+            t = end - every * i
+            k = 0
+            for reason, count in (blocked or {}).items():
+                for _ in range(count):
+                    k += 1
+                    sym = TICKERS[(i + k) % len(TICKERS)]
+                    blocks.append({"timestamp": iso(t - every / 2 + k * 0.01), "symbol": sym, "reason": reason,
+                                   "score": score})
+            runs.append({"ts": iso(t), "_ts": t, "msg": "complete", "clusters": clusters, "orders": orders, **extra})
+        if blocks:
+            append_jsonl(self.p("state/blocked_trades.jsonl"), blocks)
+        append_jsonl(self.p("logs/run.jsonl"), runs)
+
+    def block(self, reason: str, at: float | None = None, symbol: str = "AMD", score: Any = 1.4,
+              **extra: Any) -> None:
+        at = self.now if at is None else at
+        append_jsonl(self.p("state/blocked_trades.jsonl"),
+                     [{"timestamp": iso(at), "symbol": symbol, "reason": reason, "score": score, **extra}])
+
+    def run_error(self, error: Any, at: float | None = None, msg: str = "cycle_error", **extra: Any) -> None:
+        """A failed cycle as main.py logs it: no "complete" line, an ``error`` instead."""
+        at = self.now if at is None else at
+        append_jsonl(self.p("logs/run.jsonl"), [{"ts": iso(at), "_ts": at, "msg": msg, "error": error, **extra}])
+
+    def quota_requests(self, n: int, end: float | None = None, every: float = 1.0, **extra: Any) -> None:
+        """``n`` UW requests in data/uw_api_quota.jsonl ending at ``end`` (``status=429`` for a 429)."""
+        end = self.now if end is None else end
+        append_jsonl(self.p("data/uw_api_quota.jsonl"), [
+            {"ts": end - every * (n - 1 - k), "url": "/api/option-trades/flow-alerts", "source": "uw_flow_daemon",
+             **extra} for k in range(n)])
+
+    def self_healing(self, adjustment: float = 0.5, activated_at: float | None = None, losses: int = 3) -> None:
+        write_json(self.p("state/self_healing_threshold.json"),
+                   {"adjustment": adjustment, "activated_at": activated_at, "consecutive_losses": losses})
+
+    def thresholds(self, data: Any) -> None:
+        write_json(self.p("state/uw_thresholds_hierarchical.json"), data)
+
     # --- the ways it fails -------------------------------------------------------------------
     def freeze(self, key: str = "max_drawdown_exceeded", as_object: bool = True, reason: str = "drawdown 8%") -> None:
         path = self.p("state/governor_freezes.json")
