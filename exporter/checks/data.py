@@ -373,7 +373,13 @@ def clusters_generated(ctx: Context, p: dict[str, Any]) -> Outcome:
     total = sum(c.clusters or 0 for c in counted)
     details = {"cycles": len(cycles), "clusters": total, "needed_cycles": need}
     if len(counted) >= need and total == 0:
-        out = Outcome.warn(f"no clusters in the last {len(counted)} in-session cycles: {fun['answer']}", **details)
+        try:
+            s = cache_summary(ctx)
+            cache = f"cache: {len(s.symbols)} symbols, {s.tickers_with_trades} with flow trades"
+        except FileProblem as exc:
+            cache = str(exc)
+        out = Outcome.warn(f"no clusters in the last {len(counted)} in-session cycles ({cache}; "
+                           "funnel in the details)", **details)
     elif not cycles:
         out = Outcome.ok("no in-session cycle logged yet (bot liveness is FP-6.3)", **details)
     elif total == 0:
