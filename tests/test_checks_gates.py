@@ -1,0 +1,134 @@
+"""Gates & Filters FP-3.3 ... FP-3.11: each broken from the bot's own files, then recovered."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from exporter.model import Readiness, Status
+from exporter.sim.alpaca import FakeAlpaca
+from exporter.sim.botroot import BotRoot
+from exporter.sim.uw import FakeUW
+
+from .conftest import check_json, evaluate, market_at
+from .test_checks_data import CLOSED, OPEN, run
+
+
+@pytest.fixture
+def sbot(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW) -> BotRoot:
+    market_at(alpaca, OPEN)
+    root = BotRoot(tmp_path / "bot", now=OPEN.timestamp()).healthy(alpaca.url, uw.url)
+    for rel in ("logs/run.jsonl", "state/blocked_trades.jsonl"):
+        root.p(rel).unlink()
+    return root
+
+
+@pytest.mark.parametrize("fp, reason, text", [
+    ("FP-3.3", "max_new_positions_per_cycle", "MAX_NEW_POSITIONS_PER_CYCLE=6"),
+    ("FP-3.4", "expectancy_blocked:negative_ev", "expectancy gate; negative_ev 16"),
+    ("FP-3.5", "regime_gate", "regime gate"),
+    ("FP-3.6", "theme_gate", "theme risk limit"),
+    ("FP-3.7", "symbol_on_cooldown", "COOLDOWN_MINUTES_PER_TICKER=15"),
+])
+def test_gate_refusing_most_candidates(sbot: BotRoot, alpaca: FakeAlpaca, fp: str, reason: str, text: str) -> None:
+    t = OPEN.timestamp()
+    # 8 cycles: 2 refused by the gate, 1 below the score, no order -> 16 of 24
+    sbot.cycles_with_blocks(8, blocked={reason: 2, "score_below_min": 1}, orders=0, end=t)
+    r = run(sbot, fp, alpaca)
+    assert r.status is Status.WARN, r.outcome.message
+    assert "16 of 24 recent candidates (67%)" in r.outcome.message and text in r.outcome.message
+    label = reason.split(":")[0]
+    assert [o.value for o in r.outcome.observations if o.name == "trading_gate_block_share"] == [
+        pytest.approx(16 / 24, abs=1e-3)]
+    assert dict(r.outcome.observations[0].labels) == {"gate": label}
+    # outside the session nothing is judged
+    r = run(sbot, fp, alpaca, when=CLOSED)
+    assert r.status is Status.SKIPPED and "market closed" in r.outcome.message
+    # orders flow again: the share falls below warn_share -> recovered
+    sbot.cycles_with_blocks(6, orders=3, end=t + 360)
+    r = run(sbot, fp, alpaca, when=OPEN + timedelta(seconds=360))
+    assert r.status is Status.OK and "16 of 42" in r.outcome.message, r.outcome.message
+
+
+def test_a_few_refusals_are_not_most(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    sbot.cycles_with_blocks(2, blocked={"regime_gate": 2}, orders=0, end=OPEN.timestamp())
+    r = run(sbot, "FP-3.5", alpaca)
+    assert r.status is Status.OK and "too few candidates to judge" in r.outcome.message
+
+
+# --- FP-3.8 ----------------------------------------------------------------------------------
+def test_self_healing_threshold_raised(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    assert run(sbot, "FP-3.8", alpaca).status is Status.OK
+    sbot.self_healing(adjustment=0.5, activated_at=OPEN.timestamp() - 3600, losses=4)
+    r = run(sbot, "FP-3.8", alpaca)
+    assert r.status is Status.WARN, r.outcome.message
+    assert "raised by 0.5 to 3.2" in r.outcome.message and "4 consecutive losses" in r.outcome.message
+    assert {o.name: o.value for o in r.outcome.observations}["trading_entry_threshold_effective"] == 3.2
+    # without the per-symbol file the base comes from ENTRY_THRESHOLD_BASE
+    sbot.p("state/uw_thresholds_hierarchical.json").unlink()
+    sbot.set_env(ENTRY_THRESHOLD_BASE="3.0")
+    assert "to 3.5 (ENTRY_THRESHOLD_BASE 3" in run(sbot, "FP-3.8", alpaca).outcome.message
+    # an adjustment that is not activated does not raise anything
+    sbot.self_healing(adjustment=0.5, activated_at=None)
+    assert run(sbot, "FP-3.8", alpaca).status is Status.OK
+    sbot.torn("state/self_healing_threshold.json")
+    assert run(sbot, "FP-3.8", alpaca).status is Status.WARN
+
+
+# --- FP-3.9 ----------------------------------------------------------------------------------
+def test_paper_mode_with_a_live_url_through_the_cli(sbot: BotRoot) -> None:
+    sbot.set_env(ALPACA_BASE_URL=' "https://api.alpaca.markets" ')
+    code, data = check_json(sbot.path, "--only", "FP-3.9")
+    fp = data["failure_points"]["FP-3.9"]
+    assert fp["status"] == "ERROR" and code == 2
+    assert "ALPACA_BASE_URL" in fp["last_error"] and "bot refuses to run" in fp["last_error"]
+    assert "SECRETTEST" not in str(data)
+    sbot.set_env(ALPACA_BASE_URL=None, APCA_API_BASE_URL="https://paper-api.alpaca.markets/")
+    code, data = check_json(sbot.path, "--only", "FP-3.9")
+    assert data["failure_points"]["FP-3.9"]["status"] == "OK" and code == 0
+
+
+def test_live_mode_with_the_paper_url_warns(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    sbot.set_env(ALPACA_BASE_URL="https://paper-api.alpaca.markets", TRADING_MODE="live")
+    r = run(sbot, "FP-3.9", alpaca)
+    assert r.status is Status.WARN and "paper account" in r.outcome.message
+    sbot.set_env(TRADING_MODE="PAPER")
+    assert run(sbot, "FP-3.9", alpaca).status is Status.OK
+
+
+# --- FP-3.10 / FP-3.11 with FP-3.1: one cause, one critical ------------------------------------
+def test_kill_switch_is_one_critical_and_names_other_blockers(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    only = ["FP-3.1", "FP-3.10", "FP-3.11"]
+    sbot.kill_switch(True)
+    sbot.freeze("daily_loss_pct_limit", reason="-3.1%")
+    rep = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN))
+    r = rep.results
+    assert r["FP-3.10"].status is Status.ERROR
+    assert "kill switch enabled" in r["FP-3.10"].outcome.message
+    assert "freeze daily_loss_pct_limit (-3.1%)" in r["FP-3.10"].outcome.message  # nothing hidden
+    assert r["FP-3.1"].status is Status.SKIPPED and r["FP-3.1"].outcome.message == "depends on FP-3.10"
+    assert rep.to_json()["critical_fps"] == ["FP-3.10"]
+    # run alone, FP-3.1 still names the kill switch
+    alone = evaluate(sbot.path, only=["FP-3.1"], clock=market_at(alpaca, OPEN)).results["FP-3.1"]
+    assert alone.status is Status.ERROR and "kill switch enabled" in alone.outcome.message
+    sbot.kill_switch(False)
+    r = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN)).results
+    assert r["FP-3.10"].status is Status.OK
+    assert r["FP-3.1"].status is Status.ERROR and "daily_loss_pct_limit" in r["FP-3.1"].outcome.message
+
+
+def test_safe_mode_on_its_own(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    only = ["FP-3.1", "FP-3.10", "FP-3.11"]
+    sbot.safe_mode()
+    rep = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN))
+    assert rep.results["FP-3.11"].status is Status.ERROR
+    assert rep.results["FP-3.1"].status is Status.SKIPPED
+    assert rep.readiness is Readiness.BLOCKED and rep.to_json()["critical_count"] == 1
+    sbot.p("state/health_safe_mode.flag").unlink()
+    rep = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN))
+    assert {r.status for r in rep.results.values()} == {Status.OK}
+    sbot.p("state/kill_switch.json").write_text("{torn")
+    r = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN)).results["FP-3.10"]
+    assert r.status is Status.ERROR and "unreadable" in r.outcome.message
