@@ -246,3 +246,26 @@ def test_duplicate_daemon_that_does_not_exit(bot: BotRoot, procs: Procs, tmp_pat
     owner.kill()
     owner.wait()
     assert evaluate(bot.path, only=only, config=cfg).results["FP-1.11"].status is Status.SKIPPED
+
+
+# --- the healthy root stays all-OK ------------------------------------------------------------
+@pytest.mark.parametrize("when", [OPEN, CLOSED], ids=["open", "closed"])
+def test_healthy_root_is_all_ok(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, when: datetime) -> None:
+    """Every point of categories 1-3 on the healthy root, with the daemon and the bot running:
+    OK in session; outside it OK or SKIPPED (market closed), never WARN or ERROR."""
+    from exporter.catalog import load
+
+    clock = market_at(alpaca, when)
+    root = BotRoot(tmp_path / "bot", now=when.timestamp()).healthy(alpaca.url, uw.url)
+    mine = [p.id for p in load() if p.category_number in (1, 2, 3)]
+    procs = Procs(root.path)
+    try:
+        procs.daemon()
+        procs.bot()
+        rep = evaluate(root.path, only=mine, clock=clock)
+    finally:
+        procs.stop_all()
+    allowed = {Status.OK} if when is OPEN else {Status.OK, Status.SKIPPED}
+    bad = {fp: (r.status.name, r.outcome.message) for fp, r in rep.results.items() if r.status not in allowed}
+    assert not bad, bad
+    assert len(rep.results) == len(mine) == 29
