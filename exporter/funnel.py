@@ -189,23 +189,25 @@ def window(ctx: Context, events: int = 60) -> Window:
     blk_tail = ctx.tails.get(ctx.path("blocked_trades"), keep=BLOCKED_KEEP)
     run_problem = blocked_problem = None
     try:
-        run, run_n, run_gen = run_tail.snapshot()
+        run_n, run_gen = run_tail.version()
     except FileProblem as exc:
-        run, run_n, run_gen, run_problem = [], -1, -1, str(exc)
+        run_n, run_gen, run_problem = -1, -1, str(exc)
     try:
-        blocked, blk_n, blk_gen = blk_tail.snapshot()
+        blk_n, blk_gen = blk_tail.version()
     except FileProblem as exc:
         # no blocked_trades.jsonl yet means nothing was ever blocked; say so without failing
-        blocked, blk_n, blk_gen, blocked_problem = [], -1, -1, str(exc)
+        blk_n, blk_gen, blocked_problem = -1, -1, str(exc)
     key = (events, run_n, run_gen, blk_n, blk_gen, run_problem, blocked_problem)
     memo = ctx.state_for("funnel")
     with _build_lock:
-        hit = memo.get(events)
+        hit = memo.get(f"window:{events}")
         if hit is not None and hit[0] == key:
             return hit[1]  # type: ignore[no-any-return]
+        run = run_tail.kept() if run_problem is None else []
+        blocked = blk_tail.kept() if blocked_problem is None else []
         built = _build(run, blocked, events)
         built.run_problem, built.blocked_problem = run_problem, blocked_problem
-        memo[events] = (key, built)
+        memo[f"window:{events}"] = (key, built)
         return built
 
 

@@ -150,6 +150,18 @@ class JsonlTail:
                 pass
             return list(self.records), self.appended, self.generation
 
+    def kept(self) -> list[dict[str, Any]]:
+        """The records kept in memory, oldest first, without reading the file."""
+        with self._lock:
+            return list(self.records)
+
+    def version(self) -> tuple[int, int]:
+        """Poll, then (``appended``, ``generation``): cheap change detection without copying records."""
+        with self._lock:
+            for _ in self._poll():
+                pass
+            return self.appended, self.generation
+
     def consumed(self) -> tuple[int, int, int]:
         """Poll, then (end offset of the complete lines read, ``appended``, ``generation``).
 

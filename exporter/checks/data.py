@@ -49,7 +49,8 @@ class CacheSummary:
 def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
     if not isinstance(raw, dict):
         raise FileProblem("corrupt", path, f"{path.name} is not a JSON object (got {type(raw).__name__})")
-    meta = raw.get("_metadata") if isinstance(raw.get("_metadata"), dict) else {}
+    raw_meta = raw.get("_metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     symbols = sorted(k for k in raw if not k.startswith("_"))
     summary = CacheSummary(
         size_bytes=size,
