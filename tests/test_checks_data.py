@@ -269,3 +269,18 @@ def test_healthy_root_is_all_ok(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, 
     bad = {fp: (r.status.name, r.outcome.message) for fp, r in rep.results.items() if r.status not in allowed}
     assert not bad, bad
     assert len(rep.results) == len(mine) == 29
+
+
+def test_missing_run_log_is_one_warning_not_nine(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    sbot.p("logs/run.jsonl").unlink()
+    run_points = ["FP-1.7", "FP-1.8", "FP-2.2", "FP-2.3", "FP-3.3", "FP-3.4", "FP-3.5", "FP-3.6", "FP-3.7"]
+    rep = evaluate(sbot.path, only=["FP-1.2", "FP-1.3", "FP-1.6", "FP-1.9", "FP-2.1", *run_points],
+                   clock=market_at(alpaca, OPEN))
+    assert rep.to_json()["warning_fps"] == ["FP-1.8"], rep.to_json()["warning_fps"]
+    assert "run.jsonl does not exist" in rep.results["FP-1.8"].outcome.message
+    for fp in run_points[2:]:
+        assert "FP-1.8 reports it" in rep.results[fp].outcome.message, fp
+    sbot.cycles_with_blocks(3)
+    rep = evaluate(sbot.path, only=["FP-1.2", "FP-1.3", "FP-1.6", "FP-1.9", "FP-2.1", *run_points],
+                   clock=market_at(alpaca, OPEN))
+    assert {r.status for r in rep.results.values()} == {Status.OK}
