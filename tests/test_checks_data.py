@@ -216,7 +216,7 @@ def test_daemon_heartbeat_is_market_aware(sbot: BotRoot, alpaca: FakeAlpaca) -> 
     assert run(sbot, "FP-1.10", alpaca, when=CLOSED).status is Status.OK
     sbot.daemon_cycles(1, end=OPEN.timestamp(), start_cycle=4)
     r = run(sbot, "FP-1.10", alpaca)
-    assert r.status is Status.OK and "last daemon cycle 4" in r.outcome.message
+    assert r.status is Status.OK and "last daemon cycle #4" in r.outcome.message
     sbot.p("logs/uw_daemon.jsonl").unlink()
     assert run(sbot, "FP-1.10", alpaca).status is Status.WARN
 

@@ -488,10 +488,10 @@ def uw_daemon_cycling(ctx: Context, p: dict[str, Any]) -> Outcome:
     limit = float(p["open_warn_seconds"] if in_session else p["closed_warn_seconds"])
     if age > limit:
         where = "in session" if in_session else f"outside the session ({session.describe()})"
-        out = Outcome.warn(f"no daemon cycle for {age_text(age)} (last cycle {last.get('cycle')}; "
+        out = Outcome.warn(f"no daemon cycle for {age_text(age)} (last cycle #{last.get('cycle')}; "
                            f"limit {limit:g} s {where}): the daemon is hung or paused", **details)
     else:
-        out = Outcome.ok(f"last daemon cycle {last.get('cycle')} {age_text(max(age, 0))} ago", **details)
+        out = Outcome.ok(f"last daemon cycle #{last.get('cycle')} {age_text(max(age, 0))} ago", **details)
     return out.observe("trading_uw_daemon_last_cycle_timestamp_seconds", last_t)
 
 
