@@ -240,6 +240,11 @@ class JsonlTail:
         s.partial = lines.pop()  # b"" when the chunk ended with a newline
         if skip_partial_first and lines:
             lines = lines[1:]
+        if len(lines) > self.keep:
+            # only the last `keep` records can be kept: parsing the rest (a first read, a burst)
+            # would cost CPU for nothing; consumers that count every record are told to recount
+            lines = lines[-self.keep:]
+            self.generation += 1
         for line in lines:
             if not line.strip():
                 continue

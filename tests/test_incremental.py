@@ -171,3 +171,14 @@ def test_engine_cycles_reparse_the_cache_only_on_change(tmp_path: Path, alpaca: 
     root.write_cache()
     eng.run(only)
     assert ctx.files.parses == parses + 1
+
+
+def test_a_burst_larger_than_kept_parses_only_what_is_kept(tmp_path: Path) -> None:
+    log = tmp_path / "q.jsonl"
+    _lines(log, 0, 2)
+    tail = JsonlTail(log, keep=5)
+    tail.poll()
+    _lines(log, 2, 500)
+    assert [r["i"] for r in tail.poll()] == [497, 498, 499, 500, 501]
+    assert tail.generation == 1  # counting consumers must recount from the file
+    assert tail.since(2) == (list(tail.records), False)
