@@ -242,9 +242,10 @@ class JsonlTail:
             lines = lines[1:]
         if len(lines) > self.keep:
             # only the last `keep` records can be kept: parsing the rest (a first read, a burst)
-            # would cost CPU for nothing; consumers that count every record are told to recount
+            # would cost CPU for nothing. They still count as appended, so since() tells a
+            # consumer that counts every record to recount from the file.
+            self.appended += len(lines) - self.keep
             lines = lines[-self.keep:]
-            self.generation += 1
         for line in lines:
             if not line.strip():
                 continue
