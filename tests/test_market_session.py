@@ -91,7 +91,8 @@ def test_stale_cache_at_two_on_sunday_is_not_an_error(tmp_path: Path, alpaca: Fa
     monday = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
     rep = evaluate(root.path, only=only, clock=market_at(alpaca, monday))
     assert rep.results["FP-1.3"].status is Status.ERROR
-    assert rep.results["FP-1.9"].status is Status.ERROR
+    assert rep.results["FP-1.9"].status is Status.SKIPPED  # one dead daemon, one critical
+    assert rep.to_json()["critical_fps"] == ["FP-1.3"]
     assert rep.readiness is Readiness.BLOCKED
 
 
