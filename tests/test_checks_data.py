@@ -284,3 +284,12 @@ def test_missing_run_log_is_one_warning_not_nine(sbot: BotRoot, alpaca: FakeAlpa
     rep = evaluate(sbot.path, only=["FP-1.2", "FP-1.3", "FP-1.6", "FP-1.9", "FP-2.1", *run_points],
                    clock=market_at(alpaca, OPEN))
     assert {r.status for r in rep.results.values()} == {Status.OK}
+
+
+def test_one_failed_cycle_logging_three_lines_is_not_three_failures(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    t = OPEN.timestamp() + 30
+    sbot.run_error("ValueError: bad premium", at=t)
+    sbot.run_error("Traceback (most recent call last): ...", at=t + 0.2, msg="traceback")
+    sbot.run_error("cluster build failed", at=t + 0.4)
+    r = run(sbot, "FP-1.8", alpaca, when=OPEN + timedelta(seconds=31))
+    assert r.status is Status.WARN and r.outcome.details["failing_streak"] == 1, r.outcome.message

@@ -408,12 +408,16 @@ def cluster_errors(ctx: Context, p: dict[str, Any]) -> Outcome:
     if errors:
         details["latest_error"] = errors[-1].error
         details["latest_error_at"] = iso_utc(errors[-1].t)
+    # failed cycles in a row, newest first; error lines closer together than same_cycle_seconds
+    # are one cycle (a failure often logs the error and its traceback as separate records)
     streak = 0
+    last_t: float | None = None
     for e in reversed(events):
-        if e.error and e.stage in ("clusters", "cycle"):
-            streak += 1
-        else:
+        if not (e.error and e.stage in ("clusters", "cycle")):
             break
+        if last_t is None or last_t - e.t >= float(p["same_cycle_seconds"]):
+            streak += 1
+            last_t = e.t
     details["failing_streak"] = streak
     need = int(p["error_cycles"])
     if streak >= need:
