@@ -293,3 +293,12 @@ def test_one_failed_cycle_logging_three_lines_is_not_three_failures(sbot: BotRoo
     sbot.run_error("cluster build failed", at=t + 0.4)
     r = run(sbot, "FP-1.8", alpaca, when=OPEN + timedelta(seconds=31))
     assert r.status is Status.WARN and r.outcome.details["failing_streak"] == 1, r.outcome.message
+
+
+def test_frozen_cycles_are_not_missing_clusters(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    t = OPEN.timestamp()
+    sbot.p("logs/run.jsonl").unlink()
+    sbot.cycles_with_blocks(12, clusters=0, orders=0, end=t + 720, freeze_active=True)
+    r = run(sbot, "FP-1.7", alpaca, when=OPEN + timedelta(seconds=720))
+    assert r.status is Status.OK and r.outcome.details["frozen_cycles"] == 12, r.outcome.message
+    assert "frozen" in r.outcome.details["funnel"]["answer"]

@@ -369,10 +369,12 @@ def clusters_generated(ctx: Context, p: dict[str, Any]) -> Outcome:
     if w.run_problem:
         return _funnel_outcome(Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it"), fun)
     need = int(p["cycles"])
-    cycles = w.cycles[-need:]
-    counted = [c for c in cycles if c.clusters is not None]
+    # a frozen cycle builds nothing by design: FP-3.1 reports the freeze, not this point
+    counted = [c for c in w.cycles if c.clusters is not None and not c.freeze_active][-need:]
+    cycles = counted
     total = sum(c.clusters or 0 for c in counted)
-    details = {"cycles": len(cycles), "clusters": total, "needed_cycles": need}
+    details = {"cycles": len(cycles), "clusters": total, "needed_cycles": need,
+               "frozen_cycles": sum(1 for c in w.cycles if c.freeze_active)}
     if len(counted) >= need and total == 0:
         try:
             s = cache_summary(ctx)
