@@ -235,10 +235,11 @@ def _count_file(path: Path, start: int, end: int) -> tuple[int, int]:
             if not chunk:
                 break
             left -= len(chunk)
-            parts = (carry + chunk).split(b"\n")
+            data = carry + chunk
+            parts = data.split(b"\n")
             carry = parts.pop()
             lines += len(parts)
-            if b"429" in chunk or b"rate_limit" in chunk or b"429" in carry:
+            if b"429" in data or b"rate_limit" in data:
                 # only lines that mention it are parsed
                 for line in parts:
                     if b"429" in line or b"rate_limit" in line:
@@ -279,8 +280,11 @@ def quota_usage(ctx: Context, reset: float) -> tuple[int, int, bool]:
                 st["seen"] += len(new)
                 return st["count"], st["hits"], False
         end, appended, generation = tail.consumed()
-        start = find_offset(path, lambda r: funnel.record_time(r, "ts", "_ts", "timestamp"), reset)
-        count, hits = _count_file(path, start, end) if start < end else (0, 0)
+        try:
+            start = find_offset(path, lambda r: funnel.record_time(r, "ts", "_ts", "timestamp"), reset)
+            count, hits = _count_file(path, start, end) if start < end else (0, 0)
+        except OSError as exc:  # rotated away between the two reads: the next cycle recounts
+            raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
         st.update(reset=reset, generation=generation, seen=appended, count=count, hits=hits, path=path)
         return count, hits, True
 
