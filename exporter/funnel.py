@@ -135,6 +135,8 @@ class Event:
     blocked_raw: Counter[str] = field(default_factory=Counter)
     scores: list[float] = field(default_factory=list)
     below_min_scores: list[float] = field(default_factory=list)
+    #: scores of candidates refused by another gate (None when the line has no finite score)
+    gate_scores: list[float | None] = field(default_factory=list)
     bad_scores: int = 0
 
 
@@ -255,13 +257,16 @@ def _build(run: list[dict[str, Any]], blocked: list[dict[str, Any]], n: int) -> 
         if isinstance(raw, str) and label in ("expectancy_blocked", "other"):
             ev.blocked_raw[raw[:80]] += 1
         score = rec.get("score")
+        finite = isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
         if "score" in rec:
-            if isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score):
+            if finite:
                 ev.scores.append(float(score))
                 if label == "score_below_min":
                     ev.below_min_scores.append(float(score))
             else:
                 ev.bad_scores += 1
+        if label != "score_below_min":
+            ev.gate_scores.append(float(score) if finite else None)
     return Window(picked)
 
 

@@ -68,10 +68,14 @@ def test_nothing_reaches_the_threshold(sbot: BotRoot, alpaca: FakeAlpaca) -> Non
     assert "best score 2.4" in r.outcome.message and "MIN_EXEC_SCORE 2" in r.outcome.message
     # closed: not judged
     assert run(sbot, "FP-2.3", alpaca, when=CLOSED).status is Status.SKIPPED
-    # one candidate passes the threshold (blocked later by a cooldown): recovered
+    # a cooldown refusing a candidate that was below the bar anyway proves nothing
     sbot.cycles_with_blocks(1, blocked={"score_below_min": 2, "symbol_on_cooldown": 1}, orders=0, end=t + 660)
-    r = run(sbot, "FP-2.3", alpaca, when=at(660))
-    assert r.status is Status.OK and r.outcome.details["reached_threshold"] == 1
+    assert run(sbot, "FP-2.3", alpaca, when=at(660)).status is Status.WARN
+    # one candidate above the bar (refused by a cooldown) passes the threshold: recovered
+    sbot.block("symbol_on_cooldown", at=t + 690, score=2.6)
+    sbot.cycles_with_blocks(1, orders=0, end=t + 720)
+    r = run(sbot, "FP-2.3", alpaca, when=at(720))
+    assert r.status is Status.OK and r.outcome.details["reached_threshold"] == 1, r.outcome.message
 
 
 # --- FP-2.4 ----------------------------------------------------------------------------------

@@ -105,12 +105,18 @@ def scores_reach_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
     cycles = w.cycles
     blocked = w.blocked()
     below = blocked.get("score_below_min", 0)
-    passed = sum(blocked.values()) - below + w.orders()
-    best = max((s for e in w.events for s in e.below_min_scores), default=None)
     try:
         min_exec = ctx.env.number("MIN_EXEC_SCORE", float("nan"))
     except ValueError:
         min_exec = float("nan")
+    # a candidate refused by another gate reached the threshold only if its score did: the
+    # score gate may run after the others. Without a score or a known bar it gets the benefit
+    # of the doubt (no warning on a guess).
+    gate_passed = sum(1 for e in w.events for sc in e.gate_scores
+                      if sc is None or min_exec != min_exec or sc >= min_exec)
+    passed = gate_passed + w.orders()
+    best = max((sc for e in w.events for sc in (*e.below_min_scores, *(g for g in e.gate_scores if g is not None))),
+               default=None)
     details: dict[str, Any] = {"cycles": len(cycles), "below_min": below, "reached_threshold": passed,
                                "best_score_below_min": best}
     if min_exec == min_exec:  # not NaN
