@@ -30,7 +30,7 @@ REASONS = ("score_below_min", "max_positions_reached", "symbol_on_cooldown", "ex
 REASON_LABELS = (*REASONS, "other")
 STAGES = ("symbols", "clusters", "blocked", "orders")
 RUN_KEEP = 5000
-BLOCKED_KEEP = 20000
+BLOCKED_KEEP = 10000  # ~60 cycles of a busy day; bounded memory (~6 MB)
 #: run-log error records are attributed to a stage by an explicit ``stage``/``component`` field,
 #: else by these words in the error text; the rest are cycle errors (counted by FP-1.8)
 STAGE_WORDS = (("scoring", ("composite", "score")), ("enrichment", ("enrich",)), ("regime", ("regime",)),
