@@ -256,17 +256,19 @@ def _build(run: list[dict[str, Any]], blocked: list[dict[str, Any]], n: int) -> 
         ev.blocked[label] += 1
         if isinstance(raw, str) and label in ("expectancy_blocked", "other"):
             ev.blocked_raw[raw[:80]] += 1
-        score = rec.get("score")
-        finite = isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+        raw_score = rec.get("score")
+        score: float | None = None
+        if isinstance(raw_score, (int, float)) and not isinstance(raw_score, bool) and math.isfinite(raw_score):
+            score = float(raw_score)
         if "score" in rec:
-            if finite:
-                ev.scores.append(float(score))
+            if score is not None:
+                ev.scores.append(score)
                 if label == "score_below_min":
-                    ev.below_min_scores.append(float(score))
+                    ev.below_min_scores.append(score)
             else:
                 ev.bad_scores += 1
         if label != "score_below_min":
-            ev.gate_scores.append(float(score) if finite else None)
+            ev.gate_scores.append(score)
     return Window(picked)
 
 
