@@ -1,0 +1,167 @@
+"""The exposition: a custom collector that turns the scheduler's snapshot into metric families.
+
+``collect()`` does no I/O and never waits on a check: it reads the snapshot the scheduler keeps.
+``describe()`` is given so registering the collector does not call ``collect()``. Every known
+failure point has its info and interval series from the first scrape; status, last check and
+duration appear once the point has been evaluated (a value before that would be a guess).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .catalog import Catalog
+from .model import Status
+from .scheduler import Scheduler, Snapshot
+
+_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: bounds that keep a misbehaving check from exploding the series count
+MAX_SERIES_PER_OBSERVATION = 64
+MAX_LABEL_VALUE_CHARS = 64
+
+CORE: dict[str, str] = {
+    "trading_failure_point_status": "State of the failure point: 0 OK, 1 WARN, 2 ERROR, -1 SKIPPED "
+                                    "(absent until the point was first evaluated).",
+    "trading_failure_point_info": "Static facts of the failure point (name, category, configured healer); always 1.",
+    "trading_failure_point_last_check_timestamp_seconds": "When the failure point was last evaluated.",
+    "trading_failure_point_check_duration_seconds": "How long the last evaluation of the failure point took.",
+    "trading_failure_point_interval_seconds": "How often the exporter evaluates the failure point.",
+    "trading_readiness_status": "Readiness: 0 READY, 1 DEGRADED, 2 BLOCKED (absent until every check ran once).",
+    "trading_readiness_max_warnings": "readiness.max_warnings: more WARN points than this is DEGRADED.",
+    "trading_exporter_check_errors": "Checks that raised, timed out or hung (an exporter fault, not a bot fault).",
+    "trading_exporter_cycle_duration_seconds": "Duration of the last batch of checks.",
+    "trading_exporter_config_reload_success": "1 when the last config (re)load succeeded, 0 when the running "
+                                              "config was kept because the new one is invalid.",
+    "trading_exporter_config_last_reload_timestamp_seconds": "When the config was last (re)loaded or tried.",
+    "trading_exporter_build_info": "Build of the exporter; always 1.",
+    "trading_exporter_ready": "1 once every enabled check has run at least once.",
+}
+
+
+def observation_help(catalog: Catalog) -> dict[str, str]:
+    """name -> help text from the catalog's ``observations`` lists (first declaration wins)."""
+    helps: dict[str, str] = {}
+    for point in catalog:
+        for obs in point.observations:
+            name = str(obs.get("name", ""))
+            if name and name not in helps:
+                helps[name] = str(obs.get("help") or f"Observed by {point.id}.")
+    return helps
+
+
+class SnapshotCollector(Collector):
+    """Builds every family from one snapshot, so a scrape is consistent and never blocks."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(name, doc) for name, doc in CORE.items()
+                if name != "trading_exporter_check_errors"] + [
+            CounterMetricFamily("trading_exporter_check_errors", CORE["trading_exporter_check_errors"])]
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.scheduler.snapshot())
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    cfg = snap.config
+    cat = cfg.catalog
+    status = GaugeMetricFamily("trading_failure_point_status", CORE["trading_failure_point_status"],
+                               labels=["fp", "category"])
+    info = GaugeMetricFamily("trading_failure_point_info", CORE["trading_failure_point_info"],
+                             labels=["fp", "name", "category", "healer"])
+    last = GaugeMetricFamily("trading_failure_point_last_check_timestamp_seconds",
+                             CORE["trading_failure_point_last_check_timestamp_seconds"], labels=["fp"])
+    dur = GaugeMetricFamily("trading_failure_point_check_duration_seconds",
+                            CORE["trading_failure_point_check_duration_seconds"], labels=["fp"])
+    interval = GaugeMetricFamily("trading_failure_point_interval_seconds",
+                                 CORE["trading_failure_point_interval_seconds"], labels=["fp"])
+    errors = CounterMetricFamily("trading_exporter_check_errors", CORE["trading_exporter_check_errors"],
+                                 labels=["fp"])
+    healers = cfg["healers"]
+    for fp in snap.enabled:
+        point = cat[fp]
+        healer = point.healer if fp in healers and healers[fp].get("enabled", True) else ""
+        info.add_metric([fp, point.name, point.category, str(healer or "")], 1)
+        interval.add_metric([fp], snap.intervals[fp])
+        errors.add_metric([fp], snap.check_errors.get(fp, 0))
+        r = snap.results.get(fp)
+        if r is not None:
+            status.add_metric([fp, point.category], r.status.value)
+            last.add_metric([fp], r.last_check)
+            dur.add_metric([fp], r.duration_seconds)
+    out: list[Metric] = [status, info, last, dur, interval]
+    readiness = GaugeMetricFamily("trading_readiness_status", CORE["trading_readiness_status"])
+    if snap.report is not None:
+        readiness.add_metric([], snap.report.readiness.value)
+    out.append(readiness)
+    out.append(GaugeMetricFamily("trading_readiness_max_warnings", CORE["trading_readiness_max_warnings"],
+                                 value=int(cfg["readiness"]["max_warnings"])))
+    out.append(errors)
+    cycle = GaugeMetricFamily("trading_exporter_cycle_duration_seconds",
+                              CORE["trading_exporter_cycle_duration_seconds"])
+    if snap.cycle_duration is not None:
+        cycle.add_metric([], snap.cycle_duration)
+    out.append(cycle)
+    out.append(GaugeMetricFamily("trading_exporter_config_reload_success",
+                                 CORE["trading_exporter_config_reload_success"], value=int(snap.reload_success)))
+    out.append(GaugeMetricFamily("trading_exporter_config_last_reload_timestamp_seconds",
+                                 CORE["trading_exporter_config_last_reload_timestamp_seconds"],
+                                 value=snap.last_reload))
+    build = GaugeMetricFamily("trading_exporter_build_info", CORE["trading_exporter_build_info"],
+                              labels=["version"])
+    build.add_metric([__version__], 1)
+    out.append(build)
+    out.append(GaugeMetricFamily("trading_exporter_ready", CORE["trading_exporter_ready"], value=int(snap.ready)))
+    out.extend(observation_families(snap))
+    return out
+
+
+def observation_families(snap: Snapshot) -> list[Metric]:
+    """One gauge per observation name; the first point to report a label set wins.
+
+    Label names are the union over the family (missing ones exported empty) so the family is
+    well-formed even if two checks label one observation differently.
+    """
+    helps = observation_help(snap.config.catalog)
+    series: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fp in snap.enabled:
+        r = snap.results.get(fp)
+        if r is None or r.status is Status.SKIPPED and not r.outcome.observations:
+            continue
+        for o in r.outcome.observations:
+            if not _NAME.match(o.name) or o.name in CORE or not o.name.startswith("trading_"):
+                continue
+            labels = tuple((k, str(v)[:MAX_LABEL_VALUE_CHARS]) for k, v in o.labels if _LABEL.match(k))
+            fam = series.setdefault(o.name, {})
+            if labels not in fam and len(fam) < MAX_SERIES_PER_OBSERVATION:
+                fam[labels] = o.value
+    out: list[Metric] = []
+    for name in sorted(series):
+        names = sorted({k for labels in series[name] for k, _ in labels})
+        g = GaugeMetricFamily(name, helps.get(name, "Observation recorded by a check."), labels=names)
+        for labels, value in series[name].items():
+            d = dict(labels)
+            g.add_metric([d.get(k, "") for k in names], value)
+        out.append(g)
+    return out
+
+
+def make_registry(scheduler: Scheduler) -> CollectorRegistry:
+    """Our own registry (not the process-global one): only the snapshot collector."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SnapshotCollector(scheduler))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

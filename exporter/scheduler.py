@@ -1,0 +1,239 @@
+"""The exporter's scheduler: every enabled check at its own interval, in the background.
+
+The HTTP side only ever reads the snapshot kept here, so a scrape never waits on a check and a
+hung broker call cannot slow ``/metrics``. Each due batch runs in its own thread through
+``Engine.run(ids, known=latest)``, so a check that hangs until its timeout delays only its own
+batch, and dependencies use the latest known results of points not in the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, ConfigError
+from .config import load as load_config
+from .context import Context
+from .engine import Engine
+from .model import Report, Result, Status
+from .readiness_log import ReadinessLog
+
+try:
+    from healers.audit import heal_status
+except ImportError:  # the healer package is optional for the exporter
+    heal_status = None  # type: ignore[assignment]
+
+try:
+    from . import funnel as funnel_mod
+except ImportError:
+    funnel_mod = None  # type: ignore[assignment]
+
+log = logging.getLogger("trading_readiness.exporter")
+
+#: messages the engine gives a check that raised, timed out, hung or returned garbage
+_CHECK_FAULTS = ("check raised", "check timed out", "previous run has not returned", "check returned",
+                 "no detection is registered")
+
+
+def is_check_fault(result: Result) -> bool:
+    """True when the point is ERROR because its check broke, not because the bot is failing."""
+    return result.status is Status.ERROR and result.outcome.message.startswith(_CHECK_FAULTS)
+
+
+@dataclass
+class Snapshot:
+    """What the HTTP side reads: an immutable view taken under the scheduler's lock."""
+
+    config: Config
+    enabled: list[str]
+    intervals: dict[str, float]
+    results: dict[str, Result]
+    report: Report | None
+    ready: bool
+    check_errors: dict[str, int]
+    cycle_duration: float | None
+    reload_success: bool
+    last_reload: float
+    funnel: dict[str, Any] | None
+    healing: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+
+
+class Scheduler:
+    """Owns the Context/Engine and the latest results; thread-safe snapshots for readers."""
+
+    def __init__(self, config: Config, config_file: str | None = None, bot_root: str | None = None,
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._config_file = config_file
+        self._bot_root = bot_root
+        self._environ = environ
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._inflight: set[str] = set()
+        self._latest: dict[str, Result] = {}
+        self._next_due: dict[str, float] = {}
+        self._check_errors: dict[str, int] = {}
+        self._cycle_duration: float | None = None
+        self._reload_success = True
+        self._last_reload = time.time()
+        self._funnel: dict[str, Any] | None = None
+        self._thread: threading.Thread | None = None
+        self.readiness_log = ReadinessLog(config.path("readiness_log"))
+        self._install(config)
+
+    # configuration -------------------------------------------------------------------------
+    def _install(self, config: Config) -> None:
+        ctx = Context(config, environ=self._environ, clock=self._clock)
+        engine = Engine(ctx)
+        old = getattr(self, "engine", None)
+        if old is not None:
+            # a check thread of the old engine that is still hung must not be started twice
+            engine._hung = old._hung
+            engine._hung_lock = old._hung_lock
+        enabled = config.enabled_ids()
+        with self._lock:
+            self.config, self.ctx, self.engine = config, ctx, engine
+            self.enabled = enabled
+            self.intervals = {fp: float(config.check_settings(fp)["interval_seconds"]) for fp in enabled}
+            self._latest = {fp: r for fp, r in self._latest.items() if fp in enabled}
+            for fp in set(self._check_errors) - set(enabled):
+                self._check_errors.pop(fp, None)
+            for fp in enabled:
+                self._check_errors.setdefault(fp, 0)
+            now = time.monotonic()
+            self._next_due = {fp: now for fp in enabled}
+            self.readiness_log.path = config.path("readiness_log")
+        self._wake.set()
+
+    def reload(self) -> bool:
+        """Re-read the config; a bad one keeps the running config and says so (gauge and log)."""
+        try:
+            config = load_config(self._config_file, self._bot_root)
+        except ConfigError as exc:
+            with self._lock:
+                self._reload_success = False
+                self._last_reload = time.time()
+            log.error("config reload failed, keeping the running config: %s", self.ctx.redact(str(exc)))
+            return False
+        self._install(config)
+        with self._lock:
+            self._reload_success = True
+            self._last_reload = time.time()
+        log.info("config reloaded from %s (%d checks enabled)", config.source, len(self.enabled))
+        return True
+
+    # running -------------------------------------------------------------------------------
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                due = [fp for fp in self.enabled if fp not in self._inflight and self._next_due.get(fp, now) <= now]
+                self._inflight.update(due)
+                waiting = [t for fp, t in self._next_due.items() if fp not in self._inflight and fp not in due]
+            if due:
+                threading.Thread(target=self._run_batch, args=(due,), name="batch", daemon=True).start()
+            # sleep until the next point is due or something (a finished batch, a reload) wakes us
+            delay = max(0.05, min(waiting) - time.monotonic()) if waiting else 1.0
+            self._wake.wait(timeout=min(delay, 5.0))
+            self._wake.clear()
+
+    def _run_batch(self, ids: list[str]) -> None:
+        started = time.monotonic()
+        try:
+            with self._lock:
+                engine, ctx, config, known = self.engine, self.ctx, self.config, dict(self._latest)
+            if heal_status is not None:
+                try:
+                    engine.healing = heal_status(config.resolve(config["healer"]["audit_file"]))
+                except Exception as exc:  # the healer's record is optional context, never fatal
+                    log.warning("cannot read the healer audit file: %s", ctx.redact(str(exc)))
+            results = engine.run(ids, known=known)
+            fun = self._compute_funnel(ctx)
+        except Exception as exc:  # defensive: the scheduler thread must survive anything
+            log.error("check batch failed: %s", type(exc).__name__)
+            results, fun = {}, None
+        duration = time.monotonic() - started
+        with self._lock:
+            if engine is self.engine:
+                self._latest.update(results)
+            for fp, r in results.items():
+                if is_check_fault(r) and fp in self._check_errors:
+                    self._check_errors[fp] += 1
+            now = time.monotonic()
+            for fp in ids:
+                self._inflight.discard(fp)
+                if fp in self.intervals:
+                    self._next_due[fp] = started + self.intervals[fp] if now < started + self.intervals[fp] else now
+            self._cycle_duration = duration
+            if fun is not None:
+                self._funnel = fun
+            report = self._report_locked()
+        if report is not None and self.readiness_log.record(report):
+            log.info("readiness %s (critical: %s)", report.readiness.name,
+                     ", ".join(report.ids_with(Status.ERROR)) or "none")
+        for fp, r in results.items():
+            if is_check_fault(r):
+                log.warning("%s check fault: %s", fp, r.outcome.message)
+        self._wake.set()
+
+    def _compute_funnel(self, ctx: Context) -> dict[str, Any] | None:
+        if funnel_mod is None or not hasattr(funnel_mod, "compute"):
+            return None
+        try:
+            return funnel_mod.compute(ctx)  # type: ignore[no-any-return]
+        except Exception as exc:  # the page falls back to the funnel observations
+            log.warning("funnel unavailable: %s", ctx.redact(f"{type(exc).__name__}: {exc}"))
+            return None
+
+    def _report_locked(self) -> Report | None:
+        if not self._latest:
+            return None
+        complete = all(fp in self._latest for fp in self.enabled)
+        if not complete:
+            return None
+        return Report.build(dict(self._latest), int(self.config["readiness"]["max_warnings"]), time.time())
+
+    # reading -------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            report = self._report_locked()
+            return Snapshot(
+                config=self.config, enabled=list(self.enabled), intervals=dict(self.intervals),
+                results=dict(self._latest), report=report, ready=report is not None,
+                check_errors=dict(self._check_errors), cycle_duration=self._cycle_duration,
+                reload_success=self._reload_success, last_reload=self._last_reload, funnel=self._funnel,
+                healing=dict(self.engine.healing))
+
+    def api_json(self) -> dict[str, Any]:
+        """CONTRACT JSON of the latest results plus the funnel and which points are pending."""
+        snap = self.snapshot()
+        results = snap.results
+        report = snap.report or Report.build(results, int(snap.config["readiness"]["max_warnings"]), time.time())
+        data = report.to_json()
+        if snap.report is None:
+            # not every check has run yet: an honest "not known", never a READY built from a subset
+            data.update(readiness="UNKNOWN", color="grey")
+        for fp, entry in data["failure_points"].items():
+            attempted, success = snap.healing.get(fp, (entry["self_healing_attempted"], entry["self_healing_success"]))
+            entry["self_healing_attempted"], entry["self_healing_success"] = attempted, success
+        data["pending_fps"] = [fp for fp in snap.enabled if fp not in results]
+        data["ready"] = snap.ready
+        data["funnel"] = snap.funnel
+        data["observations"] = {
+            fp: [{"name": o.name, "value": o.value, "labels": dict(o.labels)} for o in r.outcome.observations]
+            for fp, r in results.items() if r.outcome.observations}
+        return data

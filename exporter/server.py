@@ -1,0 +1,283 @@
+"""`trading-readiness serve`: the Prometheus exporter, the readiness API and the status page.
+
+Every answer comes from the scheduler's latest results; no request ever runs a check, so a
+broker that hangs shows up as an ERROR on the page instead of a page that hangs. Bound to
+127.0.0.1 by default; TLS and basic auth are optional and off by default.
+
+Basic-auth hashes (``exporter.basic_auth_users: {user: hash}``) use the stdlib-only format
+``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>``; make one with
+``python -m exporter.server hash-password`` (reads the password without echo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import __version__
+from .config import Config, ConfigError
+from .config import load as load_config
+from .metrics import exposition, make_registry
+from .scheduler import Scheduler
+
+log = logging.getLogger("trading_readiness.exporter")
+
+PBKDF2_ITERATIONS = 200_000
+
+
+# --- password hashes ------------------------------------------------------------------------
+def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS, salt: bytes | None = None) -> str:
+    """A salted PBKDF2-SHA256 hash in the ``pbkdf2_sha256$iter$salt$hash`` format."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of ``password`` against a stored hash; a malformed hash never matches."""
+    try:
+        scheme, iters, salt_hex, hash_hex = stored.split("$")
+        if scheme != "pbkdf2_sha256":
+            return False
+        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt_hex), int(iters))
+        return hmac.compare_digest(digest, bytes.fromhex(hash_hex))
+    except (ValueError, TypeError):
+        return False
+
+
+# --- logging --------------------------------------------------------------------------------
+class _LineFormatter(logging.Formatter):
+    """One line per record: ``ts level=... msg="..."``, secrets replaced by the bot's redactor."""
+
+    def __init__(self, redact: Any) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = self.redact(record.getMessage()).replace("\n", " ").replace('"', "'")
+        ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        return f'{ts} level={record.levelname.lower()} msg="{msg}"'
+
+
+def setup_logging(scheduler: Scheduler) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter(lambda text: scheduler.ctx.redact(text)))
+    root = logging.getLogger("trading_readiness")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+def status_page() -> bytes:
+    return resources.files("exporter").joinpath("status_page.html").read_bytes()
+
+
+class ExporterServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.registry = make_registry(scheduler)
+        self.page = status_page()
+        super().__init__(address, Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that vanished or sent garbage is its problem; one log line, never a traceback
+        exc = sys.exc_info()[1]
+        log.warning("request from %s failed: %s", client_address[0] if client_address else "?",
+                    type(exc).__name__ if exc else "unknown error")
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ExporterServer
+    server_version = f"trading-readiness/{__version__}"
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that opens a connection and never sends must not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass  # access logs would be noise at one scrape per second
+
+    def _send(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _text(self, code: int, text: str) -> None:
+        self._send(code, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+    def _authorized(self) -> bool:
+        users: dict[str, str] = self.server.scheduler.config["exporter"]["basic_auth_users"] or {}
+        if not users:
+            return True
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user, password = "", ""
+            stored = users.get(user)
+            # verify against a dummy hash for unknown users so timing does not reveal user names
+            ok = verify_password(password, stored or _DUMMY_HASH)
+            if stored and ok:
+                return True
+        self._send(401, b"unauthorized\n", "text/plain; charset=utf-8",
+                   {"WWW-Authenticate": 'Basic realm="trading-readiness"'})
+        return False
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        path = self.path.split("?", 1)[0]
+        sched = self.server.scheduler
+        redact = sched.ctx.redact
+        if path == "/metrics":
+            body = redact(exposition(self.server.registry).decode()).encode()
+            self._send(200, body, CONTENT_TYPE_LATEST)
+        elif path == "/api/failure_points":
+            body = redact(json.dumps(sched.api_json())).encode()
+            self._send(200, body, "application/json")
+        elif path in ("/", "/index.html"):
+            self._send(200, self.server.page, "text/html; charset=utf-8")
+        elif path == "/-/healthy":
+            self._text(200, "OK")
+        elif path == "/-/ready":
+            snap = sched.snapshot()
+            if snap.ready:
+                self._text(200, "ready")
+            else:
+                pending = len([fp for fp in snap.enabled if fp not in snap.results])
+                self._text(503, f"not ready: {pending} of {len(snap.enabled)} checks have not run yet")
+        else:
+            self._text(404, "not found (try /, /metrics, /api/failure_points, /-/healthy, /-/ready)")
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return
+        path = self.path.split("?", 1)[0]
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= 65536:
+            self.rfile.read(int(length))
+        if path == "/-/reload":
+            if self.server.scheduler.reload():
+                self._text(200, "config reloaded")
+            else:
+                self._text(500, "config reload failed; the running config is kept (see the exporter log)")
+        else:
+            self._text(405 if path in ("/", "/metrics", "/api/failure_points") else 404, "not allowed")
+
+
+_DUMMY_HASH = hash_password("not a password", salt=b"0" * 16)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError([f"--listen must be HOST:PORT, got {value!r}"])
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def make_server(scheduler: Scheduler, listen: str) -> ExporterServer:
+    """Bind the server (TLS when the config names a cert and key). Errors are ConfigError lines."""
+    cfg: Config = scheduler.config
+    host, port = parse_listen(listen)
+    try:
+        server = ExporterServer((host, port), scheduler)
+    except OSError as exc:
+        raise ConfigError([f"cannot listen on {listen}: {exc.strerror or exc}"]) from None
+    cert, key = cfg["exporter"]["tls_cert_file"], cfg["exporter"]["tls_key_file"]
+    if cert and key:
+        try:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.minimum_version = ssl.TLSVersion.TLSv1_2
+            tls.load_cert_chain(str(cfg.resolve(cert)), str(cfg.resolve(key)))
+        except (OSError, ssl.SSLError) as exc:
+            server.server_close()
+            raise ConfigError([f"exporter.tls_cert_file/tls_key_file in {cfg.source} cannot be loaded: "
+                               f"{getattr(exc, 'strerror', None) or exc}"]) from None
+        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    return server
+
+
+def serve(config: Config, listen: str | None, config_file: str | None = None,
+          bot_root: str | None = None) -> int:
+    scheduler = Scheduler(config, config_file, bot_root)
+    setup_logging(scheduler)
+    listen = listen or config["exporter"]["listen"]
+    server = make_server(scheduler, listen)
+    scheme = "https" if config["exporter"]["tls_cert_file"] else "http"
+    scheduler.start()
+
+    def on_hup(signum: int, frame: Any) -> None:
+        threading.Thread(target=scheduler.reload, name="reload", daemon=True).start()
+
+    def on_term(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_term)
+    host, port = server.server_address[:2]
+    log.info("serving %s://%s:%s for bot root %s (%d checks, config %s)", scheme, host, port,
+             config.bot_root, len(scheduler.enabled), config.source)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        scheduler.stop()
+        server.server_close()
+        log.info("stopped")
+    return 0
+
+
+def cli_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.bot_root)
+    return serve(config, getattr(args, "listen", None), args.config, args.bot_root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m exporter.server hash-password``: print a hash for exporter.basic_auth_users."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["hash-password"]:
+        print("usage: python -m exporter.server hash-password", file=sys.stderr)
+        return 3
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return 3
+    print(hash_password(password))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
