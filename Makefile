@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose chromium
-DEBIAN_BINARIES := prometheus promtool alertmanager amtool docker-compose chromium
+DEBIAN_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose chromium
 
 .PHONY: test demo generate lint bench system-deps venv clean
 
