@@ -71,7 +71,16 @@ DEFAULTS: dict[str, Any] = {
         "verify_interval_seconds": 5.0,
         "exporter_url": "http://127.0.0.1:9870",
     },
-    "healers": {},
+    #: Built-in healers. A user entry for a point replaces the built-in entry for that point
+    #: (``FP-1.1: {enabled: false}`` switches one off). Only the UW daemon's own unit is restarted
+    #: by default: restarting stock-bot.service restarts the whole tree, so FP-6.1 stays opt-in.
+    #: FP-2.1's initialiser is bot-specific, so it ships disabled with the argv to confirm.
+    "healers": {
+        "FP-1.1": {"systemd_restart": "uw-flow-daemon.service"},
+        "FP-1.3": {"systemd_restart": "uw-flow-daemon.service"},
+        "FP-2.1": {"run": ["venv/bin/python", "-m", "adaptive_signal_optimizer", "--init-weights"],
+                   "enabled": False},
+    },
     "probe": {"adapter": None, "symbol": "SPY", "score": None, "notional": 1000.0},
 }
 
@@ -169,6 +178,9 @@ def _merge(defaults: dict[str, Any], user: Any, prefix: str, src: str, problems:
         return out
     for key, value in user.items():
         dotted = f"{prefix}{key}"
+        if prefix == "" and key == "healers" and isinstance(value, dict):
+            out[key] = {**defaults[key], **value}  # per point: the user's entry replaces the built-in one
+            continue
         if prefix == "" and key in ("checks", "healers"):
             out[key] = value
             continue
@@ -260,7 +272,15 @@ def _validate_healers(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, 
             elif not _is(value, HEALER_KEYS[key]):
                 problems.append(f"key '{where}.{key}' in {src} must be {_type_name(HEALER_KEYS[key])}")
         has_run, has_unit = "run" in spec, "systemd_restart" in spec
-        if has_run == has_unit:
+        for key in ("timeout_seconds", "cooldown_seconds", "window_seconds", "verify_timeout_seconds"):
+            value = spec.get(key)
+            if _is(value, (int, float)) and value <= 0:
+                problems.append(f"key '{where}.{key}' in {src} must be positive")
+        if _is(spec.get("max_attempts"), int) and spec["max_attempts"] < 1:
+            problems.append(f"key '{where}.max_attempts' in {src} must be 1 or more")
+        if not has_run and not has_unit and spec.get("enabled") is False:
+            pass  # switching a built-in healer off needs no action
+        elif has_run == has_unit:
             problems.append(f"'{where}' in {src} needs exactly one of 'run' or 'systemd_restart'")
         if has_run and isinstance(spec["run"], list) and (
             not spec["run"] or not all(isinstance(a, str) and a for a in spec["run"])
@@ -279,6 +299,12 @@ def _semantic(data: dict[str, Any], src: str, problems: list[str]) -> None:
         host, sep, port = str(value).rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             problems.append(f"key '{key}' in {src} must be HOST:PORT, got {value!r}")
+    healer = data["healer"]
+    if isinstance(healer["max_concurrent"], int) and healer["max_concurrent"] < 1:
+        problems.append(f"key 'healer.max_concurrent' in {src} must be 1 or more")
+    for key in ("verify_timeout_seconds", "verify_interval_seconds"):
+        if isinstance(healer[key], (int, float)) and healer[key] <= 0:
+            problems.append(f"key 'healer.{key}' in {src} must be positive")
     for sect in ("alpaca", "uw"):
         t = data[sect]["timeout_seconds"]
         if isinstance(t, (int, float)) and not 0 < t <= 60:

@@ -1,0 +1,1 @@
+"""Healers: the Alertmanager webhook receiver that runs configured, safe actions once and proves them."""

@@ -1,0 +1,88 @@
+"""Running one healer action: an argv, no shell, its own process group, a hard timeout.
+
+A hung action must not hold the healer's slot forever, and killing only the direct child would
+leave its children (a `sleep` in a script, a stuck `systemctl`) running: the whole group dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: after SIGTERM to the group, how long before SIGKILL
+KILL_GRACE_SECONDS = 2.0
+OUTPUT_TAIL_BYTES = 400
+#: never handed to an action: the webhook token is the receiver's, not the action's
+SCRUBBED_ENV = ("TRADING_READINESS_HEALER_TOKEN",)
+
+
+@dataclass
+class ActionResult:
+    exit_status: int | None
+    duration: float
+    timed_out: bool
+    error: str | None
+    output_tail: str
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_action(argv: tuple[str, ...], timeout: float, cwd: Path, environ: Mapping[str, str] | None = None,
+               groups: set[int] | None = None) -> ActionResult:
+    """Run ``argv`` in ``cwd`` (the bot root). Never raises for the action's own failures."""
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SCRUBBED_ENV}
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True, shell=False)
+        except OSError as exc:
+            return ActionResult(None, time.monotonic() - started, False,
+                                f"could not start {argv[0]!r}: {exc.strerror or exc}", "")
+        pgid = proc.pid  # start_new_session: the child leads its own group
+        if groups is not None:
+            groups.add(pgid)  # so a stopping receiver can kill what it started
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(pgid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=KILL_GRACE_SECONDS)
+            _kill_group(pgid, signal.SIGKILL)
+            proc.wait()
+        if timed_out:
+            # members that ignored SIGTERM and outlived the leader are killed too
+            deadline = time.monotonic() + KILL_GRACE_SECONDS
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                _kill_group(pgid, signal.SIGKILL)
+                time.sleep(0.05)
+        if groups is not None:
+            groups.discard(pgid)
+        duration = time.monotonic() - started
+        out.seek(max(0, out.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES))
+        tail = out.read().decode("utf-8", "replace").strip()
+    error = f"killed after the {timeout:g} s timeout" if timed_out else (
+        None if proc.returncode == 0 else f"exited with status {proc.returncode}")
+    return ActionResult(None if timed_out else proc.returncode, duration, timed_out, error, tail)

@@ -1,0 +1,120 @@
+"""The heal audit: one JSON object per line, appended, never rewritten.
+
+It is the receiver's memory across restarts (cooldowns, attempt windows, dedupe keys) and the
+exporter's source for ``self_healing_attempted/success``. A torn last line (a crash mid-write)
+is skipped, never fatal: losing one record must not stop healing or the exporter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+#: how much of the file's end a restarting receiver replays (bounded start-up cost)
+RESTORE_BYTES = 4 * 1024 * 1024
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuditLog:
+    """Appends records with one ``write`` per line under a lock, so lines never interleave."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, default=str) + "\n"
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)  # the record is what stops a restarted receiver from healing twice
+            finally:
+                os.close(fd)
+
+
+def parse_lines(data: bytes) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for raw in data.splitlines():
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue  # a torn or foreign line
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def read_tail(path: Path, max_bytes: int = RESTORE_BYTES) -> list[dict[str, Any]]:
+    """The records in the last ``max_bytes`` of the file, oldest first; [] when it does not exist."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    if start > 0:
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    return parse_lines(data)
+
+
+class _StatusCache:
+    """Per file: where we stopped reading and the latest attempt per fp (incremental reads)."""
+
+    def __init__(self) -> None:
+        self.ident: tuple[int, int] | None = None
+        self.offset = 0
+        self.partial = b""
+        self.latest: dict[str, tuple[float, bool]] = {}
+
+
+_CACHES: dict[Path, _StatusCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def heal_status(audit_file: Path, since: float | None = None) -> dict[str, tuple[bool, bool]]:
+    """fp -> (attempted, success) of the latest finished attempt (dry runs excluded).
+
+    Called by the exporter every cycle, so only bytes appended since the last call are read;
+    a replaced or truncated file is read again from its start. ``since`` drops attempts older
+    than that epoch. A missing file means nothing was attempted.
+    """
+    path = Path(audit_file)
+    with _CACHES_LOCK:
+        cache = _CACHES.setdefault(path, _StatusCache())
+    with _CACHES_LOCK:
+        try:
+            st = path.stat()
+        except OSError:
+            _CACHES[path] = _StatusCache()
+            return {}
+        ident = (st.st_dev, st.st_ino)
+        if cache.ident != ident or st.st_size < cache.offset:
+            cache.ident, cache.offset, cache.partial, cache.latest = ident, 0, b"", {}
+        if st.st_size > cache.offset:
+            try:
+                with path.open("rb") as fh:
+                    fh.seek(cache.offset)
+                    data = fh.read(st.st_size - cache.offset)
+            except OSError:
+                data = b""
+            cache.offset += len(data)
+            data = cache.partial + data
+            complete, _, cache.partial = data.rpartition(b"\n")
+            for rec in parse_lines(complete):
+                if rec.get("event") != "attempt" or rec.get("outcome") == "dry_run":
+                    continue
+                fp, at = rec.get("fp"), rec.get("epoch")
+                if isinstance(fp, str) and isinstance(at, (int, float)):
+                    cache.latest[fp] = (float(at), rec.get("outcome") == "success")
+        return {fp: (True, ok) for fp, (at, ok) in cache.latest.items() if since is None or at >= since}

@@ -1,0 +1,469 @@
+"""`trading-readiness heal`: the Alertmanager webhook receiver.
+
+Alertmanager delivers at least once (HA peers both notify, repeats every repeat_interval), so a
+naive receiver restarts things several times. Here every alert is admitted by the policy (dedupe,
+cooldown, attempt window, single flight), acknowledged at once, and healed by a worker thread;
+success is recorded only when the failure point is OK again when re-evaluated by the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from exporter.config import Config
+from exporter.config import load as load_config
+
+from . import actions, audit
+from .policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
+
+TOKEN_ENV = "TRADING_READINESS_HEALER_TOKEN"  # noqa: S105  (a variable name, not a secret)
+EXIT_USAGE = 3
+#: a v4 payload of a few hundred alerts is well under this; anything bigger is not Alertmanager
+MAX_BODY_BYTES = 1024 * 1024
+MAX_ALERTS = 1000
+RECENT = 200
+MAX_SOURCES = 16
+#: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
+OTHER_FP = "other"
+
+
+class BadRequest(ValueError):
+    """The body is not an Alertmanager v4 payload; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str
+    fp: str | None
+    fingerprint: str
+    starts_at: str
+
+
+def _str_map(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise BadRequest(f"{where} must be an object of strings")
+    return value
+
+
+def parse_payload(body: bytes) -> list[Alert]:
+    """Validate a webhook v4 body and return its alerts; BadRequest for anything else."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    if data.get("version") != "4":
+        raise BadRequest(f"unsupported payload version {str(data.get('version'))[:20]!r} (expected \"4\")")
+    if data.get("status") not in ("firing", "resolved"):
+        raise BadRequest("'status' must be \"firing\" or \"resolved\"")
+    raw = data.get("alerts")
+    if not isinstance(raw, list):
+        raise BadRequest("'alerts' must be a list")
+    if len(raw) > MAX_ALERTS:
+        raise BadRequest(f"more than {MAX_ALERTS} alerts in one payload")
+    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+        if key in data:
+            _str_map(data[key], f"'{key}'")
+    out: list[Alert] = []
+    for i, a in enumerate(raw):
+        where = f"alerts[{i}]"
+        if not isinstance(a, dict):
+            raise BadRequest(f"{where} must be an object")
+        status = a.get("status")
+        if status not in ("firing", "resolved"):
+            raise BadRequest(f"{where}.status must be \"firing\" or \"resolved\"")
+        labels = _str_map(a.get("labels"), f"{where}.labels")
+        if "annotations" in a:
+            _str_map(a["annotations"], f"{where}.annotations")
+        for key in ("startsAt", "endsAt", "fingerprint", "generatorURL"):
+            if key in a and not isinstance(a[key], str):
+                raise BadRequest(f"{where}.{key} must be a string")
+        fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
+        out.append(Alert(status, labels.get("fp"), fingerprint, a.get("startsAt", "")))
+    return out
+
+
+def data_source(body: bytes) -> str:
+    """The sending Alertmanager's externalURL (only called on a body that parsed)."""
+    url = json.loads(body).get("externalURL")
+    return url[:100] if isinstance(url, str) else ""
+
+
+def transitive_deps(config: Config, fp: str) -> list[str]:
+    seen: list[str] = []
+    todo = [fp]
+    while todo:
+        cur = todo.pop()
+        if cur in seen:
+            continue
+        seen.append(cur)
+        todo.extend(config.catalog[cur].depends_on)
+    return seen
+
+
+def verify_point(config: Config, fp: str, timeout: float, interval: float, stop: threading.Event) -> tuple[bool, str]:
+    """Re-evaluate ``fp`` (and what it depends on) until it is OK or ``timeout`` passes."""
+    from exporter.context import Context
+    from exporter.engine import Engine
+
+    deadline = time.monotonic() + timeout
+    detail = "not evaluated"
+    runs = 0
+    while True:
+        runs += 1
+        try:
+            # a fresh context each time: nothing cached from before the action may vouch for it
+            result = Engine(Context(config)).run(transitive_deps(config, fp)).get(fp)
+            if result is None:
+                detail = "the engine returned no result"
+            else:
+                detail = f"{result.status.name}: {result.outcome.message}"[:300]
+                if result.status.name == "OK":
+                    return True, f"OK after {runs} evaluation(s): {result.outcome.message}"[:300]
+        except Exception as exc:  # verification must end in a recorded outcome, never a dead worker
+            detail = f"evaluation raised {type(exc).__name__}: {exc}"[:300]
+        if time.monotonic() + interval > deadline or stop.wait(interval):
+            return False, f"not OK within {timeout:g} s ({runs} evaluation(s)); last: {detail}"
+
+
+class Healer:
+    """Admission, metrics, audit and workers; the HTTP layer is a thin wrapper around it."""
+
+    def __init__(self, config: Config, token: str | None, dry_run: bool = False, start_workers: bool = True) -> None:
+        self.config = config
+        self.token = token
+        self.dry_run = dry_run or bool(config["healer"]["dry_run"])
+        self.specs: dict[str, HealerSpec] = specs_from_config(config)
+        self.policy = Policy(self.specs)
+        self.audit = audit.AuditLog(config.resolve(config["healer"]["audit_file"]))
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.queue: queue.Queue[tuple[HealerSpec, Alert] | None] = queue.Queue()
+        self.stopping = threading.Event()
+        self.groups: set[int] = set()
+        self.log_lock = threading.Lock()
+        #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
+        self.sources: dict[str, int] = {}
+        self.registry = CollectorRegistry()
+        self.attempts = Counter("trading_healer_attempts", "Healer actions run, by outcome.",
+                                ["fp", "outcome"], registry=self.registry)
+        self.skipped = Counter("trading_healer_skipped", "Alerts deliberately not healed, by reason.",
+                               ["fp", "reason"], registry=self.registry)
+        self.running = Gauge("trading_healer_running", "1 while the failure point's action runs.",
+                             ["fp"], registry=self.registry)
+        self.gave_up = Gauge("trading_healer_gave_up",
+                             "1 after max_attempts failed within window_seconds, until the alert resolves.",
+                             ["fp"], registry=self.registry)
+        for fp in self.specs:
+            for outcome in OUTCOMES:
+                self.attempts.labels(fp, outcome)
+            for reason in REASONS:
+                self.skipped.labels(fp, reason)
+            self.running.labels(fp).set(0)
+            self.gave_up.labels(fp).set(0)
+        records = audit.read_tail(self.audit.path)
+        self.policy.restore(records)
+        for rec in records:
+            if rec.get("event") == "attempt":
+                self.recent.appendleft(rec)
+        #: points whose give-up is recorded and exported (until their alert resolves)
+        self.given_up: set[str] = {fp for fp, st in self.policy.snapshot().items() if st["gave_up"]}
+        for fp in self.given_up:
+            self.gave_up.labels(fp).set(1)
+        self.workers = [threading.Thread(target=self._worker, name=f"heal-worker-{i}", daemon=True)
+                        for i in range(int(config["healer"]["max_concurrent"]))]
+        if start_workers:
+            for w in self.workers:
+                w.start()
+
+    # logging ---------------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        with self.log_lock:
+            print(f"{audit.iso(time.time())} {msg}", file=sys.stderr, flush=True)
+
+    # requests --------------------------------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        if self.token is None:
+            return True
+        expected = f"Bearer {self.token}".encode()
+        given = (header or "").encode("utf-8", "replace")
+        return hmac.compare_digest(given, expected)
+
+    def handle_post(self, auth: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Authorise, parse and dispatch one delivery; never raises for bad input."""
+        if not self.authorized(auth):
+            return 401, {"error": "missing or wrong bearer token"}
+        if len(body) > MAX_BODY_BYTES:
+            return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
+        try:
+            alerts = parse_payload(body)
+        except BadRequest as exc:
+            return 400, {"error": str(exc)}
+        source = data_source(body)
+        with self.log_lock:
+            if source in self.sources or len(self.sources) < MAX_SOURCES:
+                self.sources[source] = self.sources.get(source, 0) + 1
+        decisions = [self.dispatch(a) for a in alerts]
+        return 200, {"accepted": sum(1 for d in decisions if d == "accepted"), "decisions": decisions}
+
+    def _label(self, fp: str | None) -> str:
+        if fp is None:
+            return ""
+        return fp if fp in self.config.catalog.points else OTHER_FP
+
+    def _skip(self, fp: str | None, reason: str, alert: Alert) -> str:
+        self.skipped.labels(self._label(fp), reason).inc()
+        if reason not in ("duplicate", "unknown_fp", "no_healer"):
+            self.log(f"heal {fp}: skipped ({reason}), alert {alert.fingerprint[:32]!r} "
+                     f"started {alert.starts_at[:40]!r}")
+        return reason
+
+    def dispatch(self, alert: Alert) -> str:
+        """Decide one alert: 'accepted' (queued) or the skip reason. Exact-match lookup only."""
+        fp = alert.fp
+        if fp is None or fp not in self.config.catalog.points:
+            return self._skip(fp, "unknown_fp" if fp is not None else "no_healer", alert)
+        spec = self.specs.get(fp)
+        if spec is None:
+            return self._skip(fp, "no_healer", alert)
+        if alert.status == "resolved":
+            self.policy.reset(fp)
+            self.given_up.discard(fp)
+            self.gave_up.labels(fp).set(0)
+            self._record({"event": "resolved", "fp": fp, "fingerprint": alert.fingerprint,
+                          "starts_at": alert.starts_at})
+            return self._skip(fp, "resolved", alert)
+        if not spec.enabled:
+            return self._skip(fp, "disabled", alert)
+        now = time.time()
+        reason = self.policy.admit(fp, (alert.fingerprint, alert.starts_at), now, self.dry_run)
+        if reason == "gave_up" and fp not in self.given_up:
+            self._gave_up(spec)
+        if reason == "dry_run":
+            rec = self._attempt_record(spec, alert, now, None, 0.0, "dry_run",
+                                       "dry run: would run " + " ".join(spec.argv), None)
+            self._record(rec)
+            self.attempts.labels(fp, "dry_run").inc()
+        if reason is not None:
+            return self._skip(fp, reason, alert)
+        self.running.labels(fp).set(1)
+        self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
+                      "starts_at": alert.starts_at, "argv": list(spec.argv)}, at=now)
+        self.log(f"heal {fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
+        self.queue.put((spec, alert))
+        return "accepted"
+
+    # work ------------------------------------------------------------------------------------
+    def _record(self, rec: dict[str, Any], at: float | None = None) -> None:
+        at = time.time() if at is None else at
+        rec = {"time": audit.iso(at), "epoch": round(at, 3), **rec}
+        self.audit.append(rec)
+        if rec["event"] == "attempt":
+            self.recent.appendleft(rec)
+
+    def _attempt_record(self, spec: HealerSpec, alert: Alert, at: float, exit_status: int | None, duration: float,
+                        outcome: str, detail: str | None, verification: str | None) -> dict[str, Any]:
+        return {"event": "attempt", "time": audit.iso(at), "epoch": round(at, 3), "fp": spec.fp,
+                "healer": spec.name, "fingerprint": alert.fingerprint, "starts_at": alert.starts_at,
+                "argv": list(spec.argv), "exit_status": exit_status, "duration_seconds": round(duration, 3),
+                "outcome": outcome, "detail": detail, "verification": verification, "dry_run": outcome == "dry_run"}
+
+    def _gave_up(self, spec: HealerSpec) -> None:
+        self.given_up.add(spec.fp)
+        self.gave_up.labels(spec.fp).set(1)
+        self._record({"event": "gave_up", "fp": spec.fp, "max_attempts": spec.max_attempts,
+                      "window_seconds": spec.window_seconds})
+        self.log(f"heal {spec.fp}: gave up after {spec.max_attempts} attempt(s) within {spec.window_seconds:g} s;"
+                 " a human is needed")
+
+    def _worker(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            spec, alert = item
+            try:
+                self._heal(spec, alert)
+            except Exception as exc:  # a bug here must not leave the point reserved forever
+                self.log(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
+                self.policy.finished(spec.fp, False)
+                self.running.labels(spec.fp).set(0)
+
+    def _heal(self, spec: HealerSpec, alert: Alert) -> None:
+        started = time.time()
+        res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups)
+        verification = None
+        if res.timed_out:
+            outcome = "timeout"
+        elif res.exit_status != 0:
+            outcome = "failed"
+        else:
+            hcfg = self.config["healer"]
+            ok, verification = verify_point(self.config, spec.fp, spec.verify_timeout_seconds,
+                                            float(hcfg["verify_interval_seconds"]), self.stopping)
+            outcome = "success" if ok else "unverified"
+        detail = res.error
+        if res.output_tail:
+            detail = f"{detail + '; ' if detail else ''}output: {res.output_tail}"
+        rec = self._attempt_record(spec, alert, started, res.exit_status, res.duration, outcome, detail, verification)
+        self._record(rec, at=started)
+        self.attempts.labels(spec.fp, outcome).inc()
+        self.running.labels(spec.fp).set(0)
+        self.log(f"heal {spec.fp}: {outcome} ({res.error or 'exit 0'}, {res.duration:.1f} s)"
+                 + (f"; {verification}" if verification else ""))
+        if self.policy.finished(spec.fp, outcome == "success"):
+            self._gave_up(spec)
+
+    def heals(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.recent)[:max(0, limit)]
+
+    def stop(self) -> None:
+        """Stop workers and kill what is still running (its record says so)."""
+        self.stopping.set()
+        for pgid in list(self.groups):
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+        for _ in self.workers:
+            self.queue.put(None)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HealerServer
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # a slow or stalled client cannot hold a thread for long
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # decisions are logged by the healer; per-request lines would only add noise
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, (json.dumps(obj) + "\n").encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        healer = self.server.healer
+        try:
+            url = urlsplit(self.path)
+            if url.path == "/metrics":
+                self._send(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
+            elif url.path == "/api/heals":
+                try:
+                    limit = int(parse_qs(url.query).get("limit", ["50"])[0])
+                except ValueError:
+                    self._json(400, {"error": "limit must be an integer"})
+                    return
+                self._json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
+                                 "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources)})
+            elif url.path == "/-/healthy":
+                self._send(200, b"OK\n", "text/plain")
+            else:
+                self._json(404, {"error": "not found"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        healer = self.server.healer
+        try:
+            if urlsplit(self.path).path != "/alertmanager":
+                self._json(404, {"error": "not found"})
+                return
+            if not healer.authorized(self.headers.get("Authorization")):
+                self.close_connection = True
+                self._json(401, {"error": "missing or wrong bearer token"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                self._json(400, {"error": "Content-Length is required"})
+                return
+            if length < 0 or length > MAX_BODY_BYTES:
+                self.close_connection = True  # the body is not read, so the connection cannot be reused
+                self._json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
+                return
+            body = self.rfile.read(length)
+            try:
+                status, obj = healer.handle_post(self.headers.get("Authorization"), body)
+            except Exception as exc:  # our own fault: 5xx, and the receiver keeps serving
+                healer.log(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
+                status, obj = 500, {"error": "internal error"}
+            self._json(status, obj)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+
+
+class HealerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # Alertmanager HA peers plus a burst of groups must not see refusals
+
+    def __init__(self, addr: tuple[str, int], healer: Healer) -> None:
+        self.healer = healer
+        super().__init__(addr, _Handler)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--listen must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cli_heal(args: argparse.Namespace) -> int:
+    """Run the receiver until SIGTERM/SIGINT. Exit 3 for a usage or start-up problem."""
+    config = load_config(args.config, args.bot_root)
+    token = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token is None and not args.insecure_no_auth:
+        print(f"error: {TOKEN_ENV} is not set; refusing to run healers for unauthenticated webhooks "
+              "(set it, or pass --insecure-no-auth)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        host, port = parse_listen(args.listen or config["healer"]["listen"])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    healer = Healer(config, None if args.insecure_no_auth and token is None else token, dry_run=args.dry_run)
+    try:
+        server = HealerServer((host, port), healer)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        healer.stop()
+        return EXIT_USAGE
+    enabled = sorted(fp for fp, s in healer.specs.items() if s.enabled)
+    healer.log(f"healer listening on http://{host}:{server.server_address[1]} "
+               f"(healers for {', '.join(enabled) or 'nothing'}; dry run: {'yes' if healer.dry_run else 'no'}; "
+               f"auth: {'bearer token' if healer.token else 'NONE (--insecure-no-auth)'}; "
+               f"audit: {healer.audit.path})")
+
+    def _stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        healer.stop()
+        server.server_close()
+    return 0

@@ -1,0 +1,245 @@
+"""The healer receiver over real HTTP with real action scripts: auth, parsing, admission,
+process-group timeouts, proof of healing, the audit and restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from exporter.config import load as load_config
+from healers.audit import heal_status
+
+from .conftest import wait_for
+from .test_healer_helpers import (
+    TOKEN,
+    HealBot,
+    alert,
+    free_port,
+    payload,
+    pid_alive,
+    receiver,
+    start_heal_cli,
+    wait_idle,
+)
+
+
+def test_firing_alert_heals_and_verification_proves_it(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    hb.break_weights()
+    cfg = hb.config({"FP-2.1": {"run": ["/bin/sh", str(hb.fix)], "cooldown_seconds": 300}})
+    with receiver(hb, cfg) as r:
+        resp = r.post(payload(alert("FP-2.1")))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["decisions"] == ["accepted"]
+        wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-2.1", outcome="success") == 1.0,
+                 what="verified success")
+        assert hb.run_count() == 1
+        heal = r.heals()[0]
+        assert heal["fp"] == "FP-2.1" and heal["outcome"] == "success" and heal["exit_status"] == 0
+        assert heal["argv"] == ["/bin/sh", str(hb.fix)]
+        assert heal["verification"].startswith("OK after")
+        assert TOKEN not in json.dumps(r.heals()) and TOKEN not in requests.get(r.url + "/metrics", timeout=5).text
+    assert heal_status(hb.root / "logs/trading_readiness_heals.jsonl") == {"FP-2.1": (True, True)}
+
+
+def test_action_that_does_not_fix_is_unverified_and_failure_is_failed(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    hb.break_weights()
+    cfg = hb.config({"FP-2.1": {"run": [str(hb.ok)], "verify_timeout_seconds": 0.6}})
+    with receiver(hb, cfg) as r:
+        assert r.post(payload(alert())).json()["decisions"] == ["accepted"]
+        wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-2.1", outcome="unverified") == 1.0,
+                 what="unverified outcome")
+        assert "not OK within" in r.heals()[0]["verification"]
+    assert heal_status(hb.root / "logs/trading_readiness_heals.jsonl") == {"FP-2.1": (True, False)}
+    hb2 = HealBot(tmp_path / "two")
+    cfg = hb2.config({"FP-1.1": {"run": [str(hb2.fail)]}})
+    with receiver(hb2, cfg) as r:
+        r.post(payload(alert("FP-1.1")))
+        wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="failed") == 1.0,
+                 what="failed outcome")
+        heal = r.heals()[0]
+        assert heal["exit_status"] == 1 and "broken" in heal["detail"] and heal["verification"] is None
+
+
+def test_fifty_duplicate_deliveries_run_once(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}})
+    with receiver(hb, cfg) as r, ThreadPoolExecutor(10) as pool:
+        body = payload(alert("FP-1.1"))
+        codes = list(pool.map(lambda _: r.post(body).status_code, range(50)))
+        assert codes == [200] * 50
+        wait_idle(r)
+        assert hb.run_count() == 1
+        dupes = r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="duplicate") or 0
+        busy_or_cool = sum(r.metric("trading_healer_skipped_total", fp="FP-1.1", reason=x) or 0
+                           for x in ("busy", "cooldown"))
+        assert dupes + busy_or_cool == 49 and dupes >= 1
+        # a new firing of the same point inside the cooldown is refused too
+        assert r.post(payload(alert("FP-1.1", starts_at="2026-11-25T10:05:00Z"))).json()["decisions"] == ["cooldown"]
+        assert hb.run_count() == 1
+
+
+def test_hung_action_group_is_killed_at_its_timeout(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.hang)], "timeout_seconds": 1}})
+    with receiver(hb, cfg) as r:
+        t0 = time.monotonic()
+        r.post(payload(alert("FP-1.1")))
+        assert time.monotonic() - t0 < 5  # the answer did not wait for the action (bounded, not timed)
+        child = int(wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text().strip(),
+                             what="the hung action's child"))
+        assert r.metric("trading_healer_running", fp="FP-1.1") == 1.0
+        wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="timeout") == 1.0,
+                 what="timeout outcome")
+        wait_for(lambda: not pid_alive(child), what="the sleep in the action's process group to die")
+        assert r.metric("trading_healer_running", fp="FP-1.1") == 0.0
+        heal = r.heals()[0]
+        assert heal["outcome"] == "timeout" and heal["exit_status"] is None and "timeout" in heal["detail"]
+
+
+def test_repeated_failure_gives_up_and_resolved_resets(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.fail)], "cooldown_seconds": 0.2, "max_attempts": 2}})
+    with receiver(hb, cfg) as r:
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
+        for _i in range(4):
+            wait_idle(r)
+            time.sleep(0.25)  # past the cooldown: Alertmanager's repeat of the still-firing alert
+            r.post(payload(alert("FP-1.1")))
+        wait_idle(r)
+        assert hb.run_count() == 2
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0
+        assert (r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="gave_up") or 0) >= 1
+        assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
+        time.sleep(0.25)
+        assert r.post(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))).json()["decisions"] == ["accepted"]
+        wait_idle(r)
+        assert hb.run_count() == 3
+
+
+def test_skips_are_deliberate_and_metrics_preinitialised(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)]}, "FP-1.3": {"run": [str(hb.ok)], "enabled": False}})
+    with receiver(hb, cfg) as r:
+        for fp in ("FP-1.1", "FP-1.3", "FP-2.1"):
+            for outcome in ("success", "failed", "timeout", "unverified", "dry_run"):
+                assert r.metric("trading_healer_attempts_total", fp=fp, outcome=outcome) == 0.0
+            assert r.metric("trading_healer_running", fp=fp) == 0.0
+            assert r.metric("trading_healer_gave_up", fp=fp) == 0.0
+        decisions = r.post(payload(alert("FP-1.3"), alert("FP-3.1"), alert("FP-9.9"), alert(None),
+                                   alert("FP-1.1", status="resolved"))).json()["decisions"]
+        assert decisions == ["disabled", "no_healer", "unknown_fp", "no_healer", "resolved"]
+        assert r.metric("trading_healer_skipped_total", fp="other", reason="unknown_fp") == 1.0
+        assert requests.get(r.url + "/-/healthy", timeout=5).status_code == 200
+    assert hb.run_count() == 0
+
+
+def test_dry_run_runs_nothing_and_records_it(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)]}})
+    with receiver(hb, cfg, dry_run=True) as r:
+        assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["dry_run"]
+        assert r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="dry_run") == 1.0
+        assert r.heals()[0]["outcome"] == "dry_run" and "would run" in r.heals()[0]["detail"]
+    assert hb.run_count() == 0
+    assert heal_status(hb.root / "logs/trading_readiness_heals.jsonl") == {}
+
+
+def test_auth_and_malformed_bodies(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)]}})
+    with receiver(hb, cfg) as r:
+        good = payload(alert("FP-1.1"))
+        assert r.post(good, token=None).status_code == 401
+        assert r.post(good, token="wrong").status_code == 401
+        assert r.post(good, token=TOKEN + "x").status_code == 401
+        raw = requests.post(r.url + "/alertmanager", data=b"{}", timeout=5,
+                            headers={"Authorization": TOKEN})  # no "Bearer "
+        assert raw.status_code == 401
+        assert r.post(b"not json").status_code == 400
+        assert r.post({**good, "version": "3"}).json()["error"].startswith("unsupported payload version")
+        assert r.post({**good, "alerts": "x"}).status_code == 400
+        assert r.post({**good, "alerts": [{"status": "firing", "labels": {"fp": 1}}]}).status_code == 400
+        assert r.post(b"[" * 100000 + b"]" * 100000).status_code in (400, 413)
+        assert r.post(b" " * (2 * 1024 * 1024)).status_code == 413
+    assert hb.run_count() == 0
+
+
+def test_restart_mid_cooldown_does_not_heal_again(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}})
+    with receiver(hb, cfg) as r:
+        r.post(payload(alert("FP-1.1")))
+        wait_idle(r)
+    assert hb.run_count() == 1
+    # the real CLI process, restarted on the same audit file
+    port = free_port()
+    proc = start_heal_cli(hb, cfg, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(url + "/-/healthy", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=20, what="the restarted receiver")
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        same = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1")), headers=headers, timeout=5)
+        other = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1", starts_at="2026-11-25T10:09:00Z")),
+                              headers=headers, timeout=5)
+        assert same.json()["decisions"] == ["duplicate"] and other.json()["decisions"] == ["cooldown"]
+        assert requests.get(url + "/api/heals", timeout=5).json()["heals"][0]["outcome"] == "unverified"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "healer listening on" in err and TOKEN not in err
+    assert hb.run_count() == 1
+
+
+def test_cli_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({})
+    proc = start_heal_cli(hb, cfg, free_port(), token=None)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert err.strip().splitlines() == [
+        "error: TRADING_READINESS_HEALER_TOKEN is not set; refusing to run healers for unauthenticated webhooks "
+        "(set it, or pass --insecure-no-auth)"]
+
+
+def test_builtin_healers_restart_only_the_daemon_unit(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    from healers.policy import specs_from_config
+
+    specs = specs_from_config(load_config(None, str(hb.root)))
+    assert specs["FP-1.1"].argv == ("systemctl", "restart", "uw-flow-daemon.service") and specs["FP-1.1"].enabled
+    assert specs["FP-1.3"].argv == ("systemctl", "restart", "uw-flow-daemon.service")
+    assert not specs["FP-2.1"].enabled and "FP-6.1" not in specs
+    assert not any("stock-bot" in a for s in specs.values() for a in s.argv)
+    # a user entry replaces the built-in one for that point only
+    specs = specs_from_config(load_config(str(hb.config({"FP-1.1": {"enabled": False}})), str(hb.root)))
+    assert not specs["FP-1.1"].enabled and specs["FP-1.3"].enabled
+
+
+def test_heal_status_reads_incrementally_and_survives_torn_lines(tmp_path: Path) -> None:
+    f = tmp_path / "heals.jsonl"
+    assert heal_status(f) == {}
+    rec = {"event": "attempt", "fp": "FP-1.1", "epoch": 100.0, "outcome": "failed"}
+    f.write_text(json.dumps(rec) + "\n" + '{"event": "attempt", "fp": "FP-1')
+    assert heal_status(f) == {"FP-1.1": (True, False)}
+    with f.open("a") as fh:  # the torn line completes, then a success
+        fh.write('.3", "epoch": 101, "outcome": "timeout"}\n')
+        fh.write(json.dumps({**rec, "epoch": 200.0, "outcome": "success"}) + "\n")
+    assert heal_status(f) == {"FP-1.1": (True, True), "FP-1.3": (True, False)}
+    assert heal_status(f, since=150.0) == {"FP-1.1": (True, True)}
+    f.write_text(json.dumps(rec) + "\n")  # replaced (rotation): read from the start
+    assert heal_status(f) == {"FP-1.1": (True, False)}

@@ -1,0 +1,174 @@
+"""Helpers for the healer tests: a bot root with real action scripts and a running receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from exporter.config import load as load_config
+from exporter.sim.botroot import BotRoot
+from healers.receiver import Healer, HealerServer
+
+TOKEN = "s3cret-token-for-tests"  # noqa: S105
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+class HealBot:
+    """A healthy bot root plus action scripts that record every run in ``runs.log``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.bot = BotRoot(tmp / "bot").healthy()
+        self.root = self.bot.path
+        self.runs = tmp / "runs.log"
+        self.weights = self.root / "state/signal_weights.json"
+        self.backup = tmp / "weights.good.json"
+        shutil.copy(self.weights, self.backup)
+        # a real re-initialisation: restores the weights, so verification can prove it worked
+        self.fix = script(tmp / "fix_weights.sh", f"""
+            echo "fix $$" >> {self.runs}
+            cp {self.backup} {self.weights}
+        """)
+        self.ok = script(tmp / "ok.sh", f'echo "ok $$" >> {self.runs}\n')
+        self.fail = script(tmp / "fail.sh", f'echo "fail $$" >> {self.runs}\necho broken >&2\nexit 1\n')
+        self.hang = script(tmp / "hang.sh", f"""
+            echo "hang $$" >> {self.runs}
+            sleep 600 &
+            echo $! > {tmp / "child.pid"}
+            wait
+        """)
+
+    def run_count(self) -> int:
+        return len(self.runs.read_text().splitlines()) if self.runs.exists() else 0
+
+    def break_weights(self) -> None:
+        data = json.loads(self.weights.read_text())
+        data["entry_weights"]["weight_bands"].pop("options_flow")
+        self.weights.write_text(json.dumps(data))
+
+    def config(self, healers: dict[str, Any], **healer: Any) -> Path:
+        cfg = {"healer": {"verify_interval_seconds": 0.2, "verify_timeout_seconds": 3, **healer},
+               "healers": healers}
+        path = self.tmp / "trading-readiness.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+
+def alert(fp: str | None = "FP-2.1", status: str = "firing", fingerprint: str = "a1b2c3d4e5f60718",
+          starts_at: str = "2026-11-25T10:00:00Z", **labels: str) -> dict[str, Any]:
+    lab = {"alertname": "TradingFailurePoint", "severity": "critical", **labels}
+    if fp is not None:
+        lab["fp"] = fp
+    return {"status": status, "labels": lab, "annotations": {"summary": "x"}, "startsAt": starts_at,
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://127.0.0.1:9090/graph",
+            "fingerprint": fingerprint}
+
+
+def payload(*alerts: dict[str, Any], status: str | None = None) -> dict[str, Any]:
+    st = status or ("firing" if any(a["status"] == "firing" for a in alerts) else "resolved")
+    return {"version": "4", "groupKey": "{}:{alertname=\"TradingFailurePoint\"}", "truncatedAlerts": 0,
+            "status": st, "receiver": "healer", "groupLabels": {"alertname": "TradingFailurePoint"},
+            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
+            "alerts": list(alerts)}
+
+
+class Running:
+    def __init__(self, healer: Healer, server: HealerServer) -> None:
+        self.healer = healer
+        self.server = server
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def post(self, body: Any, token: str | None = TOKEN, timeout: float = 10) -> requests.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.post(self.url + "/alertmanager", data=data, headers=headers, timeout=timeout)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        text = requests.get(self.url + "/metrics", timeout=5).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                got = line[len(name) + 1:line.index("}")]
+                if ",".join(sorted(got.split(","))) == want:
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def heals(self) -> list[dict[str, Any]]:
+        return requests.get(self.url + "/api/heals", timeout=5).json()["heals"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def receiver(hb: HealBot, config: Path, token: str | None = TOKEN, dry_run: bool = False) -> Iterator[Running]:
+    """An in-process receiver on a free loopback port; stopped (and its actions killed) after."""
+    healer = Healer(load_config(str(config), str(hb.root)), token, dry_run=dry_run)
+    server = HealerServer(("127.0.0.1", 0), healer)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    try:
+        yield Running(healer, server)
+    finally:
+        server.shutdown()
+        healer.stop()
+        server.server_close()
+
+
+def wait_idle(r: Running, timeout: float = 15) -> None:
+    """Until no action is queued or running (the answer never waits for the action)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = r.healer.policy.snapshot()
+        if r.healer.queue.empty() and not any(s["running"] for s in snap.values()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("healer did not become idle")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purpose
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def start_heal_cli(hb: HealBot, config: Path, port: int, *extra: str, token: str | None = TOKEN
+                   ) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADING_", "ALPACA", "APCA", "UW_"))}
+    if token is not None:
+        env["TRADING_READINESS_HEALER_TOKEN"] = token
+    return subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config), "--bot-root", str(hb.root),
+                             "heal", "--listen", f"127.0.0.1:{port}", *extra], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
