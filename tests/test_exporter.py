@@ -1,0 +1,367 @@
+"""`trading-readiness serve` as a real subprocess on loopback against a sandbox bot root.
+
+Everything is real: the exporter process, files in a temporary bot root, the loopback Alpaca
+and UW servers, promtool, openssl. Nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import load as load_config
+from exporter.metrics import exposition
+from exporter.model import Status
+from exporter.scheduler import Scheduler
+from exporter.server import hash_password, make_server, verify_password
+from exporter.sim.alpaca import FakeAlpaca
+from exporter.sim.botroot import BotRoot
+
+from .conftest import REPO, Procs, clean_env, wait_for
+
+SECRETS = ("PKTEST", "SECRETTEST", "uw-test-token")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Exporter:
+    """A `serve` subprocess; its stderr goes to a file the test can read."""
+
+    def __init__(self, root: Path, log: Path, config: Path | None = None, scheme: str = "http",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.root, self.log = root, log
+        self.port = free_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.ssl_context = ssl_context
+        argv = [sys.executable, "-m", "exporter", "--bot-root", str(root)]
+        if config is not None:
+            argv += ["--config", str(config)]
+        argv += ["serve", "--listen", f"127.0.0.1:{self.port}"]
+        self._err = open(log, "wb")  # noqa: SIM115 (lives as long as the process; closed in stop())
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=self._err,
+                                     start_new_session=True)
+
+    def get(self, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None,
+            method: str = "GET") -> tuple[int, str]:
+        # self.url is always http(s)://127.0.0.1:<port>, built above
+        req = urllib.request.Request(self.url + path, headers=headers or {}, method=method)  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as r:  # noqa: S310
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def up(self) -> bool:
+        try:
+            return self.get("/-/healthy", timeout=1)[0] == 200
+        except OSError:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.stderr()}") from None
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return self.get("/-/ready", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def api(self) -> dict[str, Any]:
+        code, body = self.get("/api/failure_points")
+        assert code == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        code, body = self.get("/metrics")
+        assert code == 200, body
+        return body
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._err.close()
+
+
+def sample(metrics: str, metric: str, **labels: str) -> float | None:
+    """The value of one series in an exposition, or None when absent."""
+    for line in metrics.splitlines():
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def fast_config(root: Path, **exporter: Any) -> Path:
+    """A config with a 1 s default interval so state changes show within a second or two."""
+    lines = ["exporter:", "  default_interval_seconds: 1"]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in exporter.items()]
+    path = root / "trading-readiness.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def serve(bot: BotRoot, tmp_path: Path) -> Iterator[Exporter]:
+    fast_config(bot.path)
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        wait_for(exp.up, timeout=30, what="exporter up")
+        yield exp
+    finally:
+        exp.stop()
+
+
+def test_every_point_is_exported_and_the_api_matches_the_contract(serve: Exporter, bot: BotRoot) -> None:
+    wait_for(serve.ready, timeout=30, what="/-/ready")
+    cfg = load_config(None, str(bot.path))
+    enabled = cfg.enabled_ids()
+    m = serve.metrics()
+    for fp in enabled:
+        point = cfg.catalog[fp]
+        assert sample(m, "trading_failure_point_status", fp=fp, category=point.category) is not None, fp
+        assert sample(m, "trading_failure_point_info", fp=fp, name=point.name) == 1, fp
+        assert sample(m, "trading_failure_point_interval_seconds", fp=fp) is not None, fp
+        assert sample(m, "trading_failure_point_last_check_timestamp_seconds", fp=fp) is not None, fp
+        assert sample(m, "trading_exporter_check_errors_total", fp=fp) == 0, fp
+    # the UW auth probe keeps its catalog interval; the rest follow the configured default
+    assert sample(m, "trading_failure_point_interval_seconds", fp="FP-1.5") == 900
+    assert sample(m, "trading_failure_point_interval_seconds", fp="FP-1.2") == 1
+    # no daemon and no bot process run in this root: BLOCKED by exactly those two
+    assert sample(m, "trading_readiness_status") == 2
+    assert sample(m, "trading_failure_point_status", fp="FP-1.1") == Status.ERROR.value
+    assert sample(m, "trading_exporter_ready") == 1
+    assert sample(m, "trading_exporter_config_reload_success") == 1
+    assert sample(m, "trading_exporter_build_info") == 1
+    assert sample(m, "trading_readiness_max_warnings") == 2
+    assert sample(m, "trading_uw_cache_symbols") == 12  # an observation gauge with its catalog help
+    assert "# HELP trading_uw_cache_symbols Ticker keys in the UW cache" in m
+
+    data = serve.api()
+    assert data["readiness"] == "BLOCKED" and data["color"] == "red"
+    assert set(data["failure_points"]) == set(enabled)
+    assert "FP-1.1" in data["critical_fps"] and data["critical_count"] == len(data["critical_fps"])
+    fp = data["failure_points"]["FP-1.1"]
+    assert set(fp) >= {"id", "name", "category", "status", "last_check", "last_error", "self_healing_attempted",
+                       "self_healing_success", "details"}
+    assert fp["status"] == "ERROR" and fp["last_error"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["timestamp"])
+    assert data["pending_fps"] == [] and data["ready"] is True
+
+    code, page = serve.get("/")
+    assert code == 200 and "<title>Trading readiness</title>" in page and "http" not in page.split("<script>")[1]
+    assert serve.get("/-/healthy")[0] == 200
+    assert serve.get("/nope")[0] == 404
+    assert serve.get("/metrics", method="POST")[0] == 405
+
+    # the readiness log has the first evaluation, in the contract format
+    lines = (bot.path / "logs/failure_points.log").read_text().splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \| BLOCKED \| Critical: \d+, Warnings: \d+ \| "
+                        r"Critical FPs: FP-\d+\.\d+(, FP-\d+\.\d+)*", lines[0]), lines[0]
+
+    # no secret of the bot's .env anywhere a person or Prometheus can see
+    for text in (m, json.dumps(data), page, serve.stderr()):
+        for secret in SECRETS:
+            assert secret not in text
+
+
+def test_promtool_accepts_the_exposition(serve: Exporter, tmp_path: Path) -> None:
+    wait_for(serve.ready, timeout=30, what="/-/ready")
+    r = subprocess.run(["promtool", "check", "metrics"], input=serve.metrics(), capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+def test_readiness_log_appends_one_line_per_change(bot: BotRoot, running: Procs, tmp_path: Path) -> None:
+    fast_config(bot.path)
+    log = bot.path / "logs/failure_points.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("2026-01-05T14:40:00Z | READY | Critical: 0, Warnings: 0 | Critical FPs: none\n")
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        wait_for(exp.ready, timeout=30, what="/-/ready")
+        wait_for(lambda: len(log.read_text().splitlines()) == 2, what="first evaluation logged")
+        first = exp.api()["readiness"]
+        assert first != "BLOCKED", exp.api()["critical_fps"]
+        bot.freeze()
+        wait_for(lambda: exp.api()["readiness"] == "BLOCKED", timeout=20, what="freeze seen")
+        wait_for(lambda: len(log.read_text().splitlines()) == 3, what="change logged")
+        lines = log.read_text().splitlines()
+        assert lines[0].startswith("2026-01-05T14:40:00Z")  # appended, never rewritten
+        assert f"| {first} |" in lines[1]
+        assert "| BLOCKED | Critical: 1," in lines[2] and lines[2].endswith("Critical FPs: FP-3.1")
+        time.sleep(2.5)  # two more cycles at 1 s: no change, no line
+        assert len(log.read_text().splitlines()) == 3
+    finally:
+        exp.stop()
+
+
+def test_a_hung_broker_never_slows_a_scrape(bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:
+    cfg = fast_config(bot.path)
+    cfg.write_text(cfg.read_text() + "alpaca: {timeout_seconds: 10, cache_seconds: 0.5}\n"
+                   "checks: {FP-4.1: {timeout_seconds: 12}, FP-4.2: {timeout_seconds: 12}, "
+                   "FP-4.3: {timeout_seconds: 12}, FP-3.2: {timeout_seconds: 12}}\n")
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        wait_for(exp.ready, timeout=30, what="/-/ready")
+        alpaca.set_mode("hang")
+        hung_since = time.monotonic()
+        slowest = 0.0
+        # scrape while the broker calls hang (10 s each) until the exporter reports the broker down
+        while True:
+            for path in ("/metrics", "/api/failure_points"):
+                t0 = time.monotonic()
+                code, body = exp.get(path, timeout=1.0)  # the deadline: a slower answer raises
+                slowest = max(slowest, time.monotonic() - t0)
+                assert code == 200
+            if json.loads(exp.get("/api/failure_points", timeout=1.0)[1])["failure_points"]["FP-4.1"]["status"] \
+                    == "ERROR":
+                break
+            assert time.monotonic() - hung_since < 40, "FP-4.1 never turned ERROR while the broker hangs"
+            time.sleep(0.1)
+        assert time.monotonic() - hung_since >= 5  # we really scraped through a hanging call
+        data = exp.api()
+        assert data["readiness"] == "BLOCKED" and "FP-4.1" in data["critical_fps"]
+        assert sample(exp.metrics(), "trading_failure_point_status", fp="FP-4.1") == 2
+    finally:
+        alpaca.set_mode("ok")
+        exp.stop()
+
+
+def test_reload_keeps_the_running_config_when_the_new_one_is_bad(bot: BotRoot, tmp_path: Path) -> None:
+    cfg = fast_config(bot.path)
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        wait_for(exp.ready, timeout=30, what="/-/ready")
+        good = cfg.read_text()
+        cfg.write_text(good + "readiness: {max_warnigns: 5}\n")
+        code, body = exp.get("/-/reload", method="POST")
+        assert code == 500 and "kept" in body
+        m = exp.metrics()
+        assert sample(m, "trading_exporter_config_reload_success") == 0
+        assert sample(m, "trading_readiness_max_warnings") == 2
+        assert "config reload failed, keeping the running config: unknown key 'readiness.max_warnigns'" in exp.stderr()
+        assert exp.get("/-/healthy")[0] == 200
+
+        cfg.write_text(good + "readiness: {max_warnings: 5}\n")
+        os.kill(exp.proc.pid, signal.SIGHUP)
+        wait_for(lambda: sample(exp.metrics(), "trading_exporter_config_reload_success") == 1, what="SIGHUP reload")
+        assert sample(exp.metrics(), "trading_readiness_max_warnings") == 5
+        assert "config reloaded" in exp.stderr()
+    finally:
+        exp.stop()
+
+
+def test_garbage_requests_never_crash_the_exporter(serve: Exporter) -> None:
+    for junk in (b"\x16\x03\x01\x00garbage\r\n\r\n", b"GET\r\n\r\n", b"POST /-/reload HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                 b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b""):
+        with socket.create_connection(("127.0.0.1", serve.port), timeout=5) as s:
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                s.recv(4096)
+    assert serve.get("/-/healthy")[0] == 200
+    assert serve.proc.poll() is None
+
+
+def test_tls_and_basic_auth(bot: BotRoot, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    fast_config(bot.path, tls_cert_file=str(cert), tls_key_file=str(key),
+                basic_auth_users={"prometheus": hash_password("s3cret-pass")})
+    tls = ssl.create_default_context(cafile=str(cert))
+    exp = Exporter(bot.path, tmp_path / "serve.log", scheme="https", ssl_context=tls)
+    try:
+        def up() -> bool:
+            try:
+                return exp.get("/-/healthy", timeout=1)[0] in (200, 401)
+            except OSError:
+                assert exp.proc.poll() is None, exp.stderr()
+                return False
+
+        wait_for(up, timeout=30, what="https exporter up")
+        assert exp.get("/metrics")[0] == 401
+        bad = base64.b64encode(b"prometheus:wrong").decode()
+        assert exp.get("/metrics", headers={"Authorization": f"Basic {bad}"})[0] == 401
+        good = base64.b64encode(b"prometheus:s3cret-pass").decode()
+        code, body = exp.get("/metrics", headers={"Authorization": f"Basic {good}"})
+        assert code == 200 and "trading_failure_point_info" in body
+        # plain HTTP is not answered on the TLS port: the handshake fails and the connection is
+        # closed (RemoteDisconnected or a reset; both are OSError, as is URLError)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{exp.port}/-/healthy", timeout=2).read()
+        # ...and the exporter keeps serving TLS clients afterwards
+        assert exp.get("/-/healthy", headers={"Authorization": f"Basic {good}"})[0] == 200
+        assert exp.proc.poll() is None
+    finally:
+        exp.stop()
+
+
+def test_password_hashes() -> None:
+    h = hash_password("pw", iterations=1000)
+    assert h.startswith("pbkdf2_sha256$1000$") and verify_password("pw", h)
+    assert not verify_password("pW", h)
+    assert not verify_password("pw", "garbage") and not verify_password("pw", "bcrypt$1$zz$yy")
+    r = subprocess.run([sys.executable, "-m", "exporter.server", "hash-password"], input="pw\n", capture_output=True,
+                       text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 0 and verify_password("pw", r.stdout.strip())
+
+
+def test_before_the_first_run_status_is_absent_and_not_ready(bot: BotRoot) -> None:
+    """In-process, scheduler not started: what a scrape sees before any check ran."""
+    sched = Scheduler(load_config(None, str(bot.path)))
+    server = make_server(sched, "127.0.0.1:0")
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(url + "/-/ready", timeout=5)  # noqa: S310 (loopback http)
+        assert exc.value.code == 503
+        m = exposition(server.registry).decode()
+        assert sample(m, "trading_failure_point_info", fp="FP-1.2") == 1
+        assert sample(m, "trading_failure_point_interval_seconds", fp="FP-1.2") == 15
+        assert sample(m, "trading_failure_point_status", fp="FP-1.2") is None
+        assert sample(m, "trading_readiness_status") is None and sample(m, "trading_exporter_ready") == 0
+        data = json.loads(urllib.request.urlopen(url + "/api/failure_points", timeout=5).read())  # noqa: S310
+        assert data["readiness"] == "UNKNOWN" and data["failure_points"] == {}
+        assert data["pending_fps"] == sched.enabled
+        sched.start()
+        wait_for(lambda: sched.snapshot().ready, timeout=30, what="first run")
+        assert urllib.request.urlopen(url + "/-/ready", timeout=5).status == 200  # noqa: S310
+    finally:
+        sched.stop()
+        server.shutdown()
+        server.server_close()
