@@ -1,0 +1,128 @@
+"""A real Prometheus (Debian package) scrapes a real `serve` subprocess on loopback.
+
+Proves what the operator relies on: the target is up under the documented job name, and every
+enabled failure point's status series is in Prometheus's TSDB and queryable over its HTTP API.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import load as load_config
+from exporter.sim.botroot import BotRoot
+
+from .conftest import wait_for
+from .test_exporter import Exporter, fast_config, free_port
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+pytestmark = pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian prometheus not installed (make system-deps)")
+
+
+class Prometheus:
+    """A Prometheus server in a temp dir, scraping one target every second."""
+
+    def __init__(self, tmp: Path, target: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = tmp / "prometheus.yml"
+        cfg.write_text(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: trading-readiness\n"
+            f"    static_configs: [{{targets: ['{target}']}}]\n")
+        self.log = tmp / "prometheus.log"
+        self._err = open(self.log, "wb")  # noqa: SIM115 (lives as long as the process; closed in stop())
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
+            stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback http built above)
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return self.api("/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"prometheus exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:  # noqa: S310
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._err.close()
+
+
+@pytest.fixture
+def scraped(bot: BotRoot, tmp_path: Path) -> Iterator[tuple[Exporter, Prometheus]]:
+    fast_config(bot.path)
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    prom: Prometheus | None = None
+    try:
+        wait_for(exp.up, timeout=30, what="exporter up")
+        prom = Prometheus(tmp_path, f"127.0.0.1:{exp.port}")
+        wait_for(prom.ready, timeout=30, what="prometheus ready")
+        yield exp, prom
+    finally:
+        if prom is not None:
+            prom.stop()
+        exp.stop()
+
+
+def test_prometheus_scrapes_every_failure_point(scraped: tuple[Exporter, Prometheus], bot: BotRoot) -> None:
+    exp, prom = scraped
+    enabled = load_config(None, str(bot.path)).enabled_ids()
+    wait_for(exp.ready, timeout=30, what="every check ran once")
+
+    def target_up() -> bool:
+        targets = prom.api("/api/v1/targets")["activeTargets"]
+        return any(t["labels"]["job"] == "trading-readiness" and t["health"] == "up" for t in targets)
+
+    wait_for(target_up, timeout=30, what="target up", every=0.2)
+    up = prom.query('up{job="trading-readiness"}')
+    assert [s["value"][1] for s in up] == ["1"]
+
+    def all_status_series() -> bool:
+        got = {s["metric"]["fp"] for s in prom.query('trading_failure_point_status{job="trading-readiness"}')}
+        return got == set(enabled)
+
+    wait_for(all_status_series, timeout=30, what="every FP's status series in Prometheus", every=0.2)
+    series = prom.query("trading_failure_point_status")
+    by_fp = {s["metric"]["fp"]: s for s in series}
+    assert len(series) == len(enabled)  # one series per point, no duplicates
+    for fp, s in by_fp.items():
+        assert s["metric"]["category"], fp
+        assert s["value"][1] in ("0", "1", "2", "-1"), (fp, s["value"])
+    # the points no daemon/bot process can satisfy are ERROR in Prometheus too, as on the exporter
+    assert by_fp["FP-1.1"]["value"][1] == "2"
+    # the other per-FP families are there for every point as well
+    for family in ("trading_failure_point_info", "trading_failure_point_interval_seconds",
+                   "trading_failure_point_last_check_timestamp_seconds"):
+        got = {s["metric"]["fp"] for s in prom.query(family)}
+        assert got == set(enabled), family
+    assert [s["value"][1] for s in prom.query("trading_readiness_status")] == ["2"]
+    assert [s["value"][1] for s in prom.query("trading_exporter_ready")] == ["1"]
