@@ -146,10 +146,29 @@ COMMANDS = {
 }
 
 
+def _split_sandbox(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """argparse's REMAINDER does not capture a leading ``--option``, so everything after the
+    ``sandbox`` command word is handed to the sandbox's own parser untouched."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--config", "--bot-root"):
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        return (argv[: i + 1], argv[i + 1:]) if a == "sandbox" else (argv, None)
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        head, sandbox_rest = _split_sandbox(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(head)
+        if sandbox_rest is not None:
+            args.rest = sandbox_rest
         if not args.command:
             raise UsageError("trading-readiness: a COMMAND is required (check, probe, verify, serve, heal, "
                              "catalog, sandbox); see --help")

@@ -1,0 +1,216 @@
+"""The sandbox: a real simulated bot (daemon and bot processes, loopback servers) and its faults.
+
+One sandbox is shared by the in-process tests (starting one costs a few seconds); the CLI tests
+start their own ``trading-readiness sandbox`` process and prove it leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from exporter.config import load as load_config
+from exporter.model import Status
+from exporter.sim import faults
+from exporter.sim.sandbox import Sandbox, SandboxError, read_state
+
+from .conftest import REPO, clean_env, evaluate, run_cli, wait_for
+
+
+@pytest.fixture(scope="module")
+def sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path_factory.mktemp("sandbox") / "bot", fast=True).start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def _status(sb: Sandbox, fp: str) -> Status:
+    return evaluate(sb.root, only=[fp]).results[fp].status
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_sandbox_runs_a_real_daemon_and_bot_that_write_what_the_real_ones_do(sb: Sandbox) -> None:
+    lock = (sb.root / "state/uw_flow_daemon.lock").read_text()
+    assert sb.daemon_proc is not None and lock.startswith(f"pid={sb.daemon_proc.pid} ts=")
+    cache = json.loads((sb.root / "data/uw_flow_cache.json").read_text())
+    meta = cache["_metadata"]
+    assert meta["updated_by"] == "uw_flow_daemon" and meta["ticker_count"] == len(sb.tickers)
+    nvda = cache["NVDA"]
+    assert nvda["flow_trades"] and nvda["trade_count"] == len(nvda["flow_trades"]) and "dark_pool" in nvda
+    wait_for(lambda: _lines(sb.root / "logs/uw_daemon.jsonl")[-1].get("cycle", 0) >= 2, what="two daemon cycles")
+    quota = [q for q in _lines(sb.root / "data/uw_api_quota.jsonl") if "status" in q]  # the daemon's lines
+    assert quota and all(q["status"] == 200 and q["source"] == "uw_flow_daemon" for q in quota)
+    beat = json.loads((sb.root / "state/bot_heartbeat.json").read_text())
+    assert sb.bot_proc is not None and beat["pid"] == sb.bot_proc.pid and beat["iter_count"] >= 1
+    runs = _lines(sb.root / "logs/run.jsonl")
+    assert runs and runs[-1]["msg"] == "complete" and "clusters" in runs[-1]
+    # the sandbox's own config and .env are what the exporter and the healer will read
+    cfg = load_config(None, str(sb.root))
+    run = cfg["healers"]["FP-1.1"]["run"]
+    assert run[-2:] == ["sandbox", "restart-daemon"] and str(sb.root) in run
+    env = (sb.root / ".env").read_text()
+    assert f"UW_BASE_URL={sb.uw.url}" in env and f"ALPACA_BASE_URL={sb.alpaca.url}" in env
+
+
+def test_a_healthy_sandbox_is_ready(sb: Sandbox) -> None:
+    report = evaluate(sb.root)
+    failing = {fp: (r.status.name, r.message) for fp, r in report.results.items()
+               if r.status in (Status.ERROR, Status.WARN)}
+    assert report.readiness.name == "READY", failing
+
+
+def test_the_bot_re_stamps_the_cache_so_mtime_lies_while_metadata_tells_the_truth(sb: Sandbox) -> None:
+    sb.fault("daemon-stop-writing")
+    try:
+        cache = sb.root / "data/uw_flow_cache.json"
+        meta_then = json.loads(cache.read_text())["_metadata"]["last_update"]
+        mtime_then = cache.stat().st_mtime
+        wait_for(lambda: cache.stat().st_mtime > mtime_then + 1.5, what="the bot rewriting the cache")
+        data = json.loads(cache.read_text())
+        assert data["_metadata"]["last_update"] == meta_then  # only the daemon stamps _metadata
+        assert data["NVDA"]["_last_update"] > meta_then  # the bot re-stamped the ticker anyway
+    finally:
+        sb.clear("daemon-stop-writing")
+
+
+def test_daemon_kill_is_seen_and_restart_daemon_is_idempotent(sb: Sandbox) -> None:
+    sb.fault("daemon-kill")
+    assert "daemon-kill" in sb.state()["active_faults"]
+    assert _status(sb, "FP-1.1") is Status.ERROR
+    first = sb.restart_daemon()
+    assert first.startswith("uw daemon restarted")
+    assert sb.restart_daemon().startswith("uw daemon already running")  # a duplicate webhook: no restart
+    assert "daemon-kill" not in sb.state()["active_faults"]
+    wait_for(lambda: _status(sb, "FP-1.1") is Status.OK, what="FP-1.1 OK after the restart")
+
+
+def test_a_hung_daemon_holds_its_lock_and_restart_daemon_replaces_it(sb: Sandbox) -> None:
+    assert sb.daemon_proc is not None
+    hung = sb.daemon_proc.pid
+    sb.fault("daemon-hang")
+    assert psutil.Process(hung).status() == psutil.STATUS_STOPPED
+    assert f"pid={hung} " in (sb.root / "state/uw_flow_daemon.lock").read_text()
+    assert not sb.daemon_healthy()
+    assert "restarted" in sb.restart_daemon()
+    assert sb.daemon_proc.pid != hung and _gone(hung)
+
+
+@pytest.mark.parametrize("name", ["uw-401", "broker-401", "kill-switch", "full-positions"])
+def test_faults_trip_their_failure_point_and_clear_restores_it(sb: Sandbox, name: str) -> None:
+    fault = faults.get(name)
+    (fp, expected), = fault.expects.items()
+    sb.fault(name)
+    try:
+        wait_for(lambda: _status(sb, fp).name == expected, timeout=15, what=f"{fp} {expected} under {name}")
+    finally:
+        sb.clear(name)
+    wait_for(lambda: _status(sb, fp) is Status.OK, timeout=15, what=f"{fp} OK after clearing {name}")
+
+
+def test_admin_endpoint_lists_injects_and_clears_faults(sb: Sandbox) -> None:
+    url = sb.admin_url
+    listing = requests.get(f"{url}/faults", timeout=5).json()
+    assert {f["name"] for f in listing["faults"]} == set(faults.FAULTS)
+    r = requests.post(f"{url}/faults/safe-mode", timeout=5)
+    assert r.status_code == 200 and "safe-mode" in r.json()["active"]
+    assert (sb.root / "state/health_safe_mode.flag").exists()
+    r = requests.delete(f"{url}/faults/safe-mode", timeout=5)
+    assert r.status_code == 200 and "safe-mode" not in r.json()["active"]
+    assert not (sb.root / "state/health_safe_mode.flag").exists()
+    assert requests.post(f"{url}/faults/no-such-fault", timeout=5).status_code == 404
+    assert requests.get(f"{url}/nowhere", timeout=5).status_code == 404
+
+
+def test_every_fault_names_a_catalogued_failure_point_and_a_valid_status() -> None:
+    from exporter.catalog import load
+
+    ids = set(load().ids())
+    for f in faults.FAULTS.values():
+        assert f.expects, f.name
+        for fp, status in f.expects.items():
+            assert fp in ids, f"{f.name}: {fp} is not in the catalog"
+            assert status in ("WARN", "ERROR"), f.name
+    with pytest.raises(KeyError, match="unknown fault"):
+        faults.get("nope")
+
+
+def test_a_second_sandbox_in_the_same_root_is_refused(sb: Sandbox) -> None:
+    # the running one belongs to this process, so pretend another process owns it
+    state = read_state(sb.root)
+    assert state is not None
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (sb.root / ".sandbox/state.json").write_text(json.dumps({**state, "pid": other.pid}))
+        with pytest.raises(SandboxError, match="already running"):
+            Sandbox(sb.root).start()
+    finally:
+        other.kill()
+        other.wait()
+        sb._write_state()
+
+
+def test_cli_sandbox_runs_takes_faults_and_stops_leaving_nothing_running(tmp_path: Path) -> None:
+    root = tmp_path / "bot"
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "sandbox", "--dir", str(root), "--fast"],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        state = wait_for(lambda: (read_state(root) or {}).get("bot_pid") and read_state(root), timeout=30,
+                         what="the sandbox to come up")
+        children = [state["daemon_pid"], state["bot_pid"]]
+        r = run_cli("sandbox", "fault", "kill-switch", "--dir", str(root))
+        assert r.returncode == 0 and "injected kill-switch" in r.stdout and "FP-3.10 ERROR" in r.stdout
+        r = run_cli("sandbox", "faults", "--dir", str(root))
+        assert r.returncode == 0 and "* kill-switch" in r.stdout
+        r = run_cli("sandbox", "clear", "kill-switch", "--dir", str(root))
+        assert r.returncode == 0 and "cleared kill-switch" in r.stdout
+        r = run_cli("--bot-root", str(root), "sandbox", "restart-daemon")  # the healer's argv form
+        assert r.returncode == 0 and "already running" in r.stdout
+        r = run_cli("sandbox", "fault", "no-such-fault", "--dir", str(root))
+        assert r.returncode == 3 and "unknown fault" in r.stderr
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and "sandbox stopped" in out, out
+    assert all(_gone(pid) for pid in children)
+    assert read_state(root) is None
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sandbox", "--bogus"], "unrecognized arguments: --bogus"),
+    (["sandbox", "--alpaca-port", "70000"], "--alpaca-port must be a port number"),
+    (["sandbox", "fault"], "the following arguments are required: name"),
+])
+def test_bad_sandbox_usage_is_one_line_and_exit_3(argv: list[str], needle: str, tmp_path: Path) -> None:
+    r = run_cli(*argv, "--dir", str(tmp_path / "x"))
+    assert r.returncode == 3 and needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_client_commands_without_a_running_sandbox_say_so(tmp_path: Path) -> None:
+    r = run_cli("sandbox", "fault", "daemon-kill", "--dir", str(tmp_path))
+    assert r.returncode == 3 and "no sandbox is running" in r.stderr
+    r = run_cli("sandbox", "faults", "--dir", str(tmp_path))  # the list needs no sandbox
+    assert r.returncode == 0 and "daemon-kill" in r.stdout
