@@ -14,12 +14,14 @@ import hmac
 import json
 import os
 import queue
+import re
 import signal
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -62,6 +64,26 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
     return value
 
 
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
+def canonical_time(value: str) -> str:
+    """startsAt as a UTC instant in milliseconds, so one alert is one dedupe key however it is spelled.
+
+    Alertmanager's webhook writes nanoseconds and often a local offset, its v2 API milliseconds
+    in UTC; a string compare would treat the same firing as a new one and heal it again. A value
+    that is not RFC 3339 is kept (bounded) and only ever compared, never parsed further.
+    """
+    m = _RFC3339.fullmatch(value.strip())
+    if m is None:
+        return value[:64]
+    try:
+        dt = datetime.fromisoformat(f"{m[1]}.{(m[2] or '0')[:6].ljust(6, '0')}{'+00:00' if m[3] == 'Z' else m[3]}")
+        return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError):  # month 13, or an offset that leaves year 1
+        return value[:64]
+
+
 def parse_payload(body: bytes) -> list[Alert]:
     """Validate a webhook v4 body and return its alerts; BadRequest for anything else."""
     try:
@@ -97,7 +119,7 @@ def parse_payload(body: bytes) -> list[Alert]:
             if key in a and not isinstance(a[key], str):
                 raise BadRequest(f"{where}.{key} must be a string")
         fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
-        out.append(Alert(status, labels.get("fp"), fingerprint, a.get("startsAt", "")))
+        out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", ""))))
     return out
 
 

@@ -243,3 +243,15 @@ def test_heal_status_reads_incrementally_and_survives_torn_lines(tmp_path: Path)
     assert heal_status(f, since=150.0) == {"FP-1.1": (True, True)}
     f.write_text(json.dumps(rec) + "\n")  # replaced (rotation): read from the start
     assert heal_status(f) == {"FP-1.1": (True, False)}
+
+
+def test_starts_at_is_one_instant_however_alertmanager_spells_it() -> None:
+    from healers.receiver import canonical_time
+
+    # the webhook writes nanoseconds (sometimes a local offset), the v2 API milliseconds in UTC
+    assert canonical_time("2026-11-25T10:33:32.800123456Z") == "2026-11-25T10:33:32.800Z"
+    assert canonical_time("2026-11-25T11:33:32.8+01:00") == "2026-11-25T10:33:32.800Z"
+    assert canonical_time("2026-11-25T10:33:32Z") == "2026-11-25T10:33:32.000Z"
+    assert canonical_time("2026-13-25T10:33:32Z") == "2026-13-25T10:33:32Z"  # not a date: kept, only compared
+    assert canonical_time("0001-01-01T00:00:00+01:00") == "0001-01-01T00:00:00+01:00"
+    assert canonical_time("x" * 500) == "x" * 64
