@@ -284,8 +284,15 @@ class PremarketVerifier(Collector):
         except Exception as exc:  # the runner thread must survive a broken verification
             log.error("pre-market verification failed: %s", self.scheduler.ctx.redact(f"{type(exc).__name__}: {exc}"))
             status = 3
+        last = LastRun(started, status, "exporter")
+        try:
+            # the run covers this session: the exported next run moves to the following one now
+            after = PremarketSchedule(self.scheduler.ctx).plan(
+                datetime.fromtimestamp(self.clock(), UTC), datetime.fromtimestamp(started, UTC))
+        except (ScheduleError, ValueError):
+            after = None
         with self._lock:
-            self._last = LastRun(started, status, "exporter")
+            self._last, self._planned = last, after
             self.runs += 1
         log.info("pre-market verification finished with exit code %d", status)
         return 1.0

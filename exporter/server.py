@@ -35,6 +35,7 @@ from . import __version__
 from .config import Config, ConfigError
 from .config import load as load_config
 from .metrics import exposition, make_registry
+from .premarket import PremarketVerifier
 from .scheduler import Scheduler
 
 log = logging.getLogger("trading_readiness.exporter")
@@ -236,6 +237,9 @@ def serve(config: Config, listen: str | None, config_file: str | None = None,
     server = make_server(scheduler, listen)
     scheme = "https" if config["exporter"]["tls_cert_file"] else "http"
     scheduler.start()
+    # verify before each session open, in its own thread; its outcome is exported with /metrics
+    premarket = PremarketVerifier(scheduler).start()
+    server.registry.register(premarket)
 
     def on_hup(signum: int, frame: Any) -> None:
         threading.Thread(target=scheduler.reload, name="reload", daemon=True).start()
@@ -253,6 +257,7 @@ def serve(config: Config, listen: str | None, config_file: str | None = None,
     except KeyboardInterrupt:
         pass
     finally:
+        premarket.stop()
         scheduler.stop()
         server.server_close()
         log.info("stopped")

@@ -7,8 +7,13 @@ that same moment, on a real bot root, through real loopback HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +26,9 @@ from exporter.premarket import PremarketSchedule, PremarketVerifier, calendar_op
 from exporter.scheduler import Scheduler
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
-from exporter.verify import LATEST
+from exporter.verify import HISTORY, LATEST
+
+from .conftest import REPO, clean_env, wait_for
 
 OFFSET = 1800.0  # the default exporter.premarket_verify_offset_seconds
 
@@ -163,3 +170,78 @@ def test_runner_runs_once_per_session_and_exports_the_outcome(alpaca: FakeAlpaca
     g = gauges()
     assert g["trading_verification_last_status"] == 0
     assert g["trading_verification_last_run_timestamp_seconds"] == ny(2026, 11, 30, 9, 5).timestamp()
+
+
+# --- wired into the exporter ------------------------------------------------------------------
+class Serve:
+    """A real ``trading-readiness serve`` subprocess on a free loopback port."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop())
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--bot-root", str(root), "serve", "--listen", f"127.0.0.1:{self.port}"],
+            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
+
+    def get(self, path: str) -> str:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as r:  # noqa: S310 (loopback URL built here)
+                return str(r.read().decode())
+        except OSError:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.log.read_text()}") from None
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def serve_process(root: Path, log: Path) -> Iterator[Serve]:
+    exp = Serve(root, log)
+    try:
+        yield exp
+    finally:
+        exp.stop()
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_exporter_runs_the_verification_when_due_and_exports_it(tmp_path: Path, alpaca: FakeAlpaca,
+                                                                 root: BotRoot) -> None:
+    # the broker says the next session opens in 10 minutes: inside the 30-minute offset, so due now
+    soon = datetime.now(UTC) + timedelta(minutes=10)
+    alpaca.clock = {"is_open": False, "next_open": soon.isoformat()}
+    data = root.path / "data"
+    with serve_process(root.path, tmp_path / "serve.log") as exp:
+        def exported() -> str | None:
+            text = exp.get("/metrics")
+            return text if metric(text, "trading_verification_last_status") is not None else None
+
+        text = wait_for(exported, timeout=90, what="trading_verification_last_status", every=0.3)
+        record = json.loads((data / LATEST).read_text())
+        assert metric(text, "trading_verification_last_status") == record["exit_code"]
+        started = metric(text, "trading_verification_last_run_timestamp_seconds")
+        assert started is not None and abs(started - datetime.fromisoformat(
+            record["verification"]["started"].replace("Z", "+00:00")).timestamp()) < 1.0
+        assert len((data / HISTORY).read_text().splitlines()) == 1
+        # the run for this session happened: the next one is planned for the session after
+        nxt = metric(text, "trading_verification_next_run_timestamp_seconds")
+        assert nxt is not None and nxt > soon.timestamp()
+        assert "pre-market verification finished with exit code" in exp.log.read_text()
