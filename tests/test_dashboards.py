@@ -12,6 +12,15 @@ import json
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +38,7 @@ from grafana.dashboards import (
     to_json,
 )
 
-from .conftest import REPO
+from .conftest import REPO, Procs, clean_env, wait_for
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -147,3 +156,162 @@ def test_committed_dashboards_match_the_generator() -> None:
     assert not drifted, f"{drifted} drifted from grafana/dashboards.py: run `make generate`"
     committed = {p.name for p in (REPO / DASHBOARD_DIR).glob("*.json")}
     assert committed == {f"{uid}.json" for uid in UIDS.values()}, "stale dashboard JSON in grafana/dashboards/"
+
+
+# -- every query against a real Prometheus ------------------------------------------------------
+
+#: Grafana's variables as the test substitutes them: all bots, all healers, fixed intervals.
+VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$datasource": "prometheus",
+             "$instance": ".*", "$healer": ".*", "$bot": ".*"}
+
+
+def substitute(expr: str) -> str:
+    for var, value in VARIABLES.items():
+        expr = expr.replace(var, value)
+    assert "$" not in expr.replace('"fp-$1$2"', ""), f"unsubstituted variable in {expr}"
+    return expr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    assert url.startswith("http://127.0.0.1:")
+    req = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310 (loopback http only)
+    with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
+        return json.loads(r.read())
+
+
+class Stack:
+    """A real exporter, healer and Prometheus on loopback; every process is killed at teardown."""
+
+    def __init__(self, procs: Procs, tmp: Path, bot_root: Path) -> None:
+        self.procs, self.tmp = procs, tmp
+        self.exporter, self.healer, self.prom = free_port(), free_port(), free_port()
+        config = tmp / "trading-readiness.yaml"
+        config.write_text(yaml.safe_dump({
+            # FP-1.1's action exits 0 but cannot start the daemon, so the heal is honestly
+            # "unverified"; with max_attempts 1 the healer then gives up.
+            "healers": {"FP-1.1": {"run": ["/bin/true"], "max_attempts": 1, "verify_timeout_seconds": 1,
+                                   "cooldown_seconds": 600}},
+            "healer": {"exporter_url": f"http://127.0.0.1:{self.exporter}", "verify_interval_seconds": 0.2},
+        }))
+        base = [sys.executable, "-m", "exporter", "--config", str(config), "--bot-root", str(bot_root)]
+        self.logs = {name: open(  # noqa: SIM115 (closed in close(), the processes outlive __init__)
+                     tmp / f"{name}.log", "wb") for name in ("exporter", "healer", "prometheus")}
+        self.exp_proc = self._start(base + ["serve", "--listen", f"127.0.0.1:{self.exporter}"], "exporter")
+        self.heal_proc = self._start(base + ["heal", "--listen", f"127.0.0.1:{self.healer}"], "healer",
+                                     clean_env(TRADING_READINESS_HEALER_TOKEN="dash-token"))
+        prom_cfg = tmp / "prometheus.yml"
+        prom_cfg.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "trading-readiness", "static_configs": [{"targets": [f"127.0.0.1:{self.exporter}"]}]},
+                {"job_name": "trading-healer", "static_configs": [{"targets": [f"127.0.0.1:{self.healer}"]}]},
+            ]}))
+        self.prom_proc = self._start([PROMETHEUS, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{self.prom}"], "prometheus")
+
+    def _start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(argv, cwd=REPO, env=env or clean_env(), stdout=subprocess.DEVNULL,
+                             stderr=self.logs[name], start_new_session=True)
+        self.procs.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            body = http_json(url)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"Prometheus refused {expr!r}: {exc.read().decode(errors='replace')}") from None
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def ready(self, expr: str) -> bool:
+        try:
+            return bool(self.query(expr))
+        except OSError:
+            for name, proc in (("exporter", self.exp_proc), ("prometheus", self.prom_proc)):
+                assert proc.poll() is None, f"{name} exited: {self.log(name)}"
+            return False
+
+    def close(self) -> None:
+        self.procs.stop_all()
+        for fh in self.logs.values():
+            fh.close()
+
+
+@pytest.fixture
+def stack(procs: Procs, tmp_path: Path, bot: Any) -> Iterator[Stack]:
+    if not Path(PROMETHEUS).exists():
+        pytest.skip("prometheus is not installed (make system-deps)")
+    s = Stack(procs, tmp_path, bot.path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def firing(fp: str) -> bytes:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    alert = {"status": "firing", "labels": {"alertname": "TradingFailurePoint", "fp": fp, "severity": "critical"},
+             "annotations": {}, "startsAt": now, "endsAt": "0001-01-01T00:00:00Z", "fingerprint": f"dash-{fp}"}
+    return json.dumps({"version": "4", "status": "firing", "receiver": "healer", "groupKey": "{}:{}",
+                       "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+                       "externalURL": "http://127.0.0.1:9093", "alerts": [alert]}).encode()
+
+
+def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> None:
+    """The bot root is healthy but neither the UW daemon nor the bot runs: FP-1.1 and FP-6.1 are
+    ERROR, readiness is BLOCKED, and the healer really runs (and gives up on) FP-1.1's action."""
+    wait_for(lambda: stack.ready('trading_readiness_status{job="trading-readiness"}'), timeout=20,
+             what=f"the exporter's readiness in Prometheus; exporter log: {stack.log('exporter')}", every=0.2)
+    wait_for(lambda: stack.heal_proc.poll() is not None or stack.ready('trading_healer_running{job="trading-healer"}'),
+             timeout=10, what="the healer's metrics in Prometheus", every=0.2)
+    assert stack.heal_proc.poll() is None, f"heal did not start: {stack.log('healer')}"
+    # The alert Alertmanager would send for FP-1.1, after the healer's zeroes were scraped once,
+    # so increase() sees the attempt.
+    reply = http_json(f"http://127.0.0.1:{stack.healer}/alertmanager", data=firing("FP-1.1"),
+                      headers={"Authorization": "Bearer dash-token", "Content-Type": "application/json"})
+    assert reply["decisions"] == ["accepted"], reply
+    # Counters need two samples around the change; wait on that, never a fixed sleep.
+    wait_for(lambda: stack.ready('trading_healer_gave_up{fp="FP-1.1"} == 1'), timeout=20,
+             what=f"the healer giving up on FP-1.1; healer log: {stack.log('healer')}", every=0.2)
+    for expr in ('increase(trading_healer_attempts_total{fp="FP-1.1", outcome="unverified"}[1m]) > 0',
+                 'count_over_time(trading_exporter_check_errors_total{fp="FP-1.1"}[1m]) > 2'):
+        wait_for(lambda e=expr: stack.ready(e), timeout=20, what=f"counter samples: {expr}", every=0.2)
+
+    empty: list[str] = []
+    checked = 0
+    for rel, dash in generated().items():
+        for var in dash["templating"]["list"]:
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]) if var["type"] == "query" else None
+            if m and not stack.query(f"group by ({m[2]}) ({m[1]})"):
+                empty.append(f"{rel} variable {var['name']}: {var['query']}")
+        for title, expr, _ in queries(dash):
+            checked += 1
+            if not stack.query(substitute(expr)):
+                empty.append(f"{rel} {title!r}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    assert checked >= 50
+
+    # The panels show the truth, not merely something: the failing table lists exactly the
+    # ERROR points with their catalog runbook anchors, the readiness panels say BLOCKED.
+    overview = generated()[f"{DASHBOARD_DIR}/{UIDS['overview']}.json"]
+    table = next(t for title, _, t in queries(overview) if title == "Failing points")
+    rows = stack.query(substitute(table["expr"]))
+    cat = load()
+    assert {r["metric"]["fp"] for r in rows} >= {"FP-1.1", "FP-6.1"}
+    for r in rows:
+        assert r["metric"]["anchor"] == cat[r["metric"]["fp"]].anchor
+        assert r["value"][1] in ("1", "2")
+    assert stack.query('trading_readiness_status{job="trading-readiness"}')[0]["value"][1] == "2"
+    attempts = stack.query('sum by (outcome) (increase(trading_healer_attempts_total{job="trading-healer"}[5m]))'
+                           ' > 0')
+    assert [a["metric"]["outcome"] for a in attempts] == ["unverified"]
