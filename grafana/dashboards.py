@@ -42,7 +42,7 @@ from exporter.rulegen import CONFIG
 from ._panels import (
     FP_STATUS,
     READINESS,
-    BarGauge,
+    bar_gauge,
     datasource_variable,
     field_link,
     field_mappings,
@@ -269,10 +269,10 @@ def funnel(cat: Catalog) -> Dashboard:
     stage = described(cat, "trading_signal_funnel")
     reason = described(cat, "trading_blocked_candidates")
     panels = layout([
-        (BarGauge(title="Signal funnel by stage (now)", description=stage,
+        (bar_gauge(title="Signal funnel by stage (now)", description=stage,
                   targets=[target(f"sum by (stage) (trading_signal_funnel{{{SEL}}})", "{{stage}}", instant=True)]),
          12, 8),
-        (BarGauge(title="Blocked candidates by reason (now)", description=reason,
+        (bar_gauge(title="Blocked candidates by reason (now)", description=reason,
                   targets=[target(f"sum by (reason) (trading_blocked_candidates{{{SEL}}})", "{{reason}}",
                                   instant=True)]), 12, 8),
         (_timeseries("Signal funnel over time", stage,
@@ -293,7 +293,7 @@ def healer(cat: Catalog) -> Dashboard:
                      "(success, failed, timeout, unverified, dry_run).",
                      [target(f"sum by (fp, outcome) (increase(trading_healer_attempts_total{{{HSEL}}}"
                              "[$__rate_interval]))", "{{fp}} {{outcome}}")], stacked=True), 12, 8),
-        (BarGauge(title="Heal attempts in the time range", description="Attempts over the whole range, by outcome.",
+        (bar_gauge(title="Heal attempts in the time range", description="Attempts over the whole range, by outcome.",
                   targets=[target(f"sum by (outcome) (increase(trading_healer_attempts_total{{{HSEL}}}"
                                   "[$__range]))", "{{outcome}}", instant=True)]), 12, 8),
         (_timeseries("Alerts not healed, by reason", "Deliveries deliberately skipped: duplicates, cooldowns, "

@@ -8,6 +8,7 @@ through the Prometheus HTTP API: each must parse and return at least one series.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -285,7 +286,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
              what=f"the healer giving up on FP-1.1; healer log: {stack.log('healer')}", every=0.2)
     for expr in ('increase(trading_healer_attempts_total{fp="FP-1.1", outcome="unverified"}[1m]) > 0',
                  'count_over_time(trading_exporter_check_errors_total{fp="FP-1.1"}[1m]) > 2'):
-        wait_for(lambda e=expr: stack.ready(e), timeout=20, what=f"counter samples: {expr}", every=0.2)
+        wait_for(functools.partial(stack.ready, expr), timeout=20, what=f"counter samples: {expr}", every=0.2)
 
     empty: list[str] = []
     checked = 0
