@@ -55,7 +55,8 @@ def parse_ts(value: Any) -> datetime | None:
     # Python's fromisoformat takes at most microseconds
     if "." in text:
         head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
+        # only the leading digits are the fraction; "-05:00" after them is the offset
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         tz = rest[len(digits):]
         text = f"{head}.{digits[:6]}{tz}"
     try:

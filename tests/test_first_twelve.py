@@ -66,7 +66,8 @@ def test_healthy_root_is_ready(bot: BotRoot, running: Procs) -> None:
     ("FP-3.2", "positions_at_cap", "WARN", "cap MAX_CONCURRENT_POSITIONS=2"),
     ("FP-4.1", "alpaca_500", "ERROR", "server error"),
     ("FP-4.2", "alpaca_403_no_code", "ERROR", "HTTP 403"),
-    ("FP-4.3", "account_blocked", "ERROR", "trading_blocked"),
+    ("FP-4.3", "low_buying_power", "WARN", "below the minimum"),
+    ("FP-4.6", "account_blocked", "ERROR", "trading_blocked"),
     ("FP-6.1", "kill_bot", "ERROR", "no main.py process"),
 ])
 def test_each_point_broken_through_cli(bot: BotRoot, running: Procs, alpaca: FakeAlpaca, uw: FakeUW,
@@ -99,6 +100,8 @@ def test_each_point_broken_through_cli(bot: BotRoot, running: Procs, alpaca: Fak
         alpaca.set_mode("500")
     elif breakage == "alpaca_403_no_code":
         alpaca.set_mode("403", paths=["/v2/account"])
+    elif breakage == "low_buying_power":
+        alpaca.account = {**alpaca.account, "buying_power": "250.00"}
     elif breakage == "account_blocked":
         alpaca.account = {**alpaca.account, "trading_blocked": True}
     elif breakage == "kill_bot":
@@ -357,16 +360,24 @@ def test_alpaca_auth_variants(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     assert s is Status.ERROR and "not set" in msg
 
 
-@pytest.mark.parametrize("change, expected, text", [
-    ({"buying_power": "250.00"}, Status.WARN, "below the minimum"),
-    ({"status": "ACCOUNT_UPDATED"}, Status.ERROR, "ACCOUNT_UPDATED"),
-    ({"account_blocked": True}, Status.ERROR, "account_blocked"),
-    ({"trade_suspended_by_user": True}, Status.ERROR, "trade_suspended_by_user"),
+@pytest.mark.parametrize("change, fp, expected, text", [
+    ({"buying_power": "250.00"}, "FP-4.3", Status.WARN, "below the minimum"),
+    ({"buying_power": "n/a"}, "FP-4.3", Status.ERROR, "no numeric buying_power"),
+    ({"status": "ACCOUNT_UPDATED"}, "FP-4.6", Status.ERROR, "ACCOUNT_UPDATED"),
+    ({"account_blocked": True}, "FP-4.6", Status.ERROR, "account_blocked"),
+    ({"trade_suspended_by_user": True}, "FP-4.6", Status.ERROR, "trade_suspended_by_user"),
 ])
-def test_account_states(bot: BotRoot, alpaca: FakeAlpaca, change: dict, expected: Status, text: str) -> None:
+def test_account_states(bot: BotRoot, alpaca: FakeAlpaca, change: dict, fp: str, expected: Status,
+                        text: str) -> None:
+    only = ["FP-4.1", "FP-4.2", "FP-4.3", "FP-4.6"]
     alpaca.account = {**alpaca.account, **change}
-    s, msg = status(bot.path, "FP-4.3", only=["FP-4.1", "FP-4.2", "FP-4.3"])
-    assert s is expected and text in msg
+    r = evaluate(bot.path, only=only).results
+    assert r[fp].status is expected and text in r[fp].outcome.message
+    if fp == "FP-4.6":
+        # one cause, one critical: buying power is not judged on an account that cannot trade
+        assert r["FP-4.3"].status is Status.SKIPPED and r["FP-4.3"].outcome.message == "depends on FP-4.6"
+    else:
+        assert r["FP-4.6"].status is Status.OK
 
 
 def test_secrets_never_in_output(bot: BotRoot, alpaca: FakeAlpaca, uw: FakeUW, running: Procs) -> None:
