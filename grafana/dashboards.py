@@ -192,11 +192,30 @@ def overview(cat: Catalog) -> Dashboard:
         "plateaus show an outage nobody fixed.",
         [target(f"sum by (instance) (trading_failure_point_status{{{SEL}}} == bool 2)", "ERROR {{instance}}", "A"),
          target(f"sum by (instance) (trading_failure_point_status{{{SEL}}} == bool 1)", "WARN {{instance}}", "B")])
+    agree = _status_timeline(
+        "Recording rule agrees with the exporter",
+        "Compares the recording rule trading:readiness:status (what the alerts use) with the exporter's own "
+        "verdict: they must agree (CONTRACT.md). Disagreement means the rules' threshold or selectors are out "
+        "of date. No data means the rules from rules/ are not loaded in this Prometheus.",
+        f"trading:readiness:status{{{SEL}}} != bool on (job, instance) trading_readiness_status{{{SEL}}}",
+        "{{instance}}",
+        [{"type": "value", "options": {"0": {"text": "agree", "color": "green", "index": 0},
+                                       "1": {"text": "DISAGREE", "color": "red", "index": 1}}}])
+    alerts = Table(
+        title="Readiness alerts pending and firing",
+        description="Prometheus' ALERTS series for this bot's exporter: what Alertmanager is (or will soon be) "
+                    "told. Empty when nothing fails or when the rules are not loaded.",
+        targets=[target(f'ALERTS{{{SEL}, alertname=~"Trading.*"}}', instant=True, table=True)],
+        transformations=[{"id": "organize", "options": {
+            "excludeByName": {"Time": True, "job": True, "__name__": True, "Value": True},
+            "indexByName": {"instance": 0, "alertname": 1, "alertstate": 2, "severity": 3, "fp": 4, "healer": 5}}}],
+        filterable=True)
     panels = layout([
         (readiness_now, 6, 5), (counts[0], 4, 5), (counts[1], 4, 5), (counts[2], 4, 5), (up, 3, 5), (age, 3, 5),
         (timeline, 24, 5),
         (table, 24, 10),
-        (counts_ts, 24, 8),
+        (counts_ts, 12, 8), (agree, 12, 8),
+        (alerts, 24, 8),
     ])
     return _dashboard("overview", "Trading readiness: overview",
                       "Will the bot trade? The exporter's readiness now and over time, and what fails.", panels)

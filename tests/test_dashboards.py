@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from exporter.catalog import load
+from exporter.rulegen import RULES_PATH
 from grafana.dashboards import (
     DASHBOARD_DIR,
     PROVIDER_PATH,
@@ -209,6 +210,8 @@ class Stack:
         prom_cfg = tmp / "prometheus.yml"
         prom_cfg.write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            # the committed rules: the overview compares the recording rule with the exporter
+            "rule_files": [str(REPO / RULES_PATH)],
             "scrape_configs": [
                 {"job_name": "trading-readiness", "static_configs": [{"targets": [f"127.0.0.1:{self.exporter}"]}]},
                 {"job_name": "trading-healer", "static_configs": [{"targets": [f"127.0.0.1:{self.healer}"]}]},
@@ -313,6 +316,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
         assert r["metric"]["anchor"] == cat[r["metric"]["fp"]].anchor
         assert r["value"][1] in ("1", "2")
     assert stack.query('trading_readiness_status{job="trading-readiness"}')[0]["value"][1] == "2"
+    agree = next(t for title, _, t in queries(overview) if title == "Recording rule agrees with the exporter")
+    assert [r["value"][1] for r in stack.query(substitute(agree["expr"]))] == ["0"]
     attempts = stack.query('sum by (outcome) (increase(trading_healer_attempts_total{job="trading-healer"}[5m]))'
                            ' > 0')
     assert [a["metric"]["outcome"] for a in attempts] == ["unverified"]
