@@ -83,6 +83,8 @@ class Scheduler:
         self._last_reload = time.time()
         self._funnel: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
+        #: bumped on every change a scrape could see, so the server can reuse an exposition
+        self.generation = 0
         self.readiness_log = ReadinessLog(config.path("readiness_log"))
         self._install(config)
 
@@ -108,6 +110,7 @@ class Scheduler:
             now = time.monotonic()
             self._next_due = {fp: now for fp in enabled}
             self.readiness_log.path = config.path("readiness_log")
+            self.generation += 1
         self._wake.set()
 
     def reload(self) -> bool:
@@ -118,12 +121,14 @@ class Scheduler:
             with self._lock:
                 self._reload_success = False
                 self._last_reload = time.time()
+                self.generation += 1
             log.error("config reload failed, keeping the running config: %s", self.ctx.redact(str(exc)))
             return False
         self._install(config)
         with self._lock:
             self._reload_success = True
             self._last_reload = time.time()
+            self.generation += 1
         log.info("config reloaded from %s (%d checks enabled)", config.source, len(self.enabled))
         return True
 
@@ -181,6 +186,7 @@ class Scheduler:
             self._cycle_duration = duration
             if fun is not None:
                 self._funnel = fun
+            self.generation += 1
             report = self._report_locked()
         if report is not None and self.readiness_log.record(report):
             log.info("readiness %s (critical: %s)", report.readiness.name,

@@ -100,7 +100,29 @@ class ExporterServer(ThreadingHTTPServer):
         self.scheduler = scheduler
         self.registry = make_registry(scheduler)
         self.page = status_page()
+        self._metrics_lock = threading.Lock()
+        self._metrics_cache: tuple[int, bytes] | None = None
         super().__init__(address, Handler)
+
+    def metrics_body(self) -> bytes:
+        """The exposition, rebuilt only when the scheduler's state changed since the last scrape.
+
+        Many scrapers (several Prometheus replicas, a curious person) then cost one build per
+        check batch instead of one per request. The generation is read before building, so a
+        change during the build only makes the next scrape rebuild; a body is never older than
+        its key.
+        """
+        generation = self.scheduler.generation
+        cached = self._metrics_cache
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        with self._metrics_lock:  # concurrent scrapes after a change: one builds, the rest reuse
+            cached = self._metrics_cache
+            if cached is not None and cached[0] == generation:
+                return cached[1]
+            body = self.scheduler.ctx.redact(exposition(self.registry).decode()).encode()
+            self._metrics_cache = (generation, body)
+            return body
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client that vanished or sent garbage is its problem; one log line, never a traceback
@@ -162,8 +184,7 @@ class Handler(BaseHTTPRequestHandler):
         sched = self.server.scheduler
         redact = sched.ctx.redact
         if path == "/metrics":
-            body = redact(exposition(self.server.registry).decode()).encode()
-            self._send(200, body, CONTENT_TYPE_LATEST)
+            self._send(200, self.server.metrics_body(), CONTENT_TYPE_LATEST)
         elif path == "/api/failure_points":
             body = redact(json.dumps(sched.api_json())).encode()
             self._send(200, body, "application/json")

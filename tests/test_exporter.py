@@ -365,3 +365,25 @@ def test_before_the_first_run_status_is_absent_and_not_ready(bot: BotRoot) -> No
         sched.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_self_healing_columns_come_from_the_healer_audit(bot: BotRoot) -> None:
+    """The healer's audit record (healers.audit) feeds self_healing_attempted/success in the API."""
+    audit = pytest.importorskip("healers.audit")
+    cfg = load_config(None, str(bot.path))
+    log = audit.AuditLog(cfg.resolve(cfg["healer"]["audit_file"]))
+    now = time.time()
+    log.append({"event": "attempt", "fp": "FP-1.1", "outcome": "failed", "epoch": now - 60})
+    log.append({"event": "attempt", "fp": "FP-6.1", "outcome": "success", "epoch": now - 30})
+    log.append({"event": "attempt", "fp": "FP-3.1", "outcome": "dry_run", "epoch": now - 10})
+    sched = Scheduler(cfg).start()
+    try:
+        wait_for(lambda: sched.snapshot().ready, timeout=30, what="first run")
+        fps = sched.api_json()["failure_points"]
+        assert (fps["FP-1.1"]["self_healing_attempted"], fps["FP-1.1"]["self_healing_success"]) == (True, False)
+        assert (fps["FP-6.1"]["self_healing_attempted"], fps["FP-6.1"]["self_healing_success"]) == (True, True)
+        # a dry run is not an attempt; a point nobody healed says so
+        assert (fps["FP-3.1"]["self_healing_attempted"], fps["FP-3.1"]["self_healing_success"]) == (False, False)
+        assert (fps["FP-1.2"]["self_healing_attempted"], fps["FP-1.2"]["self_healing_success"]) == (False, False)
+    finally:
+        sched.stop()
