@@ -20,6 +20,7 @@ real Prometheus scraping a real exporter and healer.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from grafanalib._gen import DashboardEncoder
@@ -96,9 +97,9 @@ def runbook_url(p: FailurePoint) -> str:
     return f"{RUNBOOK_BASE}#{p.anchor}"
 
 
-def implemented(cat: Catalog) -> list[FailurePoint]:
+def implemented(points: Iterable[FailurePoint]) -> list[FailurePoint]:
     """Points the exporter evaluates; planned ones export no status, so they get no panel."""
-    return [p for p in cat if p.detection == "implemented"]
+    return [p for p in points if p.detection == "implemented"]
 
 
 def _links() -> list[dict[str, Any]]:
@@ -226,7 +227,7 @@ def overview(cat: Catalog) -> Dashboard:
 def failure_points(cat: Catalog) -> Dashboard:
     items: list[Any] = []
     for category, points in cat.by_category().items():
-        points = [p for p in points if p.detection == "implemented"]
+        points = implemented(points)
         if not points:
             continue  # a category of planned points only has nothing exported to draw
         items.append(RowPanel(title=category))
