@@ -273,7 +273,10 @@ class PremarketVerifier(Collector):
             log.error("pre-market verification cannot be scheduled: %s", exc)
             return RETRY_SECONDS
         with self._lock:
-            self._planned = plan
+            previous, self._planned = self._planned, plan
+        if plan.run_at > now and (previous is None or previous.run_at != plan.run_at):
+            log.info("next pre-market verification at %s for the session opening %s (%s schedule)",
+                     plan.run_at.isoformat(), plan.session_open.isoformat(), plan.source)
         if plan.run_at > now:
             return max(1.0, min(REPLAN_SECONDS, (plan.run_at - now).total_seconds()))
         log.info("pre-market verification for the session opening %s (%s schedule)",
@@ -294,7 +297,8 @@ class PremarketVerifier(Collector):
         with self._lock:
             self._last, self._planned = last, after
             self.runs += 1
-        log.info("pre-market verification finished with exit code %d", status)
+        log.info("pre-market verification finished with exit code %d%s", status,
+                 f"; next at {after.run_at.isoformat()}" if after is not None else "")
         return 1.0
 
     def _loop(self) -> None:
@@ -342,4 +346,6 @@ def run_verify_once(cfg: Any) -> int:
         log.error("cannot write the verification record: %s", exc.strerror or exc)
         if v.readiness is Readiness.READY:
             return Readiness.UNKNOWN.exit_code
+    log.log(logging.INFO if v.readiness is Readiness.READY else logging.WARNING, "verification: %s%s",
+            v.readiness.name, (" - " + "; ".join(v.reasons)) if v.reasons else "")
     return v.readiness.exit_code
