@@ -123,13 +123,19 @@ class Policy:
                 return True
             return False
 
-    def reset(self, fp: str) -> None:
-        """A resolved alert: the point is healthy again, so it gets its full attempt budget."""
+    def reset(self, fp: str) -> bool:
+        """A resolved alert: the point is healthy again, so it gets its full attempt budget.
+
+        False when there was nothing to reset (repeated resolved notifications need no record).
+        """
         with self.lock:
             st = self.state[fp]
+            if not st.attempts and not st.gave_up and not st.keys:
+                return False
             st.attempts.clear()
             st.gave_up = False
             st.keys.clear()
+            return True
 
     def _expire(self, spec: HealerSpec, st: FpState, now: float) -> None:
         # a still-firing alert is retried once the cooldown has passed ("at most once per cooldown")

@@ -266,11 +266,11 @@ class Healer:
         if spec is None:
             return self._skip(fp, "no_healer", alert)
         if alert.status == "resolved":
-            self.policy.reset(fp)
-            self.given_up.discard(fp)
-            self.gave_up.labels(fp).set(0)
-            self._record({"event": "resolved", "fp": fp, "fingerprint": alert.fingerprint,
-                          "starts_at": alert.starts_at})
+            if self.policy.reset(fp):
+                self.given_up.discard(fp)
+                self.gave_up.labels(fp).set(0)
+                self._record({"event": "resolved", "fp": fp, "fingerprint": alert.fingerprint,
+                              "starts_at": alert.starts_at})
             return self._skip(fp, "resolved", alert)
         if not spec.enabled:
             return self._skip(fp, "disabled", alert)
@@ -378,6 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:  # an unread body: say so, or a keep-alive client reuses a dead socket
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 

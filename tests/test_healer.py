@@ -117,6 +117,10 @@ def test_repeated_failure_gives_up_and_resolved_resets(tmp_path: Path) -> None:
         assert (r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="gave_up") or 0) >= 1
         assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
+        # a repeated resolved notification is still a deliberate skip, but there is nothing left to record
+        assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+        audit_lines = (hb.root / "logs/trading_readiness_heals.jsonl").read_text().splitlines()
+        assert sum(json.loads(x)["event"] == "resolved" for x in audit_lines) == 1
         time.sleep(0.25)
         assert r.post(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))).json()["decisions"] == ["accepted"]
         wait_idle(r)
