@@ -262,7 +262,7 @@ def stack(bot: BotRoot, running: Procs, tmp_path: Path) -> Iterator[tuple[Export
 
 
 def test_real_prometheus_pages_blocked_on_a_freeze_and_resolves_it(stack: tuple[Exporter, Prometheus],
-                                                                    bot: BotRoot) -> None:
+                                                                    bot: BotRoot, running: Procs) -> None:
     exp, prom = stack
     instance = f"127.0.0.1:{exp.port}"
 
@@ -288,10 +288,22 @@ def test_real_prometheus_pages_blocked_on_a_freeze_and_resolves_it(stack: tuple[
     assert [(a["fp"], a["severity"], a.get("healer")) for a in fp] == [("FP-3.1", "critical", None)]
 
     (bot.path / "state" / "governor_freezes.json").write_text("{}")
-    wait_for(lambda: not prom.alerts("TradingBlocked") and not prom.alerts("TradingBlocked", "pending"),
-             timeout=30, what="TradingBlocked resolved", every=0.2)
+    # the groups evaluate at their own offsets within the interval: wait for both to resolve
+    wait_for(lambda: not prom.alerts("TradingBlocked") and not prom.alerts("TradingBlocked", "pending")
+             and not prom.alerts("TradingFailurePoint"), timeout=30, what="TradingBlocked resolved", every=0.2)
     assert verdicts() == ("0", "0")
-    assert prom.alerts("TradingFailurePoint") == []
+
+    # the UW daemon dies: FP-1.1 has a healer configured (the built-in systemd restart), so its
+    # alert carries the healer label that routes it to the healer as well
+    daemon = running.procs[0]
+    daemon.kill()
+    daemon.wait(timeout=5)
+
+    def fp11() -> list[dict[str, str]]:
+        return [a for a in prom.alerts("TradingFailurePoint") if a["fp"] == "FP-1.1"]
+
+    (alert,) = wait_for(fp11, timeout=30, what="FP-1.1 firing", every=0.2)
+    assert alert["healer"] == "restart-uw-daemon" and alert["severity"] == "critical"
 
     # the exporter dies: Prometheus pages that readiness is unknown rather than keeping READY
     exp.stop()
