@@ -171,13 +171,13 @@ def post_alerts(url: str, alerts: list[dict[str, str]]) -> None:
 
 def test_real_alertmanager_routes_inhibits_and_authorises_the_healer(am: tuple[str, Receiver, str]) -> None:
     url, rcv, token = am
+    # the sources first: the inhibitor must know them before the targets arrive (as in real life,
+    # where the root cause fails first)
     post_alerts(url, [
         {"alertname": "TradingBlocked", "severity": "critical"},
-        {"alertname": "TradingDegraded", "severity": "warning"},
-        # the root cause (critical, healable) and a point that depends on it (FP-1.3 depends on FP-1.2)
+        # a root cause that is critical and healable (FP-1.3 depends on FP-1.2)
         {"alertname": "TradingFailurePoint", "fp": "FP-1.2", "severity": "critical", "healer": "restart-uw-daemon"},
-        {"alertname": "TradingFailurePoint", "fp": "FP-1.3", "severity": "critical", "healer": "restart-uw-daemon"},
-        # no dependency, no healer: pages, never reaches the healer
+        # no dependency, no healer: pages or tickets, never reaches the healer
         {"alertname": "TradingFailurePoint", "fp": "FP-4.1", "severity": "critical"},
         {"alertname": "TradingFailurePoint", "fp": "FP-6.2", "severity": "warning"},
         {"alertname": "Watchdog", "severity": "info"},
@@ -186,16 +186,28 @@ def test_real_alertmanager_routes_inhibits_and_authorises_the_healer(am: tuple[s
     wait_for(lambda: rcv.alertnames("/pager") >= want_pager and rcv.alertnames("/alertmanager")
              and rcv.alertnames("/ticket") and rcv.alertnames("/heartbeat"), timeout=30,
              what="notifications on every receiver", every=0.1)
-    assert rcv.alertnames("/pager") == want_pager
+
+    post_alerts(url, [
+        {"alertname": "TradingDegraded", "severity": "warning"},
+        {"alertname": "TradingFailurePoint", "fp": "FP-1.3", "severity": "critical", "healer": "restart-uw-daemon"},
+    ])
+
+    def inhibited() -> set[tuple[str, str]]:
+        with urllib.request.urlopen(url + "/api/v2/alerts", timeout=5) as r:  # noqa: S310 (loopback)
+            alerts = json.loads(r.read())
+        return {(a["labels"]["alertname"], a["labels"].get("fp", "")) for a in alerts if a["status"]["inhibitedBy"]}
+
+    wait_for(lambda: inhibited() == {("TradingDegraded", ""), ("TradingFailurePoint", "FP-1.3")}, timeout=30,
+             what="Degraded and FP-1.3 inhibited", every=0.1)
+    # two more heartbeats (every second) mark time: anything not inhibited would have gone out by now
+    beats = sum(p == "/heartbeat" for p, _, _ in list(rcv.got))
+    wait_for(lambda: sum(p == "/heartbeat" for p, _, _ in list(rcv.got)) >= beats + 2, timeout=30,
+             what="two more heartbeats", every=0.1)
+
+    assert rcv.alertnames("/pager") == want_pager  # FP-1.3 is critical but its root cause pages alone
     assert rcv.alertnames("/ticket") == {("TradingFailurePoint", "FP-6.2")}  # Degraded is inhibited by Blocked
-    assert rcv.alertnames("/alertmanager") == {("TradingFailurePoint", "FP-1.2")}  # FP-1.3 inhibited
+    assert rcv.alertnames("/alertmanager") == {("TradingFailurePoint", "FP-1.2")}  # the healer heals the root
     assert rcv.alertnames("/heartbeat") == {("Watchdog", "")}
     auth = {(p, a) for p, a, _ in rcv.got}
     assert ("/alertmanager", f"Bearer {token}") in auth
     assert all(a == "" for p, a in auth if p != "/alertmanager")  # the token goes to the healer only
-
-    with urllib.request.urlopen(url + "/api/v2/alerts", timeout=5) as r:  # noqa: S310 (loopback)
-        alerts = json.loads(r.read())
-    inhibited = {(a["labels"]["alertname"], a["labels"].get("fp", "")) for a in alerts
-                 if a["status"]["inhibitedBy"]}
-    assert inhibited == {("TradingDegraded", ""), ("TradingFailurePoint", "FP-1.3")}
