@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
@@ -98,19 +99,29 @@ class ExporterServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        self.registry = make_registry(scheduler)
+        #: the failure points and the exporter's health: built from the scheduler's snapshot
+        self.core_registry = make_registry(scheduler)
+        #: other collectors (e.g. the pre-market verifier) register here; rendered on every scrape
+        self.registry = CollectorRegistry(auto_describe=True)
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None
         super().__init__(address, Handler)
 
     def metrics_body(self) -> bytes:
-        """The exposition, rebuilt only when the scheduler's state changed since the last scrape.
+        """The full exposition: the cached core plus every collector in ``self.registry``."""
+        extra = exposition(self.registry)
+        core = self._core_body()
+        return core + self.scheduler.ctx.redact(extra.decode()).encode() if extra else core
+
+    def _core_body(self) -> bytes:
+        """The core exposition, rebuilt only when the scheduler's state changed since the last scrape.
 
         Many scrapers (several Prometheus replicas, a curious person) then cost one build per
         check batch instead of one per request. The generation is read before building, so a
         change during the build only makes the next scrape rebuild; a body is never older than
-        its key.
+        its key. Only the snapshot collector is cached: it is the only one whose changes the
+        generation tracks.
         """
         generation = self.scheduler.generation
         cached = self._metrics_cache
@@ -120,7 +131,7 @@ class ExporterServer(ThreadingHTTPServer):
             cached = self._metrics_cache
             if cached is not None and cached[0] == generation:
                 return cached[1]
-            body = self.scheduler.ctx.redact(exposition(self.registry).decode()).encode()
+            body = self.scheduler.ctx.redact(exposition(self.core_registry).decode()).encode()
             self._metrics_cache = (generation, body)
             return body
 

@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 
 from exporter.config import load as load_config
-from exporter.metrics import exposition
 from exporter.model import Status
 from exporter.scheduler import Scheduler
 from exporter.server import hash_password, make_server, verify_password
@@ -350,7 +349,7 @@ def test_before_the_first_run_status_is_absent_and_not_ready(bot: BotRoot) -> No
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(url + "/-/ready", timeout=5)  # noqa: S310 (loopback http)
         assert exc.value.code == 503
-        m = exposition(server.registry).decode()
+        m = server.metrics_body().decode()
         assert sample(m, "trading_failure_point_info", fp="FP-1.2") == 1
         assert sample(m, "trading_failure_point_interval_seconds", fp="FP-1.2") == 15
         assert sample(m, "trading_failure_point_status", fp="FP-1.2") is None
@@ -387,3 +386,34 @@ def test_self_healing_columns_come_from_the_healer_audit(bot: BotRoot) -> None:
         assert (fps["FP-1.2"]["self_healing_attempted"], fps["FP-1.2"]["self_healing_success"]) == (False, False)
     finally:
         sched.stop()
+
+
+def test_a_collector_registered_on_the_server_is_fresh_on_every_scrape(bot: BotRoot) -> None:
+    """The core exposition is cached per scheduler state; collectors added by others are not."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    class Counter:
+        value = 0.0
+
+        def describe(self) -> list[Any]:
+            return []
+
+        def collect(self) -> Iterator[Any]:
+            yield GaugeMetricFamily("trading_test_extra", "A value that changes between scrapes.", value=self.value)
+
+    sched = Scheduler(load_config(None, str(bot.path)))
+    server = make_server(sched, "127.0.0.1:0")
+    try:
+        extra = Counter()
+        server.registry.register(extra)  # type: ignore[arg-type]
+        generation = sched.generation
+        first = server.metrics_body().decode()
+        extra.value = 7
+        second = server.metrics_body().decode()
+        assert sched.generation == generation  # the core came from the cache both times
+        assert sample(first, "trading_test_extra") == 0 and sample(second, "trading_test_extra") == 7
+        assert sample(second, "trading_failure_point_info", fp="FP-1.2") == 1
+        r = subprocess.run(["promtool", "check", "metrics"], input=second, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        server.server_close()
