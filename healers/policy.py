@@ -84,6 +84,9 @@ class Policy:
         self.state: dict[str, FpState] = {fp: FpState() for fp in specs}
         #: argvs in flight: two points healed by the same restart never run it concurrently
         self.argv_running: set[tuple[str, ...]] = set()
+        #: when each argv last started: the cooldown holds for the action too, so a daemon that
+        #: fails three points at once (down, cache stale, not cycling) is restarted once, not thrice
+        self.argv_last_start: dict[tuple[str, ...], float] = {}
 
     def admit(self, fp: str, key: tuple[str, str], now: float, dry_run: bool) -> str | None:
         """None when the action may start now (and it is reserved), else the skip reason."""
@@ -99,11 +102,15 @@ class Policy:
                 return "cooldown"
             if st.running or spec.argv in self.argv_running:
                 return "busy"
+            shared = self.argv_last_start.get(spec.argv)
+            if shared is not None and now - shared < spec.cooldown_seconds:
+                return "cooldown"  # another point ran this same action moments ago
             if not dry_run and len(st.attempts) >= spec.max_attempts:
                 st.gave_up = True
                 return "gave_up"
             st.keys[key] = now
             st.last_start = now
+            self.argv_last_start[spec.argv] = now
             if dry_run:
                 return "dry_run"
             st.attempts.append(now)
@@ -156,10 +163,12 @@ class Policy:
                 key = (str(rec.get("fingerprint", "")), str(rec.get("starts_at", "")))
                 if event == "started":
                     st.last_start = float(at)
+                    self.argv_last_start[self.specs[fp].argv] = float(at)
                     st.keys[key] = float(at)
                     st.attempts.append(float(at))
                 elif event == "attempt" and rec.get("outcome") == "dry_run":
                     st.last_start = float(at)
+                    self.argv_last_start[self.specs[fp].argv] = float(at)
                     st.keys[key] = float(at)
                 elif event == "gave_up":
                     st.gave_up = True

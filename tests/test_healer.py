@@ -226,7 +226,7 @@ def test_builtin_healers_restart_only_the_daemon_unit(tmp_path: Path) -> None:
 
     specs = specs_from_config(load_config(None, str(hb.root)))
     assert specs["FP-1.1"].argv == ("systemctl", "restart", "uw-flow-daemon.service") and specs["FP-1.1"].enabled
-    assert specs["FP-1.3"].argv == ("systemctl", "restart", "uw-flow-daemon.service")
+    assert specs["FP-1.2"].argv == specs["FP-1.3"].argv == ("systemctl", "restart", "uw-flow-daemon.service")
     assert not specs["FP-2.1"].enabled and "FP-6.1" not in specs
     assert not any("stock-bot" in a for s in specs.values() for a in s.argv)
     # a user entry replaces the built-in one for that point only
@@ -259,3 +259,18 @@ def test_starts_at_is_one_instant_however_alertmanager_spells_it() -> None:
     assert canonical_time("2026-13-25T10:33:32Z") == "2026-13-25T10:33:32Z"  # not a date: kept, only compared
     assert canonical_time("0001-01-01T00:00:00+01:00") == "0001-01-01T00:00:00+01:00"
     assert canonical_time("x" * 500) == "x" * 64
+
+
+def test_one_action_shared_by_several_points_runs_once_per_cooldown(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    # the daemon down, its cache missing and stale: three alerts, one restart
+    same = {"run": [str(hb.ok)], "cooldown_seconds": 300}
+    cfg = hb.config({"FP-1.1": same, "FP-1.2": same, "FP-1.3": same})
+    with receiver(hb, cfg) as r:
+        assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+        assert r.post(payload(alert("FP-1.2"))).json()["decisions"] in (["busy"], ["cooldown"])
+        wait_idle(r)
+        assert r.post(payload(alert("FP-1.3"))).json()["decisions"] == ["cooldown"]
+    with receiver(hb, cfg) as r:  # restored from the audit after a restart
+        assert r.post(payload(alert("FP-1.3"))).json()["decisions"] == ["cooldown"]
+    assert hb.run_count() == 1
