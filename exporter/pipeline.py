@@ -401,6 +401,19 @@ class StockBotAdapter:
         session = ctx.session()
         details["market"] = session.to_json()
         if not session.is_open:
+            # Shortly before the open the question a (pre-market) verification asks is "will it
+            # trade at the open?": an order that validates now is good for the open, and calling
+            # that BLOCKED would make every pre-market verification a false alarm.
+            window = max(float(ctx.config["market"]["premarket_seconds"]),
+                         float(ctx.config["exporter"]["premarket_verify_offset_seconds"]))
+            until_open = (session.next_open - session.now).total_seconds() if session.next_open else None
+            if until_open is not None and 0 < until_open <= window:
+                details["at_open"] = True
+                return StageResult.passed(
+                    "execution", f"order validated for the open, not submitted: buy ${signal.notional:.2f} "
+                    f"{signal.symbol} (asset tradable, buying power {buying_power:,.2f}; market opens "
+                    f"{session.next_open.isoformat()} per the {session.source} clock, in {until_open / 60:.0f} min)",
+                    **details)
             when = f"; next open {session.next_open.isoformat()}" if session.next_open else ""
             return StageResult.blocked("execution", f"market_closed: {session.describe()} per the "
                                        f"{session.source} clock{when}", check="market_session", **details)

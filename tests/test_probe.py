@@ -112,8 +112,9 @@ def _cooldown_blocked(bot: BotRoot, alpaca: FakeAlpaca) -> None:
 
 
 def _closed(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    # an evening: the next open is further away than the pre-market window (market.premarket_seconds)
     now = time.time()
-    alpaca.clock = {"is_open": False, "next_open": iso(now + 3600), "next_close": iso(now + 7 * 3600)}
+    alpaca.clock = {"is_open": False, "next_open": iso(now + 5 * 3600), "next_close": iso(now + 11 * 3600)}
 
 
 def _buying_power(bot: BotRoot, alpaca: FakeAlpaca) -> None:
@@ -169,6 +170,22 @@ def test_each_gate_blocks_at_its_stage_with_its_reason(bot: BotRoot, alpaca: Fak
     i = statuses.index("blocked")
     assert statuses[:i] == ["passed"] * i and statuses[i + 1:] == ["not_reached"] * (5 - i)
     assert alpaca.submitted_orders == []
+
+
+def test_shortly_before_the_open_the_order_is_validated_for_the_open(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """A pre-market verification asks "will it trade at the open?", not "is it open now?"."""
+    now = time.time()
+    alpaca.clock = {"is_open": False, "next_open": iso(now + 20 * 60), "next_close": iso(now + 7 * 3600)}
+    code, data = probe(bot)
+    assert code == 0, data
+    execution = stage(data, "execution")
+    assert execution["details"]["at_open"] is True and execution["details"]["submitted"] is False
+    assert "validated for the open" in execution["reason"] and "in 20 min" in execution["reason"]
+    assert alpaca.submitted_orders == []
+    # the broker still refuses what it would refuse at the open
+    alpaca.account = {**alpaca.account, "buying_power": "250.00"}
+    code, data = probe(bot)
+    assert code == 2 and "insufficient buying power" in data["blocked_reason"]
 
 
 def test_blocked_text_output_names_stage_and_reason(bot: BotRoot, alpaca: FakeAlpaca) -> None:
