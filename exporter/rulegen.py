@@ -420,7 +420,8 @@ ALERTMANAGER_FILE = "alertmanager.yml"
 def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = None,
                  webhook_base_url: str | None = None, healer_url: str | None = None,
                  healer_token_file: str | Path | None = None, notify_interval: str | None = None,
-                 catalog: Catalog | None = None, out_dir: Path | None = None) -> dict[str, str]:
+                 stale_slack_seconds: float | None = None, catalog: Catalog | None = None,
+                 out_dir: Path | None = None) -> dict[str, str]:
     """Rules and Alertmanager config for a demo or test stack: {file name: text}.
 
     ``scrape_interval`` is the Prometheus scrape interval the stack uses; the exporter-down
@@ -429,7 +430,9 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
     alerts within seconds. ``webhook_base_url`` (e.g. ``http://127.0.0.1:PORT``) is where the
     pager, ticket and heartbeat receivers post (``/pager``, ``/ticket``, ``/heartbeat``);
     ``healer_url`` is the healer's ``/alertmanager`` URL and ``healer_token_file`` the file
-    holding its bearer token. ``notify_interval`` shortens Alertmanager's group wait (to 0s) and
+    holding its bearer token. ``stale_slack_seconds`` (default: CONFIG's 60 s, which covers a
+    check's timeout, so a slow broker in a demo is not reported stale) is raised to at least one
+    scrape interval. ``notify_interval`` shortens Alertmanager's group wait (to 0s) and
     its group/repeat intervals (to the value given). With ``out_dir`` the files are written
     there as ``trading-readiness.rules.yml`` and ``alertmanager.yml``.
     """
@@ -445,8 +448,8 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
     down_for = max(duration_seconds(alert_for) if alert_for is not None
                    else duration_seconds(CONFIG["exporter_down_for"]), 2 * scrape)
     overrides["exporter_down_for"] = _duration(down_for)
-    overrides["stale_slack_seconds"] = max(float(CONFIG["stale_slack_seconds"]) if alert_for is None else 0.0,
-                                           scrape)
+    slack = float(CONFIG["stale_slack_seconds"]) if stale_slack_seconds is None else float(stale_slack_seconds)
+    overrides["stale_slack_seconds"] = max(slack, scrape)
     if webhook_base_url:
         base = webhook_base_url.rstrip("/")
         am.update(pager_url=f"{base}/pager", ticket_url=f"{base}/ticket", heartbeat_url=f"{base}/heartbeat")
