@@ -252,7 +252,7 @@ class Healer:
 
     def _skip(self, fp: str | None, reason: str, alert: Alert) -> str:
         self.skipped.labels(self._label(fp), reason).inc()
-        if reason not in ("duplicate", "unknown_fp", "no_healer"):
+        if reason not in ("duplicate", "unknown_fp", "no_healer", "dry_run"):
             self.log(f"heal {fp}: skipped ({reason}), alert {alert.fingerprint[:32]!r} "
                      f"started {alert.starts_at[:40]!r}")
         return reason
@@ -283,6 +283,8 @@ class Healer:
                                        "dry run: would run " + " ".join(spec.argv), None)
             self._record(rec)
             self.attempts.labels(fp, "dry_run").inc()
+            self.log(f"heal {fp}: dry run, would run {' '.join(spec.argv)} (alert {alert.fingerprint[:32]!r} "
+                     f"started {alert.starts_at[:40]!r})")
         if reason is not None:
             return self._skip(fp, reason, alert)
         self.running.labels(fp).set(1)
