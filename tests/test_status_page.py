@@ -177,12 +177,29 @@ def test_status_page_renders_and_follows_the_bot_without_a_reload(
     why = after["why"]
     assert "FP-3.1" in why and "ERROR" in why
 
+    # root causes first: with the kill switch on, the freeze point is skipped because of it and
+    # is listed under the kill switch, not as a failure of its own
+    bot.kill_switch(True)
+
+    def shows_cause() -> dict[str, Any] | None:
+        s: dict[str, Any] = browser.js(STATE_JS)
+        return s if "FP-3.10" in s["why"] else None
+
+    cause = wait_for(shows_cause, timeout=30, what="page shows the kill switch", every=0.25)
+    assert cause["marker"]
+    lines = [ln for ln in cause["why"].splitlines() if ln.strip()]
+    first = next(i for i, ln in enumerate(lines) if "FP-3.10" in ln)
+    assert "also not evaluated because of it: FP-3.1" in lines[first + 1], lines
+    assert not any(ln.startswith("ERROR") and "FP-3.1 " in ln for ln in lines), lines
+    row = next(r for r in cause["rows"] if r[0] == "FP-3.1")
+    assert row[3] == "SKIPPED" and "FP-3.10" in row[5], row
+
     # nothing secret reached the page the person sees
     for secret in SECRETS:
         assert secret not in after["html"]
 
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = browser.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    shot = browser.send("Page.captureScreenshot", format="png")  # the 1280x1600 window
     png = base64.b64decode(shot["data"])
     assert png.startswith(b"\x89PNG")
     (ARTIFACTS / "status-page.png").write_bytes(png)
