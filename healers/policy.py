@@ -156,7 +156,7 @@ class Policy:
             for rec in records:
                 fp = rec.get("fp")
                 at = rec.get("epoch")
-                if fp not in self.state or not isinstance(at, (int, float)):
+                if not isinstance(fp, str) or fp not in self.state or not isinstance(at, (int, float)):
                     continue
                 st = self.state[fp]
                 event = rec.get("event")

@@ -469,7 +469,17 @@ def cli_heal(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    healer = Healer(config, None if args.insecure_no_auth and token is None else token, dry_run=args.dry_run)
+    audit_path = config.resolve(config["healer"]["audit_file"])
+    try:
+        # without its audit the receiver forgets what it did and would heal twice after a restart
+        audit_path.parent.mkdir(parents=True, exist_ok=True)
+        with audit_path.open("ab"):
+            pass
+        healer = Healer(config, None if args.insecure_no_auth and token is None else token, dry_run=args.dry_run)
+    except OSError as exc:
+        print(f"error: cannot use the heal audit file {audit_path} (key 'healer.audit_file'): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         server = HealerServer((host, port), healer)
     except OSError as exc:

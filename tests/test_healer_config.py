@@ -50,3 +50,16 @@ def test_heal_with_a_bad_config_exits_3_with_one_line(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3 and out == ""
     assert err.strip().splitlines() == [f"config error: key 'healer.max_concurrent' in {f} must be 1 or more"]
+
+
+def test_heal_refuses_to_start_without_a_writable_audit_file(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    (hb.root / "not_a_dir").write_text("x")
+    f = tmp_path / "audit.yaml"
+    f.write_text("healer:\n  audit_file: not_a_dir/heals.jsonl\n")
+    proc = start_heal_cli(hb, f, free_port())
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: cannot use the heal audit file {hb.root / 'not_a_dir/heals.jsonl'} (key 'healer.audit_file'): "
+        "File exists"]  # mkdir of the parent meets the file

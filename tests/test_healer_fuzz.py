@@ -20,8 +20,7 @@ from .test_healer_helpers import TOKEN, HealBot, alert, payload, receiver, scrip
 N_INPROCESS = 10_000
 N_HTTP = 300
 BATCH = 25
-SETTINGS = {"deadline": None, "database": None, "derandomize": True,
-            "suppress_health_check": list(HealthCheck)}
+BASE = settings(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 def hostile(marker: Path) -> list[str]:
@@ -97,7 +96,8 @@ def test_ten_thousand_generated_payloads_in_process(tmp_path: Path) -> None:
     cfg = hb.config({"FP-1.1": {"run": [str(action)], "cooldown_seconds": 300},
                      "FP-1.3": {"run": [str(action)], "cooldown_seconds": 300, "enabled": False}},
                     verify_timeout_seconds=0.2)
-    seen = {"n": 0, "accepted": 0, "statuses": set()}
+    seen = {"n": 0, "accepted": 0}
+    statuses: set[int] = set()
     lock = threading.Lock()
     with receiver(hb, cfg) as r:
         healer = r.healer
@@ -107,7 +107,7 @@ def test_ten_thousand_generated_payloads_in_process(tmp_path: Path) -> None:
             assert status in (200, 400), (status, obj, body[:300])
             with lock:
                 seen["n"] += 1
-                seen["statuses"].add(status)
+                statuses.add(status)
             if status == 200:
                 parsed = json.loads(body)
                 for a, decision in zip(parsed["alerts"], obj["decisions"], strict=True):
@@ -121,7 +121,7 @@ def test_ten_thousand_generated_payloads_in_process(tmp_path: Path) -> None:
                 assert isinstance(obj["error"], str) and "\n" not in obj["error"]
 
         # batches of BATCH per example: the same coverage at a fraction of the generation overhead
-        @settings(max_examples=N_INPROCESS // BATCH, **SETTINGS)
+        @settings(BASE, max_examples=N_INPROCESS // BATCH)
         @given(st.lists(payloads(marker), min_size=BATCH, max_size=BATCH))
         def run(bodies: list[bytes]) -> None:
             for body in bodies:
@@ -129,7 +129,7 @@ def test_ten_thousand_generated_payloads_in_process(tmp_path: Path) -> None:
 
         run()
         wait_idle(r)
-        assert seen["n"] >= N_INPROCESS and seen["statuses"] == {200, 400}
+        assert seen["n"] >= N_INPROCESS and statuses == {200, 400}
         assert seen["accepted"] >= 1  # the exact configured fp was exercised, not only rejects
         assert hb.run_count() == seen["accepted"]
         assert {h["argv"][0] for h in r.heals()} <= {str(action)} and all(len(h["argv"]) == 1 for h in r.heals())
@@ -147,7 +147,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path) -> None:
     with receiver(hb, cfg) as r, requests.Session() as s:
         url = r.url + "/alertmanager"
 
-        @settings(max_examples=N_HTTP, **SETTINGS)
+        @settings(BASE, max_examples=N_HTTP)
         @given(payloads(marker), st.one_of(st.just(TOKEN), st.just(TOKEN), st.none(),
                                              st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=40)))
         def run(body: bytes, token: str | None) -> None:
