@@ -8,6 +8,7 @@ duration appear once the point has been evaluated (a value before that would be 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator
 
@@ -20,6 +21,8 @@ from . import __version__
 from .catalog import Catalog
 from .model import Status
 from .scheduler import Scheduler, Snapshot
+
+log = logging.getLogger("trading_readiness.exporter")
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -122,7 +125,10 @@ def families(snap: Snapshot) -> list[Metric]:
     build.add_metric([__version__], 1)
     out.append(build)
     out.append(GaugeMetricFamily("trading_exporter_ready", CORE["trading_exporter_ready"], value=int(snap.ready)))
-    out.extend(observation_families(snap))
+    try:
+        out.extend(observation_families(snap))
+    except Exception as exc:  # check-provided data must never break the scrape of every other series
+        log.error("observation gauges left out of this scrape: %s", type(exc).__name__)
     return out
 
 
@@ -161,6 +167,47 @@ def make_registry(scheduler: Scheduler) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SnapshotCollector(scheduler))
     return registry
+
+
+class _Isolated(Collector):
+    """A collector that, when it raises, is left out of the scrape instead of failing all of it.
+
+    client_python's registry does not isolate collectors: one exception fails the whole
+    exposition, so a bug in an add-on (say the pre-market verifier) would blank every failure
+    point in Prometheus.
+    """
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+        self.name = type(inner).__name__
+
+    def describe(self) -> Iterable[Metric]:
+        describe = getattr(self.inner, "describe", None)
+        # without describe() the registry would learn the names from collect(); do the same
+        return list(describe()) if describe is not None else list(self.collect())
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            return list(self.inner.collect())
+        except Exception as exc:
+            log.error("collector %s left out of this scrape: %s", self.name, type(exc).__name__)
+            return []
+
+
+class IsolatingRegistry(CollectorRegistry):
+    """A registry whose collectors fail alone (see ``_Isolated``); unregister with the original."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self._wrapped: dict[int, _Isolated] = {}
+
+    def register(self, collector: Collector) -> None:
+        wrapped = _Isolated(collector)
+        super().register(wrapped)
+        self._wrapped[id(collector)] = wrapped
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(self._wrapped.pop(id(collector), collector))  # type: ignore[arg-type]
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -29,13 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
 from .config import Config, ConfigError
 from .config import load as load_config
-from .metrics import exposition, make_registry
+from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
 from .scheduler import Scheduler
 
@@ -102,7 +101,7 @@ class ExporterServer(ThreadingHTTPServer):
         #: the failure points and the exporter's health: built from the scheduler's snapshot
         self.core_registry = make_registry(scheduler)
         #: other collectors (e.g. the pre-market verifier) register here; rendered on every scrape
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = IsolatingRegistry()
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None

@@ -388,8 +388,9 @@ def test_self_healing_columns_come_from_the_healer_audit(bot: BotRoot) -> None:
         sched.stop()
 
 
-def test_a_collector_registered_on_the_server_is_fresh_on_every_scrape(bot: BotRoot) -> None:
-    """The core exposition is cached per scheduler state; collectors added by others are not."""
+def test_a_collector_registered_on_the_server_is_fresh_on_every_scrape_and_fails_alone(bot: BotRoot) -> None:
+    """The core exposition is cached per scheduler state; collectors added by others are not,
+    and one that raises is left out instead of failing the whole scrape."""
     from prometheus_client.core import GaugeMetricFamily
 
     class Counter:
@@ -401,11 +402,19 @@ def test_a_collector_registered_on_the_server_is_fresh_on_every_scrape(bot: BotR
         def collect(self) -> Iterator[Any]:
             yield GaugeMetricFamily("trading_test_extra", "A value that changes between scrapes.", value=self.value)
 
+    class Broken:
+        def describe(self) -> list[Any]:
+            return []
+
+        def collect(self) -> Iterator[Any]:
+            raise RuntimeError("bug in an add-on")
+
     sched = Scheduler(load_config(None, str(bot.path)))
     server = make_server(sched, "127.0.0.1:0")
     try:
         extra = Counter()
         server.registry.register(extra)  # type: ignore[arg-type]
+        server.registry.register(Broken())  # type: ignore[arg-type]
         generation = sched.generation
         first = server.metrics_body().decode()
         extra.value = 7
