@@ -180,6 +180,10 @@ class Sandbox:
                                  "next_open": (now + timedelta(days=1 if is_open else 7)).isoformat(),
                                  "next_close": (now + timedelta(days=7 if is_open else 8)).isoformat()}
         self.uw.tickers = list(self.tickers)
+        if self.fast:
+            # fast mode runs every check each second instead of every 15 s: the broker's 200
+            # requests/minute budget scales with it, or the sandbox would rate-limit itself
+            self.alpaca.rate_limit = 200 * 15
         self.healthy_positions = list(self.alpaca.positions)
         self.healthy_account = dict(self.alpaca.account)
         for stale in (self.flags.glob("*") if self.flags.is_dir() else []):

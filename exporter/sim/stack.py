@@ -1,0 +1,520 @@
+"""The whole loop on loopback: sandboxed bots, their exporters and healers, Prometheus, Alertmanager.
+
+Why: the demo, the end-to-end tests and the end-to-end benchmark must drive the *same* real
+chain -- a fault in a simulated bot becomes a failing point (exporter), an alert (Prometheus
+rules from ``exporter.rulegen``), a notification (Alertmanager, optionally an HA pair), a heal
+(the healer running the sandbox's ``restart-daemon``) and READY again. Every server is a real
+process (Debian's ``prometheus`` and ``prometheus-alertmanager``, ``trading-readiness serve`` and
+``heal``) on 127.0.0.1 with free ports and a private work directory; :meth:`Stack.stop` kills
+every process group it started, so nothing outlives it.
+
+A small in-process webhook sink stands in for the pager, ticket and heartbeat receivers, so a
+test can see what would have paged a human.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from .sandbox import Sandbox
+
+PROMETHEUS = "prometheus"
+#: Debian names the Alertmanager binary prometheus-alertmanager; upstream tarballs call it alertmanager.
+ALERTMANAGER_NAMES = ("prometheus-alertmanager", "alertmanager")
+HTTP_TIMEOUT = 3.0
+
+
+class StackError(Exception):
+    """A component could not start (missing binary, port, bad config): one line for the operator."""
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        if path:
+            return path
+    return None
+
+
+def seconds(text: str) -> float:
+    """``"1s"``/``"500ms"``/``"1m"`` -> seconds (the few forms this module writes)."""
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * factor
+    raise ValueError(f"not a duration: {text!r}")
+
+
+@dataclass
+class Proc:
+    """One child process in its own process group, output to ``log``."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it after Popen
+        try:
+            self.popen = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise StackError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror or exc}") from None
+        finally:
+            out.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 5.0) -> None:
+        p = self.popen
+        if p is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)  # whatever it started in its group, too
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=5)
+
+
+class Sink:
+    """The pager/ticket/heartbeat webhook receivers: records every Alertmanager notification."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, float, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                except ValueError:
+                    body = {}
+                with sink._lock:
+                    sink.received.append((self.path, time.time(), body if isinstance(body, dict) else {}))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="webhook-sink", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def alerts(self, path: str) -> list[dict[str, Any]]:
+        """Every alert delivered to ``path`` (``/pager``, ``/ticket``, ``/heartbeat``)."""
+        with self._lock:
+            return [a for p, _, body in self.received if p == path for a in body.get("alerts", [])]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Bot:
+    """One sandboxed bot with its own exporter and healer."""
+
+    name: str
+    sandbox: Sandbox
+    exporter_port: int
+    healer_port: int
+    exporter: Proc | None = None
+    healer: Proc | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.sandbox.root
+
+    @property
+    def instance(self) -> str:
+        """The Prometheus ``instance`` label of this bot's exporter."""
+        return f"127.0.0.1:{self.exporter_port}"
+
+    @property
+    def exporter_url(self) -> str:
+        return f"http://127.0.0.1:{self.exporter_port}"
+
+    @property
+    def healer_url(self) -> str:
+        return f"http://127.0.0.1:{self.healer_port}"
+
+    def failure_points(self) -> dict[str, Any]:
+        """The exporter's CONTRACT JSON (``/api/failure_points``); {} while it does not answer."""
+        try:
+            r = requests.get(f"{self.exporter_url}/api/failure_points", timeout=HTTP_TIMEOUT)
+            return r.json() if r.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            return {}
+
+    def status(self, fp: str) -> str | None:
+        return (self.failure_points().get("failure_points", {}).get(fp) or {}).get("status")
+
+    def readiness(self) -> str | None:
+        return self.failure_points().get("readiness")
+
+    def heals(self) -> list[dict[str, Any]]:
+        """The healer's ``/api/heals`` (newest first); [] while it does not answer."""
+        try:
+            r = requests.get(f"{self.healer_url}/api/heals", timeout=HTTP_TIMEOUT)
+            body = r.json() if r.status_code == 200 else []
+        except (requests.RequestException, ValueError):
+            return []
+        return body.get("heals", []) if isinstance(body, dict) else body if isinstance(body, list) else []
+
+    def audit(self) -> list[dict[str, Any]]:
+        """The healer's audit file (one JSON record per line)."""
+        path = self.root / "logs/trading_readiness_heals.jsonl"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+@dataclass
+class Timings:
+    """How fast the loop turns. ``fast()`` for the demo and tests, ``default()`` like production."""
+
+    scrape: str = "1s"
+    evaluation: str = "1s"
+    alert_for: str | None = "0s"
+    notify: str | None = "1s"
+    fast_sandbox: bool = True
+    check_interval: float | None = None  # None: the sandbox's (1 s fast, else the exporter default 15 s)
+
+    @classmethod
+    def fast(cls) -> Timings:
+        return cls()
+
+    @classmethod
+    def default(cls) -> Timings:
+        """Production intervals: 15 s checks and scrapes, the rules' own ``for:`` and Alertmanager
+        waits -- only the simulated daemon cycles fast so that it can be restarted and seen fresh."""
+        return cls(scrape="15s", evaluation="15s", alert_for=None, notify=None, fast_sandbox=True,
+                   check_interval=15.0)
+
+
+@dataclass
+class Stack:
+    """Bots + Prometheus + one or two Alertmanagers, all on loopback under ``workdir``."""
+
+    workdir: Path
+    bots: Sequence[str] = ("bot",)
+    alertmanagers: int = 1
+    timings: Timings = field(default_factory=Timings)
+    log: Callable[[str], None] = lambda msg: None
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    prometheus_port: int = 0
+    alertmanager_ports: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.running: list[Bot] = []
+        self.procs: list[Proc] = []
+        self.sink: Sink | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> Stack:
+        prometheus = find_binary(PROMETHEUS)
+        alertmanager = find_binary(*ALERTMANAGER_NAMES)
+        if prometheus is None or alertmanager is None:
+            raise StackError("prometheus and prometheus-alertmanager are needed (Debian: apt-get install "
+                             "prometheus prometheus-alertmanager)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.sink = Sink()
+            for name in self.bots:
+                self._start_bot(name)
+            self._start_alertmanagers(alertmanager)
+            self._start_prometheus(prometheus)
+            self._wait_up(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop Prometheus, Alertmanager, exporters, healers and sandboxes; safe to call twice."""
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        for bot in self.running:
+            bot.sandbox.stop()
+        self.running.clear()
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _cli(self, bot_root: Path, *args: str) -> list[str]:
+        return [sys.executable, "-m", "exporter", "--bot-root", str(bot_root), *args]
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        # the operator's own credentials never reach the sandboxed processes
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD",
+                                    "COOLDOWN"))}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.update(extra)
+        return env
+
+    def _start_bot(self, name: str) -> None:
+        root = self.workdir / name
+        sb = Sandbox(root, fast=self.timings.fast_sandbox)
+        bot = Bot(name, sb, free_port(), free_port())
+        self.running.append(bot)
+        self.log(f"starting sandbox {name} in {root}")
+        sb.start()
+        if self.timings.check_interval is not None:
+            self._set_check_interval(root, self.timings.check_interval)
+        bot.exporter = self._spawn(f"exporter-{name}",
+                                   self._cli(root, "serve", "--listen", f"127.0.0.1:{bot.exporter_port}"), cwd=root)
+        bot.healer = self._spawn(f"healer-{name}",
+                                 self._cli(root, "heal", "--listen", f"127.0.0.1:{bot.healer_port}"),
+                                 cwd=root, env=self._env(TRADING_READINESS_HEALER_TOKEN=self.token))
+
+    @staticmethod
+    def _set_check_interval(root: Path, interval: float) -> None:
+        """Production-like checks: one interval for every point, the production freshness limits."""
+        path = root / "trading-readiness.yaml"
+        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg["exporter"] = {"default_interval_seconds": interval}
+        cfg.pop("checks", None)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.workdir / "logs" / f"{name}.log", env=env or self._env(), cwd=cwd).start()
+        self.procs.append(proc)
+        return proc
+
+    def _start_alertmanagers(self, binary: str) -> None:
+        from ..rulegen import render_stack
+
+        token_file = self.workdir / "healer_token"
+        token_file.write_text(self.token)
+        token_file.chmod(0o600)
+        assert self.sink is not None
+        files = render_stack(scrape_interval=self.timings.scrape, alert_for=self.timings.alert_for,
+                             webhook_base_url=self.sink.url, healer_url=f"{self.running[0].healer_url}/alertmanager",
+                             healer_token_file=token_file, notify_interval=self.timings.notify)
+        rules_dir = self.workdir / "rules"
+        rules_dir.mkdir(exist_ok=True)
+        (rules_dir / "trading-readiness.rules.yml").write_text(files["trading-readiness.rules.yml"])
+        am_cfg = route_healers(yaml.safe_load(files["alertmanager.yml"]), self.running)
+        am_file = self.workdir / "alertmanager.yml"
+        am_file.write_text(yaml.safe_dump(am_cfg, sort_keys=False))
+        self.alertmanager_ports = [free_port() for _ in range(self.alertmanagers)]
+        cluster = [free_port() for _ in range(self.alertmanagers)] if self.alertmanagers > 1 else []
+        for i, port in enumerate(self.alertmanager_ports):
+            argv = [binary, f"--config.file={am_file}", f"--storage.path={self.workdir / f'alertmanager-{i}'}",
+                    f"--web.listen-address=127.0.0.1:{port}", f"--web.external-url=http://127.0.0.1:{port}"]
+            if cluster:
+                argv += [f"--cluster.listen-address=127.0.0.1:{cluster[i]}",
+                         f"--cluster.advertise-address=127.0.0.1:{cluster[i]}",
+                         # short peer timeout: the second peer's copy follows within seconds (the
+                         # healer deduplicates it), instead of 15 s later
+                         "--cluster.peer-timeout=2s", "--cluster.gossip-interval=100ms",
+                         "--cluster.pushpull-interval=2s"]
+                argv += [f"--cluster.peer=127.0.0.1:{c}" for j, c in enumerate(cluster) if j != i]
+            else:
+                argv.append("--cluster.listen-address=")
+            self._spawn(f"alertmanager-{i}", argv)
+
+    def _start_prometheus(self, binary: str) -> None:
+        self.prometheus_port = free_port()
+        cfg = prometheus_config(self.running, self.alertmanager_ports, self.workdir / "rules",
+                                self.timings.scrape, self.timings.evaluation)
+        path = self.workdir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        resend = "1s" if self.timings.notify else "1m"
+        self._spawn("prometheus", [binary, f"--config.file={path}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                                   f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+                                   f"--rules.alert.resend-delay={resend}", "--log.level=warn"])
+
+    def _wait_up(self, timeout: float) -> None:
+        urls = [f"{b.exporter_url}/-/ready" for b in self.running] + [f"{b.healer_url}/-/healthy" for b in self.running]
+        urls += [f"http://127.0.0.1:{p}/-/ready" for p in self.alertmanager_ports]
+        urls.append(f"{self.prometheus_url}/-/ready")
+        deadline = time.monotonic() + timeout
+        pending = list(urls)
+        while pending and time.monotonic() < deadline:
+            for proc in self.procs:
+                if not proc.alive():
+                    raise StackError(f"{proc.name} exited: {proc.tail() or 'no output'} (log {proc.log})")
+            pending = [u for u in pending if not _ok(u)]
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            raise StackError(f"not ready within {timeout:.0f} s: {', '.join(pending)} "
+                             f"(logs in {self.workdir / 'logs'})")
+
+    # --- queries ---------------------------------------------------------------------------------
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def alertmanager_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{p}" for p in self.alertmanager_ports]
+
+    def bot(self, name: str) -> Bot:
+        for b in self.running:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def prometheus_alerts(self, state: str = "firing") -> list[dict[str, Any]]:
+        """Prometheus ``/api/v1/alerts`` in ``state`` (firing or pending)."""
+        try:
+            r = requests.get(f"{self.prometheus_url}/api/v1/alerts", timeout=HTTP_TIMEOUT)
+            alerts = r.json()["data"]["alerts"]
+        except (requests.RequestException, ValueError, KeyError):
+            return []
+        return [a for a in alerts if a.get("state") == state]
+
+    def alertmanager_alerts(self, index: int = 0) -> list[dict[str, Any]]:
+        """Active alerts held by one Alertmanager (``/api/v2/alerts``)."""
+        try:
+            r = requests.get(f"{self.alertmanager_urls[index]}/api/v2/alerts", timeout=HTTP_TIMEOUT,
+                             params={"active": "true", "silenced": "false", "inhibited": "true"})
+            body = r.json()
+        except (requests.RequestException, ValueError):
+            return []
+        return body if isinstance(body, list) else []
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Prometheus ``/api/v1/rules`` groups."""
+        try:
+            r = requests.get(f"{self.prometheus_url}/api/v1/rules", timeout=HTTP_TIMEOUT)
+            return list(r.json()["data"]["groups"])
+        except (requests.RequestException, ValueError, KeyError):
+            return []
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        try:
+            r = requests.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=HTTP_TIMEOUT)
+            return list(r.json()["data"]["result"])
+        except (requests.RequestException, ValueError, KeyError):
+            return []
+
+    def urls(self) -> Iterator[tuple[str, str]]:
+        for b in self.running:
+            yield f"exporter {b.name}", f"{b.exporter_url}/  (/metrics, /api/failure_points)"
+            yield f"healer {b.name}", f"{b.healer_url}/api/heals"
+            yield f"sandbox {b.name}", f"{b.sandbox.admin_url}/faults  (bot root {b.root})"
+        yield "prometheus", f"{self.prometheus_url}/alerts"
+        for i, url in enumerate(self.alertmanager_urls):
+            yield f"alertmanager {i}" if len(self.alertmanager_urls) > 1 else "alertmanager", f"{url}/#/alerts"
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=HTTP_TIMEOUT).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def matches(alert: dict[str, Any], **labels: str) -> bool:
+    have = alert.get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+def route_healers(am: dict[str, Any], bots: Sequence[Bot]) -> dict[str, Any]:
+    """One healer route per bot, matched on the exporter's ``instance``: a healer repairs only the
+    bot root it was started for, so bot A's alert must never reach bot B's healer."""
+    if len(bots) < 2:
+        return am
+    receivers = am["receivers"]
+    template = next(r for r in receivers if r["name"] == "healer")
+    routes = am["route"]["routes"]
+    i = next(n for n, r in enumerate(routes) if r.get("receiver") == "healer")
+    generic = routes.pop(i)
+    receivers.remove(template)
+    for offset, bot in enumerate(bots):
+        name = f"healer-{bot.name}"
+        hook = json.loads(json.dumps(template["webhook_configs"][0]))
+        hook["url"] = f"{bot.healer_url}/alertmanager"
+        receivers.append({"name": name, "webhook_configs": [hook]})
+        route = json.loads(json.dumps(generic))
+        route["receiver"] = name
+        route["matchers"] = [*generic.get("matchers", []), f'instance="{bot.instance}"']
+        routes.insert(i + offset, route)
+    return am
+
+
+def prometheus_config(bots: Sequence[Bot], alertmanager_ports: Sequence[int], rules_dir: Path,
+                      scrape: str, evaluation: str) -> dict[str, Any]:
+    """Prometheus scraping every bot's exporter (job trading-readiness) and healer (trading-healer)."""
+    return {
+        "global": {"scrape_interval": scrape, "evaluation_interval": evaluation,
+                   "scrape_timeout": _timeout(scrape)},
+        "rule_files": [str(rules_dir / "*.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [
+            {"targets": [f"127.0.0.1:{p}" for p in alertmanager_ports]}]}]},
+        "scrape_configs": [
+            {"job_name": "trading-readiness",
+             "static_configs": [{"targets": [b.instance for b in bots], "labels": {}}]},
+            {"job_name": "trading-healer",
+             "static_configs": [{"targets": [f"127.0.0.1:{b.healer_port}" for b in bots]}]},
+        ],
+    }
+
+
+def _timeout(scrape: str) -> str:
+    ms = int(max(0.5, min(10.0, seconds(scrape) * 0.8)) * 1000)
+    return f"{ms}ms"  # Prometheus durations take whole units only
