@@ -80,6 +80,15 @@ def test_positions_reconciled_with_the_bot_record(bot: BotRoot, alpaca: FakeAlpa
     assert r.status is Status.OK and "match positions.json" in r.outcome.message
 
 
+def test_buying_power_low_and_recovered(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    healthy = dict(alpaca.account)
+    alpaca.account = {**healthy, "buying_power": "999.99"}
+    r = one(bot, "FP-4.3")
+    assert r.status is Status.WARN and "$999.99 below the minimum $1,000.00" in r.outcome.message
+    alpaca.account = healthy
+    assert one(bot, "FP-4.3").status is Status.OK
+
+
 def test_account_blocked_and_recovered(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     healthy = dict(alpaca.account)
     alpaca.account = {**healthy, "status": "ACCOUNT_CLOSED", "trading_blocked": True}

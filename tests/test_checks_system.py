@@ -43,6 +43,22 @@ def test_healthy_root_is_ok_on_every_system_point(bot: BotRoot, running: Procs) 
         assert r.status is Status.OK or (fp == "FP-6.3" and r.status is Status.SKIPPED), (fp, r.outcome.message)
 
 
+def test_healthy_root_in_session_is_ok_on_categories_4_to_6(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW) -> None:
+    """In session nothing is skipped for being closed: every broker, state and system point is OK."""
+    root = BotRoot(tmp_path / "bot", now=OPEN.timestamp()).healthy(alpaca.url, uw.url)
+    procs = Procs(root.path)
+    try:
+        procs.daemon()
+        procs.bot()
+        ids = [f"FP-4.{i}" for i in range(1, 11)] + [f"FP-5.{i}" for i in range(1, 5)] + \
+              [f"FP-6.{i}" for i in range(1, 9)]
+        rep = evaluate(root.path, only=ids, clock=market_at(alpaca, OPEN))
+    finally:
+        procs.stop_all()
+    assert {fp: r.status for fp, r in rep.results.items() if r.status is not Status.OK} == {}, \
+        {fp: r.outcome.message for fp, r in rep.results.items() if r.status is not Status.OK}
+
+
 # --- FP-6.2 -------------------------------------------------------------------------------------
 def _restart_bot(running: Procs) -> None:
     old = running.procs[1]
@@ -143,6 +159,7 @@ def test_disk_thresholds_against_the_real_filesystem(bot: BotRoot, tmp_path: Pat
     assert r.status is Status.WARN and "below the warning threshold" in r.outcome.message
     r = one(bot, "FP-6.4", config=cfg(tmp_path, "checks:\n  FP-6.4:\n    params: {error_free_percent: 100}\n"))
     assert r.status is Status.ERROR and "below the error threshold" in r.outcome.message
+    assert one(bot, "FP-6.4").status is Status.OK  # thresholds back to the defaults
 
 
 def test_memory_thresholds_and_bot_rss(bot: BotRoot, running: Procs, tmp_path: Path) -> None:
@@ -152,6 +169,7 @@ def test_memory_thresholds_and_bot_rss(bot: BotRoot, running: Procs, tmp_path: P
     assert r.status is Status.WARN and "main.py RSS" in r.outcome.message
     r = one(bot, "FP-6.5", config=cfg(tmp_path, "checks:\n  FP-6.5:\n    params: {error_available_percent: 100}\n"))
     assert r.status is Status.ERROR and "available" in r.outcome.message
+    assert one(bot, "FP-6.5").status is Status.OK
 
 
 # --- FP-6.6 -------------------------------------------------------------------------------------
@@ -201,6 +219,7 @@ def test_clock_sync_against_the_broker_reference(bot: BotRoot, alpaca: FakeAlpac
     assert r.status is Status.OK and r.outcome.details["method"] == "broker clock"
     r = one(bot, "FP-6.8", config=config, clock=lambda: time.time() + 30)
     assert r.status is Status.WARN and "30.0 s off the broker's" in r.outcome.message
+    assert one(bot, "FP-6.8", config=config).status is Status.OK  # the clock is right again
     alpaca.stop()
     r = one(bot, "FP-6.8", config=config)
     assert r.status is Status.WARN and "broker clock is unavailable" in r.outcome.message
