@@ -9,6 +9,7 @@ batch, and dependencies use the latest known results of points not in the batch.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +38,24 @@ log = logging.getLogger("trading_readiness.exporter")
 #: messages the engine gives a check that raised, timed out, hung or returned garbage
 _CHECK_FAULTS = ("check raised", "check timed out", "previous run has not returned", "check returned",
                  "no detection is registered")
+
+
+_HASH = re.compile(r"^pbkdf2_sha256\$[1-9][0-9]*\$(?:[0-9a-f]{2})+\$[0-9a-f]{64}$")
+
+
+def exporter_config_problems(config: Config) -> list[str]:
+    """What the generic config check cannot know about the exporter's own keys.
+
+    A basic-auth hash in another format (bcrypt, as Prometheus' web config uses) would silently
+    lock every scraper out, so it is refused at start and on reload.
+    """
+    exp = config["exporter"]
+    problems: list[str] = []
+    for user, stored in (exp["basic_auth_users"] or {}).items():
+        if not isinstance(stored, str) or not _HASH.match(stored):
+            problems.append(f"exporter.basic_auth_users.{user} in {config.source} is not a pbkdf2_sha256 hash "
+                            "(make one with: python -m exporter.server hash-password)")
+    return problems
 
 
 def is_check_fault(result: Result) -> bool:
@@ -117,6 +136,9 @@ class Scheduler:
         """Re-read the config; a bad one keeps the running config and says so (gauge and log)."""
         try:
             config = load_config(self._config_file, self._bot_root)
+            problems = exporter_config_problems(config)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             with self._lock:
                 self._reload_success = False

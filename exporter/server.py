@@ -36,7 +36,7 @@ from .config import Config, ConfigError
 from .config import load as load_config
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
-from .scheduler import Scheduler
+from .scheduler import Scheduler, exporter_config_problems
 
 log = logging.getLogger("trading_readiness.exporter")
 
@@ -241,6 +241,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 def make_server(scheduler: Scheduler, listen: str) -> ExporterServer:
     """Bind the server (TLS when the config names a cert and key). Errors are ConfigError lines."""
     cfg: Config = scheduler.config
+    problems = exporter_config_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     host, port = parse_listen(listen)
     try:
         server = ExporterServer((host, port), scheduler)

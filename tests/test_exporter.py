@@ -33,7 +33,7 @@ from exporter.server import hash_password, make_server, verify_password
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 
-from .conftest import REPO, Procs, clean_env, wait_for
+from .conftest import REPO, Procs, clean_env, run_cli, wait_for
 
 SECRETS = ("PKTEST", "SECRETTEST", "uw-test-token")
 
@@ -426,3 +426,29 @@ def test_a_collector_registered_on_the_server_is_fresh_on_every_scrape_and_fails
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         server.server_close()
+
+
+def test_a_foreign_password_hash_is_refused_in_one_line(bot: BotRoot) -> None:
+    cfg = fast_config(bot.path, basic_auth_users={"prometheus": "$2y$10$abcdefghijklmnopqrstuv"})
+    r = run_cli("--bot-root", str(bot.path), "serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"exporter.basic_auth_users.prometheus in {cfg} is not a pbkdf2_sha256 hash" in lines[0]
+    assert "Traceback" not in r.stderr and "$2y$10$" not in r.stderr
+
+
+def test_a_reload_to_a_foreign_hash_keeps_the_running_config(bot: BotRoot, tmp_path: Path) -> None:
+    """A reload that would lock every scraper out is refused like any other bad config."""
+    cfg = fast_config(bot.path)
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        wait_for(exp.up, timeout=30, what="exporter up")
+        good = cfg.read_text()
+        cfg.write_text(good.replace("exporter:\n", 'exporter:\n  basic_auth_users: {prometheus: "$2y$10$x"}\n'))
+        code, body = exp.get("/-/reload", method="POST")
+        assert code == 500, body
+        assert exp.get("/metrics")[0] == 200  # still open: the running config has no users
+        assert "not a pbkdf2_sha256 hash" in exp.stderr()
+    finally:
+        exp.stop()
