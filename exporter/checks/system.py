@@ -76,23 +76,26 @@ def crash_loop(ctx: Context, p: dict[str, Any]) -> Outcome:
     problems: list[tuple[int, str]] = []  # (2 error | 1 warn, text)
     details: dict[str, Any] = {"window_seconds": window}
 
-    # 1. main.py start times seen across cycles: each start after the first seen is a restart
+    # 1. main.py processes seen across cycles: a new process replacing one that vanished is a
+    #    restart; a second one beside a live one is a duplicate (FP-6.1 lists it), not a restart
     matches = procs.find_script_processes(ctx.root, spec["script"])
-    starts: list[float] = state.setdefault("starts", [])
-    for m in matches:
-        if not any(abs(m.create_time - s) < 0.005 for s in starts):
-            starts.append(m.create_time)
-    starts.sort()
-    older = [s for s in starts if s < now - window]
-    starts[:] = older[-1:] + [s for s in starts if s >= now - window]
-    restarts = max(0, len(starts) - 1)
+    current = {(m.pid, round(m.create_time, 2)) for m in matches}
+    previous: set[tuple[int, float]] = state.get("live", set())
+    restart_times: list[float] = state.setdefault("restart_times", [])
+    if "live" in state:
+        state["vanished"] = state.get("vanished", 0) + len(previous - current)
+        for _pid, started in sorted(current - previous, key=lambda x: x[1]):
+            if state["vanished"] > 0:
+                state["vanished"] -= 1
+                restart_times.append(started)
+    elif matches and now - matches[-1].create_time < window:
+        details["note"] = (f"{spec['script']} started {age_text(max(0.0, now - matches[-1].create_time))} ago; "
+                           "a first observation cannot tell a start from a restart")
+    state["live"] = current
+    restart_times[:] = [t for t in restart_times if t >= now - window]
+    restarts = len(restart_times)
     details["process_restarts"] = restarts
-    details["observed_starts"] = [iso_utc(s) for s in starts]
-    if matches and len(starts) == 1 and now - matches[-1].create_time < window and not state.get("seen_before"):
-        details["note"] = (f"{spec['script']} started {age_text(now - matches[-1].create_time)} ago; one observation "
-                           "cannot tell a start from a restart")
-    if matches:
-        state["seen_before"] = True
+    details["restarts_at"] = [iso_utc(t) for t in restart_times]
 
     # 2. systemd: restart counter and crash-loop states, where systemd runs
     unit = procs.unit_state(spec["systemd_unit"]) if spec.get("systemd_unit") else None
