@@ -24,6 +24,7 @@ def docs() -> dict[str, str]:
 GENERATORS: list[str] = [
     "exporter.generate:docs",
     "exporter.rulegen:artefacts",
+    "exporter.deploygen:artefacts",
     "grafana.dashboards:artefacts",
     "exporter.readme:artefacts",
 ]
