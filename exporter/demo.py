@@ -59,16 +59,12 @@ def wait_until(cond: Callable[[], Any], timeout: float, stop: threading.Event, e
     return None
 
 
-def scraped(stack: Stack) -> bool:
-    """Prometheus has the readiness of every bot and Alertmanager holds the Watchdog: the loop is live."""
-    have = {r["metric"].get("instance") for r in stack.query("trading:readiness:status")}
-    return all(b.instance in have for b in stack.running) and \
-        any(matches(a, alertname="Watchdog") for a in stack.alertmanager_alerts())
-
-
 def drill(stack: Stack, bot: Bot, stop: threading.Event, fault: str = "daemon-kill", fp: str = "FP-1.1",
-          timeout: float = DRILL_TIMEOUT, out: Callable[[str], None] = print) -> tuple[bool, list[Step]]:
-    """Inject ``fault`` in ``bot`` and follow it to READY. Returns (ended READY, timeline)."""
+          timeout: float = DRILL_TIMEOUT, out: Callable[[str], None] = print,
+          times: dict[str, float] | None = None) -> tuple[bool, list[Step]]:
+    """Inject ``fault`` in ``bot`` and follow it to READY. Returns (ended READY, timeline); ``times``
+    (when given) receives seconds since the fault for fp, prometheus, alertmanager, heal, healed
+    and ready."""
     steps: list[Step] = []
     t0 = time.time()
     bot.sandbox.fault(fault)
@@ -125,6 +121,11 @@ def drill(stack: Stack, bot: Bot, stop: threading.Event, fault: str = "daemon-ki
                           "healer /api/heals"))
     if "ready" in done:
         steps.append(Step(done["ready"], "READY again", "exporter /api/failure_points"))
+    if times is not None:
+        times.update(done)
+        if heal_rec:
+            times["heal"] = float(heal_rec["epoch"]) - t0
+            times["healed"] = times["heal"] + float(heal_rec.get("duration_seconds") or 0)
     steps.sort(key=lambda s: s.at)
     ok = "ready" in done and heal_rec.get("outcome") == "success"
     for step in steps:
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<14} {url}")
         bot = stack.running[0]
         print(f"  {'sandbox CLI':<14} trading-readiness sandbox faults --dir {bot.root}")
-        if not wait_until(lambda: scraped(stack) and bot.readiness() == "READY", 60, stop):
+        if not wait_until(lambda: stack.live() and bot.readiness() == "READY", 60, stop):
             if stop.is_set():
                 return 0
             print(f"error: the stack did not reach READY within 60 s (logs in {workdir / 'logs'})", file=sys.stderr)

@@ -43,7 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         st.start()
         bot = st.running[0]
-        wait_for(lambda: bot.readiness() == "READY" and st.query("trading:readiness:status"), timeout=60,
+        wait_for(lambda: bot.readiness() == "READY" and st.live(), timeout=60,
                  what="the stack READY and scraped")
         yield st
     finally:
@@ -95,8 +95,8 @@ def test_fault_becomes_its_failing_point_and_alert_then_ready_again(stack: Stack
 def test_two_bots_one_prometheus_an_alertmanager_pair_heal_only_the_broken_bot_once(tmp_path: Path) -> None:
     with Stack(tmp_path, bots=("a", "b"), alertmanagers=2, timings=Timings.fast()) as st:
         a, b = st.bot("a"), st.bot("b")
-        wait_for(lambda: a.readiness() == "READY" and b.readiness() == "READY"
-                 and len(st.query("trading:readiness:status")) == 2, timeout=60, what="both bots READY and scraped")
+        wait_for(lambda: a.readiness() == "READY" and b.readiness() == "READY" and st.live(), timeout=60,
+                 what="both bots READY and scraped")
         for url in st.alertmanager_urls:  # the pair is one cluster
             wait_for(lambda url=url: len(requests.get(f"{url}/api/v2/status", timeout=3).json()["cluster"]["peers"])
                      == 2, timeout=30, what=f"{url} clustered with its peer")

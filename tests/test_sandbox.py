@@ -214,3 +214,24 @@ def test_client_commands_without_a_running_sandbox_say_so(tmp_path: Path) -> Non
     assert r.returncode == 3 and "no sandbox is running" in r.stderr
     r = run_cli("sandbox", "faults", "--dir", str(tmp_path))  # the list needs no sandbox
     assert r.returncode == 0 and "daemon-kill" in r.stdout
+
+
+def test_a_killed_sandbox_leaves_no_daemon_or_bot_behind(tmp_path: Path) -> None:
+    root = tmp_path / "bot"
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "sandbox", "--dir", str(root), "--fast"],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        state = wait_for(lambda: (read_state(root) or {}).get("bot_pid") and read_state(root), timeout=30,
+                         what="the sandbox to come up")
+        children = [state["daemon_pid"], state["bot_pid"]]
+        proc.kill()  # no chance to clean up: the children must notice and exit by themselves
+        proc.wait(timeout=10)
+        wait_for(lambda: all(_gone(pid) for pid in children), timeout=10, what="the orphaned children to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children:
+            if not _gone(pid):
+                psutil.Process(pid).kill()

@@ -36,7 +36,7 @@ from typing import Any
 import requests
 
 from ..botenv import BotEnv
-from .daemon import FLAGS, append, iso, write_atomic
+from .daemon import FLAGS, append, iso, orphaned, write_atomic
 
 CACHE = Path("data/uw_flow_cache.json")
 HEARTBEAT = Path("state/bot_heartbeat.json")
@@ -263,6 +263,8 @@ def main() -> int:
             print(f"main.py: cycle failed: {exc}", flush=True)
         while not _stopping and time.monotonic() - started < bot.interval:
             time.sleep(min(0.2, bot.interval))
+        if orphaned():
+            break
     return 0
 
 

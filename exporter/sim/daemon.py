@@ -65,6 +65,12 @@ def flag(name: str) -> bool:
     return (FLAGS / name).exists()
 
 
+def orphaned() -> bool:
+    """True when the sandbox that started this process is gone (it was killed without cleanup)."""
+    parent = os.environ.get("SANDBOX_PARENT_PID", "")
+    return parent.isdigit() and os.getppid() != int(parent)
+
+
 def take_lock() -> IO[str] | None:
     """The exclusive lock, or None when another daemon holds it (the caller exits)."""
     LOCK.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +231,8 @@ def main() -> int:
         # sleep in short steps so SIGTERM is honoured promptly
         while not _stopping and time.monotonic() - started < daemon.interval:
             time.sleep(min(0.2, daemon.interval))
+        if orphaned():
+            break
     lock.close()
     return 0
 

@@ -87,6 +87,8 @@ def sandbox_config(root: Path, fast: bool) -> dict[str, Any]:
     }
     if fast:
         cfg["exporter"] = {"default_interval_seconds": 1}
+        # broker answers are shared between checks for cache_seconds: scaled down with the checks
+        cfg["alpaca"] = {"cache_seconds": 0.5, "timeout_seconds": 2}
         cfg["healer"].update(verify_timeout_seconds=30, verify_interval_seconds=1)
         cfg["checks"] = {
             # freshness limits scaled to a daemon that cycles every second instead of every 300 s
@@ -214,8 +216,11 @@ class Sandbox:
     def _spawn(self, script: str, name: str, unbuffered: bool = False) -> subprocess.Popen[bytes]:
         argv = [_python(), "-u", script] if unbuffered else [_python(), script]
         out = open(self.control / f"{name}.out", "ab")  # noqa: SIM115 - the child owns it after Popen
+        # the children run in their own sessions (so a fault can signal one group); if the sandbox
+        # itself is SIGKILLed they notice the parent is gone and exit instead of running on
+        env = {**self._env(), "SANDBOX_PARENT_PID": str(os.getpid())}
         try:
-            return subprocess.Popen(argv, cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=out,
+            return subprocess.Popen(argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             out.close()

@@ -437,6 +437,12 @@ class Stack:
             return []
         return body if isinstance(body, list) else []
 
+    def live(self) -> bool:
+        """Prometheus holds every bot's readiness and Alertmanager the Watchdog: alerts can flow."""
+        have = {r["metric"].get("instance") for r in self.query("trading:readiness:status")}
+        return all(b.instance in have for b in self.running) and \
+            any(matches(a, alertname="Watchdog") for a in self.alertmanager_alerts())
+
     def rules(self) -> list[dict[str, Any]]:
         """Prometheus ``/api/v1/rules`` groups."""
         try:
