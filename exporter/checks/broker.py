@@ -335,7 +335,8 @@ def clock_skew(ctx: Context, p: dict[str, Any]) -> Outcome:
     details = {"offset_seconds": round(offset, 3), "uncertainty_seconds": round(err, 3)}
     skew = abs(offset) - err  # the part of the difference the round trip cannot explain
     direction = "ahead of" if offset < 0 else "behind"
-    text = f"local clock {abs(offset):.1f} s {direction} the broker clock (round-trip bound ±{err:.2f} s)"
+    text = (f"local clock {abs(offset):.1f} s {direction} the broker clock (round-trip bound ±{err:.2f} s)"
+            if skew >= 0.05 else f"local clock agrees with the broker clock within ±{max(err, abs(offset)):.2f} s")
     if skew > float(p["error_seconds"]):
         out = Outcome.error(text, **details)
     elif skew > float(p["warn_seconds"]):

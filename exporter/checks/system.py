@@ -351,7 +351,8 @@ def network(ctx: Context, p: dict[str, Any]) -> Outcome:
     failed = [f"{name}: {results[name][1]}" if name in results else f"{name}: no answer within {timeout * 2 + 1:g} s"
               for name in targets if results.get(name, ("x",))[0] != "ok"]
     out = (Outcome.error("; ".join(failed), **details) if failed
-           else Outcome.ok(", ".join(results[n][1] for n in targets), **details))
+           else Outcome.ok("reachable: " + ", ".join(f"{n} ({results[n][1].split(' ')[0]})" for n in targets),
+                           **details))
     for name in targets:
         if name in ("alpaca", "uw"):
             out.observe("trading_network_reachable", results.get(name, ("x",))[0] == "ok", target=name)
