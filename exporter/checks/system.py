@@ -340,14 +340,17 @@ def network(ctx: Context, p: dict[str, Any]) -> Outcome:
 
     def run(name: str, url: str) -> None:
         ep = _endpoint(url)
-        results[name] = ("bad_url", f"cannot parse a host from {url!r}") if ep is None else tcp_probe(*ep, timeout)
+        results[name] = (("bad_url", f"cannot parse a host from the {name} base URL") if ep is None
+                         else tcp_probe(*ep, timeout))
 
     threads = [threading.Thread(target=run, args=item, daemon=True) for item in targets.items()]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout * 2 + 1)
-    details = {name: {"url": targets[name], "result": results.get(name, ("timeout", ""))[0]} for name in targets}
+    # host and port only: a base URL may carry user:password, which must not reach the API
+    details = {name: {"endpoint": "{}:{}".format(*ep) if (ep := _endpoint(targets[name])) else None,
+                      "result": results.get(name, ("timeout", ""))[0]} for name in targets}
     failed = [f"{name}: {results[name][1]}" if name in results else f"{name}: no answer within {timeout * 2 + 1:g} s"
               for name in targets if results.get(name, ("x",))[0] != "ok"]
     out = (Outcome.error("; ".join(failed), **details) if failed
