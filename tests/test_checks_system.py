@@ -194,6 +194,9 @@ def test_network_names_the_failure_kind(bot: BotRoot, alpaca: FakeAlpaca, uw: Fa
     bot.set_env(UW_BASE_URL="http://no-such-host.invalid:8080")
     r = one(bot, "FP-6.6")
     assert r.status is Status.ERROR and "DNS lookup of no-such-host.invalid failed" in r.outcome.message
+    bot.set_env(UW_BASE_URL="uw.example")  # no scheme: no host to connect to
+    r = one(bot, "FP-6.6")
+    assert r.status is Status.ERROR and "cannot parse a host from the uw base URL" in r.outcome.message
     bot.set_env(UW_BASE_URL=uw.url)
     assert one(bot, "FP-6.6").status is Status.OK
 
