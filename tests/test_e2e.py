@@ -116,6 +116,9 @@ def test_two_bots_one_prometheus_an_alertmanager_pair_heal_only_the_broken_bot_o
                 wait_for(lambda i=i: any(matches(x, fp="FP-1.1", instance=a.instance)
                                          for x in st.alertmanager_alerts(i)), timeout=20,
                          what=f"the FP-1.1 alert in Alertmanager {i}")
+            assert st.sink is not None  # the critical alert also paged (once per group), B's never
+            wait_for(lambda: any(matches(x, alertname="TradingFailurePoint", fp="FP-1.1", instance=a.instance)
+                                 for x in st.sink.alerts("/pager")), timeout=20, what="the page for A's FP-1.1")
             wait_for(lambda: a.readiness() == "READY" and a.heals(), timeout=45, what="A healed and READY")
             time.sleep(3)  # room for a late duplicate delivery from the second peer
         finally:
@@ -125,6 +128,8 @@ def test_two_bots_one_prometheus_an_alertmanager_pair_heal_only_the_broken_bot_o
         assert [(r["fp"], r["outcome"]) for r in attempts_a] == [("FP-1.1", "success")]
         assert [r for r in b.audit() if r.get("event") in ("attempt", "started")] == []
         assert b_seen and set(b_seen) == {"READY"}, b_seen
+        assert not [x for x in st.sink.alerts("/pager") if x["labels"].get("instance") == b.instance]
+        assert any(matches(x, alertname="Watchdog") for x in st.sink.alerts("/heartbeat"))
         assert b.sandbox.daemon_healthy()
 
 
