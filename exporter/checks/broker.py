@@ -367,4 +367,5 @@ def equity_floor(ctx: Context, p: dict[str, Any]) -> Outcome:
                            f"${floor:,.2f}", **details)
     else:
         out = Outcome.ok(f"equity ${equity:,.2f} above the floor ${floor:,.2f}", **details)
-    return out.observe("trading_account_equity_floor_usd", floor)
+    # equity is also FP-4.3's gauge, but FP-4.3 is skipped while the account is blocked
+    return out.observe("trading_account_equity_floor_usd", floor).observe("trading_account_equity_usd", equity)
