@@ -233,6 +233,8 @@ class Stack:
         try:
             body = http_json(url)
         except urllib.error.HTTPError as exc:
+            if exc.code == 503:  # still starting up (replaying its WAL): not an answer yet
+                raise ConnectionError(f"Prometheus is not ready for {expr!r}") from None
             raise AssertionError(f"Prometheus refused {expr!r}: {exc.read().decode(errors='replace')}") from None
         assert body["status"] == "success", body
         return list(body["data"]["result"])
