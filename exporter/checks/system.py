@@ -208,7 +208,8 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
     elif run_age > err_s or run_age > warn_s:
         text = f"no cycle logged for {age_text(run_age)} in session"
         if hb_age is not None and hb_age < run_age - warn_s:
-            text += f" although the {hb_text} (re-stamped by a helper, not the loop)"
+            text += (f" although the heartbeat is only {age_text(max(hb_age, 0))} old (re-stamped by a helper, "
+                     "not the loop)")
         else:
             text += f" ({hb_text})"
         out = Outcome.error(text, **details) if run_age > err_s else Outcome.warn(text, **details)
