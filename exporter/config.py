@@ -73,13 +73,14 @@ DEFAULTS: dict[str, Any] = {
     },
     #: Built-in healers. A user entry for a point replaces the built-in entry for that point
     #: (``FP-1.1: {enabled: false}`` switches one off). Only the UW daemon's own unit is restarted
-    #: by default (daemon down, cache missing, cache stale: all the daemon's job; the healer's
-    #: cooldown also holds per action, so the three together restart it once): restarting
-    #: stock-bot.service restarts the whole tree, so FP-6.1 stays opt-in.
+    #: by default (daemon down, cache stale; the healer's cooldown also holds per action, so the
+    #: two together restart it once): restarting stock-bot.service restarts the whole tree, so
+    #: FP-6.1 stays opt-in. FP-1.2 (cache missing) is opt-in too: a missing or torn cache is as
+    #: often a disk or path problem as a stuck daemon, and configs written before it would
+    #: silently inherit a restart of the host's real unit.
     #: FP-2.1's initialiser is bot-specific, so it ships disabled with the argv to confirm.
     "healers": {
         "FP-1.1": {"systemd_restart": "uw-flow-daemon.service"},
-        "FP-1.2": {"systemd_restart": "uw-flow-daemon.service"},
         "FP-1.3": {"systemd_restart": "uw-flow-daemon.service"},
         "FP-2.1": {"run": ["venv/bin/python", "-m", "adaptive_signal_optimizer", "--init-weights"],
                    "enabled": False},
