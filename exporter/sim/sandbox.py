@@ -472,7 +472,14 @@ CLIENT_COMMANDS = ("fault", "clear", "faults", "restart-daemon", "restart-bot", 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="trading-readiness sandbox", description="a simulated stock-bot on loopback")
+    p = _Parser(prog="trading-readiness sandbox", description="a simulated stock-bot on loopback",
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="while it runs (from another shell, same --dir):\n"
+                       "  sandbox faults                  list the faults (* = active)\n"
+                       "  sandbox fault NAME | clear NAME inject or clear one\n"
+                       "  sandbox restart-daemon          the healer action for FP-1.1/FP-1.3 (idempotent)\n"
+                       "  sandbox restart-bot             the healer action for FP-6.1 (idempotent)\n"
+                       "  sandbox status                  ports, pids and active faults as JSON")
     p.add_argument("--dir", help="the sandbox bot root (default: --bot-root, else ./sandbox-bot)")
     p.add_argument("--alpaca-port", type=int, default=0, help="FakeAlpaca port (default: a free one)")
     p.add_argument("--uw-port", type=int, default=0, help="FakeUW port (default: a free one)")
