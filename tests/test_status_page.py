@@ -18,8 +18,10 @@ import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -31,6 +33,8 @@ from .test_exporter import SECRETS, Exporter, fast_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
+#: the browser's time zone, different from the host's UTC, so the page must convert
+VIEWER_TZ = "America/New_York"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make system-deps)")
 
@@ -52,7 +56,8 @@ class Chromium:
              "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
              f"--user-data-dir={self.profile}", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              "--window-size=1280,1600", url],
-            stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True,
+            env={**os.environ, "TZ": VIEWER_TZ, "LANG": "en_US.UTF-8"})
         self._ids = itertools.count(1)
         self.ws: Any = None
         self._stack = contextlib.ExitStack()
@@ -158,6 +163,12 @@ def test_status_page_renders_and_follows_the_bot_without_a_reload(
         assert (name, category, status) == (api["name"], api["category"], api["status"])
         assert last_check and last_check != "never" and "T" not in last_check  # localised, not raw ISO
     assert "FP-3.1" not in state["why"]
+    # last check in the viewer's zone: FP-1.5 runs every 900 s, so its time is stable here
+    ts = before["failure_points"]["FP-1.5"]["last_check"]
+    local = datetime.fromtimestamp(int(ts), ZoneInfo(VIEWER_TZ))
+    expected = f"{local.month}/{local.day}/{local.year}, {local:%I:%M:%S %p}".replace(", 0", ", ")
+    shown = next(r for r in state["rows"] if r[0] == "FP-1.5")[4]
+    assert " ".join(shown.replace("\u202f", " ").split()) == expected, (shown, expected)
 
     # same page session from here on: a reload or navigation would drop this marker
     browser.js("window.__sameSession = true")
