@@ -158,3 +158,22 @@ def test_equity_floor(bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:
     assert r.status is Status.ERROR  # the operator's own floor
     alpaca.account = healthy
     assert one(bot, "FP-4.10").status is Status.OK
+
+
+def test_a_transient_broker_fault_is_fp41s_alert_not_each_points(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    ids = ["FP-4.1", "FP-4.2", "FP-4.3", "FP-4.4", "FP-4.5", "FP-4.6", "FP-4.10"]
+    alpaca.set_mode("429", paths=["/v2/orders", "/v2/positions", "/v2/account"])
+    r = evaluate(bot.path, only=ids).results
+    assert r["FP-4.2"].status is Status.SKIPPED and "reported by FP-4.1" in r["FP-4.2"].outcome.message
+    for fp in ("FP-4.3", "FP-4.4", "FP-4.5", "FP-4.6", "FP-4.10"):
+        assert r[fp].status is Status.SKIPPED and r[fp].outcome.skipped_by == "FP-4.1", fp
+    # run without FP-4.2 the points meet the 429 themselves, and still leave it to FP-4.1
+    r = evaluate(bot.path, only=["FP-4.1", "FP-4.4", "FP-4.5", "FP-4.10"]).results
+    for fp in ("FP-4.4", "FP-4.5", "FP-4.10"):
+        assert r[fp].status is Status.SKIPPED and "reported by FP-4.1" in r[fp].outcome.message, fp
+    assert evaluate(bot.path, only=ids).readiness.name == "READY"  # a 429 is a warning at most
+    alpaca.set_mode("nonjson", paths=["/v2/orders"])  # broken for this endpoint only: this point's error
+    r = evaluate(bot.path, only=["FP-4.1", "FP-4.2", "FP-4.4"]).results
+    assert r["FP-4.4"].status is Status.ERROR and "not JSON" in r["FP-4.4"].outcome.message
+    alpaca.set_mode("ok")
+    assert evaluate(bot.path, only=ids).readiness.name == "READY"

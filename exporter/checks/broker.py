@@ -21,6 +21,22 @@ def account(ctx: Context) -> dict[str, Any]:
     return data
 
 
+#: broker failures that are FP-4.1's (reachability, 5xx, 429) or FP-4.2's (credentials) to report
+OTHERS_FAULT = {"timeout": "FP-4.1", "connection": "FP-4.1", "server": "FP-4.1", "rate_limit": "FP-4.1",
+                "auth": "FP-4.2", "forbidden": "FP-4.2"}
+
+
+def broker_failed(exc: BrokerError, doing: str) -> Outcome:
+    """A failed request: SKIPPED when the cause is another point's (one cause, one alert, and no
+    ERROR lingering for this point's whole interval after a transient outage), else ERROR."""
+    owner = OTHERS_FAULT.get(exc.kind)
+    if owner is not None:
+        out = Outcome.skipped(f"cannot {doing}: {exc} (reported by {owner})", depends_on=owner)
+        out.skipped_by = owner
+        return out
+    return Outcome.error(f"cannot {doing}: {exc}", problem=exc.kind)
+
+
 @check("FP-4.1")
 def alpaca_reachable(ctx: Context, p: dict[str, Any]) -> Outcome:
     if not ctx.broker.configured:
@@ -61,7 +77,9 @@ def alpaca_auth(ctx: Context, p: dict[str, Any]) -> Outcome:
         if exc.kind in ("auth", "forbidden"):
             return Outcome.error(f"{exc} using {key_var} from {details['key_source']}", http_status=exc.status,
                                  code=exc.code, **details)
-        return Outcome.error(f"cannot verify credentials: {exc}", problem=exc.kind, **details)
+        out = broker_failed(exc, "verify the credentials")
+        out.details.update(details)
+        return out
     return Outcome.ok(f"Alpaca accepted the credentials ({key_var})", **details)
 
 
@@ -72,7 +90,7 @@ def buying_power(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         acct = account(ctx)
     except BrokerError as exc:
-        return Outcome.error(f"cannot read the account: {exc}")
+        return broker_failed(exc, "read the account")
     bp, equity = number(acct.get("buying_power")), number(acct.get("equity"))
     details = {"buying_power": bp, "equity": equity, "min_buying_power": p["min_buying_power"]}
     out: Outcome
@@ -106,7 +124,7 @@ def order_rejections(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         closed = _orders(ctx, "closed", int(p["recent_orders"]))
     except BrokerError as exc:
-        return Outcome.error(f"cannot list recent orders: {exc}")
+        return broker_failed(exc, "list recent orders")
     since = ctx.now() - float(p["window_seconds"])
     recent = [o for o in closed
               if (t := _when(o, "submitted_at", "created_at")) is not None and t.timestamp() >= since]
@@ -166,7 +184,7 @@ def position_reconciliation(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         raw = ctx.broker_get("/positions")
     except BrokerError as exc:
-        return Outcome.error(f"cannot list positions: {exc}")
+        return broker_failed(exc, "list positions")
     if not isinstance(raw, list):
         return Outcome.error("Alpaca /v2/positions did not return a list")
     problems: list[str] = []
@@ -225,7 +243,7 @@ def account_status(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         acct = account(ctx)
     except BrokerError as exc:
-        return Outcome.error(f"cannot read the account: {exc}")
+        return broker_failed(exc, "read the account")
     status = str(acct.get("status", "")).upper()
     flags = [f for f in ("trading_blocked", "account_blocked", "trade_suspended_by_user") if acct.get(f) is True]
     details = {"status": status, "blocked_flags": flags, "transfers_blocked": acct.get("transfers_blocked") is True}
@@ -247,7 +265,7 @@ def stuck_orders(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         open_orders = _orders(ctx, "open", 500)
     except BrokerError as exc:
-        return Outcome.error(f"cannot list open orders: {exc}")
+        return broker_failed(exc, "list open orders")
     waiting = [o for o in open_orders if str(o.get("status", "")).lower() in STUCK_STATUSES]
     details: dict[str, Any] = {"open_orders": len(open_orders), "unworked": len(waiting), "market": session.phase}
     if not session.is_open:
@@ -331,7 +349,7 @@ def clock_skew(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         offset, err = broker_offset(ctx)
     except BrokerError as exc:
-        return Outcome.error(f"cannot read the broker clock: {exc}")
+        return broker_failed(exc, "read the broker clock")
     details = {"offset_seconds": round(offset, 3), "uncertainty_seconds": round(err, 3)}
     skew = abs(offset) - err  # the part of the difference the round trip cannot explain
     direction = "ahead of" if offset < 0 else "behind"
@@ -352,7 +370,7 @@ def equity_floor(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         acct = account(ctx)
     except BrokerError as exc:
-        return Outcome.error(f"cannot read the account: {exc}")
+        return broker_failed(exc, "read the account")
     equity = number(acct.get("equity"))
     floor = float(p["min_equity"])
     warn_at = floor * (1 + float(p["warn_margin_fraction"]))

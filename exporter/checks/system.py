@@ -485,18 +485,21 @@ def clock_sync(ctx: Context, p: dict[str, Any]) -> Outcome:
     details["method"] = "broker clock"
     prefix = ("the kernel reports no synchronisation (adjtimex STA_UNSYNC)" if kernel is not None
               else "no host synchronisation status available")
+    # without the reference this point cannot judge; the broker's outage is FP-4.1's/FP-4.2's alert
     if not ctx.broker.configured:
-        return Outcome.warn(f"{prefix}, and without Alpaca credentials no reference clock to confirm it",
-                            **details).observe("trading_clock_synchronised", 0)
+        out = Outcome.skipped(f"{prefix}; no reference clock without Alpaca credentials (see FP-4.2)", **details)
+        out.skipped_by = "FP-4.2"
+        return out
     try:
         offset, err = broker_offset(ctx)
     except BrokerError as exc:
-        return Outcome.warn(f"{prefix}, and the broker clock is unavailable to confirm it ({exc})",
-                            **details).observe("trading_clock_synchronised", 0)
+        out = Outcome.skipped(f"{prefix}; the broker clock is unavailable as a reference ({exc})", **details)
+        out.skipped_by = "FP-4.2" if exc.kind in ("auth", "forbidden") else "FP-4.1"
+        return out
     skew = max(0.0, abs(offset) - err)
     details.update(broker_offset_seconds=round(offset, 3), uncertainty_seconds=round(err, 3))
     if skew > float(p["max_offset_seconds"]):
         return Outcome.warn(f"{prefix} and the clock is {abs(offset):.1f} s off the broker's (see FP-4.9)",
                             **details).observe("trading_clock_synchronised", 0)
     return Outcome.ok(f"{prefix}, but the clock agrees with the broker's within {skew + err:.2f} s "
-                      "(checked every cycle)", **details).observe("trading_clock_synchronised", 1)
+                      "(checked on every run)", **details).observe("trading_clock_synchronised", 1)
