@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.checks.system import SCAN_TTL_SECONDS
 from exporter.config import load as load_config
 from exporter.context import Context
 from exporter.engine import Engine
@@ -67,6 +68,7 @@ def _restart_bot(running: Procs) -> None:
     new = running.bot()
     running.procs[1] = new
     running.procs.append(old)  # still reaped at teardown
+    time.sleep(SCAN_TTL_SECONDS)  # the checks of one cycle share a process scan this long
 
 
 def test_crash_loop_seen_across_cycles(bot: BotRoot, running: Procs) -> None:
@@ -88,6 +90,7 @@ def test_crash_loop_seen_across_cycles(bot: BotRoot, running: Procs) -> None:
     assert r.status is Status.ERROR and "crash loop: 3 restarts in the last 10 min" in r.outcome.message
     # a duplicate beside the live bot is not a restart
     running.bot()
+    time.sleep(SCAN_TTL_SECONDS)
     assert status().outcome.details["restarts_at"] == r.outcome.details["restarts_at"]
     # ten minutes on, the bot stayed up: recovered
     shift[0] = 601.0

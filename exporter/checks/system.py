@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import shutil
 import socket
 import subprocess
 import threading
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psutil
@@ -21,21 +24,51 @@ from ..model import Outcome, iso_utc
 from ..readers import FileProblem, read_json
 from .broker import broker_offset
 from .common import age_text, number
-from .data import process_report
+
+T = TypeVar("T")
+
+
+#: one scan of the process table (or one systemctl call) serves FP-6.1, FP-6.2 and FP-6.5 of a cycle
+SCAN_TTL_SECONDS = 0.2
+
+
+def _memo(ctx: Context, key: str, fn: Callable[[], T]) -> T:
+    """``fn()`` shared for SCAN_TTL_SECONDS of real time by the checks of one cycle.
+
+    Real (monotonic) time on purpose: process start times are real, and a test's frozen check
+    clock must not freeze the process table.
+    """
+    slot = ctx.state_for("memo:" + key)
+    lock = slot.setdefault("lock", threading.Lock())
+    with lock:
+        if time.monotonic() - slot.get("at", float("-inf")) >= SCAN_TTL_SECONDS:
+            slot["value"], slot["at"] = fn(), time.monotonic()
+        return slot["value"]  # type: ignore[no-any-return]
+
+
+def bot_processes(ctx: Context) -> list[procs.Match]:
+    """main.py processes of this bot root (cwd and argv, never a look-alike)."""
+    script = ctx.config["processes"]["bot"]["script"]
+    return _memo(ctx, "bot-processes", lambda: procs.find_script_processes(ctx.root, script))
+
+
+def bot_unit(ctx: Context) -> procs.UnitState | None:
+    unit = ctx.config["processes"]["bot"].get("systemd_unit")
+    return _memo(ctx, "bot-unit", lambda: procs.unit_state(unit)) if unit else None
 
 
 @check("FP-6.1")
 def bot_running(ctx: Context, p: dict[str, Any]) -> Outcome:
     spec = ctx.config["processes"]["bot"]
-    r = process_report(ctx, "bot")
-    details: dict[str, Any] = {"pids": r.pids}
+    matches, unit = bot_processes(ctx), bot_unit(ctx)
+    details: dict[str, Any] = {"pids": []}
     unit_note = ""
-    if r.unit is not None and r.unit.exists:
-        details["systemd"] = {"unit": r.unit.name, "active_state": r.unit.active_state, "main_pid": r.unit.main_pid}
-        unit_note = f"; {r.unit.name} is {r.unit.active_state}"
+    if unit is not None and unit.exists:
+        details["systemd"] = {"unit": unit.name, "active_state": unit.active_state, "main_pid": unit.main_pid}
+        unit_note = f"; {unit.name} is {unit.active_state}"
     # the unit's MainPID is the supervisor, not main.py: only a main.py process counts
-    if r.matches:
-        pids = [m.pid for m in r.matches]
+    if matches:
+        pids = [m.pid for m in matches]
         details["pids"] = pids
         return Outcome.ok(f"{spec['script']} running (pid {pids[0]}){unit_note}", **details).observe(
             "trading_bot_up", 1)
@@ -78,7 +111,7 @@ def crash_loop(ctx: Context, p: dict[str, Any]) -> Outcome:
 
     # 1. main.py processes seen across cycles: a new process replacing one that vanished is a
     #    restart; a second one beside a live one is a duplicate (FP-6.1 lists it), not a restart
-    matches = procs.find_script_processes(ctx.root, spec["script"])
+    matches = bot_processes(ctx)
     current = {(m.pid, round(m.create_time, 2)) for m in matches}
     previous: set[tuple[int, float]] = state.get("live", set())
     restart_times: list[float] = state.setdefault("restart_times", [])
@@ -98,7 +131,7 @@ def crash_loop(ctx: Context, p: dict[str, Any]) -> Outcome:
     details["restarts_at"] = [iso_utc(t) for t in restart_times]
 
     # 2. systemd: restart counter and crash-loop states, where systemd runs
-    unit = procs.unit_state(spec["systemd_unit"]) if spec.get("systemd_unit") else None
+    unit = bot_unit(ctx)
     unit_restarts = 0
     if unit is None or not unit.exists:
         details["systemd"] = "not available here" if unit is None else f"{spec['systemd_unit']} not loaded"
@@ -262,7 +295,7 @@ def memory(ctx: Context, p: dict[str, Any]) -> Outcome:
     texts = [f"{vm.available / GIB:.1f} GiB available ({pct:.1f}%)"]
     rss: int | None = None
     spec = ctx.config["processes"]["bot"]
-    for m in procs.find_script_processes(ctx.root, spec["script"]):
+    for m in bot_processes(ctx):
         try:
             rss = (rss or 0) + psutil.Process(m.pid).memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -426,13 +459,21 @@ STA_UNSYNC = 0x0040
 TIME_ERROR = 5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
+    try:
+        return ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+
+
 def kernel_sync() -> tuple[bool, float] | None:
     """(synchronised, max error in seconds) from adjtimex(2) in read-only mode, or None."""
-    name = ctypes.util.find_library("c")
-    if not name:
+    libc = _libc()
+    if libc is None:
         return None
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
