@@ -243,3 +243,26 @@ def test_clock_sync_auto_names_its_source(bot: BotRoot) -> None:
     if r.outcome.details["method"] == "broker clock":
         # the host does not report synchronisation: the message must say what the OK rests on
         assert "broker" in r.outcome.message and "kernel_synchronised" in r.outcome.details
+
+
+@pytest.mark.parametrize("when, reason", [
+    (datetime(2026, 11, 24, 13, 45, tzinfo=UTC), "before the open"),  # pre-market, Tuesday 08:45 ET
+    (datetime(2026, 11, 24, 23, 0, tzinfo=UTC), "after the close"),  # Tuesday 18:00 ET
+    (SUNDAY, "weekend"),  # Sunday 02:00 ET
+    (datetime(2026, 11, 26, 16, 0, tzinfo=UTC), "holiday"),  # Thanksgiving 11:00 ET
+    (datetime(2026, 11, 27, 19, 0, tzinfo=UTC), "after the close"),  # half day: closed 13:00 ET, now 14:00 ET
+])
+def test_silence_outside_the_session_is_never_judged(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, when: datetime,
+                                                     reason: str) -> None:
+    from exporter.sim.alpaca import make_order
+
+    # last cycle 5000 s ago and an order unworked for hours: an error in session
+    root = BotRoot(tmp_path / "bot", now=when.timestamp() - 5000).healthy(alpaca.url, uw.url)
+    alpaca.orders = [make_order("TSLA", 1, status="accepted", submitted_at=when.replace(hour=1))]
+    rep = evaluate(root.path, only=["FP-4.1", "FP-4.2", "FP-4.7", "FP-6.3"], clock=market_at(alpaca, when))
+    for fp in ("FP-4.7", "FP-6.3"):
+        assert rep.results[fp].status is Status.SKIPPED, (fp, reason, rep.results[fp].outcome.message)
+        assert f"market closed ({reason})" in rep.results[fp].outcome.message
+    assert rep.results["FP-6.3"].outcome.details["last_cycle_age_seconds"] == 5000
+    assert rep.results["FP-4.7"].outcome.details["unworked"] == 1
+    assert rep.readiness.name == "READY"
