@@ -31,11 +31,12 @@ system-deps:
 	fi
 
 test: system-deps $(STAMP)
+	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter healers grafana tests bench
-	$(VENV)/bin/mypy exporter healers
+	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
+	$(VENV)/bin/mypy exporter healers grafana
 
 # Regenerates every committed artefact from the catalog; tests fail when these drift.
 generate: $(STAMP)

@@ -101,7 +101,9 @@ NULLABLE: dict[str, type | tuple[type, ...]] = {
     "probe.score": (int, float),
 }
 
-CHECK_KEYS: dict[str, type | tuple[type, ...]] = {"enabled": bool, "interval_seconds": (int, float), "timeout_seconds": (int, float), "params": dict}
+CHECK_KEYS: dict[str, type | tuple[type, ...]] = {
+    "enabled": bool, "interval_seconds": (int, float), "timeout_seconds": (int, float), "params": dict,
+}
 HEALER_KEYS: dict[str, type | tuple[type, ...]] = {
     "run": list,
     "systemd_restart": str,
@@ -278,9 +280,10 @@ def _validate_healers(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, 
         has_run, has_unit = "run" in spec, "systemd_restart" in spec
         for key in ("timeout_seconds", "cooldown_seconds", "window_seconds", "verify_timeout_seconds"):
             value = spec.get(key)
-            if _is(value, (int, float)) and value <= 0:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
                 problems.append(f"key '{where}.{key}' in {src} must be positive")
-        if _is(spec.get("max_attempts"), int) and spec["max_attempts"] < 1:
+        attempts = spec.get("max_attempts")
+        if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts < 1:
             problems.append(f"key '{where}.max_attempts' in {src} must be 1 or more")
         if not has_run and not has_unit and spec.get("enabled") is False:
             pass  # switching a built-in healer off needs no action

@@ -407,7 +407,7 @@ class StockBotAdapter:
             window = max(float(ctx.config["market"]["premarket_seconds"]),
                          float(ctx.config["exporter"]["premarket_verify_offset_seconds"]))
             until_open = (session.next_open - session.now).total_seconds() if session.next_open else None
-            if until_open is not None and 0 < until_open <= window:
+            if session.next_open is not None and until_open is not None and 0 < until_open <= window:
                 details["at_open"] = True
                 return StageResult.passed(
                     "execution", f"order validated for the open, not submitted: buy ${signal.notional:.2f} "

@@ -52,8 +52,8 @@ def ticker_entry(symbol: str, now: float, rng: random.Random, trades: int = 4) -
             "created_at": iso(now - 60 * i), "has_sweep": True, "volume": rng.randint(100, 5000),
             "open_interest": rng.randint(100, 20000), "underlying_price": str(rng.randint(50, 900)),
         })
-    calls = sum(int(t["total_premium"]) for t in flow if t["type"] == "call")
-    puts = sum(int(t["total_premium"]) for t in flow if t["type"] == "put")
+    calls = sum(int(str(t["total_premium"])) for t in flow if t["type"] == "call")
+    puts = sum(int(str(t["total_premium"])) for t in flow if t["type"] == "put")
     return {
         "flow_trades": flow, "sentiment": "BULLISH" if calls >= puts else "BEARISH",
         "conviction": round(rng.random(), 3), "total_premium": calls + puts, "call_premium": calls,
@@ -84,7 +84,8 @@ class BotRoot:
 
     # --- the healthy layout ------------------------------------------------------------------
     def healthy(self, alpaca_url: str | None = None, uw_url: str | None = None,
-                key: str = "PKTEST", secret: str = "SECRETTEST", uw_token: str = "uw-test-token",
+                key: str = "PKTEST", secret: str = "SECRETTEST",  # noqa: S107 (sandbox credentials)
+                uw_token: str = "uw-test-token",  # noqa: S107
                 tickers: tuple[str, ...] = TICKERS) -> BotRoot:
         env = {"ALPACA_KEY": key, "ALPACA_SECRET": secret, "UW_API_KEY": uw_token, "TRADING_MODE": "PAPER",
                "MAX_CONCURRENT_POSITIONS": "16", "MAX_NEW_POSITIONS_PER_CYCLE": "6", "MIN_EXEC_SCORE": "2.0",
