@@ -32,7 +32,7 @@ system-deps:
 
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
