@@ -69,7 +69,6 @@ DEFAULTS: dict[str, Any] = {
         "audit_file": "logs/trading_readiness_heals.jsonl",
         "verify_timeout_seconds": 120.0,
         "verify_interval_seconds": 5.0,
-        "exporter_url": "http://127.0.0.1:9870",
     },
     #: Built-in healers. A user entry for a point replaces the built-in entry for that point
     #: (``FP-1.1: {enabled: false}`` switches one off). Only the UW daemon's own unit is restarted

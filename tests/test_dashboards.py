@@ -199,7 +199,7 @@ class Stack:
             # "unverified"; with max_attempts 1 the healer then gives up.
             "healers": {"FP-1.1": {"run": ["/bin/true"], "max_attempts": 1, "verify_timeout_seconds": 1,
                                    "cooldown_seconds": 600}},
-            "healer": {"exporter_url": f"http://127.0.0.1:{self.exporter}", "verify_interval_seconds": 0.2},
+            "healer": {"verify_interval_seconds": 0.2},
         }))
         base = [sys.executable, "-m", "exporter", "--config", str(config), "--bot-root", str(bot_root)]
         self.logs = {name: open(  # noqa: SIM115 (closed in close(), the processes outlive __init__)
