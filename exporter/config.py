@@ -69,6 +69,9 @@ DEFAULTS: dict[str, Any] = {
         "audit_file": "logs/trading_readiness_heals.jsonl",
         "verify_timeout_seconds": 120.0,
         "verify_interval_seconds": 5.0,
+        #: labels an alert must carry for this healer to act on it, e.g. {instance: "bot-a:9870"}
+        #: when one Alertmanager serves several bots; an alert of another bot is skipped
+        "match_labels": {},
     },
     #: Built-in healers. A user entry for a point replaces the built-in entry for that point
     #: (``FP-1.1: {enabled: false}`` switches one off). Only the UW daemon's own unit is restarted
@@ -195,7 +198,7 @@ def _merge(defaults: dict[str, Any], user: Any, prefix: str, src: str, problems:
         default = defaults[key]
         wildcard = ".".join(["*" if i == 1 and dotted.startswith("processes.") else part
                              for i, part in enumerate(dotted.split("."))])
-        if isinstance(default, dict) and dotted not in ("exporter.basic_auth_users",):
+        if isinstance(default, dict) and dotted not in ("exporter.basic_auth_users", "healer.match_labels"):
             out[key] = _merge(default, value, dotted + ".", src, problems)
             continue
         if value is None:
@@ -306,6 +309,12 @@ def _semantic(data: dict[str, Any], src: str, problems: list[str]) -> None:
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             problems.append(f"key '{key}' in {src} must be HOST:PORT, got {value!r}")
     healer = data["healer"]
+    labels = healer["match_labels"]
+    if isinstance(labels, dict):
+        for name, value in labels.items():
+            if not isinstance(name, str) or not name.isidentifier() or not isinstance(value, str):
+                problems.append(f"key 'healer.match_labels' in {src} must map label names to strings, "
+                                f"got {name!r}: {value!r}")
     if isinstance(healer["max_concurrent"], int) and healer["max_concurrent"] < 1:
         problems.append(f"key 'healer.max_concurrent' in {src} must be 1 or more")
     for key in ("verify_timeout_seconds", "verify_interval_seconds"):

@@ -21,7 +21,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_WINDOW = 3600.0
 
 #: reasons for trading_healer_skipped_total
-REASONS = ("duplicate", "cooldown", "gave_up", "no_healer", "unknown_fp", "dry_run", "resolved", "disabled", "busy")
+REASONS = ("duplicate", "cooldown", "gave_up", "no_healer", "unknown_fp", "dry_run", "resolved", "disabled", "busy",
+           "other_bot")
 #: outcomes for trading_healer_attempts_total
 OUTCOMES = ("success", "failed", "timeout", "unverified", "dry_run")
 

@@ -56,6 +56,8 @@ class Alert:
     fp: str | None
     fingerprint: str
     starts_at: str
+    #: the alert's labels, only ever compared with healer.match_labels (never used as data)
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def _str_map(value: Any, where: str) -> dict[str, str]:
@@ -119,7 +121,8 @@ def parse_payload(body: bytes) -> list[Alert]:
             if key in a and not isinstance(a[key], str):
                 raise BadRequest(f"{where}.{key} must be a string")
         fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
-        out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", ""))))
+        out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", "")),
+                         tuple(sorted(labels.items()))))
     return out
 
 
@@ -252,7 +255,7 @@ class Healer:
 
     def _skip(self, fp: str | None, reason: str, alert: Alert) -> str:
         self.skipped.labels(self._label(fp), reason).inc()
-        if reason not in ("duplicate", "unknown_fp", "no_healer", "dry_run"):
+        if reason not in ("duplicate", "unknown_fp", "no_healer", "dry_run", "other_bot"):
             self.log(f"heal {fp}: skipped ({reason}), alert {alert.fingerprint[:32]!r} "
                      f"started {alert.starts_at[:40]!r}")
         return reason
@@ -260,6 +263,12 @@ class Healer:
     def dispatch(self, alert: Alert) -> str:
         """Decide one alert: 'accepted' (queued) or the skip reason. Exact-match lookup only."""
         fp = alert.fp
+        match: dict[str, str] = self.config["healer"]["match_labels"] or {}
+        if match:
+            labels = dict(alert.labels)
+            if any(labels.get(name) != value for name, value in match.items()):
+                # another bot's alert (one Alertmanager, several bots): neither heal nor reset
+                return self._skip(fp, "other_bot", alert)
         if fp is None or fp not in self.config.catalog.points:
             return self._skip(fp, "unknown_fp" if fp is not None else "no_healer", alert)
         spec = self.specs.get(fp)

@@ -8,8 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import requests
 
+from exporter.config import ConfigError
 from exporter.config import load as load_config
 from healers.audit import heal_status
 
@@ -274,3 +276,29 @@ def test_one_action_shared_by_several_points_runs_once_per_cooldown(tmp_path: Pa
     with receiver(hb, cfg) as r:  # restored from the audit after a restart
         assert r.post(payload(alert("FP-1.3"))).json()["decisions"] == ["cooldown"]
     assert hb.run_count() == 1
+
+
+def test_match_labels_keeps_a_healer_to_its_own_bot(tmp_path: Path) -> None:
+    """One Alertmanager, several bots: an alert of another bot neither heals nor resets this one."""
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "verify_timeout_seconds": 0.4, "max_attempts": 1}},
+                    match_labels={"instance": "bot-a:9870"})
+    with receiver(hb, cfg) as r:
+        assert r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="other_bot") == 0.0
+        other = [alert("FP-1.1", instance="bot-b:9870", fingerprint="b" * 16), alert("FP-1.1", fingerprint="c" * 16)]
+        assert r.post(payload(*other)).json()["decisions"] == ["other_bot", "other_bot"]
+        assert r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="other_bot") == 2.0
+        assert r.post(payload(alert("FP-1.1", instance="bot-a:9870"))).json()["decisions"] == ["accepted"]
+        wait_for(lambda: r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0, what="give-up after one attempt")
+        # bot B's resolution must not reset bot A's attempt budget
+        resolved = alert("FP-1.1", status="resolved", instance="bot-b:9870", fingerprint="b" * 16)
+        assert r.post(payload(resolved)).json()["decisions"] == ["other_bot"]
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0
+    assert hb.run_count() == 1
+
+
+def test_match_labels_must_map_names_to_strings(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({}, match_labels={"instance": 9870})
+    with pytest.raises(ConfigError, match=r"key 'healer.match_labels' in .* must map label names to strings"):
+        load_config(cfg, hb.root)
