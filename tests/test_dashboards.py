@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from grafana.dashboards import (
 )
 
 from .conftest import REPO, Procs, clean_env, wait_for
+from .prom import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
@@ -172,12 +172,6 @@ def substitute(expr: str) -> str:
         expr = expr.replace(var, value)
     assert "$" not in expr.replace('"fp-$1$2"', ""), f"unsubstituted variable in {expr}"
     return expr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> Any:

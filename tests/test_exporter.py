@@ -34,14 +34,9 @@ from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 
 from .conftest import REPO, Procs, clean_env, run_cli, wait_for
+from .prom import free_port
 
 SECRETS = ("PKTEST", "SECRETTEST", "uw-test-token")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Exporter:

@@ -6,14 +6,8 @@ enabled failure point's status series is in Prometheus's TSDB and queryable over
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,60 +15,10 @@ from exporter.config import load as load_config
 from exporter.sim.botroot import BotRoot
 
 from .conftest import wait_for
-from .test_exporter import Exporter, fast_config, free_port
-
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+from .prom import PROMETHEUS, Prometheus
+from .test_exporter import Exporter, fast_config
 
 pytestmark = pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian prometheus not installed (make system-deps)")
-
-
-class Prometheus:
-    """A Prometheus server in a temp dir, scraping one target every second."""
-
-    def __init__(self, tmp: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(
-            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "  - job_name: trading-readiness\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n")
-        self.log = tmp / "prometheus.log"
-        self._err = open(self.log, "wb")  # noqa: SIM115 (lives as long as the process; closed in stop())
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"],
-            stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback http built above)
-            body = json.loads(r.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        return self.api("/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:  # noqa: S310
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._err.close()
 
 
 @pytest.fixture

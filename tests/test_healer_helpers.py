@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -24,14 +23,10 @@ from exporter.config import load as load_config
 from exporter.sim.botroot import BotRoot
 from healers.receiver import Healer, HealerServer
 
+from .prom import free_port as free_port  # re-exported for the healer tests
+
 TOKEN = "s3cret-token-for-tests"  # noqa: S105
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def script(path: Path, body: str) -> Path:

@@ -8,12 +8,9 @@ real exporter pages TradingBlocked when a critical point breaks and resolves it 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +23,13 @@ from exporter.catalog import load
 from exporter.sim.botroot import BotRoot
 
 from .conftest import Procs, wait_for
-from .test_exporter import Exporter, fast_config, free_port
+from .prom import PROMETHEUS, Prometheus
+from .test_exporter import Exporter, fast_config
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / rulegen.RULES_PATH
 UNIT_TESTS = sorted((REPO / "rules" / "tests").glob("*.test.yml"))
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 pytestmark = pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool not installed (make system-deps)")
 
@@ -193,59 +190,6 @@ def test_config_refuses_what_would_flap(overrides: dict[str, Any], message: str)
 
 
 # --- a real Prometheus ----------------------------------------------------------------------------
-class Prometheus:
-    """Prometheus in a temp dir: 1 s scrape and rule evaluation, the given rule files."""
-
-    def __init__(self, tmp: Path, target: str, rule_files: list[Path]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": "trading-readiness", "static_configs": [{"targets": [target]}]}],
-        }))
-        self.log = tmp / "prometheus.log"
-        self._err = open(self.log, "wb")  # noqa: SIM115 (lives as long as the process; closed in stop())
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback http built above)
-            body = json.loads(r.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        return self.api("/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
-
-    def alerts(self, name: str, state: str = "firing") -> list[dict[str, str]]:
-        return [a["labels"] for a in self.api("/api/v1/alerts")["alerts"]
-                if a["labels"]["alertname"] == name and a["state"] == state]
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"prometheus exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:  # noqa: S310
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._err.close()
-
-
 @pytest.fixture
 def stack(bot: BotRoot, running: Procs, tmp_path: Path) -> Iterator[tuple[Exporter, Prometheus]]:
     if not Path(PROMETHEUS).exists():
