@@ -34,7 +34,7 @@ from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 
 from .conftest import REPO, Procs, clean_env, run_cli, wait_for
-from .prom import free_port
+from .prom import free_port, stop_process
 
 SECRETS = ("PKTEST", "SECRETTEST", "uw-test-token")
 
@@ -94,13 +94,7 @@ class Exporter:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
         self._err.close()
 
 

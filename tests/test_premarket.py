@@ -29,6 +29,7 @@ from exporter.sim.botroot import BotRoot
 from exporter.verify import HISTORY, LATEST
 
 from .conftest import REPO, clean_env, wait_for
+from .prom import stop_process
 
 OFFSET = 1800.0  # the default exporter.premarket_verify_offset_seconds
 
@@ -197,13 +198,7 @@ class Serve:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
         self._log.close()
 
 
