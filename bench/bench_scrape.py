@@ -198,7 +198,7 @@ def main() -> str:
             alpaca.set_mode("ok")
 
             def best(runs: list[Run]) -> Run:
-                # the run with the lower p50: the other engineers' load on this machine is noise
+                # the run with the lower p50: other load on this machine is noise
                 return min(runs, key=lambda r: r[0])
 
             m_h, e_h, e_x, m_x = best(healthy_min), best(healthy_exp), best(hung_exp), best(hung_min)
