@@ -356,6 +356,8 @@ def load(config_file: str | None = None, bot_root: str | None = None) -> Config:
             raise ConfigError([f"config file {path} does not exist"]) from None
         except OSError as exc:
             raise ConfigError([f"config file {path} cannot be read: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"config file {path} is not valid UTF-8 (byte {exc.start})"]) from None
         try:
             user = yaml.safe_load(text)
         except yaml.YAMLError as exc:
