@@ -186,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNKNOWN
     except BrokenPipeError:
         return EXIT_UNKNOWN
+    except Exception as exc:  # Python's own traceback and exit 1 would read as DEGRADED to a caller
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_UNKNOWN
 
 
 if __name__ == "__main__":

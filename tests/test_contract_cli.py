@@ -23,3 +23,9 @@ def test_config_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:
         err = _one_line_exit_3(run_cli("--config", str(cfg), "--bot-root", str(tmp_path), command))
         assert err.startswith("config error:") and str(cfg) in err and "UTF-8" in err, err
 
+
+def test_sandbox_dir_that_is_a_file_is_one_line_exit_3(tmp_path: Path) -> None:
+    f = tmp_path / "not-a-dir"
+    f.write_text("x")
+    err = _one_line_exit_3(run_cli("sandbox", "--dir", str(f), timeout=30))
+    assert str(f) in err, err
