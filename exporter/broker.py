@@ -8,6 +8,8 @@ models so a field Alpaca removes cannot turn a healthy account into a parse erro
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,9 @@ from typing import Any
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 
 class BrokerError(Exception):
@@ -25,18 +30,83 @@ class BrokerError(Exception):
         super().__init__(message)
 
 
+#: the sockets the current thread's request uses, so a request past its deadline can be cut off
+_tracking = threading.local()
+
+
+def _track(sock: socket.socket | None) -> None:
+    socks = getattr(_tracking, "socks", None)
+    if socks is not None and sock is not None:
+        socks.append(sock)
+
+
+class _TrackedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _track(self.sock)
+
+
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().request(*args, **kwargs)
+        _track(self.sock)
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _TrackedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
 class _BoundedSession(requests.Session):
-    """A session whose every request has a timeout and whose rate-limit headers are kept."""
+    """A session whose every request has a total deadline and whose rate-limit headers are kept.
+
+    requests' timeout bounds each socket read: a server that trickles a byte at a time (or a
+    resolver that never answers) would hold the request, and the shared broker lookup every
+    check waits on, forever. The request runs in a worker; past the deadline its sockets are
+    shut down (so the worker ends too) and the caller gets ``requests.Timeout``.
+    """
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
         self.timeout = timeout
         self.rate_limit: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.mount("http://", _TrackedAdapter())
+        self.mount("https://", _TrackedAdapter())
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
-        response = super().request(method, url, *args, **kwargs)
+        parent = super().request
+        box: dict[str, Any] = {}
+        socks: list[socket.socket] = []
+
+        def run() -> None:
+            _tracking.socks = socks
+            try:
+                box["response"] = parent(method, url, *args, **kwargs)
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, daemon=True, name="http-request")
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            for sock in list(socks):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            raise requests.Timeout(f"no complete answer within {self.timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        response: requests.Response = box["response"]
         limits = {}
         for header, key in (("X-RateLimit-Limit", "limit"), ("X-RateLimit-Remaining", "remaining"),
                             ("X-RateLimit-Reset", "reset")):

@@ -10,6 +10,8 @@ from typing import Any
 
 import requests
 
+from .broker import _BoundedSession
+
 
 class UWError(Exception):
     """kind: auth, rate_limit, server, timeout, connection, bad_response, client, unconfigured."""
@@ -33,7 +35,7 @@ class UWClient:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        self._session = requests.Session()
+        self._session = _BoundedSession(self.timeout)  # a total deadline, not per read
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> UWResponse:
         if not self.token:
