@@ -276,11 +276,13 @@ def cli_verify(args: argparse.Namespace) -> int:
     try:
         files = write_record(cfg, record)
     except OSError as exc:
-        print(f"error: cannot write the verification record in {cfg.path('verification_dir')}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        problem = f"cannot write the verification record in {cfg.path('verification_dir')}: {exc.strerror or exc}"
+        print(f"error: {problem}", file=sys.stderr)
         files = []
+        v.reasons.append(problem)
         if v.readiness is Readiness.READY:
             v.readiness = Readiness.UNKNOWN
+        record = v.record()  # what is printed must match the exit code
     if getattr(args, "json", False):
         print(json.dumps(record, indent=2))
     else:

@@ -3,10 +3,17 @@ traceback and never Python's default exit 1, which a Nagios-style caller reads a
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.conftest import run_cli
+import pytest
+
+from exporter.sim.alpaca import FakeAlpaca
+from exporter.sim.botroot import BotRoot
+from tests.conftest import Procs, run_cli
 
 
 def _one_line_exit_3(r: subprocess.CompletedProcess[str]) -> str:
@@ -29,3 +36,22 @@ def test_sandbox_dir_that_is_a_file_is_one_line_exit_3(tmp_path: Path) -> None:
     f.write_text("x")
     err = _one_line_exit_3(run_cli("sandbox", "--dir", str(f), timeout=30))
     assert str(f) in err, err
+
+
+@pytest.mark.usefixtures("uw")
+def test_verify_that_cannot_write_its_record_prints_the_verdict_it_exits_with(
+        running: Procs, bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:
+    now = time.time()
+    alpaca.clock = {"is_open": True, "next_close": datetime.fromtimestamp(now + 3 * 3600, UTC).isoformat(),
+                    "next_open": datetime.fromtimestamp(now + 86400, UTC).isoformat()}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cfg = tmp_path / "tr.yaml"
+    cfg.write_text(f"paths: {{verification_dir: {blocker / 'data'}}}\n")
+    r = run_cli("--config", str(cfg), "--bot-root", str(bot.path), "verify", "--json")
+    record = json.loads(r.stdout)
+    assert r.returncode == 3, record["verification"]["reasons"]
+    # a script reads the JSON, a pager reads the exit code: they must tell the same story
+    assert record["readiness"] == "UNKNOWN" and record["exit_code"] == 3
+    assert any("cannot write the verification record" in x for x in record["verification"]["reasons"])
+    assert "cannot write the verification record" in r.stderr
