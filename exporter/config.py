@@ -324,6 +324,11 @@ def _semantic(data: dict[str, Any], src: str, problems: list[str]) -> None:
         t = data[sect]["timeout_seconds"]
         if isinstance(t, (int, float)) and not 0 < t <= 60:
             problems.append(f"key '{sect}.timeout_seconds' in {src} must be between 0 and 60")
+    probe = data["probe"]
+    if not str(probe["symbol"]).strip():
+        problems.append(f"key 'probe.symbol' in {src} must not be empty")
+    if not float(probe["notional"]) > 0:
+        problems.append(f"key 'probe.notional' in {src} must be positive")
     tls = (data["exporter"]["tls_cert_file"], data["exporter"]["tls_key_file"])
     if (tls[0] is None) != (tls[1] is None):
         problems.append(f"keys 'exporter.tls_cert_file' and 'exporter.tls_key_file' in {src} go together")

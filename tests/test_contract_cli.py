@@ -55,3 +55,13 @@ def test_verify_that_cannot_write_its_record_prints_the_verdict_it_exits_with(
     assert record["readiness"] == "UNKNOWN" and record["exit_code"] == 3
     assert any("cannot write the verification record" in x for x in record["verification"]["reasons"])
     assert "cannot write the verification record" in r.stderr
+
+
+def test_probe_settings_the_probe_rejects_are_config_errors_for_verify_too(tmp_path: Path) -> None:
+    """verify is "config validation + all checks + probe": it must not pass a config probe refuses."""
+    cfg = tmp_path / "tr.yaml"
+    cfg.write_text("probe: {notional: -5}\n")
+    for command in ("probe", "verify"):
+        err = _one_line_exit_3(run_cli("--config", str(cfg), "--bot-root", str(tmp_path), command))
+        assert err.startswith("config error:") and "'probe.notional'" in err and str(cfg) in err, err
+    assert not (tmp_path / "data").exists()  # a config error writes no record
