@@ -78,7 +78,10 @@ class Outcome:
         """Record a gauge value; ``None`` or non-finite values are dropped, never exported as 0."""
         if value is None:
             return self
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int beyond float range (a sum of absurd counts from a corrupt log)
+            return self
         if math.isfinite(v):
             self.observations.append(Observation(name, v, tuple(sorted(labels.items()))))
         return self
@@ -128,7 +131,12 @@ def verdict(statuses: list[Status], max_warnings: int) -> Readiness:
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """ISO-8601 UTC; a timestamp no calendar can hold (1e308 or -1e18 from a corrupt file) is
+    shown as the number itself, so the message naming the bad value is not lost to an exception."""
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:g} (not a valid time)" if isinstance(ts, (int, float)) else f"{ts!r} (not a valid time)"
 
 
 @dataclass
