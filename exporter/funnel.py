@@ -197,8 +197,10 @@ def window(ctx: Context, events: int = 60) -> Window:
     try:
         blk_n, blk_gen = blk_tail.version()
     except FileProblem as exc:
-        # no blocked_trades.jsonl yet means nothing was ever blocked; say so without failing
-        blk_n, blk_gen, blocked_problem = -1, -1, str(exc)
+        # no blocked_trades.jsonl yet means nothing was ever blocked; an unreadable or corrupt one
+        # means nobody can tell what was blocked
+        blk_n, blk_gen = -1, -1
+        blocked_problem = None if exc.kind == "missing" else str(exc)
     key = (events, run_n, run_gen, blk_n, blk_gen, run_problem, blocked_problem)
     memo = ctx.state_for("funnel")
     with _build_lock:

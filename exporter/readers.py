@@ -188,6 +188,14 @@ class JsonlTail:
             return list(self.records)[-new:], True
 
     def _poll(self) -> Iterator[dict[str, Any]]:
+        yield from self._read()
+        if self.bad_lines and not self.records:
+            # a log of nothing but garbage is not an empty log: "no errors in 0 cycles" would be
+            # a verdict about a file nobody could read
+            raise FileProblem("corrupt", self.path, f"{self.path.name} is corrupt: {self.bad_lines} line(s), "
+                                                    "none a JSON object")
+
+    def _read(self) -> Iterator[dict[str, Any]]:
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - closed below, stat needs the open fd
         except FileNotFoundError:

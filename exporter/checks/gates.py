@@ -117,6 +117,8 @@ def gate_share(ctx: Context, p: dict[str, Any], reason: str, what: str) -> Outco
     w = funnel.in_session(ctx, funnel.window(ctx, int(p["cycles"])), session, float(p["max_age_seconds"]))
     if w.run_problem:
         return Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it")
+    if w.blocked_problem:
+        return Outcome.skipped(f"cannot read the blocked-trades log ({w.blocked_problem}); FP-2.2 reports it")
     blocked = w.blocked()
     candidates = sum(blocked.values()) + w.orders()
     hits = blocked.get(reason, 0)

@@ -79,6 +79,9 @@ def composite_scores(ctx: Context, p: dict[str, Any]) -> Outcome:
     w = funnel.window(ctx, int(p["cycles"])).since(ctx.now() - float(p["max_age_seconds"]))
     if w.run_problem:
         return Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it")
+    if w.blocked_problem:
+        return Outcome.warn(f"cannot read the blocked-trades log: {w.blocked_problem}: cannot tell whether "
+                            "candidates are scored").observe("trading_score_failures", None)
     bad = sum(e.bad_scores for e in w.events)
     scored = sum(len(e.scores) for e in w.events) + bad
     logged, n_err = _stage_error_outcome(ctx, p, "scoring", "score")
@@ -102,6 +105,8 @@ def scores_reach_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
     w = funnel.in_session(ctx, funnel.window(ctx, int(p["cycles"])), session, float(p["max_age_seconds"]))
     if w.run_problem:
         return Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it")
+    if w.blocked_problem:
+        return Outcome.skipped(f"cannot read the blocked-trades log ({w.blocked_problem}); FP-2.2 reports it")
     cycles = w.cycles
     blocked = w.blocked()
     below = blocked.get("score_below_min", 0)
