@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time as _time
 from dataclasses import dataclass, field
@@ -311,8 +312,8 @@ def uw_quota(ctx: Context, p: dict[str, Any]) -> Outcome:
     limit_note = ""
     try:
         limit = float(ctx.env.number("UW_DAILY_LIMIT", 50000))
-        if limit <= 0:
-            raise ValueError("UW_DAILY_LIMIT must be positive")
+        if not limit > 0 or not math.isfinite(limit):  # nan/inf would make any usage look fine
+            raise ValueError("UW_DAILY_LIMIT must be a positive finite number")
     except ValueError as exc:
         limit, limit_note = 50000.0, f" ({exc}; using 50000)"
     details: dict[str, Any] = {"limit": limit, "limit_source": ctx.env.source.get("UW_DAILY_LIMIT", "default"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,9 +81,12 @@ def no_freeze(ctx: Context, p: dict[str, Any]) -> Outcome:
 @check("FP-3.2")
 def below_max_positions(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
-        cap = int(ctx.env.number("MAX_CONCURRENT_POSITIONS", 16))
+        raw_cap = ctx.env.number("MAX_CONCURRENT_POSITIONS", 16)
     except ValueError as exc:
         return Outcome.error(f"{exc}: cannot tell the position cap")
+    if not math.isfinite(raw_cap):  # nan/inf parse as floats but are no cap at all
+        return Outcome.error(f"MAX_CONCURRENT_POSITIONS={raw_cap} is not a finite number: cannot tell the position cap")
+    cap = int(raw_cap)
     try:
         positions = ctx.broker_get("/positions")
     except BrokerError as exc:
