@@ -63,7 +63,8 @@ def freeze_state(ctx: Context) -> tuple[list[str], dict[str, Any]]:
             blocking.append("kill switch enabled")
             details["kill_switch"] = True
         elif enabled is not False:
-            blocking.append("kill switch file has no valid 'enabled' value (treated as halted)")
+            what = "has no valid 'enabled' value" if isinstance(ks, dict) else "is not a JSON object"
+            blocking.append(f"kill switch file kill_switch.json {what} (treated as halted)")
             details["kill_switch"] = True
     return blocking, details
 

@@ -56,7 +56,9 @@ def weights_initialised(ctx: Context, p: dict[str, Any]) -> Outcome:
     details = {"valid_components": valid, "expected_components": len(ENTRY_COMPONENTS)}
     if problems:
         shown = "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else "")
-        out = Outcome.error(f"weights not initialised: {shown}", problems=problems[:21], **details)
+        where = ("" if isinstance(data, dict)
+                 else f"signal_weights.json is not a JSON object (got {type(data).__name__}); ")
+        out = Outcome.error(f"weights not initialised: {where}{shown}", problems=problems[:21], **details)
     else:
         out = Outcome.ok(f"all {len(ENTRY_COMPONENTS)} entry weight bands valid", **details)
     return out.observe("trading_weights_components", valid)

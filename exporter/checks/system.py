@@ -213,13 +213,18 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
     except FileProblem as exc:
         details["run_log"] = str(exc)
     hb_age: float | None = None
+    hb_problem: str | None = None
     try:
         hb = ctx.files.get(ctx.path("heartbeat"), lambda f: read_json(f, 3, 0.2), kind="heartbeat")
         hb_ts = number(hb.get("last_heartbeat_ts")) if isinstance(hb, dict) else None
         hb_age = None if hb_ts is None else now - hb_ts
         details["heartbeat_running"] = hb.get("running") if isinstance(hb, dict) else None
+        if hb_ts is None:
+            hb_problem = (f"{ctx.path('heartbeat').name} has no numeric last_heartbeat_ts"
+                          if isinstance(hb, dict) else f"{ctx.path('heartbeat').name} is not a JSON object")
     except FileProblem as exc:
         details["heartbeat"] = str(exc)
+        hb_problem = None if exc.kind == "missing" else str(exc)
     details.update(last_cycle_age_seconds=None if run_age is None else round(run_age),
                    heartbeat_age_seconds=None if hb_age is None else round(hb_age))
     obs_age = run_age
@@ -229,7 +234,9 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
                                f"(last cycle {age_text(run_age) + ' ago' if run_age is not None else 'unknown'})",
                                **details).observe("trading_bot_last_cycle_age_seconds", obs_age)
     warn_s, err_s = float(p["warn_seconds"]), float(p["error_seconds"])
-    hb_text = "no heartbeat" if hb_age is None else f"heartbeat {age_text(max(hb_age, 0))} old"
+    # a heartbeat that cannot be read is named as such, never passed off as merely absent
+    hb_text = (f"heartbeat unusable: {hb_problem}" if hb_problem
+               else "no heartbeat" if hb_age is None else f"heartbeat {age_text(max(hb_age, 0))} old")
     out: Outcome
     if run_age is None:
         # without a cycle record only the heartbeat is left, and a helper re-stamps it
@@ -246,6 +253,9 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
         else:
             text += f" ({hb_text})"
         out = Outcome.error(text, **details) if run_age > err_s else Outcome.warn(text, **details)
+    elif hb_problem:
+        # the loop cycles, but whatever watches the heartbeat (the bot's own watchdog) cannot read it
+        out = Outcome.warn(f"cycling (last {age_text(max(run_age, 0))} ago) but the {hb_text}", **details)
     elif details.get("heartbeat_running") is False:
         out = Outcome.warn(f"cycling (last {age_text(max(run_age, 0))} ago) but the heartbeat says running=false",
                            **details)
