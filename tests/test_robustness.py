@@ -1,0 +1,210 @@
+"""Bad input never crashes a check and never gets an OK it did not earn.
+
+Every file the checks read is corrupted in every way a disk, a torn write or a bad edit can
+corrupt it, in a real bot root during a real market session (fake broker clock on loopback); all
+51 points run through the engine. No point may raise, every point that judges the file must say
+WARN/ERROR/SKIPPED, and at least one must name the file, so the operator knows where to look.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.model import Report, Status
+from exporter.sim.alpaca import FakeAlpaca
+from exporter.sim.botroot import BotRoot
+from exporter.sim.uw import FakeUW
+
+from .conftest import Procs, evaluate, market_at
+
+# a Tuesday, 11:00 New York: every in-session point runs instead of skipping for the session
+WHEN = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
+INTERNAL = re.compile(r"Traceback|check raised|internal error|\b\w+(Error|Exception)\b|cannot convert")
+
+GATES = ("FP-3.3", "FP-3.4", "FP-3.5", "FP-3.6", "FP-3.7")
+#: file -> the points whose verdict rests on it (a corrupt file must not leave any of them OK)
+JUDGES: dict[str, tuple[str, ...]] = {
+    "data/uw_flow_cache.json": ("FP-1.2", "FP-1.3", "FP-1.4", "FP-1.9", "FP-2.4", "FP-2.5"),
+    "state/signal_weights.json": ("FP-2.1", "FP-2.6", "FP-5.3"),
+    "state/governor_freezes.json": ("FP-3.1", "FP-5.3"),
+    "state/kill_switch.json": ("FP-3.1", "FP-3.10", "FP-5.3"),
+    "state/bot_heartbeat.json": ("FP-5.3",),
+    "state/health.json": ("FP-5.3", "FP-6.7"),
+    "state/self_healing_threshold.json": ("FP-3.8", "FP-5.3"),
+    "state/uw_thresholds_hierarchical.json": ("FP-2.7", "FP-5.3"),
+    "logs/run.jsonl": ("FP-1.7", "FP-1.8", "FP-2.2", "FP-2.3", *GATES),
+    "state/blocked_trades.jsonl": ("FP-2.2", "FP-2.3", *GATES),
+    "data/uw_api_quota.jsonl": ("FP-1.6",),
+}
+#: objects are expected; a valid JSON document of another type is as unusable as garbage
+WRONG_TYPES = {"list": "[1, 2]", "string": '"hello"', "null": "null", "number": "42"}
+CORRUPTIONS = ("empty", "truncated", *WRONG_TYPES, "binary", "directory")
+#: every number in the file replaced: valid JSON, absurd values
+VALUES = {"huge": 1e308, "negative": -1e18, "nan": math.nan, "inf": math.inf}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[FakeAlpaca, FakeUW, Callable[[], float]]]:
+    alpaca, uw = FakeAlpaca().start(), FakeUW().start()
+    try:
+        clock = market_at(alpaca, WHEN)
+        yield alpaca, uw, clock
+    finally:
+        alpaca.stop()
+        uw.stop()
+
+
+def healthy(tmp_path: Path, servers: tuple[FakeAlpaca, FakeUW, Callable[[], float]]) -> BotRoot:
+    alpaca, uw, _ = servers
+    return BotRoot(tmp_path / "bot", now=WHEN.timestamp()).healthy(alpaca.url, uw.url)
+
+
+def corrupt(path: Path, how: str) -> None:
+    jsonl = path.suffix == ".jsonl"
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        text = path.read_text()
+        # a JSON file cut mid-write; a log whose last line was cut mid-append
+        path.write_text(text[: len(text) // 2] if not jsonl else text + '{"ts": 17')
+    elif how in WRONG_TYPES:
+        path.write_text(WRONG_TYPES[how] + ("\n" if jsonl else ""))
+    elif how == "binary":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif how == "directory":
+        path.unlink()
+        (path / "inner").mkdir(parents=True)
+    elif how in VALUES:
+        v = VALUES[how]
+        if jsonl:
+            path.write_text("".join(json.dumps(_numbers(json.loads(ln), v)) + "\n"
+                                    for ln in path.read_text().splitlines() if ln.strip()))
+        else:
+            path.write_text(json.dumps(_numbers(json.loads(path.read_text()), v)))
+    else:
+        raise AssertionError(how)
+
+
+def _numbers(o: Any, v: float) -> Any:
+    if isinstance(o, bool) or o is None:
+        return o
+    if isinstance(o, (int, float)):
+        return v
+    if isinstance(o, dict):
+        return {k: _numbers(x, v) for k, x in o.items()}
+    if isinstance(o, list):
+        return [_numbers(x, v) for x in o]
+    return o
+
+
+def no_internal_errors(report: Report) -> None:
+    assert len(report.results) == 51
+    crashed = {fp: r.outcome.message for fp, r in report.results.items() if INTERNAL.search(r.outcome.message)}
+    assert not crashed, crashed
+
+
+def judges_left(rel: str, how: str) -> bool:
+    return not (rel == "state/bot_heartbeat.json" and how in WRONG_TYPES)
+
+
+def unparseable(rel: str, how: str) -> bool:
+    """Whether ``how`` leaves ``rel`` without anything a reader could use."""
+    if rel.endswith(".jsonl"):
+        # an empty log and a torn last line are normal life for an append-only log
+        return how not in ("empty", "truncated")
+    return True
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+@pytest.mark.parametrize("rel", sorted(JUDGES))
+def test_corrupt_file_is_named_and_never_ok(tmp_path: Path, servers: Any, rel: str, how: str) -> None:
+    bot = healthy(tmp_path, servers)
+    corrupt(bot.p(rel), how)
+    report = evaluate(bot.path, clock=servers[2])
+    no_internal_errors(report)
+    if not unparseable(rel, how):
+        return
+    name = Path(rel).name
+    if not judges_left(rel, how):
+        # a wrong-type heartbeat parses: only FP-6.3 can tell, and only with the bot running
+        assert report.results["FP-5.3"].status is Status.OK
+        return
+    # FP-5.3 answers "does it parse": a valid document of the wrong type does
+    judges = [fp for fp in JUDGES[rel] if not (fp == "FP-5.3" and how in WRONG_TYPES)]
+    said_ok = {fp: report.results[fp].outcome.message for fp in judges
+               if report.results[fp].status is Status.OK}
+    assert not said_ok, said_ok
+    flagged = [fp for fp, r in report.results.items()
+               if r.status in (Status.WARN, Status.ERROR) and name in r.outcome.message]
+    assert flagged, {fp: (report.results[fp].status.name, report.results[fp].outcome.message)
+                     for fp in JUDGES[rel]}
+
+
+@pytest.mark.parametrize("how", list(VALUES))
+@pytest.mark.parametrize("rel", sorted(JUDGES))
+def test_absurd_values_never_crash(tmp_path: Path, servers: Any, rel: str, how: str) -> None:
+    bot = healthy(tmp_path, servers)
+    corrupt(bot.p(rel), how)
+    no_internal_errors(evaluate(bot.path, clock=servers[2]))
+
+
+@pytest.mark.parametrize("how", ["empty", "binary", "directory", "nan", "inf", "huge", "negative"])
+def test_corrupt_env_names_the_problem(tmp_path: Path, servers: Any, how: str) -> None:
+    bot = healthy(tmp_path, servers)
+    env = bot.p(".env")
+    if how in ("nan", "inf", "huge", "negative"):
+        # every numeric setting absurd: each must be refused by name, never used
+        text = {"nan": "nan", "inf": "inf", "huge": "1e308", "negative": "-1e18"}[how]
+        lines = [ln.split("=", 1) for ln in env.read_text().splitlines()]
+        env.write_text("".join(f"{k}={text if v.replace('.', '').isdigit() else v}\n" for k, v in lines))
+    else:
+        corrupt(env, how)
+    report = evaluate(bot.path, clock=servers[2])
+    no_internal_errors(report)
+    if how in ("empty", "binary", "directory"):
+        assert report.results["FP-5.1"].status is Status.ERROR
+        assert ".env" in report.results["FP-5.1"].outcome.message
+        return
+    assert report.results["FP-5.2"].status is Status.ERROR
+    for var, fp in (("MAX_CONCURRENT_POSITIONS", "FP-3.2"), ("UW_DAILY_LIMIT", "FP-1.6")):
+        r = report.results[fp]
+        if r.status is Status.OK:
+            assert how in ("huge",), (fp, r.outcome.message)  # 1e308 is a (silly) valid cap/limit
+        else:
+            assert var in r.outcome.message, (fp, r.outcome.message)
+
+
+LIVE = {"state/bot_heartbeat.json": ("bot", "FP-6.3", "heartbeat"),
+        "logs/uw_daemon.jsonl": ("daemon", "FP-1.10", "uw_daemon.jsonl")}
+
+
+@pytest.mark.parametrize("how", [*CORRUPTIONS, *VALUES])
+@pytest.mark.parametrize("rel", sorted(LIVE))
+def test_corrupt_file_of_a_running_process(tmp_path: Path, servers: Any, rel: str, how: str) -> None:
+    """FP-6.3 and FP-1.10 judge their files only while main.py / the daemon run: run them for real."""
+    bot = healthy(tmp_path, servers)
+    which, fp, named = LIVE[rel]
+    procs = Procs(bot.path)
+    try:
+        procs.bot() if which == "bot" else procs.daemon()
+        corrupt(bot.p(rel), how)
+        report = evaluate(bot.path, clock=servers[2])
+    finally:
+        procs.stop_all()
+    no_internal_errors(report)
+    r = report.results[fp]
+    assert "depends on" not in r.outcome.message, r.outcome.message
+    if how in VALUES and (how != "nan" or rel.endswith(".jsonl")):
+        return  # absurd but numeric: judged on its merits (a future or ancient time), never a crash
+    if rel.endswith(".jsonl") and how in ("empty", "truncated"):
+        return
+    assert r.status in (Status.WARN, Status.ERROR), r.outcome.message
+    assert named in r.outcome.message, r.outcome.message
