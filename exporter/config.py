@@ -123,7 +123,8 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("; ".join(problems))
+        # a key may itself contain a line break (a quoted YAML key): the error stays one line
+        super().__init__("; ".join(problems).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass

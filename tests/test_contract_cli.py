@@ -65,3 +65,10 @@ def test_probe_settings_the_probe_rejects_are_config_errors_for_verify_too(tmp_p
         err = _one_line_exit_3(run_cli("--config", str(cfg), "--bot-root", str(tmp_path), command))
         assert err.startswith("config error:") and "'probe.notional'" in err and str(cfg) in err, err
     assert not (tmp_path / "data").exists()  # a config error writes no record
+
+
+def test_a_config_key_with_a_line_break_still_gives_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "tr.yaml"
+    cfg.write_text('"max\\nwarnings": 1\nchecks: {"FP-1.1\\r\\nx": {}}\n')
+    err = _one_line_exit_3(run_cli("--config", str(cfg), "--bot-root", str(tmp_path), "check"))
+    assert "unknown key 'max\\nwarnings'" in err and "'checks.FP-1.1\\r\\nx'" in err, err
