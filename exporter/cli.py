@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "catalog, sandbox); see --help")
         return int(COMMANDS[args.command](args))
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # an argument may contain a line break; the error stays one line
+        print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return EXIT_UNKNOWN
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

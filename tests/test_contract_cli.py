@@ -72,3 +72,8 @@ def test_a_config_key_with_a_line_break_still_gives_one_line(tmp_path: Path) -> 
     cfg.write_text('"max\\nwarnings": 1\nchecks: {"FP-1.1\\r\\nx": {}}\n')
     err = _one_line_exit_3(run_cli("--config", str(cfg), "--bot-root", str(tmp_path), "check"))
     assert "unknown key 'max\\nwarnings'" in err and "'checks.FP-1.1\\r\\nx'" in err, err
+
+
+def test_a_usage_error_quoting_an_argument_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "check", "--only", "FP-1.1\nFP-1.2"))
+    assert "unknown failure point FP-1.1\\nFP-1.2 in --only" in err, err
