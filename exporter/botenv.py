@@ -127,7 +127,23 @@ class BotEnv:
         return (self.get("UW_BASE_URL") or DEFAULT_UW_URL).rstrip("/")
 
     def secrets(self) -> list[str]:
-        return [v for k, v in self.values.items() if (k in SECRET_VARS or _looks_secret(k)) and len(v) >= 4]
+        named = [v for k, v in self.values.items() if (k in SECRET_VARS or _looks_secret(k)) and len(v) >= 4]
+        return named + [c for v in self.values.values() for c in url_credentials(v)]
+
+
+_USERINFO = re.compile(r"://([^/?#@\s]+)@")
+
+
+def url_credentials(value: str | None) -> list[str]:
+    """The ``user:password`` of a URL (``https://user:pass@gateway/...``) and the password alone:
+    error messages echo base URLs, and a login in one must not leave with it."""
+    out: list[str] = []
+    for userinfo in _USERINFO.findall(value or ""):
+        out.append(userinfo)
+        password = userinfo.partition(":")[2]
+        if len(password) >= 4:
+            out.append(password)
+    return [c for c in out if len(c) >= 4]
 
 
 def _looks_secret(name: str) -> bool:

@@ -6,6 +6,7 @@ root, loopback servers and a controlled clock instead of patching our code.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import market
-from .botenv import BotEnv, Redactor
+from .botenv import BotEnv, Redactor, url_credentials
 from .broker import Broker, BrokerError
 from .config import Config
 from .readers import ChangedFileCache, Tails
@@ -46,9 +47,10 @@ class Context:
         self.root: Path = config.bot_root
         self.clock = clock
         self.env = BotEnv.load(self.root, environ)
-        self.redact = Redactor(self.env.secrets())
         alpaca_url = config["alpaca"]["base_url"] or self.env.alpaca_base_url
         uw_url = config["uw"]["base_url"] or self.env.uw_base_url
+        # logins inside configured URLs (base URLs, FP-6.6 extra_urls) are echoed by error messages
+        self.redact = Redactor([*self.env.secrets(), *url_credentials(json.dumps(config.data, default=str))])
         self.broker = Broker(alpaca_url, self.env.alpaca_key, self.env.alpaca_secret,
                              float(config["alpaca"]["timeout_seconds"]))
         self.uw = UWClient(uw_url, self.env.uw_key, float(config["uw"]["timeout_seconds"]))
@@ -107,8 +109,9 @@ class Context:
         now = self.now_dt()
         try:
             clock = self.broker_get("/clock", ttl=float(mcfg["clock_cache_seconds"]))
-            if not isinstance(clock, dict):
-                raise BrokerError("bad_response", "clock is not an object")
+            if not isinstance(clock, dict) or not isinstance(clock.get("is_open"), bool):
+                # a clock whose is_open is "false" or missing cannot say the market is open (FP-4.1 errors)
+                raise BrokerError("bad_response", "clock has no boolean is_open")
         except BrokerError:
             return market.local_session(now, float(mcfg["premarket_seconds"]))
         days: set[Any] | None = None
