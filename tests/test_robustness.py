@@ -208,3 +208,53 @@ def test_corrupt_file_of_a_running_process(tmp_path: Path, servers: Any, rel: st
         return
     assert r.status in (Status.WARN, Status.ERROR), r.outcome.message
     assert named in r.outcome.message, r.outcome.message
+
+
+# --- malformed broker and UW answers ---------------------------------------------------------------
+def _account_strings(a: FakeAlpaca) -> None:
+    a.account = {k: "abc" for k in a.account}
+
+
+BROKER_FAULTS: dict[str, tuple[Callable[[FakeAlpaca, FakeUW], None], dict[str, str]]] = {
+    # name: (how the answer is broken, {point: text its non-OK message must carry})
+    "alpaca-html-200": (lambda a, u: a.set_mode("nonjson"), {"FP-4.1": "not JSON"}),
+    "alpaca-500": (lambda a, u: a.set_mode("500"), {"FP-4.1": "500"}),
+    "uw-html-200": (lambda a, u: u.set_mode("nonjson"), {"FP-1.5": "not JSON"}),
+    "uw-500": (lambda a, u: u.set_mode("500"), {"FP-1.5": "500"}),
+    "account-empty": (lambda a, u: setattr(a, "account", {}), {"FP-4.6": "status", "FP-4.10": "equity"}),
+    "account-strings": (lambda a, u: _account_strings(a), {"FP-4.6": "status", "FP-4.10": "equity"}),
+    "account-list": (lambda a, u: setattr(a, "account", [1, 2]), {"FP-4.2": "object"}),
+    "account-nan": (lambda a, u: setattr(a, "account", {**a.account, "equity": "NaN", "buying_power": "Infinity"}),
+                    {"FP-4.10": "equity"}),
+    "positions-object": (lambda a, u: setattr(a, "positions", {"not": "a list"}),
+                         {"FP-3.2": "positions", "FP-4.5": "positions"}),
+    "positions-garbage": (lambda a, u: setattr(a, "positions", [{"x": 1}, "str", None,
+                                                                {"symbol": None, "qty": "abc"}]),
+                          {"FP-4.5": "symbol"}),
+    "clock-garbage": (lambda a, u: setattr(a, "clock", {"timestamp": "yesterday", "is_open": "maybe",
+                                                        "next_open": 5, "next_close": None}),
+                      {"FP-4.1": "is_open"}),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BROKER_FAULTS))
+def test_malformed_broker_and_uw_answers(tmp_path: Path, fault: str) -> None:
+    """Fresh fakes per case: a broken answer must not leak into the next case through the module servers."""
+    alpaca, uw = FakeAlpaca().start(), FakeUW().start()
+    try:
+        clock = market_at(alpaca, WHEN)
+        bot = BotRoot(tmp_path / "bot", now=WHEN.timestamp()).healthy(alpaca.url, uw.url)
+        breaks, expect = BROKER_FAULTS[fault]
+        breaks(alpaca, uw)
+        report = evaluate(bot.path, clock=clock)
+    finally:
+        alpaca.stop()
+        uw.stop()
+    no_internal_errors(report)
+    for fp, text in expect.items():
+        r = report.results[fp]
+        assert r.status in (Status.WARN, Status.ERROR), (fp, r.status.name, r.outcome.message)
+        assert text in r.outcome.message, (fp, r.outcome.message)
+    if fault == "clock-garbage":
+        # "maybe" is no open market: in-session points fall back to New York hours, not "after the close"
+        assert "after the close" not in report.results["FP-1.7"].outcome.message

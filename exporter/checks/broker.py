@@ -53,6 +53,10 @@ def alpaca_reachable(ctx: Context, p: dict[str, Any]) -> Outcome:
         return Outcome.error(str(exc), problem=exc.kind, http_status=exc.status).observe("trading_alpaca_up", 0)
     if not isinstance(clock, dict) or "is_open" not in clock:
         return Outcome.error("Alpaca /v2/clock answer has no is_open").observe("trading_alpaca_up", 0)
+    if not isinstance(clock["is_open"], bool):
+        # "false" or "maybe" would read as an open market to every in-session point
+        return Outcome.error(f"Alpaca /v2/clock answer has a non-boolean is_open ({str(clock['is_open'])[:40]!r})"
+                             ).observe("trading_alpaca_up", 0)
     is_open = bool(clock["is_open"])
     return (Outcome.ok(f"Alpaca answered the clock (market {'open' if is_open else 'closed'})",
                        is_open=is_open, next_open=clock.get("next_open"), next_close=clock.get("next_close"))
