@@ -51,14 +51,14 @@ class _Slot:
     result: Result | None = None
 
 
-def _redacted(value: Any, redact: Callable[[str], str]) -> Any:
+def redacted(value: Any, redact: Callable[[str], str]) -> Any:
     """Details are free-form (exception text, URLs, names): a secret in one must not reach the API."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {redact(k) if isinstance(k, str) else k: _redacted(v, redact) for k, v in value.items()}
+        return {redact(k) if isinstance(k, str) else k: redacted(v, redact) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redacted(v, redact) for v in value]
+        return [redacted(v, redact) for v in value]
     return value
 
 
@@ -119,7 +119,7 @@ class Engine:
     def _result(self, fp: str, outcome: Outcome, at: float, duration: float) -> Result:
         point = self.catalog[fp]
         outcome.message = self.ctx.redact(outcome.message)
-        outcome.details = _redacted(outcome.details, self.ctx.redact)
+        outcome.details = redacted(outcome.details, self.ctx.redact)
         attempted, success = self.healing.get(fp, (False, False))
         return Result(fp, point.name, point.category, outcome, at, duration, attempted, success)
 

@@ -20,6 +20,7 @@ from typing import Any
 from .config import Config, ConfigError
 from .config import load as load_config
 from .context import Context
+from .engine import redacted
 from .model import iso_utc
 from .pipeline import STAGES, AdapterError, ProbeSignal, StageResult, load_adapter, synthetic_flow
 
@@ -102,7 +103,7 @@ def run_probe(ctx: Context) -> ProbeReport:
     try:
         adapter = load_adapter(pcfg["adapter"])
     except AdapterError as exc:
-        report.error = str(exc)
+        report.error = ctx.redact(str(exc))
         return report
     signal = ProbeSignal(symbol, score, float(pcfg["notional"]), created_at=ctx.now(),
                          flow_trades=synthetic_flow(symbol, ctx.now()))
@@ -114,6 +115,7 @@ def run_probe(ctx: Context) -> ProbeReport:
         if not isinstance(result, StageResult):
             result = StageResult.error(name, f"stage returned {type(result).__name__}, not a StageResult")
         result.reason = ctx.redact(result.reason)
+        result.details = redacted(result.details, ctx.redact)
         report.stages.append(result)
         if result.status != "passed":
             break

@@ -142,6 +142,29 @@ def test_a_check_that_crashes_on_a_secret_does_not_show_it(canary: Canary) -> No
     assert_clean(json.dumps(report.to_json()), "a crashing check's result")
 
 
+LEAKY_ADAPTER = """
+from exporter.pipeline import StageResult
+
+class Leaky:
+    def cache_read(self, ctx, s):
+        return StageResult.passed("cache_read", "read", headers={"APCA-API-SECRET-KEY": ctx.env.alpaca_secret})
+    def cluster(self, ctx, s):
+        raise RuntimeError(f"Authorization: Bearer {ctx.env.uw_key}")
+    def score(self, ctx, s): return StageResult.passed("score", "x")
+    def threshold(self, ctx, s): return StageResult.passed("threshold", "x")
+    def gates(self, ctx, s): return StageResult.passed("gates", "x")
+    def execution(self, ctx, s): return StageResult.passed("execution", "x")
+"""
+
+
+def test_a_probe_adapter_that_handles_secrets_does_not_show_them(canary: Canary, tmp_path: Path) -> None:
+    (tmp_path / "leaky_adapter.py").write_text(LEAKY_ADAPTER)
+    (canary.root / "trading-readiness.yaml").write_text("probe:\n  adapter: leaky_adapter:Leaky\n")
+    out = canary.cli("probe", "--json", PYTHONPATH=str(tmp_path))
+    assert '"cluster"' in out and "RuntimeError" in out, out
+    assert_clean(out, "probe --json with an adapter that puts a secret in a stage")
+
+
 class Serve:
     def __init__(self, root: Path, log: Path, env: dict[str, str]) -> None:
         self.port = free_port()
