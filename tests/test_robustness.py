@@ -8,9 +8,12 @@ WARN/ERROR/SKIPPED, and at least one must name the file, so the operator knows w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,3 +261,88 @@ def test_malformed_broker_and_uw_answers(tmp_path: Path, fault: str) -> None:
     if fault == "clock-garbage":
         # "maybe" is no open market: in-session points fall back to New York hours, not "after the close"
         assert "after the close" not in report.results["FP-1.7"].outcome.message
+
+
+# --- the exporter's HTTP server under hostile clients -------------------------------------------
+ODD_REQUESTS: dict[str, tuple[bytes, int | None]] = {
+    # name: (raw request, expected status; None when any answer or none is fine as long as /metrics lives)
+    "PUT": (b"PUT /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+    "unknown method": (b"BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+    "lower-case get": (b"get /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+    "traversal": (b"GET /../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "encoded traversal": (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "absolute URI": (b"GET http://elsewhere/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "NUL in path": (b"GET /met\x00rics HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    "huge request line": (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n", 414),
+    "huge header": (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+    "500 headers": (b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(500)) + b"\r\n", 431),
+    "bad version": (b"GET /metrics HTTP/9.9\r\n\r\n", None),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None),
+    "binary": (bytes(range(256)) * 4, None),
+    "garbage basic auth": (b"GET /metrics HTTP/1.1\r\nAuthorization: Basic !!!\r\n\r\n", 200),
+    "POST huge length": (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\nabc", 405),
+}
+
+
+@pytest.fixture(scope="module")
+def exporter_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The real HTTP server in-process on an ephemeral loopback port (the scheduler is not started:
+    the exposition before the first run is all these tests need)."""
+    from exporter.config import load as load_config
+    from exporter.scheduler import Scheduler
+    from exporter.server import make_server
+
+    bot = BotRoot(tmp_path_factory.mktemp("srv") / "bot").healthy()
+    server = make_server(Scheduler(load_config(None, str(bot.path))), "127.0.0.1:0")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:  # the server may reset a connection that sent garbage: fine
+            pass
+        return out
+
+
+def metrics_answer(port: int) -> bool:
+    r = raw_request(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    return r.startswith(b"HTTP/1.1 200 ") and b"trading_failure_point_info{" in r
+
+
+@pytest.mark.parametrize("name", sorted(ODD_REQUESTS))
+def test_odd_requests_get_an_answer_and_metrics_keep_answering(exporter_port: int, name: str) -> None:
+    data, status = ODD_REQUESTS[name]
+    answer = raw_request(exporter_port, data)
+    if status is not None:
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:120]
+    assert b"root:" not in answer and b"Traceback" not in answer
+    assert metrics_answer(exporter_port)
+
+
+def test_slow_loris_connections_do_not_starve_metrics(exporter_port: int) -> None:
+    """Clients that send half a request and wait hold a thread each (bounded by Handler.timeout);
+    they must not stop a scrape from being answered."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            s = socket.create_connection(("127.0.0.1", exporter_port), timeout=10)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            held.append(s)
+        assert metrics_answer(exporter_port)
+    finally:
+        for s in held:
+            s.close()
+    assert metrics_answer(exporter_port)
