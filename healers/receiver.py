@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from exporter.botenv import BotEnv, Redactor
 from exporter.config import Config
 from exporter.config import load as load_config
 
@@ -355,6 +356,11 @@ class Healer:
         detail = res.error
         if res.output_tail:
             detail = f"{detail + '; ' if detail else ''}output: {res.output_tail}"
+        # an action's output (a `set -x` script, a tool printing its config) may echo credentials;
+        # it goes to the audit, /api/heals and the log
+        redact = Redactor([*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])])
+        detail = redact(detail) if detail else detail
+        verification = redact(verification) if verification else verification
         rec = self._attempt_record(spec, alert, started, res.exit_status, res.duration, outcome, detail, verification)
         self._record(rec, at=started)
         self.attempts.labels(spec.fp, outcome).inc()

@@ -214,8 +214,9 @@ def test_heal_keeps_the_token_out_of_api_metrics_logs_audit_and_the_action(tmp_p
     hb = HealBot(tmp_path)
     hb.bot.set_env(**ALIASES)
     dump = tmp_path / "action.env"
-    action = script(tmp_path / "dump_env.sh", f"env > {dump}\n")
-    cfg = hb.config({"FP-1.1": {"run": [str(action)]}})
+    # an action that echoes credentials (a `set -x` restart script, a tool printing its config)
+    action = script(tmp_path / "dump_env.sh", f"env > {dump}\ngrep -h SECRET .env\necho \"$HOME\"\n")
+    cfg = hb.config({"FP-1.1": {"run": [str(action)]}}, verify_timeout_seconds=0.5)
     port = free_port()
     proc = start_heal_cli(hb, cfg, port, token=HEAL_TOKEN)
     url = f"http://127.0.0.1:{port}"
@@ -230,7 +231,8 @@ def test_heal_keeps_the_token_out_of_api_metrics_logs_audit_and_the_action(tmp_p
                            headers={"Authorization": f"Bearer {HEAL_TOKEN}", "Content-Type": "application/json"})
         assert ok.status_code == 200, ok.text
         wait_for(dump.exists, timeout=20, what="the action ran")
-        wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], what="heal recorded")
+        heals = wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], what="heal recorded")
+        assert "output: " in heals[0]["detail"], heals[0]
         for path in ("/api/heals", "/metrics"):
             assert_clean(requests.get(url + path, timeout=5).text, f"heal {path}")
     finally:
