@@ -7,6 +7,7 @@ file, because a monitoring tool that silently ignores a typo'd threshold gives f
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,8 @@ def _type_name(t: type | tuple[type, ...]) -> str:
 def _is(value: Any, t: type | tuple[type, ...]) -> bool:
     if isinstance(value, bool) and t is not bool and not (isinstance(t, tuple) and bool in t):
         return False  # YAML `yes` must not pass as a number
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # YAML `.inf`/`.nan`: no limit, timeout or interval means that, and neither is JSON
     return isinstance(value, t)
 
 

@@ -117,8 +117,21 @@ class Result:
             "self_healing_attempted": self.self_healing_attempted,
             "self_healing_success": self.self_healing_success,
             "duration_seconds": round(self.duration_seconds, 4),
-            "details": o.details,
+            "details": json_finite(o.details),
         }
+
+
+def json_finite(value: Any) -> Any:
+    """NaN and infinities become null, as JSON.stringify does: they are not JSON (RFC 8259), and
+    one such value from the bot's files or environment would make jq or a browser reject the
+    whole result."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_finite(v) for v in value]
+    return value
 
 
 def verdict(statuses: list[Status], max_warnings: int) -> Readiness:

@@ -8,12 +8,14 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from exporter.model import Outcome, Report, Result
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
-from tests.conftest import Procs, run_cli
+from tests.conftest import Procs, clean_env, run_cli
 
 
 def _one_line_exit_3(r: subprocess.CompletedProcess[str]) -> str:
@@ -77,3 +79,42 @@ def test_a_config_key_with_a_line_break_still_gives_one_line(tmp_path: Path) -> 
 def test_a_usage_error_quoting_an_argument_with_a_line_break_stays_one_line(tmp_path: Path) -> None:
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "check", "--only", "FP-1.1\nFP-1.2"))
     assert "unknown failure point FP-1.1\\nFP-1.2 in --only" in err, err
+
+
+def _strict_json(text: str) -> Any:
+    """RFC 8259 JSON: NaN and Infinity are not JSON, and jq or a browser rejects the whole document."""
+    def reject(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=reject)
+
+
+@pytest.mark.usefixtures("uw")
+def test_check_json_stays_valid_json_when_a_limit_is_infinite(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    now = time.time()
+    alpaca.clock = {"is_open": True, "next_close": datetime.fromtimestamp(now + 3 * 3600, UTC).isoformat(),
+                    "next_open": datetime.fromtimestamp(now + 86400, UTC).isoformat()}
+    r = run_cli("--bot-root", str(bot.path), "check", "--json", "--only", "FP-2.3",
+                env=clean_env(MIN_EXEC_SCORE="inf"))
+    data = _strict_json(r.stdout)
+    assert data["failure_points"]["FP-2.3"]["status"] in ("OK", "WARN", "ERROR", "SKIPPED")
+
+
+def test_non_finite_detail_values_are_null_in_the_json_result() -> None:
+    outcome = Outcome.warn("w", limit=float("inf"), seen=[1.0, float("nan")], nested={"x": float("-inf")})
+    result = Result("FP-2.3", "n", "c", outcome, 1.0, 0.1)
+    report = Report.build({"FP-2.3": result}, 2, 1.0)
+    details = _strict_json(json.dumps(report.to_json()))["failure_points"]["FP-2.3"]["details"]
+    assert details == {"limit": None, "seen": [1.0, None], "nested": {"x": None}}
+
+
+def test_non_finite_numbers_in_the_config_are_config_errors(tmp_path: Path) -> None:
+    """``.inf``/``.nan`` pass a type check but not "> 0": they would reach the probe's JSON as
+    Infinity (not JSON) or schedule a check every NaN seconds."""
+    cfg = tmp_path / "tr.yaml"
+    cfg.write_text("probe: {score: .inf, notional: .nan}\nchecks: {FP-1.1: {interval_seconds: .nan}}\n"
+                   "engine: {default_timeout_seconds: .inf}\n")
+    for command in ("check", "verify"):
+        err = _one_line_exit_3(run_cli("--config", str(cfg), "--bot-root", str(tmp_path), command))
+        for key in ("probe.score", "probe.notional", "checks.FP-1.1.interval_seconds",
+                    "engine.default_timeout_seconds"):
+            assert f"'{key}'" in err, (key, err)
