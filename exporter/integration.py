@@ -32,8 +32,11 @@ Nothing here writes anything: no file of the bot is created or changed.
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -97,6 +100,65 @@ class Decision:
         return f"{what}: {self.readiness} via {self.source}" + (f" - {'; '.join(self.reasons)}" if self.reasons else "")
 
 
+class _TrackedHTTP(urllib.request.HTTPHandler):
+    def __init__(self, conns: list[http.client.HTTPConnection]) -> None:
+        super().__init__()
+        self.conns = conns
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connect(host: str, **kw: Any) -> http.client.HTTPConnection:
+            conn = http.client.HTTPConnection(host, **kw)
+            self.conns.append(conn)
+            return conn
+
+        return self.do_open(connect, req)
+
+
+class _TrackedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, conns: list[http.client.HTTPConnection]) -> None:
+        super().__init__()
+        self.conns = conns
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connect(host: str, **kw: Any) -> http.client.HTTPSConnection:
+            conn = http.client.HTTPSConnection(host, **kw)
+            self.conns.append(conn)
+            return conn
+
+        return self.do_open(connect, req, context=self._context)  # type: ignore[attr-defined]
+
+
+def _read_within(req: urllib.request.Request, timeout: float) -> bytes:
+    """GET ``req`` and read its body, all within ``timeout`` seconds.
+
+    urlopen's timeout bounds each socket read: an exporter or proxy that trickles bytes would hold
+    the bot's trading loop forever. The request runs in a worker; past the deadline its connection
+    is shut down (the worker ends too) and ``TimeoutError`` is raised.
+    """
+    conns: list[http.client.HTTPConnection] = []
+    opener = urllib.request.build_opener(_TrackedHTTP(conns), _TrackedHTTPS(conns))
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                box["body"] = resp.read(8 * 1024 * 1024)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True, name="readiness-read")
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        for conn in conns:
+            with contextlib.suppress(OSError, AttributeError):
+                conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        raise TimeoutError(f"no complete answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["body"]  # type: ignore[no-any-return]
+
+
 class ReadinessGate:
     """Reads readiness from the exporter or in-process and turns it into a per-cycle decision.
 
@@ -148,8 +210,7 @@ class ReadinessGate:
         # the URL's scheme is checked in __init__ (http or https only)
         req = urllib.request.Request(self.exporter_url + "/api/failure_points", headers=headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
-                body = resp.read(8 * 1024 * 1024)
+            body = _read_within(req, self.timeout)
         except urllib.error.HTTPError as exc:
             raise LookupError(f"exporter {self.exporter_url} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError) as exc:

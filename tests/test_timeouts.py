@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from exporter.broker import Broker, BrokerError
+from exporter.integration import ReadinessGate
 from exporter.uwclient import UWClient, UWError
 
 
@@ -98,3 +99,10 @@ def test_uw_request_to_a_trickling_server_times_out(trickle: Trickle) -> None:
     client = UWClient(trickle.url, "uw-test-token", timeout=1.0)
     error = _bounded(lambda: client.get("/api/market/market-tide"))
     assert isinstance(error, UWError) and error.kind == "timeout", error
+
+
+def test_bot_gate_reading_a_trickling_exporter_times_out(trickle: Trickle) -> None:
+    """The bot calls the gate inside its trading loop: a wedged exporter (or proxy) must not stall it."""
+    gate = ReadinessGate(trickle.url, in_process=False, timeout_seconds=1.0)
+    error = _bounded(gate.from_exporter)
+    assert isinstance(error, LookupError) and "did not answer within 1 s" in str(error), error
