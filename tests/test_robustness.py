@@ -234,6 +234,12 @@ BROKER_FAULTS: dict[str, tuple[Callable[[FakeAlpaca, FakeUW], None], dict[str, s
     "positions-garbage": (lambda a, u: setattr(a, "positions", [{"x": 1}, "str", None,
                                                                 {"symbol": None, "qty": "abc"}]),
                           {"FP-4.5": "symbol"}),
+    # one endpoint broken while the clock answers: FP-4.1 is OK, so "reported by FP-4.1" would
+    # leave a dead endpoint reported by nobody
+    "orders-500-only": (lambda a, u: a.set_mode("500", paths=["/v2/orders"]), {"FP-4.4": "500", "FP-4.7": "500"}),
+    "account-500-only": (lambda a, u: a.set_mode("500", paths=["/v2/account"]), {"FP-4.2": "500"}),
+    "positions-html-only": (lambda a, u: a.set_mode("nonjson", paths=["/v2/positions"]),
+                            {"FP-3.2": "not JSON", "FP-4.5": "not JSON"}),
     "clock-garbage": (lambda a, u: setattr(a, "clock", {"timestamp": "yesterday", "is_open": "maybe",
                                                         "next_open": 5, "next_close": None}),
                       {"FP-4.1": "is_open"}),

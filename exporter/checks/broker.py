@@ -26,15 +26,30 @@ OTHERS_FAULT = {"timeout": "FP-4.1", "connection": "FP-4.1", "server": "FP-4.1",
                 "auth": "FP-4.2", "forbidden": "FP-4.2"}
 
 
-def broker_failed(exc: BrokerError, doing: str) -> Outcome:
+def broker_failed(exc: BrokerError, doing: str, ctx: Context | None = None) -> Outcome:
     """A failed request: SKIPPED when the cause is another point's (one cause, one alert, and no
-    ERROR lingering for this point's whole interval after a transient outage), else ERROR."""
+    ERROR lingering for this point's whole interval after a transient outage), else ERROR.
+
+    A 5xx, timeout or refused connection on one endpoint while the clock answers is not FP-4.1's
+    to report (FP-4.1 is OK): skipping would leave a dead /v2/account or /v2/orders unreported
+    by every point, so it is this point's ERROR."""
     owner = OTHERS_FAULT.get(exc.kind)
+    if owner == "FP-4.1" and exc.kind != "rate_limit" and ctx is not None and _clock_answers(ctx):
+        return Outcome.error(f"cannot {doing}: {exc} (the broker clock answers: this endpoint fails on its own)",
+                             problem=exc.kind)
     if owner is not None:
         out = Outcome.skipped(f"cannot {doing}: {exc} (reported by {owner})", depends_on=owner)
         out.skipped_by = owner
         return out
     return Outcome.error(f"cannot {doing}: {exc}", problem=exc.kind)
+
+
+def _clock_answers(ctx: Context) -> bool:
+    try:
+        ctx.broker_get("/clock")  # memoised: FP-4.1 made this request in the same cycle
+    except BrokerError:
+        return False
+    return True
 
 
 @check("FP-4.1")
@@ -81,7 +96,7 @@ def alpaca_auth(ctx: Context, p: dict[str, Any]) -> Outcome:
         if exc.kind in ("auth", "forbidden"):
             return Outcome.error(f"{exc} using {key_var} from {details['key_source']}", http_status=exc.status,
                                  code=exc.code, **details)
-        out = broker_failed(exc, "verify the credentials")
+        out = broker_failed(exc, "verify the credentials", ctx)
         out.details.update(details)
         return out
     return Outcome.ok(f"Alpaca accepted the credentials ({key_var})", **details)
@@ -94,7 +109,7 @@ def buying_power(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         acct = account(ctx)
     except BrokerError as exc:
-        return broker_failed(exc, "read the account")
+        return broker_failed(exc, "read the account", ctx)
     bp, equity = number(acct.get("buying_power")), number(acct.get("equity"))
     details = {"buying_power": bp, "equity": equity, "min_buying_power": p["min_buying_power"]}
     out: Outcome
@@ -128,7 +143,7 @@ def order_rejections(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         closed = _orders(ctx, "closed", int(p["recent_orders"]))
     except BrokerError as exc:
-        return broker_failed(exc, "list recent orders")
+        return broker_failed(exc, "list recent orders", ctx)
     since = ctx.now() - float(p["window_seconds"])
     recent = [o for o in closed
               if (t := _when(o, "submitted_at", "created_at")) is not None and t.timestamp() >= since]
@@ -188,7 +203,7 @@ def position_reconciliation(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         raw = ctx.broker_get("/positions")
     except BrokerError as exc:
-        return broker_failed(exc, "list positions")
+        return broker_failed(exc, "list positions", ctx)
     if not isinstance(raw, list):
         return Outcome.error("Alpaca /v2/positions did not return a list")
     problems: list[str] = []
@@ -247,7 +262,7 @@ def account_status(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         acct = account(ctx)
     except BrokerError as exc:
-        return broker_failed(exc, "read the account")
+        return broker_failed(exc, "read the account", ctx)
     status = str(acct.get("status", "")).upper()
     flags = [f for f in ("trading_blocked", "account_blocked", "trade_suspended_by_user") if acct.get(f) is True]
     details = {"status": status, "blocked_flags": flags, "transfers_blocked": acct.get("transfers_blocked") is True}
@@ -269,7 +284,7 @@ def stuck_orders(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         open_orders = _orders(ctx, "open", 500)
     except BrokerError as exc:
-        return broker_failed(exc, "list open orders")
+        return broker_failed(exc, "list open orders", ctx)
     waiting = [o for o in open_orders if str(o.get("status", "")).lower() in STUCK_STATUSES]
     details: dict[str, Any] = {"open_orders": len(open_orders), "unworked": len(waiting), "market": session.phase}
     if not session.is_open:
@@ -353,7 +368,7 @@ def clock_skew(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         offset, err = broker_offset(ctx)
     except BrokerError as exc:
-        return broker_failed(exc, "read the broker clock")
+        return broker_failed(exc, "read the broker clock", ctx)
     details = {"offset_seconds": round(offset, 3), "uncertainty_seconds": round(err, 3)}
     skew = abs(offset) - err  # the part of the difference the round trip cannot explain
     direction = "ahead of" if offset < 0 else "behind"
@@ -374,7 +389,7 @@ def equity_floor(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         acct = account(ctx)
     except BrokerError as exc:
-        return broker_failed(exc, "read the account")
+        return broker_failed(exc, "read the account", ctx)
     equity = number(acct.get("equity"))
     floor = float(p["min_equity"])
     warn_at = floor * (1 + float(p["warn_margin_fraction"]))
