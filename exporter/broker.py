@@ -21,6 +21,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+_EXAMPLE_URL = "https://paper-api.alpaca.markets"
+
 
 class BrokerError(Exception):
     """kind: auth, forbidden, rate_limit, server, timeout, connection, bad_response, not_found, client."""
@@ -159,6 +161,11 @@ class Broker:
             raise BrokerError("timeout", f"Alpaca did not answer {path} within {self.timeout:g} s") from None
         except requests.ConnectionError as exc:
             raise BrokerError("connection", f"cannot connect to Alpaca ({_reason(exc)})") from None
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                requests.exceptions.InvalidURL) as exc:
+            # these are ValueErrors too: without this a URL missing "https://" read as "not JSON"
+            raise BrokerError("connection", f"the Alpaca base URL is not a usable http(s) URL ({type(exc).__name__}; "
+                                            f"expected e.g. {_EXAMPLE_URL})") from None
         except ValueError:
             raise BrokerError("bad_response", f"Alpaca answered {path} with a body that is not JSON") from None
         except requests.RequestException as exc:

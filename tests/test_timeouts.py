@@ -106,3 +106,12 @@ def test_bot_gate_reading_a_trickling_exporter_times_out(trickle: Trickle) -> No
     gate = ReadinessGate(trickle.url, in_process=False, timeout_seconds=1.0)
     error = _bounded(gate.from_exporter)
     assert isinstance(error, LookupError) and "did not answer within 1 s" in str(error), error
+
+
+@pytest.mark.parametrize("url", ["paper-api.alpaca.markets", "ftp://paper-api.alpaca.markets",
+                                 f"http://{'leakuser'}:{'leakpass9'}@127.0.0.1:notaport"])
+def test_a_base_url_that_is_not_http_is_named_not_called_a_bad_body(url: str) -> None:
+    with pytest.raises(BrokerError) as info:
+        Broker(url, "PKTEST", "SECRETTEST", timeout=1.0).get("/clock")
+    assert info.value.kind == "connection" and "base URL is not a usable http(s) URL" in str(info.value)
+    assert "not JSON" not in str(info.value) and "leakpass9" not in str(info.value)
