@@ -28,7 +28,8 @@ def age_text(seconds: float) -> str:
         return f"{s // 60} min"
     if s < 172800:
         return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
+    # 1e308 s from a corrupt timestamp: three significant digits, not a 300-digit line
+    return f"{s / 86400:.1f} days" if s < 86400 * 100_000 else f"{s / 86400:.3g} days"
 
 
 def load_state_json(ctx: Context, name: str, retries: int = 3, delay: float = 0.2) -> Any:
