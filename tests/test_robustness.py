@@ -358,3 +358,15 @@ def test_slow_loris_connections_do_not_starve_metrics(exporter_port: int) -> Non
         for s in held:
             s.close()
     assert metrics_answer(exporter_port)
+
+
+@pytest.mark.parametrize("adjustment", ["NaN", "Infinity", '"high"', "[0.5]"])
+def test_active_self_healing_adjustment_that_is_not_a_number_is_not_ok(tmp_path: Path, servers: Any,
+                                                                       adjustment: str) -> None:
+    """An active adjustment the bot adds to its threshold: NaN there blocks every entry."""
+    bot = healthy(tmp_path, servers)
+    bot.p("state/self_healing_threshold.json").write_text(
+        f'{{"adjustment": {adjustment}, "activated_at": {WHEN.timestamp() - 600}, "consecutive_losses": 3}}')
+    r = evaluate(bot.path, only=["FP-3.8"], clock=servers[2]).results["FP-3.8"]
+    assert r.status is Status.WARN, r.outcome.message
+    assert "self_healing_threshold.json" in r.outcome.message

@@ -207,6 +207,11 @@ def self_healing_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
         return Outcome.warn("self_healing_threshold.json is not a JSON object: cannot tell the adjustment")
     adjustment = number(data.get("adjustment")) or 0.0
     activated = data.get("activated_at")
+    raw_adjustment = data.get("adjustment")
+    if activated not in (None, False, 0, "") and raw_adjustment is not None and number(raw_adjustment) is None:
+        # NaN or "high" added to the threshold: every candidate fails the comparison, or the bot errors
+        return Outcome.warn(f"self_healing_threshold.json: an active adjustment of {str(raw_adjustment)[:40]!r} "
+                            "is not a finite number: cannot tell the entry threshold")
     activated_ts = number(activated)
     losses = data.get("consecutive_losses")
     base, base_source = base_threshold(ctx)
