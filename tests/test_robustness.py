@@ -370,3 +370,14 @@ def test_active_self_healing_adjustment_that_is_not_a_number_is_not_ok(tmp_path:
     r = evaluate(bot.path, only=["FP-3.8"], clock=servers[2]).results["FP-3.8"]
     assert r.status is Status.WARN, r.outcome.message
     assert "self_healing_threshold.json" in r.outcome.message
+
+
+@pytest.mark.parametrize("tide", ['{"data": "x"}', '{"data": null}', "[1, 2]", '{"data": [1, "x", null]}'])
+def test_market_tide_without_a_single_point_is_not_ok(tmp_path: Path, servers: Any, tide: str) -> None:
+    bot = healthy(tmp_path, servers)
+    cache = json.loads(bot.p("data/uw_flow_cache.json").read_text())
+    cache["_market_tide"] = json.loads(tide)
+    bot.p("data/uw_flow_cache.json").write_text(json.dumps(cache))
+    r = evaluate(bot.path, only=["FP-2.5"], clock=servers[2]).results["FP-2.5"]
+    assert r.status is Status.WARN, r.outcome.message
+    assert "_market_tide" in r.outcome.message

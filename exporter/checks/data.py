@@ -79,7 +79,10 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
     if isinstance(tide, (dict, list)):
         summary.tide_present = True
         points = tide.get("data") if isinstance(tide, dict) else tide
-        points = points if isinstance(points, list) else ([tide] if isinstance(tide, dict) and tide else [])
+        # a "data" that is not a list holds no point; only objects are points ("x" is not one)
+        points = points if isinstance(points, list) else (
+            [tide] if isinstance(tide, dict) and tide and "data" not in tide else [])
+        points = [x for x in points if isinstance(x, dict)]
         summary.tide_points = len(points)
         stamps = [funnel.record_time(x, "timestamp", "ts", "last_update", "date") for x in points
                   if isinstance(x, dict)]
