@@ -81,7 +81,8 @@ class Engine:
         ``known`` supplies results of dependencies that are not run this time (the exporter
         runs each point at its own interval).
         """
-        ids = list(only) if only is not None else self.ctx.config.enabled_ids()
+        # once each: a second concurrent run of one point would report the first as hung
+        ids = list(dict.fromkeys(only)) if only is not None else self.ctx.config.enabled_ids()
         known = dict(known or {})
         slots = {fp: _Slot(fp, threading.Event(), threading.Lock()) for fp in ids}
         cond = threading.Condition()

@@ -118,3 +118,13 @@ def test_non_finite_numbers_in_the_config_are_config_errors(tmp_path: Path) -> N
         for key in ("probe.score", "probe.notional", "checks.FP-1.1.interval_seconds",
                     "engine.default_timeout_seconds"):
             assert f"'{key}'" in err, (key, err)
+
+
+def test_a_point_named_twice_in_only_is_run_once_not_reported_hung(tmp_path: Path) -> None:
+    """Two runs of one point at once made the second report the first as hung: a false BLOCKED."""
+    for _ in range(3):
+        r = run_cli("--bot-root", str(tmp_path), "check", "--json", "--only", *["FP-1.1", "FP-6.4"] * 4)
+        points = json.loads(r.stdout)["failure_points"]
+        assert sorted(points) == ["FP-1.1", "FP-6.4"]
+        for fp in points.values():
+            assert "hung" not in fp["message"], fp
