@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,8 @@ def canary(tmp_path: Path) -> Iterator[Canary]:
 def test_check_and_probe_hide_secrets_when_the_broker_fails(canary: Canary, mode: str) -> None:
     canary.alpaca.set_mode(mode)
     assert_clean(canary.cli("check", "--json"), f"check --json (broker {mode})")
-    assert_clean(canary.cli("probe"), f"probe (broker {mode})")
+    if mode in ("401", "hang"):  # the probe's broker stages meet the same errors; two modes suffice
+        assert_clean(canary.cli("probe"), f"probe (broker {mode})")
 
 
 @pytest.mark.parametrize("mode", ["401", "429"])
@@ -92,8 +95,8 @@ def test_check_probe_and_verify_hide_secrets_when_uw_fails(canary: Canary, mode:
     canary.uw.set_mode(mode)
     assert_clean(canary.cli("check"), f"check (UW {mode})")
     assert_clean(canary.cli("probe", "--json"), f"probe --json (UW {mode})")
-    assert_clean(canary.cli("verify", "--json"), f"verify --json (UW {mode})")
-    assert_clean(canary.cli("verify"), f"verify (UW {mode})")
+    # verify runs every check and the probe again, then writes its record files
+    assert_clean(canary.cli("verify", "--json") if mode == "401" else canary.cli("verify"), f"verify (UW {mode})")
     assert_root_clean(canary.root)
 
 
@@ -101,11 +104,45 @@ def test_a_login_inside_a_base_url_is_redacted(canary: Canary) -> None:
     """Connection errors echo the base URL; ``https://user:pass@gateway`` must not leave whole."""
     dead = f"http://{URL_LOGIN}@127.0.0.1:{free_port()}"
     host = canary.alpaca.url.split("//", 1)[1]
-    for env in ({"UW_BASE_URL": dead}, {"ALPACA_BASE_URL": dead},
-                {"ALPACA_BASE_URL": f"http://{URL_LOGIN}@{host}"}, {"ALPACA_BASE_URL": f"http://{URL_LOGIN}@[::1"}):
+    for env, args in (({"UW_BASE_URL": dead, "ALPACA_BASE_URL": f"http://{URL_LOGIN}@[::1"}, ("check", "--json")),
+                      ({"UW_BASE_URL": dead, "ALPACA_BASE_URL": dead}, ("probe", "--json")),
+                      ({"ALPACA_BASE_URL": f"http://{URL_LOGIN}@{host}"}, ("check", "--json"))):
         canary.bot.set_env(**env)
-        for args in (("check", "--json"), ("probe", "--json")):
-            assert_clean(canary.cli(*args, **env), f"{' '.join(args)} with {list(env)[0]} holding a login")
+        assert_clean(canary.cli(*args, **env), f"{' '.join(args)} with {env} holding a login")
+
+
+class _EchoHeaders(BaseHTTPRequestHandler):
+    """A gateway that answers every request with an error quoting the request's headers."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        status = 403 if "/v2/" in self.path else 401
+        h = self.headers
+        body = json.dumps({"message": f"denied: {h['APCA-API-KEY-ID']} {h['APCA-API-SECRET-KEY']} "
+                                      f"{h['Authorization']} {dict(h)}", "code": 40310000}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_error_body_that_echoes_the_request_headers_is_redacted(canary: Canary) -> None:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHeaders)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        canary.bot.set_env(ALPACA_BASE_URL=url, UW_BASE_URL=url)
+        env = {"ALPACA_BASE_URL": url, "UW_BASE_URL": url}
+        out = canary.cli("check", "--json", **env)
+        assert "denied: ***" in out, "the echoing gateway was not reached"
+        assert_clean(out, "check --json against a gateway echoing headers")
+        assert_clean(canary.cli("probe", "--json", **env), "probe --json against a gateway echoing headers")
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_a_login_in_a_configured_url_is_redacted(canary: Canary) -> None:
@@ -197,7 +234,7 @@ def test_serve_hides_secrets_in_metrics_api_page_and_logs(canary: Canary, tmp_pa
     srv = Serve(canary.root, tmp_path / "serve.log", canary.env)
     try:
         wait_for(srv.ready, timeout=30, what="exporter ready")
-        for mode, shown in (("401", "HTTP 401"), ("500", "HTTP 500"), ("nonjson", "not JSON")):
+        for mode, shown in (("401", "HTTP 401"), ("nonjson", "not JSON")):
             canary.alpaca.set_mode(mode)
             canary.uw.set_mode("401" if mode == "401" else "ok")
             wait_for(lambda shown=shown: shown in srv.get("/api/failure_points"),  # type: ignore[misc]
