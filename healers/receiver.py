@@ -220,7 +220,13 @@ class Healer:
                 w.start()
 
     # logging ---------------------------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        """The bot's secrets and the webhook token as ``***``: an action's output (a ``set -x``
+        script, a tool printing its config) and its argv may carry credentials."""
+        return Redactor([*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])])(text)
+
     def log(self, msg: str) -> None:
+        msg = self.redact(msg)
         with self.log_lock:
             print(f"{audit.iso(time.time())} {msg}", file=sys.stderr, flush=True)
 
@@ -308,6 +314,7 @@ class Healer:
     def _record(self, rec: dict[str, Any], at: float | None = None) -> None:
         at = time.time() if at is None else at
         rec = {"time": audit.iso(at), "epoch": round(at, 3), **rec}
+        rec = json.loads(self.redact(json.dumps(rec)))  # the audit and /api/heals
         self.audit.append(rec)
         if rec["event"] == "attempt":
             self.recent.appendleft(rec)
@@ -356,11 +363,6 @@ class Healer:
         detail = res.error
         if res.output_tail:
             detail = f"{detail + '; ' if detail else ''}output: {res.output_tail}"
-        # an action's output (a `set -x` script, a tool printing its config) may echo credentials;
-        # it goes to the audit, /api/heals and the log
-        redact = Redactor([*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])])
-        detail = redact(detail) if detail else detail
-        verification = redact(verification) if verification else verification
         rec = self._attempt_record(spec, alert, started, res.exit_status, res.duration, outcome, detail, verification)
         self._record(rec, at=started)
         self.attempts.labels(spec.fp, outcome).inc()

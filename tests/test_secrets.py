@@ -253,7 +253,8 @@ def test_heal_keeps_the_token_out_of_api_metrics_logs_audit_and_the_action(tmp_p
     dump = tmp_path / "action.env"
     # an action that echoes credentials (a `set -x` restart script, a tool printing its config)
     action = script(tmp_path / "dump_env.sh", f"env > {dump}\ngrep -h SECRET .env\necho \"$HOME\"\n")
-    cfg = hb.config({"FP-1.1": {"run": [str(action)]}}, verify_timeout_seconds=0.5)
+    # and an operator who wrote a credential into the argv itself
+    cfg = hb.config({"FP-1.1": {"run": [str(action), f"--token={UW_TOKEN}"]}}, verify_timeout_seconds=0.5)
     port = free_port()
     proc = start_heal_cli(hb, cfg, port, token=HEAL_TOKEN)
     url = f"http://127.0.0.1:{port}"
