@@ -10,7 +10,8 @@ read its result files. This writes them per CONTRACT.md ("Files written"), crash
 - ``data/trading_verification_results.json``: the latest record again (atomic), for old scripts.
 
 These are the only files verify writes into the bot root. Exit code by readiness (0 READY,
-1 DEGRADED, 2 BLOCKED, 3 UNKNOWN); a probe that is blocked makes the verdict BLOCKED.
+1 DEGRADED, 2 BLOCKED, 3 UNKNOWN); a probe that is blocked makes the verdict BLOCKED, except by
+the per-ticker cooldown of the probe's own symbol, which only refuses that symbol (DEGRADED).
 """
 
 from __future__ import annotations
@@ -143,7 +144,15 @@ def run_verification(cfg: Config, environ: dict[str, str] | None = None,
     if report.readiness is not Readiness.READY:
         failing = checks["critical_fps"] or checks["warning_fps"]
         reasons.append(f"checks: {report.readiness.name} ({', '.join(failing)})")
-    if probe.outcome == "blocked":
+    stop = probe.stopped_at
+    if probe.outcome == "blocked" and stop is not None and stop.details.get("gate") == "cooldown":
+        # a per-ticker cooldown refuses the probe's own symbol only: the bot still trades the
+        # others, so calling that BLOCKED would be a false alarm after every trade in it
+        if readiness is Readiness.READY:
+            readiness = Readiness.DEGRADED
+        reasons.append(f"probe: {probe.summary()} (a per-ticker cooldown: other symbols are not refused; "
+                       "set probe.symbol to one the bot seldom trades)")
+    elif probe.outcome == "blocked":
         readiness = Readiness.BLOCKED
         reasons.append(f"probe: {probe.summary()}")
     elif probe.outcome == "error":

@@ -85,6 +85,17 @@ def test_blocked_probe_makes_verify_blocked(running: Procs, bot: BotRoot, alpaca
     assert history(bot)[-1]["readiness"] == "BLOCKED"
 
 
+def test_probe_symbol_on_cooldown_degrades_but_does_not_block(running: Procs, bot: BotRoot,
+                                                              alpaca: FakeAlpaca) -> None:
+    """The bot just traded the probe's symbol: that one symbol is refused, every other still trades."""
+    market_open(alpaca)
+    bot.block("symbol_on_cooldown", at=time.time() - 120, symbol="SPY", score=3.1)
+    code, record = verify(bot)
+    assert record["probe"]["outcome"] == "blocked" and record["probe"]["blocked_stage"] == "gates"
+    assert code == 1 and record["readiness"] == "DEGRADED", record["verification"]["reasons"]
+    assert any("per-ticker cooldown" in r for r in record["verification"]["reasons"])
+
+
 def test_checks_blocked_exit_2_and_config_error_exit_3(bot: BotRoot, tmp_path: Path) -> None:
     # no daemon and no bot process running: the checks say BLOCKED
     code, record = verify(bot)
