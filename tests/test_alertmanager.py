@@ -26,6 +26,7 @@ from exporter import rulegen
 from exporter.catalog import load
 
 from .conftest import wait_for
+from .prom import stop_process
 from .test_exporter import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,12 +148,7 @@ def am(tmp_path: Path) -> Iterator[tuple[str, Receiver, str]]:
         wait_for(ready, timeout=30, what="alertmanager ready", every=0.1)
         yield url, rcv, token
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=10)
         err.close()
         rcv.server.shutdown()
         rcv.server.server_close()

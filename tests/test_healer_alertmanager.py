@@ -19,6 +19,7 @@ import requests
 import yaml
 
 from .conftest import wait_for as _wait_for
+from .prom import stop_process
 from .test_healer_helpers import TOKEN, HealBot, Running, free_port, payload, pid_alive, receiver, wait_idle
 
 AM_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -96,12 +97,7 @@ def alertmanager(tmp: Path, name: str, healer_url: str, cluster_port: int | None
         wait_for(ready, timeout=30, what=f"Alertmanager {name}")
         yield AM(url, proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def deliveries(r: Running) -> int:
