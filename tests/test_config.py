@@ -39,6 +39,25 @@ BAD_CONFIGS = [
      "keys 'exporter.tls_cert_file' and 'exporter.tls_key_file' in {f} go together"),
     ("bad_yaml.yaml", "readiness: [\n", "config file {f} is not valid YAML at line 2"),
     ("not_mapping.yaml", "- a\n- b\n", "'top level' in {f} must be a mapping"),
+    ("checks_list.yaml", "checks: [FP-1.1]\n", "'checks' in {f} must be a mapping of failure-point ids"),
+    ("check_not_mapping.yaml", "checks:\n  FP-1.1: off\n", "'checks.FP-1.1' in {f} must be a mapping"),
+    ("healers_list.yaml", "healers: [FP-1.1]\n", "'healers' in {f} must be a mapping of failure-point ids"),
+    ("healer_unknown_fp.yaml", "healers:\n  FP-9.9: {run: [x]}\n", "unknown failure point 'healers.FP-9.9' in {f}"),
+    ("healer_not_mapping.yaml", "healers:\n  FP-1.1: restart\n", "'healers.FP-1.1' in {f} must be a mapping"),
+    ("healer_unknown_key.yaml", "healers:\n  FP-1.1: {run: [x], shell: true}\n",
+     "unknown key 'healers.FP-1.1.shell' in {f}"),
+    ("healer_empty_argv.yaml", "healers:\n  FP-1.1: {run: []}\n",
+     "key 'healers.FP-1.1.run' in {f} must be a non-empty list of strings (an argv, no shell)"),
+    ("null_value.yaml", "exporter:\n  listen:\n", "key 'exporter.listen' in {f} must not be empty"),
+    ("negative_max_warnings.yaml", "readiness:\n  max_warnings: -1\n",
+     "key 'readiness.max_warnings' in {f} must be 0 or more"),
+    ("huge_timeout.yaml", "alpaca:\n  timeout_seconds: 300\n",
+     "key 'alpaca.timeout_seconds' in {f} must be between 0 and 60"),
+    ("infinite_timeout.yaml", "uw:\n  timeout_seconds: .inf\n", "key 'uw.timeout_seconds' in {f} must be a number"),
+    ("empty_probe_symbol.yaml", "probe:\n  symbol: ' '\n", "key 'probe.symbol' in {f} must not be empty"),
+    ("negative_notional.yaml", "probe:\n  notional: -5\n", "key 'probe.notional' in {f} must be positive"),
+    ("bad_match_labels.yaml", "healer:\n  match_labels: {instance: 9870}\n",
+     "key 'healer.match_labels' in {f} must map label names to strings"),
 ]
 
 
@@ -53,6 +72,19 @@ def test_bad_config_is_one_line_exit_3(tmp_path: Path, name: str, text: str, mes
     assert len(lines) == 1, r.stderr
     assert message.format(f=f) in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_unreadable_and_non_utf8_config_files(tmp_path: Path) -> None:
+    d = tmp_path / "a-directory.yaml"
+    d.mkdir()
+    r = run_cli("--config", str(d), "--bot-root", str(tmp_path), "check")
+    assert r.returncode == 3 and r.stderr.strip().splitlines() == [
+        f"config error: config file {d} cannot be read: Is a directory"], r.stderr
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(b"readiness: {max_warnings: 2}  # caf\xe9\n")
+    r = run_cli("--config", str(f), "--bot-root", str(tmp_path), "check")
+    assert r.returncode == 3 and r.stderr.strip().splitlines() == [
+        f"config error: config file {f} is not valid UTF-8 (byte 35)"], r.stderr
 
 
 def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
