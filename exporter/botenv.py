@@ -127,8 +127,13 @@ class BotEnv:
         return (self.get("UW_BASE_URL") or DEFAULT_UW_URL).rstrip("/")
 
     def secrets(self) -> list[str]:
-        named = [v for k, v in self.values.items() if (k in SECRET_VARS or _looks_secret(k)) and len(v) >= 4]
-        return named + [c for v in self.values.values() for c in url_credentials(v)]
+        return secret_values(self.values)
+
+
+def secret_values(values: Mapping[str, str]) -> list[str]:
+    """Every secret among environment-style values: the named secrets and URL logins."""
+    named = [v for k, v in values.items() if (k in SECRET_VARS or _looks_secret(k)) and len(v) >= 4]
+    return named + [c for v in values.values() for c in url_credentials(v)]
 
 
 _USERINFO = re.compile(r"://([^/?#@\s]+)@")

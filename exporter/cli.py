@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from .botenv import Redactor, secret_values, url_credentials
 from .catalog import CatalogError
 from .catalog import load as load_catalog
 from .config import Config, ConfigError
@@ -188,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_UNKNOWN
     except Exception as exc:  # Python's own traceback and exit 1 would read as DEGRADED to a caller
-        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        text = " ".join(str(exc).split())
+        # the bot's .env is not known here: redact what the process environment and the text hold
+        redact = Redactor(secret_values(os.environ) + url_credentials(text))
+        print(f"error: {type(exc).__name__}: {redact(text)}", file=sys.stderr)
         return EXIT_UNKNOWN
 
 

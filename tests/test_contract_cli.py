@@ -128,3 +128,19 @@ def test_a_point_named_twice_in_only_is_run_once_not_reported_hung(tmp_path: Pat
         assert sorted(points) == ["FP-1.1", "FP-6.4"]
         for fp in points.values():
             assert "hung" not in fp["message"], fp
+
+
+def test_an_unexpected_error_line_is_redacted(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The last-resort error line quotes the exception; secrets from the environment and URL logins
+    in it are replaced like everywhere else."""
+    from exporter import cli
+
+    def explode(args: object) -> int:
+        raise RuntimeError("GET https://gate:hunter22pass@broker.example/v2 failed with key PKCANARY77\nretry")
+
+    monkeypatch.setenv("APCA_API_KEY_ID", "PKCANARY77")
+    monkeypatch.setitem(cli.COMMANDS, "catalog", explode)
+    assert cli.main(["catalog"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: RuntimeError: GET https://***@broker.example"), err
+    assert "hunter22pass" not in err and "PKCANARY77" not in err, err
