@@ -120,7 +120,11 @@ def test_two_bots_one_prometheus_an_alertmanager_pair_heal_only_the_broken_bot_o
             wait_for(lambda: any(matches(x, alertname="TradingFailurePoint", fp="FP-1.1", instance=a.instance)
                                  for x in st.sink.alerts("/pager")), timeout=20, what="the page for A's FP-1.1")
             wait_for(lambda: a.readiness() == "READY" and a.heals(), timeout=45, what="A healed and READY")
-            time.sleep(3)  # room for a late duplicate delivery from the second peer
+            # a late duplicate from the second peer can only come while a peer still holds the
+            # firing alert: wait until both have resolved it
+            wait_for(lambda: not any(matches(x, fp="FP-1.1", instance=a.instance)
+                                     for i in range(2) for x in st.alertmanager_alerts(i)),
+                     timeout=30, what="A's FP-1.1 alert resolved in both Alertmanagers")
         finally:
             stop.set()
             watcher.join(timeout=5)

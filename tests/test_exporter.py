@@ -208,7 +208,13 @@ def test_readiness_log_appends_one_line_per_change(bot: BotRoot, running: Procs,
         assert lines[0].startswith("2026-01-05T14:40:00Z")  # appended, never rewritten
         assert f"| {first} |" in lines[1]
         assert "| BLOCKED | Critical: 1," in lines[2] and lines[2].endswith("Critical FPs: FP-3.1")
-        time.sleep(2.5)  # two more cycles at 1 s: no change, no line
+        # two more evaluations of the freeze point with no change: no new line
+        seen = exp.api()["failure_points"]["FP-3.1"]["last_check"]
+        for _ in range(2):
+            wait_for(lambda seen=seen: exp.api()["failure_points"]["FP-3.1"]["last_check"] > seen,
+                     what="another evaluation of FP-3.1")
+            seen = exp.api()["failure_points"]["FP-3.1"]["last_check"]
+        assert exp.api()["readiness"] == "BLOCKED"
         assert len(log.read_text().splitlines()) == 3
     finally:
         exp.stop()
