@@ -87,8 +87,9 @@ def canonical_time(value: str) -> str:
         return value[:64]
 
 
-def parse_payload(body: bytes) -> list[Alert]:
-    """Validate a webhook v4 body and return its alerts; BadRequest for anything else."""
+def parse_payload(body: bytes) -> tuple[list[Alert], str]:
+    """Validate a webhook v4 body and return its alerts and the sending Alertmanager's
+    externalURL; BadRequest for anything else."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -124,13 +125,8 @@ def parse_payload(body: bytes) -> list[Alert]:
         fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
         out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", "")),
                          tuple(sorted(labels.items()))))
-    return out
-
-
-def data_source(body: bytes) -> str:
-    """The sending Alertmanager's externalURL (only called on a body that parsed)."""
-    url = json.loads(body).get("externalURL")
-    return url[:100] if isinstance(url, str) else ""
+    url = data.get("externalURL")
+    return out, url[:100] if isinstance(url, str) else ""
 
 
 def transitive_deps(config: Config, fp: str) -> list[str]:
@@ -245,10 +241,9 @@ class Healer:
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
         try:
-            alerts = parse_payload(body)
+            alerts, source = parse_payload(body)
         except BadRequest as exc:
             return 400, {"error": str(exc)}
-        source = data_source(body)
         with self.log_lock:
             if source in self.sources or len(self.sources) < MAX_SOURCES:
                 self.sources[source] = self.sources.get(source, 0) + 1
