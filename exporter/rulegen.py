@@ -254,6 +254,15 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                   f"  > on (job, instance, fp)\n  {threshold}")
     stale_text = (", more than " + str(cfg["stale_factor"]) + " check intervals (plus "
                   + f"{float(cfg['stale_slack_seconds']):g}" + " s)")
+    # The stale alerts carry the point's category (and healer) like TradingFailurePoint does;
+    # without an info series the alert still fires, only unlabelled.
+    info = f"trading_failure_point_info{_sel(cfg)}"
+
+    def labelled(expr: str) -> str:
+        return (f"(\n{expr}\n)\n* on (job, instance, fp) group_left (category, healer)\n{info}\n"
+                f"or on (job, instance, fp)\n(\n{expr}\n)")
+
+    stale_expr, never_expr = labelled(stale_expr), labelled(never_expr)
     return {
         "name": "trading-readiness-meta",
         "rules": [
@@ -305,8 +314,9 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "annotations": {
                     "summary": "The healer gave up on {{ $labels.fp }} ({{ $labels.instance }})",
                     "description": ("The healer ran its action for {{ $labels.fp }} max_attempts times in its "
-                                    "window without fixing it and will not try again until the window passes. "
-                                    "A human must fix the cause; see /api/heals on the healer."),
+                                    "window without fixing it and will not try again until the alert resolves (the "
+                                    "point is OK again), which restores its attempts. A human must fix the cause; "
+                                    "see /api/heals on the healer."),
                     "runbook_url": _runbook_template(cfg),
                 },
             },
