@@ -51,6 +51,7 @@ from ._panels import (
     layout,
     number,
     target,
+    value_mappings,
 )
 
 EXPORTER_JOB: str = CONFIG["exporter_job"]
@@ -176,8 +177,7 @@ def overview(cat: Catalog) -> Dashboard:
     up = Stat(title="Exporter scraped", targets=[target(f'up{{{SEL}}}', "{{instance}}")],
               description="1 while Prometheus scrapes the exporter. 0 means every panel here is stale.",
               colorMode="background", graphMode="none", reduceCalc="lastNotNull", format="none",
-              mappings=[{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
-                                                      "1": {"text": "UP", "color": "green", "index": 1}}}])
+              mappings=value_mappings([(0, "DOWN", "red"), (1, "UP", "green")]))
     age = Stat(title="Newest check age",
                targets=[target(f"time() - max by (instance) "
                                f"(trading_failure_point_last_check_timestamp_seconds{{{SEL}}})", "{{instance}}")],
@@ -200,8 +200,7 @@ def overview(cat: Catalog) -> Dashboard:
         "of date. No data means the rules from rules/ are not loaded in this Prometheus.",
         f"trading:readiness:status{{{SEL}}} != bool on (job, instance) trading_readiness_status{{{SEL}}}",
         "{{instance}}",
-        [{"type": "value", "options": {"0": {"text": "agree", "color": "green", "index": 0},
-                                       "1": {"text": "DISAGREE", "color": "red", "index": 1}}}])
+        value_mappings([(0, "agree", "green"), (1, "DISAGREE", "red")]))
     alerts = Table(
         title="Readiness alerts pending and firing",
         description="Prometheus' ALERTS series for this bot's exporter: what Alertmanager is (or will soon be) "
@@ -322,13 +321,11 @@ def healer(cat: Catalog) -> Dashboard:
                              "[$__rate_interval]))", "{{reason}}")], stacked=True), 12, 8),
         (_status_timeline("Healer running", "1 while a point's action runs.",
                           f"trading_healer_running{{{HSEL}}}", "{{fp}}",
-                          [{"type": "value", "options": {"0": {"text": "idle", "color": "transparent", "index": 0},
-                                                         "1": {"text": "running", "color": "blue", "index": 1}}}]),
+                          value_mappings([(0, "idle", "transparent"), (1, "running", "blue")])),
          12, 8),
         (_status_timeline("Gave up (a human is needed)", "1 after max_attempts failed within window_seconds, "
                           "until the point's alert resolves.", f"trading_healer_gave_up{{{HSEL}}}", "{{fp}}",
-                          [{"type": "value", "options": {"0": {"text": "trying", "color": "green", "index": 0},
-                                                         "1": {"text": "gave up", "color": "red", "index": 1}}}]),
+                          value_mappings([(0, "trying", "green"), (1, "gave up", "red")])),
          12, 8),
         (Table(title="Healers configured per point", targets=[target(
             f'trading_failure_point_info{{{SEL}, healer!=""}}', instant=True, table=True)],
