@@ -4,31 +4,46 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose chromium
-DEBIAN_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose chromium
+# What `make demo` runs (Debian's Prometheus and Alertmanager with promtool/amtool); `make test`
+# also needs docker-compose (the compose file is validated) and Chromium (the status page is driven).
+DEMO_PACKAGES := prometheus prometheus-alertmanager
+DEMO_BINARIES := prometheus promtool prometheus-alertmanager amtool
+TEST_PACKAGES := $(DEMO_PACKAGES) docker-compose chromium
+TEST_BINARIES := $(DEMO_BINARIES) docker-compose chromium
 
-.PHONY: test demo generate lint bench system-deps venv clean
+.PHONY: test demo generate lint bench system-deps demo-deps venv clean
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || python3 -m venv $(VENV) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's python3-venv"; rm -rf $(VENV); \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); \
+	  else echo "python3 -m venv failed -- install with: sudo apt-get install python3-venv"; exit 1; fi; }
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
 
-# Debian's Prometheus, Alertmanager (with promtool/amtool), docker-compose and Chromium:
-# the integration tests start the real servers on loopback.
-system-deps:
-	@missing=""; for b in $(DEBIAN_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+# Installs the Debian packages a target needs when a binary is missing (as root), or names them.
+define debian_deps
+	@missing=""; for b in $(1); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages for:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
 	  else \
-	    echo "missing:$$missing -- install with: sudo apt-get install $(DEBIAN_PACKAGES)"; exit 1; \
+	    echo "missing:$$missing -- install with: sudo apt-get install $(2)"; exit 1; \
 	  fi; \
 	fi
+endef
+
+# the integration tests start the real servers on loopback
+system-deps:
+	$(call debian_deps,$(TEST_BINARIES),$(TEST_PACKAGES))
+
+demo-deps:
+	$(call debian_deps,$(DEMO_BINARIES),$(DEMO_PACKAGES))
 
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
@@ -45,7 +60,7 @@ generate: $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) -m bench.run
 
-demo: system-deps $(STAMP)
+demo: demo-deps $(STAMP)
 	$(PY) -m exporter.demo
 
 clean:
