@@ -305,6 +305,7 @@ class StockBotAdapter:
                 adjustment = adj
         effective = base + adjustment
         signal.trace["threshold"] = effective
+        signal.trace["self_healing_adjustment"] = adjustment
         details = {"threshold": effective, "base_threshold": base, "source": source,
                    "self_healing_adjustment": adjustment, "score": signal.score}
         text = f"threshold in force {effective:g} ({source} {base:g}" + (
@@ -331,8 +332,14 @@ class StockBotAdapter:
             return StageResult.error("gates", f"broker unreachable or refusing: cannot list positions ({exc})")
         if not isinstance(positions, list):
             return StageResult.error("gates", "Alpaca /v2/positions did not return a list")
+        # an active self-healing adjustment raises the execution floor as well as the entry threshold
+        adjustment = float(signal.trace.get("self_healing_adjustment") or 0.0)
+        floor = min_exec + adjustment
+        floor_text = f"MIN_EXEC_SCORE {min_exec:g}" + (
+            f" + active self-healing adjustment {adjustment:g} = {floor:g}" if adjustment and min_exec else "")
         details: dict[str, Any] = {"open_positions": len(positions), "max_positions": cap,
-                                   "min_exec_score": min_exec, "cooldown_minutes": cooldown_min}
+                                   "min_exec_score": min_exec, "effective_min_exec_score": floor,
+                                   "cooldown_minutes": cooldown_min}
         if len(positions) >= cap:
             return StageResult.blocked("gates", f"max_positions_reached: {len(positions)} open positions, "
                                        f"MAX_CONCURRENT_POSITIONS={cap}", gate="max_positions", **details)
@@ -356,12 +363,11 @@ class StockBotAdapter:
             if rec.get("symbol") == signal.symbol and rec.get("reason") == "symbol_on_cooldown":
                 return StageResult.blocked("gates", f"symbol_on_cooldown: the bot logged {signal.symbol} on cooldown "
                                            f"within the last {cooldown_min:g} min", gate="cooldown", **details)
-        if signal.score < min_exec:
-            return StageResult.blocked("gates", f"score_below_min: score {signal.score:g} < MIN_EXEC_SCORE "
-                                       f"{min_exec:g}", gate="min_exec_score", **details)
+        if min_exec and signal.score < floor:
+            return StageResult.blocked("gates", f"score_below_min: score {signal.score:g} < {floor_text}",
+                                       gate="min_exec_score", **details)
         return StageResult.passed("gates", f"no freeze, kill switch or safe mode; {len(positions)} of {cap} "
-                                  f"positions; {signal.symbol} not on cooldown; score >= MIN_EXEC_SCORE "
-                                  f"{min_exec:g}", **details)
+                                  f"positions; {signal.symbol} not on cooldown; score >= {floor_text}", **details)
 
     def execution(self, ctx: Context, signal: ProbeSignal) -> StageResult:
         order = {"symbol": signal.symbol, "notional": f"{signal.notional:.2f}",

@@ -100,6 +100,18 @@ def _min_exec(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     bot.set_env(MIN_EXEC_SCORE="4.2")
 
 
+def _self_healing_min_exec(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    # entry threshold 2.7 + 0.5 = 3.2 passes the score 4; the execution floor 3.6 + 0.5 does not
+    bot.set_env(MIN_EXEC_SCORE="3.6")
+    bot.self_healing(adjustment=0.5, activated_at=time.time() - 600)
+
+
+def _entry_threshold_base(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    # no per-symbol file: the bot falls back to ENTRY_THRESHOLD_BASE
+    bot.p("state/uw_thresholds_hierarchical.json").unlink()
+    bot.set_env(ENTRY_THRESHOLD_BASE="4.4")
+
+
 def _cooldown_order(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     from exporter.sim.alpaca import make_order
 
@@ -145,6 +157,9 @@ REFUSALS = [
     (_threshold, "threshold", "score 4 below the threshold in force 4.5"),
     (_self_healing, "threshold", "threshold in force 4.1"),
     (_min_exec, "gates", "score_below_min: score 4 < MIN_EXEC_SCORE 4.2"),
+    (_self_healing_min_exec, "gates",
+     "score_below_min: score 4 < MIN_EXEC_SCORE 3.6 + active self-healing adjustment 0.5 = 4.1"),
+    (_entry_threshold_base, "threshold", "score 4 below the threshold in force 4.4 (ENTRY_THRESHOLD_BASE 4.4)"),
     (_cooldown_order, "gates", "symbol_on_cooldown: 1 SPY order(s) in the last 15 min"),
     (_cooldown_blocked, "gates", "symbol_on_cooldown: the bot logged SPY on cooldown"),
     (_closed, "execution", "market_closed"),
@@ -170,6 +185,29 @@ def test_each_gate_blocks_at_its_stage_with_its_reason(bot: BotRoot, alpaca: Fak
     i = statuses.index("blocked")
     assert statuses[:i] == ["passed"] * i and statuses[i + 1:] == ["not_reached"] * (5 - i)
     assert alpaca.submitted_orders == []
+
+
+@pytest.mark.parametrize(("thresholds", "env", "threshold", "source"), [
+    (None, {"ENTRY_THRESHOLD_BASE": "3.1"}, 3.1, "ENTRY_THRESHOLD_BASE"),
+    (None, {"ENTRY_THRESHOLD_BASE": ""}, 2.7, "built-in 2.7"),
+    ({"symbols": {"NVDA": 3.9}}, {"ENTRY_THRESHOLD_BASE": "3.3"}, 3.3, "ENTRY_THRESHOLD_BASE"),
+    ({"default": 2.9, "symbols": {"SPY": 3.4}}, {"ENTRY_THRESHOLD_BASE": "2.0"}, 3.4,
+     "state/uw_thresholds_hierarchical.json for SPY"),
+])
+def test_threshold_in_force_follows_the_bots_fallbacks(bot: BotRoot, alpaca: FakeAlpaca, thresholds: Any,
+                                                       env: dict[str, str], threshold: float, source: str) -> None:
+    """Per-symbol file, then its default, then ENTRY_THRESHOLD_BASE, then 2.7 -- as the bot reads them."""
+    market_open(alpaca)
+    if thresholds is None:
+        bot.p("state/uw_thresholds_hierarchical.json").unlink()
+    else:
+        bot.thresholds(thresholds)
+    if env:
+        bot.set_env(**env)
+    code, data = probe(bot)
+    assert code == 0, data
+    details = stage(data, "threshold")["details"]
+    assert (details["threshold"], details["source"]) == (threshold, source)
 
 
 def test_shortly_before_the_open_the_order_is_validated_for_the_open(bot: BotRoot, alpaca: FakeAlpaca) -> None:
