@@ -47,7 +47,7 @@ demo-deps:
 
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
-	$(PY) -m pytest -q -p no:cacheprovider -n 2
+	NO_SKIPPED_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
