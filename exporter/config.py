@@ -89,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
                    "enabled": False},
     },
     "probe": {"adapter": None, "symbol": "SPY", "score": None, "notional": 1000.0},
+    #: what `verify` validates with promtool/amtool: the files this bot's Prometheus and
+    #: Alertmanager really load; unset, the checkout's rules/*.yml and alertmanager/alertmanager.yml
+    "verify": {"rule_files": None, "alertmanager_config": None},
 }
 
 #: Keys whose value may be null in the defaults but must be of this type when set.
@@ -102,6 +105,8 @@ NULLABLE: dict[str, type | tuple[type, ...]] = {
     "exporter.tls_key_file": str,
     "probe.adapter": str,
     "probe.score": (int, float),
+    "verify.rule_files": list,
+    "verify.alertmanager_config": str,
 }
 
 CHECK_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -312,6 +317,9 @@ def _semantic(data: dict[str, Any], src: str, problems: list[str]) -> None:
         host, sep, port = str(value).rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             problems.append(f"key '{key}' in {src} must be HOST:PORT, got {value!r}")
+    rule_files = data["verify"]["rule_files"]
+    if isinstance(rule_files, list) and not (rule_files and all(isinstance(f, str) and f for f in rule_files)):
+        problems.append(f"key 'verify.rule_files' in {src} must be a non-empty list of file paths")
     healer = data["healer"]
     labels = healer["match_labels"]
     if isinstance(labels, dict):

@@ -94,21 +94,37 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def validate_alerting(root: Path | None = None) -> list[ToolCheck]:
-    """``promtool check rules rules/*.yml`` and ``amtool check-config alertmanager/alertmanager.yml``."""
+def validate_alerting(root: Path | None = None, rule_files: list[Path] | None = None,
+                      alertmanager_config: Path | None = None) -> list[ToolCheck]:
+    """``promtool check rules`` and ``amtool check-config`` on the configured files, else on the
+    checkout's ``rules/*.yml`` and ``alertmanager/alertmanager.yml``.
+
+    A configured file that does not exist fails (the operator named it); the checkout's files
+    are only looked for, so an installed package without them reports skipped.
+    """
     root = root or repo_root()
     out: list[ToolCheck] = []
-    rules = sorted((root / "rules").glob("*.yml")) if (root / "rules").is_dir() else []
-    rules = [r for r in rules if not r.name.endswith("_test.yml") and not r.name.startswith("test")]
-    am = root / "alertmanager" / "alertmanager.yml"
-    for name, tool, argv, present in (
-        ("rules", "promtool", ["check", "rules", *map(str, rules)], bool(rules)),
-        ("alertmanager", "amtool", ["check-config", str(am)], am.is_file()),
+    if rule_files is None:
+        rules = sorted((root / "rules").glob("*.yml")) if (root / "rules").is_dir() else []
+        rules = [r for r in rules if not r.name.endswith("_test.yml") and not r.name.startswith("test")]
+        rules_where = f"rules/*.yml not found in {root}"
+    else:
+        rules = list(rule_files)
+        rules_where = ""
+    am = alertmanager_config if alertmanager_config is not None else root / "alertmanager" / "alertmanager.yml"
+    am_where = "" if alertmanager_config is not None else f"alertmanager/alertmanager.yml not found in {root}"
+    for name, tool, argv, files, where in (
+        ("rules", "promtool", ["check", "rules", *map(str, rules)], rules, rules_where),
+        ("alertmanager", "amtool", ["check-config", str(am)], [am], am_where),
     ):
         binary = shutil.which(tool)
-        if not present:
-            what = "rules/*.yml" if name == "rules" else "alertmanager/alertmanager.yml"
-            out.append(ToolCheck(name, "skipped", f"{what} not found in {root}"))
+        absent = [f for f in files if not f.is_file()]
+        if not files or absent:
+            if where:
+                out.append(ToolCheck(name, "skipped", where))
+            else:
+                out.append(ToolCheck(name, "failed", "configured file not found: "
+                                     + ", ".join(str(f) for f in absent)))
             continue
         if binary is None:
             out.append(ToolCheck(name, "skipped", f"{tool} not installed"))
@@ -138,7 +154,11 @@ def run_verification(cfg: Config, environ: dict[str, str] | None = None,
     report = Engine(ctx).report()
     checks = report.to_json()
     probe = run_probe(ctx)
-    tools = validate_alerting(tools_root)
+    vcfg = cfg["verify"]
+    tools = validate_alerting(
+        tools_root,
+        rule_files=[cfg.resolve(f) for f in vcfg["rule_files"]] if vcfg["rule_files"] else None,
+        alertmanager_config=cfg.resolve(vcfg["alertmanager_config"]) if vcfg["alertmanager_config"] else None)
     readiness = report.readiness
     reasons: list[str] = []
     if report.readiness is not Readiness.READY:

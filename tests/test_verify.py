@@ -176,3 +176,33 @@ def test_rule_and_alertmanager_validation(tmp_path: Path) -> None:
     checks = {t.name: t for t in validate_alerting(tmp_path)}
     assert checks["rules"].status == "failed" and "bad.yml" in checks["rules"].message
     assert checks["alertmanager"].status == "failed"
+
+
+def test_verify_validates_the_configured_alerting_files(running: Procs, bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """The files this bot's Prometheus and Alertmanager load, named in the config (relative to the
+    bot root), not the checkout's: a broken one degrades a READY verdict, a missing one is named."""
+    market_open(alpaca)
+    bot.p("prom").mkdir()
+    (bot.p("prom") / "ours.yml").write_text((REPO / "rules" / "trading-readiness.rules.yml").read_text())
+    (bot.p("prom") / "broken.yml").write_text("groups:\n- name: g\n  rules:\n  - record: x\n    expr: sum(\n")
+    config = bot.p("trading-readiness.yaml")  # found in the bot root, as an operator would keep it
+    config.write_text("verify:\n  rule_files: [prom/ours.yml]\n  alertmanager_config: am/alertmanager.yml\n")
+    code, record = verify(bot)
+    tools = {t["name"]: t for t in record["rule_validation"]}
+    assert tools["rules"]["status"] == "ok", tools
+    assert tools["alertmanager"]["status"] == "failed"
+    assert tools["alertmanager"]["message"] == f"configured file not found: {bot.p('am/alertmanager.yml')}"
+    assert (code, record["readiness"]) == (1, "DEGRADED"), record["verification"]["reasons"]
+    bot.p("am").mkdir()
+    (bot.p("am") / "alertmanager.yml").write_text((REPO / "alertmanager" / "alertmanager.yml").read_text())
+    config.write_text("verify:\n  rule_files: [prom/ours.yml, prom/broken.yml]\n"
+                      "  alertmanager_config: am/alertmanager.yml\n")
+    code, record = verify(bot)
+    tools = {t["name"]: t for t in record["rule_validation"]}
+    assert tools["alertmanager"]["status"] == "ok", tools
+    assert tools["rules"]["status"] == "failed" and "broken.yml" in tools["rules"]["message"]
+    assert code == 1 and "rules validation failed" in " ".join(record["verification"]["reasons"])
+    config.write_text("verify:\n  rule_files: []\n")
+    r = run_cli("--bot-root", str(bot.path), "verify")
+    assert r.returncode == 3
+    assert r.stderr.strip().endswith(f"key 'verify.rule_files' in {config} must be a non-empty list of file paths")
