@@ -1,9 +1,10 @@
 """The exposition: a custom collector that turns the scheduler's snapshot into metric families.
 
 ``collect()`` does no I/O and never waits on a check: it reads the snapshot the scheduler keeps.
-``describe()`` is given so registering the collector does not call ``collect()``. Every known
-failure point has its info and interval series from the first scrape; status, last check and
-duration appear once the point has been evaluated (a value before that would be a guess).
+``describe()`` is given so registering the collector does not call ``collect()``. ``serve``
+listens only once every enabled point has been evaluated, so the first scrape already has every
+family for every point. A point enabled later by a reload has no status, last check or duration
+until its first run, and readiness is absent meanwhile: a value before that would be a guess.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_SERIES_PER_OBSERVATION = 64
 MAX_LABEL_VALUE_CHARS = 64
 
+_FIRST = "present from the first scrape; absent for a point enabled by a reload until its first run"
 CORE: dict[str, str] = {
-    "trading_failure_point_status": "State of the failure point: 0 OK, 1 WARN, 2 ERROR, -1 SKIPPED "
-                                    "(absent until the point was first evaluated).",
+    "trading_failure_point_status": f"State of the failure point: 0 OK, 1 WARN, 2 ERROR, -1 SKIPPED ({_FIRST}).",
     "trading_failure_point_info": "Static facts of the failure point (name, category, configured healer); always 1.",
-    "trading_failure_point_last_check_timestamp_seconds": "When the failure point was last evaluated.",
-    "trading_failure_point_check_duration_seconds": "How long the last evaluation of the failure point took.",
+    "trading_failure_point_last_check_timestamp_seconds": f"When the failure point was last evaluated ({_FIRST}).",
+    "trading_failure_point_check_duration_seconds": "How long the last evaluation of the failure point took "
+                                                    f"({_FIRST}).",
     "trading_failure_point_interval_seconds": "How often the exporter evaluates the failure point.",
-    "trading_readiness_status": "Readiness: 0 READY, 1 DEGRADED, 2 BLOCKED (absent until every check ran once).",
+    "trading_readiness_status": "Readiness: 0 READY, 1 DEGRADED, 2 BLOCKED (present from the first scrape; absent "
+                                "while a point enabled by a reload has not run yet).",
     "trading_readiness_max_warnings": "readiness.max_warnings: more WARN points than this is DEGRADED.",
     "trading_exporter_check_errors": "Checks that raised, timed out or hung (an exporter fault, not a bot fault).",
     "trading_exporter_cycle_duration_seconds": "Duration of the last batch of checks.",
@@ -45,8 +48,29 @@ CORE: dict[str, str] = {
                                               "config was kept because the new one is invalid.",
     "trading_exporter_config_last_reload_timestamp_seconds": "When the config was last (re)loaded or tried.",
     "trading_exporter_build_info": "Build of the exporter; always 1.",
-    "trading_exporter_ready": "1 once every enabled check has run at least once.",
+    "trading_exporter_ready": "1 once every enabled check has run at least once (0 while a point enabled by a "
+                              "reload has not run yet).",
 }
+#: label names of the CORE families that have labels
+CORE_LABELS: dict[str, tuple[str, ...]] = {
+    "trading_failure_point_status": ("fp", "category"),
+    "trading_failure_point_info": ("fp", "name", "category", "healer"),
+    "trading_failure_point_last_check_timestamp_seconds": ("fp",),
+    "trading_failure_point_check_duration_seconds": ("fp",),
+    "trading_failure_point_interval_seconds": ("fp",),
+    "trading_exporter_check_errors": ("fp",),
+    "trading_exporter_build_info": ("version",),
+}
+#: CORE families that are counters (exposed with ``_total``); every other one is a gauge
+CORE_COUNTERS = frozenset({"trading_exporter_check_errors"})
+
+
+def _core(name: str, value: float | None = None) -> GaugeMetricFamily | CounterMetricFamily:
+    kind = CounterMetricFamily if name in CORE_COUNTERS else GaugeMetricFamily
+    labels = list(CORE_LABELS.get(name, ()))
+    if value is not None:
+        return kind(name, CORE[name], value=value)
+    return kind(name, CORE[name], labels=labels) if labels else kind(name, CORE[name])
 
 
 def observation_help(catalog: Catalog) -> dict[str, str]:
@@ -67,9 +91,7 @@ class SnapshotCollector(Collector):
         self.scheduler = scheduler
 
     def describe(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily(name, doc) for name, doc in CORE.items()
-                if name != "trading_exporter_check_errors"] + [
-            CounterMetricFamily("trading_exporter_check_errors", CORE["trading_exporter_check_errors"])]
+        return [_core(name) for name in CORE]
 
     def collect(self) -> Iterator[Metric]:
         yield from families(self.scheduler.snapshot())
@@ -78,18 +100,11 @@ class SnapshotCollector(Collector):
 def families(snap: Snapshot) -> list[Metric]:
     cfg = snap.config
     cat = cfg.catalog
-    status = GaugeMetricFamily("trading_failure_point_status", CORE["trading_failure_point_status"],
-                               labels=["fp", "category"])
-    info = GaugeMetricFamily("trading_failure_point_info", CORE["trading_failure_point_info"],
-                             labels=["fp", "name", "category", "healer"])
-    last = GaugeMetricFamily("trading_failure_point_last_check_timestamp_seconds",
-                             CORE["trading_failure_point_last_check_timestamp_seconds"], labels=["fp"])
-    dur = GaugeMetricFamily("trading_failure_point_check_duration_seconds",
-                            CORE["trading_failure_point_check_duration_seconds"], labels=["fp"])
-    interval = GaugeMetricFamily("trading_failure_point_interval_seconds",
-                                 CORE["trading_failure_point_interval_seconds"], labels=["fp"])
-    errors = CounterMetricFamily("trading_exporter_check_errors", CORE["trading_exporter_check_errors"],
-                                 labels=["fp"])
+    status, info = _core("trading_failure_point_status"), _core("trading_failure_point_info")
+    last = _core("trading_failure_point_last_check_timestamp_seconds")
+    dur = _core("trading_failure_point_check_duration_seconds")
+    interval = _core("trading_failure_point_interval_seconds")
+    errors = _core("trading_exporter_check_errors")
     healers = cfg["healers"]
     for fp in snap.enabled:
         point = cat[fp]
@@ -103,28 +118,22 @@ def families(snap: Snapshot) -> list[Metric]:
             last.add_metric([fp], r.last_check)
             dur.add_metric([fp], r.duration_seconds)
     out: list[Metric] = [status, info, last, dur, interval]
-    readiness = GaugeMetricFamily("trading_readiness_status", CORE["trading_readiness_status"])
+    readiness = _core("trading_readiness_status")
     if snap.report is not None:
         readiness.add_metric([], snap.report.readiness.value)
     out.append(readiness)
-    out.append(GaugeMetricFamily("trading_readiness_max_warnings", CORE["trading_readiness_max_warnings"],
-                                 value=int(cfg["readiness"]["max_warnings"])))
+    out.append(_core("trading_readiness_max_warnings", int(cfg["readiness"]["max_warnings"])))
     out.append(errors)
-    cycle = GaugeMetricFamily("trading_exporter_cycle_duration_seconds",
-                              CORE["trading_exporter_cycle_duration_seconds"])
+    cycle = _core("trading_exporter_cycle_duration_seconds")
     if snap.cycle_duration is not None:
         cycle.add_metric([], snap.cycle_duration)
     out.append(cycle)
-    out.append(GaugeMetricFamily("trading_exporter_config_reload_success",
-                                 CORE["trading_exporter_config_reload_success"], value=int(snap.reload_success)))
-    out.append(GaugeMetricFamily("trading_exporter_config_last_reload_timestamp_seconds",
-                                 CORE["trading_exporter_config_last_reload_timestamp_seconds"],
-                                 value=snap.last_reload))
-    build = GaugeMetricFamily("trading_exporter_build_info", CORE["trading_exporter_build_info"],
-                              labels=["version"])
+    out.append(_core("trading_exporter_config_reload_success", int(snap.reload_success)))
+    out.append(_core("trading_exporter_config_last_reload_timestamp_seconds", snap.last_reload))
+    build = _core("trading_exporter_build_info")
     build.add_metric([__version__], 1)
     out.append(build)
-    out.append(GaugeMetricFamily("trading_exporter_ready", CORE["trading_exporter_ready"], value=int(snap.ready)))
+    out.append(_core("trading_exporter_ready", int(snap.ready)))
     try:
         out.extend(observation_families(snap))
     except Exception as exc:  # check-provided data must never break the scrape of every other series

@@ -58,6 +58,30 @@ def exporter_config_problems(config: Config) -> list[str]:
     return problems
 
 
+#: added to the longest chain of check timeouts: the funnel and the healer record are read after
+#: the checks, and thread start-up is not free
+FIRST_CYCLE_SLACK_SECONDS = 10.0
+
+
+def first_cycle_bound(config: Config) -> float:
+    """The longest a first evaluation of every enabled point can take, plus a safety margin.
+
+    A point starts only once the points it depends on have a result, and each one turns ERROR at
+    its own ``timeout_seconds``, so the worst case is the longest chain of dependent timeouts.
+    """
+    enabled = set(config.enabled_ids())
+    chain: dict[str, float] = {}
+
+    def longest(fp: str, seen: frozenset[str]) -> float:
+        if fp not in chain:
+            deps = [d for d in config.catalog[fp].depends_on if d in enabled and d not in seen]
+            own = float(config.check_settings(fp)["timeout_seconds"])
+            chain[fp] = own + max((longest(d, seen | {fp}) for d in deps), default=0.0)
+        return chain[fp]
+
+    return max((longest(fp, frozenset()) for fp in enabled), default=0.0) + FIRST_CYCLE_SLACK_SECONDS
+
+
 def is_check_fault(result: Result) -> bool:
     """True when the point is ERROR because its check broke, not because the bot is failing."""
     return result.status is Status.ERROR and result.outcome.message.startswith(_CHECK_FAULTS)
@@ -91,10 +115,14 @@ class Scheduler:
         self._environ = environ
         self._clock = clock
         self._lock = threading.Lock()
+        #: notified once a batch has stored its results and logged what they changed
+        self._evaluated = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._inflight: set[str] = set()
         self._latest: dict[str, Result] = {}
+        #: points whose latest result is stored and logged (what wait_evaluated waits for)
+        self._settled: set[str] = set()
         self._next_due: dict[str, float] = {}
         self._check_errors: dict[str, int] = {}
         self._cycle_duration: float | None = None
@@ -122,6 +150,7 @@ class Scheduler:
             self.enabled = enabled
             self.intervals = {fp: float(config.check_settings(fp)["interval_seconds"]) for fp in enabled}
             self._latest = {fp: r for fp, r in self._latest.items() if fp in enabled}
+            self._settled &= set(enabled)
             for fp in set(self._check_errors) - set(enabled):
                 self._check_errors.pop(fp, None)
             for fp in enabled:
@@ -216,6 +245,11 @@ class Scheduler:
         for fp, r in results.items():
             if is_check_fault(r):
                 log.warning("%s check fault: %s", fp, r.outcome.message)
+        with self._lock:
+            # after the batch's own log lines, so a waiter's next line ("serving") follows them
+            if engine is self.engine:
+                self._settled.update(fp for fp in results if fp in self.intervals)
+            self._evaluated.notify_all()
         self._wake.set()
 
     def _compute_funnel(self, ctx: Context) -> dict[str, Any] | None:
@@ -234,6 +268,26 @@ class Scheduler:
         if not complete:
             return None
         return Report.build(dict(self._latest), int(self.config["readiness"]["max_warnings"]), time.time())
+
+    def pending(self) -> list[str]:
+        """Enabled points whose first result is not stored and logged yet."""
+        with self._lock:
+            return [fp for fp in self.enabled if fp not in self._settled]
+
+    def wait_evaluated(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds until every enabled point has a result; the still pending ones.
+
+        A hung check turns ERROR at its own timeout, so this ends by itself once the slowest chain
+        of dependent checks has had its timeouts (``first_cycle_bound``).
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                pending = [fp for fp in self.enabled if fp not in self._settled]
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0:
+                    return pending
+                self._evaluated.wait(remaining)
 
     # reading -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -36,7 +36,7 @@ from .config import Config, ConfigError
 from .config import load as load_config
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
-from .scheduler import Scheduler, exporter_config_problems
+from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound
 
 log = logging.getLogger("trading_readiness.exporter")
 
@@ -96,7 +96,7 @@ class ExporterServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], scheduler: Scheduler) -> None:
+    def __init__(self, address: tuple[str, int], scheduler: Scheduler, listen: bool = True) -> None:
         self.scheduler = scheduler
         #: the failure points and the exporter's health: built from the scheduler's snapshot
         self.core_registry = make_registry(scheduler)
@@ -105,7 +105,14 @@ class ExporterServer(ThreadingHTTPServer):
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, bind_and_activate=False)
+        try:
+            self.server_bind()
+            if listen:
+                self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
 
     def metrics_body(self) -> bytes:
         """The full exposition: the cached core plus every collector in ``self.registry``."""
@@ -238,15 +245,19 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def make_server(scheduler: Scheduler, listen: str) -> ExporterServer:
-    """Bind the server (TLS when the config names a cert and key). Errors are ConfigError lines."""
+def make_server(scheduler: Scheduler, listen: str, accept: bool = True) -> ExporterServer:
+    """Bind the server (TLS when the config names a cert and key). Errors are ConfigError lines.
+
+    With ``accept=False`` the port is taken (so a busy port fails at once) but nothing listens:
+    a client is refused until ``server_activate()``, which ``serve`` calls after the first cycle.
+    """
     cfg: Config = scheduler.config
     problems = exporter_config_problems(cfg)
     if problems:
         raise ConfigError(problems)
     host, port = parse_listen(listen)
     try:
-        server = ExporterServer((host, port), scheduler)
+        server = ExporterServer((host, port), scheduler, listen=accept)
     except OSError as exc:
         raise ConfigError([f"cannot listen on {listen}: {exc.strerror or exc}"]) from None
     cert, key = cfg["exporter"]["tls_cert_file"], cfg["exporter"]["tls_key_file"]
@@ -265,33 +276,59 @@ def make_server(scheduler: Scheduler, listen: str) -> ExporterServer:
 
 def serve(config: Config, listen: str | None, config_file: str | None = None,
           bot_root: str | None = None) -> int:
+    """Evaluate every enabled point once, then listen: the first scrape already has every series.
+
+    Nothing is guessed meanwhile, and nothing answers: Prometheus sees the target down for these
+    seconds instead of a scrape without statuses (which alerts would read as "no data"). A hung
+    check is ERROR at its own timeout, so the wait ends by itself; ``first_cycle_bound`` is the
+    safety net after which the exporter listens anyway and names what is still pending.
+    """
     scheduler = Scheduler(config, config_file, bot_root)
     setup_logging(scheduler)
     listen = listen or config["exporter"]["listen"]
-    server = make_server(scheduler, listen)
+    server = make_server(scheduler, listen, accept=False)
     scheme = "https" if config["exporter"]["tls_cert_file"] else "http"
-    scheduler.start()
-    # verify before each session open, in its own thread; its outcome is exported with /metrics
-    premarket = PremarketVerifier(scheduler).start()
-    server.registry.register(premarket)
+    stopping = threading.Event()
 
     def on_hup(signum: int, frame: Any) -> None:
         threading.Thread(target=scheduler.reload, name="reload", daemon=True).start()
 
     def on_term(signum: int, frame: Any) -> None:
+        stopping.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_term)
-    host, port = server.server_address[:2]
-    log.info("serving %s://%s:%s for bot root %s (%d checks, config %s)", scheme, host, port,
-             config.bot_root, len(scheduler.enabled), config.source)
+    bound = first_cycle_bound(config)
+    log.info("evaluating %d checks once before listening on %s (at most %g s)", len(scheduler.enabled),
+             listen, bound)
+    premarket: PremarketVerifier | None = None
     try:
+        scheduler.start()
+        started = time.monotonic()
+        pending = scheduler.pending()
+        while pending and not stopping.is_set():
+            left = bound - (time.monotonic() - started)
+            if left <= 0:
+                log.warning("the first cycle did not finish within %g s; listening anyway with %d checks "
+                            "still pending: %s", bound, len(pending), ", ".join(pending))
+                break
+            pending = scheduler.wait_evaluated(min(left, 0.5))
+        if stopping.is_set():
+            return 0
+        # verify before each session open, in its own thread; its outcome is exported with /metrics
+        premarket = PremarketVerifier(scheduler).start()
+        server.registry.register(premarket)
+        server.server_activate()
+        host, port = server.server_address[:2]
+        log.info("serving %s://%s:%s for bot root %s (%d checks, config %s)", scheme, host, port,
+                 config.bot_root, len(scheduler.enabled), config.source)
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        premarket.stop()
+        if premarket is not None:
+            premarket.stop()
         scheduler.stop()
         server.server_close()
         log.info("stopped")

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from exporter.config import load as load_config
-from exporter.model import Status
+from exporter.metrics import MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
+from exporter.model import Outcome, Status
 from exporter.scheduler import Scheduler
 from exporter.server import hash_password, make_server, verify_password
 from exporter.sim.alpaca import FakeAlpaca
@@ -333,8 +334,51 @@ def test_password_hashes() -> None:
     assert r.returncode == 0 and verify_password("pw", r.stdout.strip())
 
 
-def test_before_the_first_run_status_is_absent_and_not_ready(bot: BotRoot) -> None:
-    """In-process, scheduler not started: what a scrape sees before any check ran."""
+def test_the_first_scrape_of_a_fresh_serve_has_every_series(bot: BotRoot, running: Procs, tmp_path: Path) -> None:
+    """`serve` listens only after every enabled point was evaluated once, so the very first request
+    it answers already has a status for every point and the readiness verdict (issue 4)."""
+    fast_config(bot.path)
+    enabled = load_config(None, str(bot.path)).enabled_ids()
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        # no request before the "serving" line: the first one below is the first scrape
+        wait_for(lambda: "msg=\"serving http://" in exp.stderr() or exp.proc.poll() is not None, timeout=60,
+                 what="serve listening")
+        assert exp.proc.poll() is None, exp.stderr()
+        m = exp.metrics()
+        for fp in enabled:
+            assert sample(m, "trading_failure_point_status", fp=fp) is not None, fp
+            assert sample(m, "trading_failure_point_last_check_timestamp_seconds", fp=fp) is not None, fp
+            assert sample(m, "trading_failure_point_check_duration_seconds", fp=fp) is not None, fp
+        assert sample(m, "trading_readiness_status") in (0, 1, 2)
+        assert sample(m, "trading_exporter_ready") == 1
+        assert sample(m, "trading_exporter_cycle_duration_seconds") is not None
+        assert exp.get("/-/ready")[0] == 200
+        assert exp.api()["pending_fps"] == []
+
+        # heartbeats are times, not ages (the sandbox writes both files and the daemon log at bot.now)
+        assert sample(m, "trading_bot_last_cycle_timestamp_seconds") == pytest.approx(bot.now, abs=1e-3)
+        assert sample(m, "trading_bot_heartbeat_timestamp_seconds") == pytest.approx(bot.now, abs=1e-3)
+        assert sample(m, "trading_uw_daemon_last_cycle_timestamp_seconds") == pytest.approx(bot.now, abs=1e-3)
+        assert "_age_seconds" not in m
+
+        # the log says what it waits for, the first verdict comes before listening
+        err = exp.stderr()
+        waiting = err.index(f"evaluating {len(enabled)} checks once before listening on 127.0.0.1:{exp.port}")
+        verdict = err.index('msg="readiness ')
+        serving = err.index(f'msg="serving http://127.0.0.1:{exp.port} for bot root')
+        assert waiting < verdict < serving, err
+        assert "still pending" not in err
+    finally:
+        exp.stop()
+
+
+def test_a_point_without_a_result_is_absent_and_not_ready(bot: BotRoot) -> None:
+    """In-process, scheduler not started: what a scrape sees of points that have no result yet.
+
+    `serve` never listens in this state at start; a reload that enables a new point puts that
+    point in it until its first run. Nothing is guessed: no status, no readiness, 503 on /-/ready.
+    """
     sched = Scheduler(load_config(None, str(bot.path)))
     server = make_server(sched, "127.0.0.1:0")
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -353,8 +397,55 @@ def test_before_the_first_run_status_is_absent_and_not_ready(bot: BotRoot) -> No
         assert data["readiness"] == "UNKNOWN" and data["failure_points"] == {}
         assert data["pending_fps"] == sched.enabled
         sched.start()
-        wait_for(lambda: sched.snapshot().ready, timeout=30, what="first run")
+        assert sched.wait_evaluated(60) == []
         assert urllib.request.urlopen(url + "/-/ready", timeout=5).status == 200  # noqa: S310
+    finally:
+        sched.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_observation_series_and_label_values_are_bounded(bot: BotRoot) -> None:
+    """A check that records more label sets than MAX_SERIES_PER_OBSERVATION, and a label value far
+    longer than MAX_LABEL_VALUE_CHARS, cannot blow up the series count: the exposition keeps the
+    first label sets, cuts the value, and the scrape of every other family still succeeds.
+
+    The check is a test check run by the real engine in FP-6.4's slot (checks are plugins);
+    everything from there on (scheduler, collector, HTTP server, promtool) is the product's.
+    """
+    limit, cut = MAX_SERIES_PER_OBSERVATION, MAX_LABEL_VALUE_CHARS
+
+    def noisy(ctx: Any, params: dict[str, Any]) -> Outcome:
+        out = Outcome.ok("records far too many label sets")
+        for i in range(limit + 36):
+            out.observe("trading_test_items", i, item=f"item-{i:03d}")
+        return out.observe("trading_test_long_label", 1, detail="x" * (cut + 500) + "END")
+
+    sched = Scheduler(load_config(None, str(bot.path)))
+    sched.engine.checks = {**sched.engine.checks, "FP-6.4": noisy}
+    server = make_server(sched, "127.0.0.1:0")
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    sched.start()
+    try:
+        assert sched.wait_evaluated(60) == []
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback http)
+            assert r.status == 200
+            m = r.read().decode()
+        items = [ln for ln in m.splitlines() if ln.startswith("trading_test_items{")]
+        assert len(items) == limit
+        assert [sample(m, "trading_test_items", item=f"item-{i:03d}") for i in range(limit)] == list(range(limit))
+        assert sample(m, "trading_test_items", item=f"item-{limit:03d}") is None
+        assert sample(m, "trading_test_long_label", detail="x" * cut) == 1
+        assert "END" not in m and "x" * (cut + 1) not in m
+        # every other family is intact
+        assert sample(m, "trading_failure_point_status", fp="FP-6.4") == Status.OK.value
+        for fp in sched.enabled:
+            assert sample(m, "trading_failure_point_status", fp=fp) is not None, fp
+        assert sample(m, "trading_readiness_status") is not None
+        r2 = subprocess.run(["promtool", "check", "metrics"], input=m, capture_output=True, text=True, timeout=30)
+        assert r2.returncode == 0, r2.stdout + r2.stderr
     finally:
         sched.stop()
         server.shutdown()

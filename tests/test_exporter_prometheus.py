@@ -6,6 +6,7 @@ enabled failure point's status series is in Prometheus's TSDB and queryable over
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +71,18 @@ def test_prometheus_scrapes_every_failure_point(scraped: tuple[Exporter, Prometh
         assert got == set(enabled), family
     assert [s["value"][1] for s in prom.query("trading_readiness_status")] == ["2"]
     assert [s["value"][1] for s in prom.query("trading_exporter_ready")] == ["1"]
+
+    # every scrape Prometheus ever took, the first one included, had every point's status and the
+    # verdict: per series, as many raw samples as there were scrapes (all evaluated at one instant)
+    def at(expr: str, t: str) -> dict[str, str]:
+        result = prom.api("/api/v1/query", query=expr, time=t)["result"]
+        return {s["metric"].get("fp", ""): s["value"][1] for s in result}
+
+    wait_for(lambda: int(at('count_over_time(up{job="trading-readiness"}[1h])', f"{time.time():.3f}")[""]) >= 3,
+             timeout=30, what="three scrapes", every=0.2)
+    t = f"{time.time():.3f}"
+    scrapes = at('count_over_time(up{job="trading-readiness"}[1h])', t)[""]
+    assert at('min_over_time(up{job="trading-readiness"}[1h])', t)[""] == "1"  # never down once started
+    per_fp = at('count_over_time(trading_failure_point_status{job="trading-readiness"}[1h])', t)
+    assert per_fp == {fp: scrapes for fp in enabled}
+    assert at('count_over_time(trading_readiness_status{job="trading-readiness"}[1h])', t) == {"": scrapes}

@@ -26,7 +26,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from exporter.config import load as load_config
-from exporter.sim.botroot import BotRoot
+from exporter.sim.botroot import BotRoot, iso, write_json
+from healers.audit import AuditLog
 
 from .conftest import REPO, Procs, wait_for
 from .test_exporter import SECRETS, Exporter, fast_config
@@ -38,8 +39,8 @@ VIEWER_TZ = "America/New_York"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (make system-deps)")
 
-# websockets ships with alpaca-py (a runtime dependency), so the CDP client needs nothing new
-ws_client = pytest.importorskip("websockets.sync.client")
+# the CDP client: websockets is in the test extra (alpaca-py brings it too)
+import websockets.sync.client as ws_client  # noqa: E402
 
 
 class Chromium:
@@ -121,6 +122,9 @@ STATE_JS = """(() => !document.getElementById('readiness') ? {refreshes: 0} : ({
   critical: document.getElementById('critical-count').textContent,
   warnings: document.getElementById('warning-count').textContent,
   why: document.getElementById('why').innerText,
+  whyFps: Array.from(document.querySelectorAll('#why li')).map(li => li.dataset.fp),
+  funnel: Array.from(document.querySelectorAll('#funnel .stage')).map(e => e.textContent),
+  funnelAnswer: (document.querySelector('#why .funnel-answer') || {}).textContent || null,
   rows: Array.from(document.querySelectorAll('#fps tbody tr')).map(tr =>
     Array.from(tr.children).map(td => td.innerText)),
   html: document.documentElement.outerHTML,
@@ -130,6 +134,16 @@ STATE_JS = """(() => !document.getElementById('readiness') ? {refreshes: 0} : ({
 @pytest.fixture
 def page_session(bot: BotRoot, running: Procs, tmp_path: Path) -> Iterator[tuple[Exporter, Chromium]]:
     fast_config(bot.path)
+    # the healer's audit record, as `heal` writes it: one failed and one successful attempt
+    cfg = load_config(None, str(bot.path))
+    audit = AuditLog(cfg.resolve(cfg["healer"]["audit_file"]))
+    audit.append({"event": "attempt", "fp": "FP-1.1", "outcome": "failed", "epoch": bot.now - 60})
+    audit.append({"event": "attempt", "fp": "FP-6.1", "outcome": "success", "epoch": bot.now - 30})
+    # one warning, so the warning count has something to count: the supervisor reports a service
+    # of its own (not the bot's, not the daemon's) failed
+    write_json(bot.p("state/health.json"), {
+        "overall_status": "DEGRADED", "services": {"trading-bot": "OK", "uw-daemon": "OK", "dashboard": "FAILED"},
+        "timestamp": iso(bot.now), "details": {}})
     exp = Exporter(bot.path, tmp_path / "serve.log")
     browser: Chromium | None = None
     try:
@@ -155,6 +169,9 @@ def test_status_page_renders_and_follows_the_bot_without_a_reload(
     assert state["readiness"] == before["readiness"]
     assert state["summaryClass"] == "card " + before["color"]
     assert state["critical"] == "0"
+    assert state["warnings"] == str(sum(row[3] == "WARN" for row in state["rows"]))
+    assert state["warnings"] == str(before["warning_count"]) and before["warning_count"] >= 1
+    assert "FP-6.7" in before["warning_fps"] and "FP-6.7" in state["whyFps"]
     assert [row[0] for row in state["rows"]] == list(before["failure_points"])
     assert len(state["rows"]) == len(enabled)
     for row in state["rows"]:
@@ -163,6 +180,12 @@ def test_status_page_renders_and_follows_the_bot_without_a_reload(
         assert (name, category, status) == (api["name"], api["category"], api["status"])
         assert last_check and last_check != "never" and "T" not in last_check  # localised, not raw ISO
     assert "FP-3.1" not in state["why"]
+    # the self-healing column: what the healer's audit says, "–" where nothing was attempted
+    healing = {row[0]: row[6] for row in state["rows"]}
+    assert healing["FP-1.1"] == "attempted, failed"
+    assert healing["FP-6.1"] == "attempted, succeeded"
+    assert {v for fp, v in healing.items() if fp not in ("FP-1.1", "FP-6.1")} == {"–"}
+    assert_funnel_shown(state, before)
     # last check in the viewer's zone: FP-1.5 runs every 900 s, so its time is stable here
     ts = before["failure_points"]["FP-1.5"]["last_check"]
     local = datetime.fromtimestamp(int(ts), ZoneInfo(VIEWER_TZ))
@@ -183,10 +206,17 @@ def test_status_page_renders_and_follows_the_bot_without_a_reload(
     assert after["marker"], "the page was reloaded; the JS refresh must update it in place"
     assert after["refreshes"] > seen
     assert after["summaryClass"] == "card red" and after["critical"] == "1"
+    assert after["warnings"] == str(sum(row[3] == "WARN" for row in after["rows"]))
     row = next(r for r in after["rows"] if r[0] == "FP-3.1")
     assert row[3] == "ERROR" and row[5], row  # status and the error text
     why = after["why"]
     assert "FP-3.1" in why and "ERROR" in why
+    # "why am I not trading?" lists exactly the failing points, errors first, and then the funnel
+    failing = [r for r in after["rows"] if r[3] in ("ERROR", "WARN")]
+    assert sorted(after["whyFps"]) == sorted(r[0] for r in failing)
+    assert after["whyFps"][0] == "FP-3.1"
+    assert f"FP-3.1 {row[1]}: {row[5]}" in why
+    assert_funnel_shown(after, exp.api())
 
     # root causes first: with the kill switch on, the freeze point is skipped because of it and
     # is listed under the kill switch, not as a failure of its own
@@ -214,3 +244,14 @@ def test_status_page_renders_and_follows_the_bot_without_a_reload(
     png = base64.b64decode(shot["data"])
     assert png.startswith(b"\x89PNG")
     (ARTIFACTS / "status-page.png").write_bytes(png)
+
+
+def assert_funnel_shown(state: dict[str, Any], api: dict[str, Any]) -> None:
+    """The funnel part of "why am I not trading?": every stage with the exporter's count."""
+    stages = api["funnel"]["stages"]
+    assert state["funnel"] == [f"{name}: {'?' if stages[name] is None else stages[name]}"
+                               for name in ("symbols", "clusters", "blocked", "orders")]
+    assert "Signal funnel (recent cycles)" in state["why"]
+    assert stages["symbols"] == 12  # the sandbox cache: the page shows real numbers, not "?"
+    if api["funnel"].get("answer"):
+        assert state["funnelAnswer"] == api["funnel"]["answer"]

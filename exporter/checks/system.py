@@ -202,6 +202,7 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
     details: dict[str, Any] = {"market": session.phase}
     tail = ctx.tails.get(ctx.path("run_log"), keep=funnel.RUN_KEEP)
     run_age: float | None = None
+    ts: float | None = None
     try:
         appended, _generation = tail.version()
         last, _complete = tail.since(appended - 1) if appended else ([], True)
@@ -213,6 +214,7 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
     except FileProblem as exc:
         details["run_log"] = str(exc)
     hb_age: float | None = None
+    hb_ts: float | None = None
     hb_problem: str | None = None
     try:
         hb = ctx.files.get(ctx.path("heartbeat"), lambda f: read_json(f, 3, 0.2), kind="heartbeat")
@@ -227,12 +229,17 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
         hb_problem = None if exc.kind == "missing" else str(exc)
     details.update(last_cycle_age_seconds=None if run_age is None else round(run_age),
                    heartbeat_age_seconds=None if hb_age is None else round(hb_age))
-    obs_age = run_age
+
+    def observed(out: Outcome) -> Outcome:
+        # times, not ages: rules compute time() - x, and a scrape does not age a stored value
+        return (out.observe("trading_bot_last_cycle_timestamp_seconds", ts)
+                .observe("trading_bot_heartbeat_timestamp_seconds", hb_ts))
+
     if not session.is_open:
         # the bot may idle or sleep long while closed; nothing here may page all night
-        return Outcome.skipped(f"{session.describe()}: liveness is judged in session "
-                               f"(last cycle {age_text(run_age) + ' ago' if run_age is not None else 'unknown'})",
-                               **details).observe("trading_bot_last_cycle_age_seconds", obs_age)
+        return observed(Outcome.skipped(
+            f"{session.describe()}: liveness is judged in session "
+            f"(last cycle {age_text(run_age) + ' ago' if run_age is not None else 'unknown'})", **details))
     warn_s, err_s = float(p["warn_seconds"]), float(p["error_seconds"])
     # a heartbeat that cannot be read is named as such, never passed off as merely absent
     hb_text = (f"heartbeat unusable: {hb_problem}" if hb_problem
@@ -261,7 +268,7 @@ def bot_responsive(ctx: Context, p: dict[str, Any]) -> Outcome:
                            **details)
     else:
         out = Outcome.ok(f"last cycle {age_text(max(run_age, 0))} ago ({hb_text})", **details)
-    return out.observe("trading_bot_last_cycle_age_seconds", obs_age)
+    return observed(out)
 
 
 # --- FP-6.4 / FP-6.5: resources -----------------------------------------------------------------
