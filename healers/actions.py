@@ -12,7 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +48,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 def run_action(argv: tuple[str, ...], timeout: float, cwd: Path, environ: Mapping[str, str] | None = None,
-               groups: set[int] | None = None) -> ActionResult:
-    """Run ``argv`` in ``cwd`` (the bot root). Never raises for the action's own failures."""
+               groups: set[int] | None = None, on_start: Callable[[int], None] | None = None) -> ActionResult:
+    """Run ``argv`` in ``cwd`` (the bot root). Never raises for the action's own failures.
+
+    ``on_start(pid)`` is called once the process exists (not when it could not be started).
+    """
     env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SCRUBBED_ENV}
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
@@ -64,6 +67,8 @@ def run_action(argv: tuple[str, ...], timeout: float, cwd: Path, environ: Mappin
             groups.add(pgid)  # so a stopping receiver can kill what it started
         timed_out = False
         try:
+            if on_start is not None:
+                on_start(pgid)
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True

@@ -188,8 +188,11 @@ class Healer:
                                 ["fp", "outcome"], registry=self.registry)
         self.skipped = Counter("trading_healer_skipped", "Alerts deliberately not healed, by reason.",
                                ["fp", "reason"], registry=self.registry)
-        self.running = Gauge("trading_healer_running", "1 while the failure point's action runs.",
+        self.running = Gauge("trading_healer_running", "1 while the failure point's action process runs.",
                              ["fp"], registry=self.registry)
+        self.queued = Gauge("trading_healer_queued",
+                            "1 while the point's accepted action waits for a free worker (healer.max_concurrent).",
+                            ["fp"], registry=self.registry)
         self.gave_up = Gauge("trading_healer_gave_up",
                              "1 after max_attempts failed within window_seconds, until the alert resolves.",
                              ["fp"], registry=self.registry)
@@ -199,6 +202,7 @@ class Healer:
             for reason in REASONS:
                 self.skipped.labels(fp, reason)
             self.running.labels(fp).set(0)
+            self.queued.labels(fp).set(0)
             self.gave_up.labels(fp).set(0)
         records = audit.read_tail(self.audit.path)
         self.policy.restore(records)
@@ -298,10 +302,10 @@ class Healer:
                      f"started {alert.starts_at[:40]!r})")
         if reason is not None:
             return self._skip(fp, reason, alert)
-        self.running.labels(fp).set(1)
+        # queued, not running: with every worker busy it waits; "running" is set when its process starts
+        self.queued.labels(fp).set(1)
         self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
                       "starts_at": alert.starts_at, "argv": list(spec.argv)}, at=now)
-        self.log(f"heal {fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
         self.queue.put((spec, alert))
         return "accepted"
 
@@ -335,6 +339,7 @@ class Healer:
             if item is None:
                 return
             spec, alert = item
+            self.queued.labels(spec.fp).set(0)
             try:
                 self._heal(spec, alert)
             except Exception as exc:  # a bug here must not leave the point reserved forever
@@ -342,9 +347,18 @@ class Healer:
                 self.policy.finished(spec.fp, False)
                 self.running.labels(spec.fp).set(0)
 
+    def _started(self, spec: HealerSpec) -> None:
+        """The action's process exists: only now does the point read as running."""
+        self.running.labels(spec.fp).set(1)
+        self.log(f"heal {spec.fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
+
     def _heal(self, spec: HealerSpec, alert: Alert) -> None:
         started = time.time()
-        res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups)
+        try:
+            res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups,
+                                     on_start=lambda pid: self._started(spec))
+        finally:
+            self.running.labels(spec.fp).set(0)  # the process is gone; verification is not the action
         verification = None
         if res.timed_out:
             outcome = "timeout"
@@ -361,7 +375,6 @@ class Healer:
         rec = self._attempt_record(spec, alert, started, res.exit_status, res.duration, outcome, detail, verification)
         self._record(rec, at=started)
         self.attempts.labels(spec.fp, outcome).inc()
-        self.running.labels(spec.fp).set(0)
         self.log(f"heal {spec.fp}: {outcome} ({res.error or 'exit 0'}, {res.duration:.1f} s)"
                  + (f"; {verification}" if verification else ""))
         if self.policy.finished(spec.fp, outcome == "success"):
@@ -384,6 +397,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: HealerServer
     protocol_version = "HTTP/1.1"
     timeout = 10  # a slow or stalled client cannot hold a thread for long
+    #: headers and body are two writes: with Nagle on, a keep-alive client (Alertmanager's Go
+    #: client reuses its connection) waits for a delayed ACK, ~40 ms per answer
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # decisions are logged by the healer; per-request lines would only add noise
@@ -499,6 +515,9 @@ def cli_heal(args: argparse.Namespace) -> int:
         healer.stop()
         return EXIT_USAGE
     enabled = sorted(fp for fp, s in healer.specs.items() if s.enabled)
+    if healer.token is None:
+        healer.log(f"WARNING: authentication is OFF (--insecure-no-auth): any process that can reach "
+                   f"{host}:{server.server_address[1]} can make this healer run its actions; set {TOKEN_ENV} instead")
     healer.log(f"healer listening on http://{host}:{server.server_address[1]} "
                f"(healers for {', '.join(enabled) or 'nothing'}; dry run: {'yes' if healer.dry_run else 'no'}; "
                f"auth: {'bearer token' if healer.token else 'NONE (--insecure-no-auth)'}; "

@@ -137,6 +137,7 @@ def test_skips_are_deliberate_and_metrics_preinitialised(tmp_path: Path) -> None
             for outcome in ("success", "failed", "timeout", "unverified", "dry_run"):
                 assert r.metric("trading_healer_attempts_total", fp=fp, outcome=outcome) == 0.0
             assert r.metric("trading_healer_running", fp=fp) == 0.0
+            assert r.metric("trading_healer_queued", fp=fp) == 0.0
             assert r.metric("trading_healer_gave_up", fp=fp) == 0.0
         decisions = r.post(payload(alert("FP-1.3"), alert("FP-3.1"), alert("FP-9.9"), alert(None),
                                    alert("FP-1.1", status="resolved"))).json()["decisions"]
@@ -302,3 +303,155 @@ def test_match_labels_must_map_names_to_strings(tmp_path: Path) -> None:
     cfg = hb.config({}, match_labels={"instance": 9870})
     with pytest.raises(ConfigError, match=r"key 'healer.match_labels' in .* must map label names to strings"):
         load_config(cfg, hb.root)
+
+
+CAPPED = ("FP-1.1", "FP-1.2", "FP-1.3", "FP-2.1", "FP-6.1")
+
+
+def test_at_most_max_concurrent_actions_run_and_the_rest_wait_their_turn(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    # five points, five different actions (no shared argv, so only the worker cap holds them back)
+    cfg = hb.config({fp: {"run": [str(hb.block), fp], "cooldown_seconds": 300} for fp in CAPPED},
+                    max_concurrent=2, verify_timeout_seconds=0.3)
+    with receiver(hb, cfg) as r:
+        for fp in CAPPED:
+            assert r.metric("trading_healer_queued", fp=fp) == 0.0
+        resp = r.post(payload(*(alert(fp, fingerprint=f"{i:016x}") for i, fp in enumerate(CAPPED))))
+        assert resp.json()["decisions"] == ["accepted"] * 5
+        # the queue is FIFO and both workers now block in their action: nothing else can start
+        wait_for(lambda: len(hb.started()) >= 2, what="the first two actions")
+        assert hb.started() == {"FP-1.1", "FP-1.2"}
+        assert [r.metric("trading_healer_running", fp=fp) for fp in CAPPED] == [1.0, 1.0, 0.0, 0.0, 0.0]
+        assert [r.metric("trading_healer_queued", fp=fp) for fp in CAPPED] == [0.0, 0.0, 1.0, 1.0, 1.0]
+        assert hb.done() == set()
+        # one finishes: its worker takes the next point, still two at once
+        hb.release("FP-1.1")
+        wait_for(lambda: len(hb.started()) >= 3, what="the third action")
+        assert hb.started() == {"FP-1.1", "FP-1.2", "FP-1.3"}
+        assert hb.done() == {"FP-1.1"}
+        assert [r.metric("trading_healer_running", fp=fp) for fp in CAPPED] == [0.0, 1.0, 1.0, 0.0, 0.0]
+        assert [r.metric("trading_healer_queued", fp=fp) for fp in CAPPED] == [0.0, 0.0, 0.0, 1.0, 1.0]
+        hb.release("all")
+        wait_for(lambda: hb.done() == set(CAPPED), what="every queued action to run after")
+        wait_idle(r)
+        for fp in CAPPED:
+            assert r.metric("trading_healer_running", fp=fp) == 0.0 and r.metric("trading_healer_queued", fp=fp) == 0.0
+        assert sorted(h["fp"] for h in r.heals()) == sorted(CAPPED)
+    assert hb.run_count() == 5
+    assert 1 <= hb.max_live() <= 2
+
+
+def test_the_answer_does_not_wait_for_the_action(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.block), "one"], "cooldown_seconds": 300}},
+                    verify_timeout_seconds=0.3)
+    with receiver(hb, cfg) as r:
+        assert r.metric("trading_healer_running", fp="FP-1.1") == 0.0
+        # the action cannot finish before release.one exists, and that is written only after this answer
+        resp = r.post(payload(alert("FP-1.1")))
+        assert resp.status_code == 200 and resp.json()["decisions"] == ["accepted"]
+        wait_for(lambda: hb.started() == {"one"}, what="the action to start")
+        assert not (tmp_path / "release.one").exists() and hb.done() == set()
+        assert r.metric("trading_healer_running", fp="FP-1.1") == 1.0
+        assert r.metric("trading_healer_queued", fp="FP-1.1") == 0.0
+        assert r.heals() == []  # no attempt recorded while it runs
+        # and deliveries keep being answered while it runs
+        again = r.post(payload(alert("FP-1.1"), alert("FP-1.1", starts_at="2026-11-25T10:05:00Z"), alert("FP-9.9")))
+        assert again.status_code == 200 and again.json()["decisions"] == ["duplicate", "cooldown", "unknown_fp"]
+        assert hb.done() == set()
+        hb.release("one")
+        wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
+                 what="the released action's outcome")
+        assert hb.done() == {"one"} and r.metric("trading_healer_running", fp="FP-1.1") == 0.0
+    assert hb.run_count() == 1
+
+
+def test_give_up_survives_a_restart_until_resolved(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    audit_file = hb.root / "logs/trading_readiness_heals.jsonl"
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.fail)], "max_attempts": 1, "cooldown_seconds": 0.2}})
+    with receiver(hb, cfg) as r:
+        assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+        wait_for(lambda: r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0, what="give-up after one failure")
+    with receiver(hb, cfg) as r:  # restarted on the same audit file
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0  # exported before any delivery
+        assert r.healer.policy.snapshot()["FP-1.1"]["gave_up"]
+        # Alertmanager's repeat, and a new firing of the point: neither runs the action
+        later = alert("FP-1.1", starts_at="2026-11-25T10:30:00Z")
+        assert r.post(payload(later)).json()["decisions"] == ["gave_up"]
+        assert r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="gave_up") == 1.0
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0
+        assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
+    assert hb.run_count() == 1
+    events = [json.loads(x)["event"] for x in audit_file.read_text().splitlines()]
+    assert events.count("gave_up") == 1 and events[-1] == "resolved"  # the restart did not record it again
+    with receiver(hb, cfg) as r:  # the reset survives a restart too
+        assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
+        state = r.healer.policy.snapshot()["FP-1.1"]
+        assert not state["gave_up"] and state["attempts_in_window"] == 0
+        decisions: list[str] = []
+
+        def admitted() -> bool:  # the point's cooldown (0.2 s) may still hold: Alertmanager repeats
+            decisions.extend(r.post(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))).json()["decisions"])
+            return decisions[-1] == "accepted"
+
+        wait_for(admitted, what="a fresh attempt after the reset")
+        assert set(decisions) <= {"cooldown", "accepted"}
+        wait_for(lambda: r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0, what="the next give-up")
+    assert hb.run_count() == 2
+
+
+def test_give_up_outlasts_its_window_and_only_resolved_clears_it() -> None:
+    from healers.policy import HealerSpec, Policy
+
+    spec = HealerSpec(fp="FP-1.1", name="restart-uw-daemon", argv=("true",), timeout_seconds=1, cooldown_seconds=10,
+                      max_attempts=2, window_seconds=100, verify_timeout_seconds=1, enabled=True)
+    p = Policy({"FP-1.1": spec})
+    assert p.admit("FP-1.1", ("a", "t1"), 0.0, False) is None
+    assert p.finished("FP-1.1", False) is False  # one failure of two allowed
+    assert p.admit("FP-1.1", ("a", "t2"), 20.0, False) is None
+    assert p.finished("FP-1.1", False) is True  # the second failure gives up
+    assert p.admit("FP-1.1", ("a", "t3"), 30.0, False) == "gave_up"
+    # long after window_seconds both attempts have expired, and it is still given up
+    assert p.admit("FP-1.1", ("a", "t4"), 10_000.0, False) == "gave_up"
+    assert p.snapshot()["FP-1.1"]["attempts_in_window"] == 0 and p.snapshot()["FP-1.1"]["gave_up"]
+    assert p.reset("FP-1.1") is True
+    assert p.admit("FP-1.1", ("a", "t5"), 10_001.0, False) is None
+    # the budget counts attempts, not failures: successes inside the window use it up as well
+    p.finished("FP-1.1", True)
+    assert p.admit("FP-1.1", ("a", "t6"), 10_020.0, False) is None
+    p.finished("FP-1.1", True)
+    assert p.admit("FP-1.1", ("a", "t7"), 10_040.0, False) == "gave_up"
+
+
+def test_insecure_no_auth_accepts_webhooks_without_a_token_and_says_so(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
+    port = free_port()
+    proc = start_heal_cli(hb, cfg, port, "--insecure-no-auth", token=None)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                return requests.get(url + "/-/healthy", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=20, what="the receiver without auth")
+        resp = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1")), timeout=5)  # no Authorization
+        assert resp.status_code == 200 and resp.json()["decisions"] == ["accepted"]
+        wrong = requests.post(url + "/alertmanager", json=payload(alert("FP-9.9")), timeout=5,
+                              headers={"Authorization": "Bearer anything"})
+        assert wrong.status_code == 200 and wrong.json()["decisions"] == ["unknown_fp"]
+        wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], what="the attempt record")
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert hb.run_count() == 1
+    assert (f"WARNING: authentication is OFF (--insecure-no-auth): any process that can reach 127.0.0.1:{port} "
+            "can make this healer run its actions; set TRADING_READINESS_HEALER_TOKEN instead") in err
+    assert "auth: NONE (--insecure-no-auth)" in err

@@ -60,6 +60,32 @@ class HealBot:
             wait
         """)
 
+        # waits until the test writes release.<name> (or release.all): proves what runs while it runs.
+        # At start it writes down how many blocking actions were live (started minus done: this
+        # can undercount a race, never overcount), so a cap that was exceeded would show.
+        self.block = script(tmp / "block.sh", f"""
+            cd {tmp}
+            echo "block $1 $$" >> {self.runs}
+            : > started.$1
+            echo $(( $(ls started.* | wc -l) - $(ls done.* 2>/dev/null | wc -l) )) >> live.log
+            while [ ! -e release.$1 ] && [ ! -e release.all ]; do sleep 0.02; done
+            : > done.$1
+        """)
+
+    def started(self) -> set[str]:
+        """Names of the blocking actions that have started (their process exists or existed)."""
+        return {p.name.split(".", 1)[1] for p in self.tmp.glob("started.*")}
+
+    def done(self) -> set[str]:
+        return {p.name.split(".", 1)[1] for p in self.tmp.glob("done.*")}
+
+    def release(self, name: str) -> None:
+        (self.tmp / f"release.{name}").write_text("")
+
+    def max_live(self) -> int:
+        """The most blocking actions any of them saw running at once (itself included)."""
+        return max(map(int, (self.tmp / "live.log").read_text().split()), default=0)
+
     def run_count(self) -> int:
         return len(self.runs.read_text().splitlines()) if self.runs.exists() else 0
 
