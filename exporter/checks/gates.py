@@ -13,6 +13,7 @@ from ..context import Context
 from ..engine import check
 from ..model import Outcome, iso_utc
 from ..readers import FileProblem, read_json
+from .broker import broker_failed
 from .common import load_state_json, number
 
 
@@ -91,7 +92,8 @@ def below_max_positions(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         positions = ctx.broker_get("/positions")
     except BrokerError as exc:
-        return Outcome.error(f"cannot list positions: {exc}")
+        # a 429, an outage or bad credentials is FP-4.1's/FP-4.2's alert, not a second critical here
+        return broker_failed(exc, "list positions", ctx)
     if not isinstance(positions, list):
         return Outcome.error("Alpaca /v2/positions did not return a list")
     n = len(positions)
