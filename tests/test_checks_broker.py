@@ -6,8 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from exporter.model import Result, Status
 from exporter.sim.alpaca import FakeAlpaca, make_order, make_position
 from exporter.sim.botroot import BotRoot, write_json
@@ -137,13 +135,18 @@ def test_rate_limit_headroom(bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -
                                                         "trading_alpaca_rate_limit_limit"}
 
 
-@pytest.mark.parametrize("skew, expected", [(120.0, Status.ERROR), (-8.0, Status.WARN), (0.0, Status.OK)])
-def test_clock_skew_against_the_broker(bot: BotRoot, skew: float, expected: Status) -> None:
-    r = one(bot, "FP-4.9", clock=lambda: time.time() + skew)
-    assert r.status is expected, r.outcome.message
-    if skew:
-        assert ("ahead of" if skew > 0 else "behind") in r.outcome.message
+def test_clock_skew_against_the_broker_fails_and_recovers(bot: BotRoot) -> None:
+    """The host clock drifts ahead, then behind, then NTP corrects it."""
+    def measure(skew: float) -> Result:
+        return one(bot, "FP-4.9", clock=lambda: time.time() + skew)
+
+    assert measure(0.0).status is Status.OK
+    for skew, expected, word in ((120.0, Status.ERROR, "ahead of"), (-8.0, Status.WARN, "behind")):
+        r = measure(skew)
+        assert r.status is expected and word in r.outcome.message, r.outcome.message
         assert abs(r.outcome.details["offset_seconds"] + skew) < 2
+    r = measure(0.0)  # corrected: recovered
+    assert r.status is Status.OK, r.outcome.message
 
 
 def test_equity_floor(bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:

@@ -132,6 +132,19 @@ def test_weights_not_saved_for_too_long(sbot: BotRoot, alpaca: FakeAlpaca) -> No
     assert rep["FP-2.1"].status is Status.ERROR and rep["FP-2.6"].status is Status.SKIPPED
 
 
+def test_weights_file_gone_when_run_alone(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """Without FP-2.1 beside it (`check --only FP-2.6`), FP-2.6 reports the broken file itself."""
+    sbot.p("state/signal_weights.json").unlink()
+    r = run(sbot, "FP-2.6", alpaca)
+    assert r.status is Status.ERROR and r.outcome.message == "signal_weights.json does not exist (see FP-2.1)"
+    sbot.torn("state/signal_weights.json")
+    r = run(sbot, "FP-2.6", alpaca, config=None)
+    assert r.status is Status.ERROR and "is not valid JSON" in r.outcome.message and "(see FP-2.1)" in r.outcome.message
+    sbot.write_weights()
+    r = run(sbot, "FP-2.6", alpaca)
+    assert r.status is Status.OK and r.outcome.message == "saved 0 s ago", r.outcome.message
+
+
 def test_torn_weight_writes_are_counted(sbot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("checks:\n  FP-2.6: {params: {torn_warn_count: 2, retry_delay_seconds: 0.1}}\n")

@@ -74,6 +74,20 @@ def test_bad_config_is_one_line_exit_3(tmp_path: Path, name: str, text: str, mes
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("{enabled: 'yes'}", "key 'checks.FP-1.1.enabled' in {f} must be true/false"),
+    ("{interval_seconds: 30s}", "key 'checks.FP-1.1.interval_seconds' in {f} must be a number"),
+    ("{timeout_seconds: true}", "key 'checks.FP-1.1.timeout_seconds' in {f} must be a number"),
+    ("{params: [grace_seconds, 5]}", "key 'checks.FP-1.1.params' in {f} must be a mapping"),
+])
+def test_wrong_type_for_a_check_key_is_the_whole_line(tmp_path: Path, setting: str, message: str) -> None:
+    f = tmp_path / "tr.yaml"
+    f.write_text(f"checks:\n  FP-1.1: {setting}\n")
+    r = run_cli("--config", str(f), "--bot-root", str(tmp_path), "check")
+    assert r.returncode == 3 and r.stdout == ""
+    assert r.stderr.splitlines() == [f"config error: {message.format(f=f)}"], r.stderr
+
+
 def test_unreadable_and_non_utf8_config_files(tmp_path: Path) -> None:
     d = tmp_path / "a-directory.yaml"
     d.mkdir()

@@ -4,8 +4,10 @@ traceback and never Python's default exit 1, which a Nagios-style caller reads a
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,3 +146,52 @@ def test_an_unexpected_error_line_is_redacted(monkeypatch: pytest.MonkeyPatch, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: RuntimeError: GET https://***@broker.example"), err
     assert "hunter22pass" not in err and "PKCANARY77" not in err, err
+
+
+# --- serve and heal: listen address and TLS problems are start-up errors, one line, exit 3 ------
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port something else is listening on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+def test_serve_listen_must_be_host_port(tmp_path: Path) -> None:
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", "localhost"))
+    assert err == "config error: --listen must be HOST:PORT, got 'localhost'"
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", "127.0.0.1:99999"))
+    assert err == "config error: --listen must be HOST:PORT, got '127.0.0.1:99999'"
+
+
+def test_serve_cannot_listen_on_a_taken_port(tmp_path: Path, taken_port: int) -> None:
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", f"127.0.0.1:{taken_port}"))
+    assert err == f"config error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+
+
+def test_serve_tls_files_that_cannot_be_loaded(tmp_path: Path) -> None:
+    cfg = tmp_path / "tr.yaml"
+    cfg.write_text(f"exporter: {{tls_cert_file: {tmp_path / 'cert.pem'}, tls_key_file: {tmp_path / 'key.pem'}}}\n")
+    argv = ("--config", str(cfg), "--bot-root", str(tmp_path), "serve", "--listen", "127.0.0.1:0")
+    err = _one_line_exit_3(run_cli(*argv))
+    assert err == (f"config error: exporter.tls_cert_file/tls_key_file in {cfg} cannot be loaded: "
+                   "No such file or directory")
+    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    err = _one_line_exit_3(run_cli(*argv))
+    prefix = f"config error: exporter.tls_cert_file/tls_key_file in {cfg} cannot be loaded: "
+    assert err.startswith(prefix) and "PEM" in err.removeprefix(prefix), err
+
+
+def test_heal_listen_must_be_host_port(tmp_path: Path) -> None:
+    env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests")
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "heal", "--listen", "9871", env=env))
+    assert err == "error: --listen must be HOST:PORT, got '9871'"
+
+
+def test_heal_cannot_listen_on_a_taken_port(tmp_path: Path, taken_port: int) -> None:
+    env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests")
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "heal", "--listen", f"127.0.0.1:{taken_port}",
+                                   env=env))
+    assert err == f"error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
