@@ -308,7 +308,11 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "alert": "TradingHealerGaveUp",
-                "expr": f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1',
+                "expr": (f'(trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1)\n'
+                         f'* on (job, instance, fp) group_left (category, healer)\n'
+                         f'trading_healer_info{{job="{cfg["healer_job"]}"}}\n'
+                         f'or on (job, instance, fp)\n'
+                         f'(trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1)'),
                 "for": cfg["healer_gave_up_for"],
                 "labels": {"severity": sev["healer_gave_up"]},
                 "annotations": {

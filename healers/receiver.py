@@ -196,6 +196,11 @@ class Healer:
         self.gave_up = Gauge("trading_healer_gave_up",
                              "1 after max_attempts failed within window_seconds, until the alert resolves.",
                              ["fp"], registry=self.registry)
+        # static facts for the rules: TradingHealerGaveUp carries the point's category and healer
+        self.info = Gauge("trading_healer_info", "A failure point this healer may heal (category, healer name); "
+                          "always 1.", ["fp", "category", "healer"], registry=self.registry)
+        for fp, spec in self.specs.items():
+            self.info.labels(fp, config.catalog[fp].category, spec.name).set(1)
         for fp in self.specs:
             for outcome in OUTCOMES:
                 self.attempts.labels(fp, outcome)

@@ -139,6 +139,11 @@ def test_skips_are_deliberate_and_metrics_preinitialised(tmp_path: Path) -> None
             assert r.metric("trading_healer_running", fp=fp) == 0.0
             assert r.metric("trading_healer_queued", fp=fp) == 0.0
             assert r.metric("trading_healer_gave_up", fp=fp) == 0.0
+        # what TradingHealerGaveUp joins for its category and healer labels
+        assert r.metric("trading_healer_info", fp="FP-1.1", category="Data & Signal Generation",
+                        healer="restart-uw-daemon") == 1.0
+        assert r.metric("trading_healer_info", fp="FP-2.1", category="Scoring & Evaluation",
+                        healer="reinit-weights") == 1.0
         decisions = r.post(payload(alert("FP-1.3"), alert("FP-3.1"), alert("FP-9.9"), alert(None),
                                    alert("FP-1.1", status="resolved"))).json()["decisions"]
         assert decisions == ["disabled", "no_healer", "unknown_fp", "no_healer", "resolved"]
