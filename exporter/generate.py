@@ -20,7 +20,11 @@ def docs() -> dict[str, str]:
     return {"docs/FAILURE_POINTS.md": catalog_markdown(load())}
 
 
-#: "module:function" of every generator; modules that are not present yet are skipped.
+class GeneratorMissing(LookupError):
+    """A listed generator cannot be loaded: its artefacts would silently stop being checked."""
+
+
+#: "module:function" of every generator; each must exist (a missing one is an error, never skipped).
 GENERATORS: list[str] = [
     "exporter.generate:docs",
     "exporter.rulegen:artefacts",
@@ -30,18 +34,26 @@ GENERATORS: list[str] = [
 ]
 
 
+def load_generator(spec: str) -> Callable[[], dict[str, str]]:
+    mod_name, _, func = spec.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (mod_name == exc.name or mod_name.startswith(exc.name + ".")):
+            raise GeneratorMissing(f"generator {spec} is listed in exporter/generate.py but module "
+                                   f"{exc.name} does not exist") from exc
+        raise
+    fn = getattr(mod, func, None)
+    if not callable(fn):
+        raise GeneratorMissing(f"generator {spec} is listed in exporter/generate.py but {mod_name} has no "
+                               f"function {func!r}")
+    return fn  # type: ignore[no-any-return]
+
+
 def all_artefacts() -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in GENERATORS:
-        mod_name, func = spec.split(":")
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod_name:
-                continue
-            raise
-        fn: Callable[[], dict[str, str]] = getattr(mod, func)
-        out.update(fn())
+        out.update(load_generator(spec)())
     return out
 
 

@@ -26,8 +26,10 @@ from typing import Any
 
 import pytest
 
+from exporter import generate, readme
+from exporter.catalog import load as load_catalog
 from exporter.config import load as load_config
-from exporter.metrics import MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
+from exporter.metrics import CORE, MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
 from exporter.model import Outcome, Status
 from exporter.scheduler import Scheduler
 from exporter.server import hash_password, make_server, verify_password
@@ -450,6 +452,32 @@ def test_observation_series_and_label_values_are_bounded(bot: BotRoot) -> None:
         sched.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_committed_readme_metrics_table_matches_the_source() -> None:
+    """Drift: the README's metrics table is generated (UPDATE_GOLDEN=1 rewrites it)."""
+    fresh = readme.artefacts()["README.md"]
+    path = REPO / "README.md"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(fresh)
+    assert path.read_text() == fresh, "README.md's metrics table drifted from the source: run `make generate`"
+    table = fresh.split(readme.BEGIN, 1)[1].split(readme.END, 1)[0]
+    for name in CORE:
+        assert f"| `{name}" in table, name
+    for point in load_catalog():
+        for obs in point.observations:
+            assert f"| `{obs['name']}` |" in table, obs["name"]
+
+
+def test_a_missing_generator_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generate, "GENERATORS", [*generate.GENERATORS, "exporter.no_such_generator:artefacts"])
+    with pytest.raises(generate.GeneratorMissing, match="exporter.no_such_generator does not exist"):
+        generate.all_artefacts()
+    monkeypatch.setattr(generate, "GENERATORS", ["exporter.generate:no_such_function"])
+    with pytest.raises(generate.GeneratorMissing, match="has no function 'no_such_function'"):
+        generate.all_artefacts()
+    with pytest.raises(readme.MarkersMissing):
+        readme.render("# a README without the block\n", load_catalog())
 
 
 def test_self_healing_columns_come_from_the_healer_audit(bot: BotRoot) -> None:
