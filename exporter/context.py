@@ -85,7 +85,8 @@ class Context:
         with self._memos_lock:
             memo = self._memos.setdefault(key, _Memo())
         with memo.lock:
-            if self.clock() - memo.at < ttl:
+            # a clock stepped back (NTP, a test) makes the age negative: that is no fresh answer
+            if 0 <= self.clock() - memo.at < ttl:
                 if memo.error is not None:
                     raise memo.error
                 return memo.value  # type: ignore[no-any-return]

@@ -135,3 +135,23 @@ def test_verdict(statuses: list[Status], max_warnings: int, expected: Readiness)
 def test_registering_twice_is_refused() -> None:
     with pytest.raises(RuntimeError):
         engine_mod.check("FP-1.1")(lambda ctx, p: Outcome.ok())
+
+
+def test_shared_lookups_expire_when_the_clock_steps_back(tmp_path: Path) -> None:
+    """A cached broker answer is fresh for ttl seconds of the clock; a clock stepped back (NTP)
+    must not keep it fresh until the clock catches up again."""
+    now = [1_000_000.0]
+    ctx = Context(load_config(None, str(tmp_path)), environ={}, clock=lambda: now[0])
+    calls: list[float] = []
+
+    def fetch() -> float:
+        calls.append(now[0])
+        return now[0]
+
+    assert ctx.shared("k", 5, fetch) == 1_000_000.0
+    now[0] += 4
+    assert ctx.shared("k", 5, fetch) == 1_000_000.0 and len(calls) == 1  # still fresh
+    now[0] -= 3600
+    assert ctx.shared("k", 5, fetch) == now[0] and len(calls) == 2  # stepped back: asked again
+    now[0] += 1
+    assert ctx.shared("k", 5, fetch) == now[0] - 1 and len(calls) == 2
