@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import UTC, datetime
 
 from exporter.catalog import CATEGORIES, load
 from exporter.render import catalog_markdown
+from exporter.sim.alpaca import FakeAlpaca
+from exporter.sim.botroot import BotRoot
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, Procs, evaluate, run_cli
 
 ORIGINAL = {
     "FP-1.1": "UW daemon not running", "FP-1.2": "UW cache file missing or empty", "FP-1.3": "UW cache stale",
@@ -66,3 +70,25 @@ def test_catalog_cli_json_and_markdown() -> None:
     assert data["count"] == len(data["failure_points"]) == len(load())
     r = run_cli("catalog", "--markdown")
     assert r.returncode == 0 and r.stdout == catalog_markdown(load())
+
+
+def test_observations_carry_exactly_the_labels_the_catalog_declares(bot: BotRoot, running: Procs,
+                                                                    alpaca: FakeAlpaca) -> None:
+    """The README metrics table and the dashboards read label names from the catalog: a check
+    exporting another label set would leave them wrong. Checked in session, where the funnel and
+    gate observations are exported."""
+    now = time.time()
+    alpaca.clock = {"is_open": True, "next_close": datetime.fromtimestamp(now + 3 * 3600, UTC).isoformat(),
+                    "next_open": datetime.fromtimestamp(now + 86400, UTC).isoformat()}
+    declared: dict[str, set[str]] = {}
+    for point in load():
+        for obs in point.observations:
+            declared.setdefault(str(obs["name"]), set()).update(str(x) for x in obs.get("labels") or ())
+    seen: dict[str, set[str]] = {}
+    for fp, r in evaluate(bot.path).results.items():
+        for o in r.outcome.observations:
+            assert o.name in declared, f"{fp} exports {o.name}, which its catalog entry does not declare"
+            seen.setdefault(o.name, set()).update(k for k, _ in o.labels)
+    for name, labels in seen.items():
+        assert labels == declared[name], (name, labels, declared[name])
+    assert {"trading_signal_funnel", "trading_blocked_candidates", "trading_network_reachable"} <= set(seen)
