@@ -110,6 +110,9 @@ class Engine:
         return {fp: s.result for fp, s in slots.items() if s.result is not None}
 
     def report(self, only: Iterable[str] | None = None) -> Report:
+        if only is not None:
+            only = list(only)
+            self.ctx.evaluated = set(only)
         results = self.run(only)
         return Report.build(results, int(self.ctx.config["readiness"]["max_warnings"]), time.time())
 

@@ -100,3 +100,25 @@ def test_missing_required_files(bot: BotRoot) -> None:
     bot.p("uw_flow_daemon.py").write_text("# back\n")
     bot.p("logs").mkdir()
     assert one(bot, "FP-5.4").status is Status.OK
+
+
+def test_a_torn_file_whose_own_point_pages_is_one_critical(bot: BotRoot) -> None:
+    """Torn weights are FP-2.1's ERROR: FP-5.3 names the file as a warning, so one cause pages
+    once. A corrupt file no other point pages for keeps FP-5.3 ERROR, and so does a run that
+    evaluates FP-5.3 without the owner (`check --only FP-5.3`)."""
+    bot.torn("state/signal_weights.json")
+    report = evaluate(bot.path)
+    assert report.results["FP-2.1"].status is Status.ERROR
+    r = report.results["FP-5.3"]
+    assert r.status is Status.WARN, r.outcome.message
+    assert "state/signal_weights.json" in r.outcome.message and "ERROR in its own point: FP-2.1" in r.outcome.message
+    assert "FP-5.3" not in report.to_json()["critical_fps"]
+    code, data = check_json(bot.path, "--only", "FP-5.3")
+    assert (code, data["failure_points"]["FP-5.3"]["status"]) == (2, "ERROR")
+    bot.torn("state/health.json")  # FP-6.7 only warns about it: FP-5.3 is where it pages
+    r = evaluate(bot.path).results["FP-5.3"]
+    assert r.status is Status.ERROR and "state/health.json" in r.outcome.message
+    assert "state/signal_weights.json" in r.outcome.message
+    bot.write_weights()
+    bot.p("state/health.json").write_text("{}")
+    assert evaluate(bot.path).results["FP-5.3"].status is Status.OK

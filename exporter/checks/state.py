@@ -97,6 +97,7 @@ def state_files_parse(ctx: Context, p: dict[str, Any]) -> Outcome:
     """A corrupt state file makes the bot crash at start or silently reset what it learned; the
     bot rewrites some non-atomically, so a torn read is retried before it counts."""
     corrupt: list[str] = []
+    corrupt_files: list[str] = []
     checked: list[str] = []
     absent: list[str] = []
     retries, delay = int(p["retries"]), float(p["retry_delay_seconds"])
@@ -114,12 +115,24 @@ def state_files_parse(ctx: Context, p: dict[str, Any]) -> Outcome:
                 absent.append(str(rel))  # missing files are FP-5.4's
                 continue
             corrupt.append(f"{rel}: {exc}")
+            corrupt_files.append(str(rel))
             continue
         checked.append(str(rel))
-    details = {"parsed": checked, "corrupt": corrupt, "absent": absent}
-    out = (Outcome.error(f"{len(corrupt)} state file(s) corrupt: " + "; ".join(corrupt), **details) if corrupt
-           else Outcome.ok(f"{len(checked)} state files parse" + (f" ({len(absent)} absent: see FP-5.4)"
-                                                                 if absent else ""), **details))
+    # a file whose own point is ERROR when it is corrupt (FP-2.1 weights, ...) pages there; here
+    # it is named as a warning, so one torn file is one critical, not two
+    judged = ctx.evaluated if ctx.evaluated is not None else set(ctx.config.enabled_ids())
+    owners = {str(rel): str(fp) for rel, fp in (p.get("owners") or {}).items() if str(fp) in judged}
+    paged = sorted({owners[rel] for rel in corrupt_files if rel in owners})
+    details = {"parsed": checked, "corrupt": corrupt, "absent": absent, "also_error_in": paged}
+    if corrupt:
+        text = f"{len(corrupt)} state file(s) corrupt: " + "; ".join(corrupt)
+        if all(rel in owners for rel in corrupt_files):
+            out = Outcome.warn(f"{text} (each is ERROR in its own point: {', '.join(paged)})", **details)
+        else:
+            out = Outcome.error(text, **details)
+    else:
+        out = Outcome.ok(f"{len(checked)} state files parse" + (f" ({len(absent)} absent: see FP-5.4)"
+                                                               if absent else ""), **details)
     return out.observe("trading_state_files_corrupt", len(corrupt))
 
 
