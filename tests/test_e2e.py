@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from exporter.sim import faults
-from exporter.sim.stack import Stack, Timings, find_binary, matches
+from exporter.sim.stack import Bot, Stack, Timings, find_binary, matches
 
 from .conftest import REPO, clean_env, wait_for
 
@@ -49,6 +49,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
     finally:
         st.stop()
+
+
+def wait_ready(bot: Bot, timeout: float, what: str) -> None:
+    """Wait for READY; on a timeout say which points kept it from READY and why."""
+    try:
+        wait_for(lambda: bot.readiness() == "READY", timeout=timeout, every=0.3, what=what)
+    except AssertionError as exc:
+        data = bot.failure_points()
+        failing = {fp: (p.get("status"), p.get("last_error")) for fp, p in data.get("failure_points", {}).items()
+                   if p.get("status") in ("ERROR", "WARN")}
+        raise AssertionError(f"{exc}; readiness {data.get('readiness')}, pending {data.get('pending_fps')}, "
+                             f"failing {failing}") from None
 
 
 def _firing(st: Stack, fp: str, instance: str, severity: str | None = None) -> bool:
@@ -80,8 +92,7 @@ def test_fault_becomes_its_failing_point_and_alert_then_ready_again(stack: Stack
         if fault.sticky:
             return  # e.g. a 429 counts until the quota reset: it must stay failing, and it does
         if fault.healer is not None:
-            wait_for(lambda: bot.readiness() == "READY", timeout=45, every=0.3,
-                     what=f"READY again by itself after {name}")
+            wait_ready(bot, 45, f"READY again by itself after {name}")
             heals = wait_for(lambda: [r for r in bot.audit() if r.get("event") == "attempt" and r.get("fp") == fp
                                       and float(r.get("epoch", 0)) >= since], timeout=20,
                              what=f"the healer's record of healing {fp}")
@@ -90,7 +101,7 @@ def test_fault_becomes_its_failing_point_and_alert_then_ready_again(stack: Stack
     finally:
         if not fault.sticky:
             stack.bot("a").sandbox.clear(name)
-    wait_for(lambda: bot.readiness() == "READY", timeout=30, every=0.3, what=f"READY after clearing {name}")
+    wait_ready(bot, 45, f"READY after clearing {name}")
 
 
 def test_two_bots_one_prometheus_an_alertmanager_pair_heal_only_the_broken_bot_once(tmp_path: Path) -> None:
