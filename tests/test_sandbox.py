@@ -115,7 +115,8 @@ def test_a_hung_daemon_holds_its_lock_and_restart_daemon_replaces_it(sb: Sandbox
     assert sb.daemon_proc.pid != hung and _gone(hung)
 
 
-@pytest.mark.parametrize("name", ["uw-401", "broker-401", "kill-switch", "full-positions"])
+@pytest.mark.parametrize("name", ["uw-401", "broker-401", "kill-switch", "full-positions", "expectancy-gate",
+                                  "daemon-duplicate", "uw-unreachable", "main-missing"])
 def test_faults_trip_their_failure_point_and_clear_restores_it(sb: Sandbox, name: str) -> None:
     fault = faults.get(name)
     (fp, expected), = fault.expects.items()
@@ -125,6 +126,68 @@ def test_faults_trip_their_failure_point_and_clear_restores_it(sb: Sandbox, name
     finally:
         sb.clear(name)
     wait_for(lambda: _status(sb, fp) is Status.OK, timeout=15, what=f"{fp} OK after clearing {name}")
+
+
+def test_the_supervisor_rewrites_its_health_report_until_it_hangs_or_fails(sb: Sandbox) -> None:
+    path = sb.root / "state/health.json"
+
+    def report() -> dict[str, object]:
+        data: dict[str, object] = json.loads(path.read_text())
+        return data
+
+    first = report()["timestamp"]
+    wait_for(lambda: report()["timestamp"] != first, what="the supervisor's next report")
+    assert report()["overall_status"] == "OK" and report()["services"] == {
+        "trading-bot": "OK", "uw-daemon": "OK", "heartbeat-keeper": "OK"}
+    sb.fault("supervisor-hung")
+    try:
+        stale = report()["timestamp"]
+        assert isinstance(stale, str) and stale < first  # its last report, before it hung
+        with pytest.raises(AssertionError, match="timed out"):
+            wait_for(lambda: report()["timestamp"] != stale, timeout=2.5, what="a report from a hung supervisor")
+    finally:
+        sb.clear("supervisor-hung")
+    sb.fault("supervisor-failed")
+    try:
+        failed = report()
+        assert failed["overall_status"] == "FAILED"
+        assert failed["services"] == {"trading-bot": "OK", "uw-daemon": "OK", "heartbeat-keeper": "FAILED"}
+        assert _status(sb, "FP-6.7") is Status.ERROR
+    finally:
+        sb.clear("supervisor-failed")
+    assert report()["overall_status"] == "OK" and _status(sb, "FP-6.7") is Status.OK
+
+
+def test_the_sandbox_broker_fills_the_bots_market_orders_and_rejects_them_under_the_fault(sb: Sandbox) -> None:
+    # a paper account fills a market order at once: nothing the bot sent waits as "accepted"
+    wait_for(lambda: sb.alpaca.submitted_orders, what="the bot's first orders")
+    bot_orders = [o for o in sb.alpaca.orders if o.get("notional") is not None]
+    assert bot_orders and {o["status"] for o in bot_orders} <= {"filled", "rejected"}
+    held = {p["symbol"] for p in sb.alpaca.positions}
+    assert {o["symbol"] for o in bot_orders if o["status"] == "filled"} <= held
+    sb.fault("orders-rejected")
+    try:
+        # the broker now refuses orders, and refused most of the recent ones
+        closed = [o for o in sb.alpaca.orders if o["status"] in ("filled", "rejected")]
+        rejected = [o for o in closed if o["status"] == "rejected"]
+        assert sb.alpaca.reject_orders and len(rejected) >= 3
+        assert _status(sb, "FP-4.4") is Status.ERROR
+    finally:
+        sb.clear("orders-rejected")
+    assert sb.alpaca.reject_orders is None and _status(sb, "FP-4.4") is Status.OK
+
+
+def test_a_duplicate_daemon_waits_for_the_lock_and_clear_stops_it(sb: Sandbox) -> None:
+    sb.fault("daemon-duplicate")
+    try:
+        dup = sb.duplicate_proc
+        assert dup is not None
+        wait_for(lambda: psutil.Process(dup.pid).cwd() == str(sb.root), what="the duplicate running")
+        assert dup.poll() is None and sb.daemon_proc is not None
+        assert f"pid={sb.daemon_proc.pid} " in (sb.root / "state/uw_flow_daemon.lock").read_text()
+    finally:
+        sb.clear("daemon-duplicate")
+    assert sb.duplicate_proc is None and _gone(dup.pid)
 
 
 def test_admin_endpoint_lists_injects_and_clears_faults(sb: Sandbox) -> None:

@@ -901,6 +901,13 @@ class FakeAlpaca(SimServer):
         self._calendar: list[dict[str, Any]] | None = None
         self._generated_calendar: tuple[date, list[dict[str, Any]]] | None = None
         self._submitted: list[dict[str, Any]] = []
+        #: Fill market orders at once while the clock is open, moving the position like a paper
+        #: account does (off: orders stay ``accepted``, the probe tests' "nothing fills").
+        self.fill_market_orders = False
+        #: When set, every new order is recorded and answered ``rejected`` with this reason.
+        self.reject_orders: str | None = None
+        #: How far the broker's clock runs ahead of this host's (negative: behind), in seconds.
+        self.clock_skew_seconds = 0.0
 
     # -- state (assignments take the lock; in-place edits of the live objects are also seen) --
 
@@ -1084,7 +1091,7 @@ class FakeAlpaca(SimServer):
 
     def _effective_clock(self) -> dict[str, Any]:
         with self.lock:
-            clock = market_clock(self.time_source(), self.calendar)
+            clock = market_clock(self.time_source() + timedelta(seconds=self.clock_skew_seconds), self.calendar)
             if self._clock is not None:
                 clock.update(self._clock)
             return clock
@@ -1240,11 +1247,21 @@ class FakeAlpaca(SimServer):
             client_id = payload.get("client_order_id")
             if client_id and any(o.get("client_order_id") == client_id for o in self._orders):
                 return _alpaca_error(422, 40010001, "client_order_id must be unique")
+            status = "accepted"
+            if self.reject_orders is not None:
+                status = "rejected"
+            elif self.fill_market_orders and order_type == "market" and self._effective_clock()["is_open"]:
+                status = "filled"
+                price = REFERENCE_PRICES.get(symbol, 100.0)
+                if qty_f is None and notional_f is not None:
+                    qty_f = round(notional_f / price, 9)
+                moved = qty_f or 0.0
+                self._fill(symbol, moved if side == "buy" else -moved, price)
             order = make_order(
                 symbol,
                 qty_f,
                 str(side),
-                status="accepted",
+                status=status,
                 order_type=str(order_type),
                 time_in_force=str(tif),
                 limit_price=limit_f,
@@ -1254,5 +1271,23 @@ class FakeAlpaca(SimServer):
                 client_order_id=client_id,
                 extended_hours=bool(payload.get("extended_hours", False)),
             )
+            if status == "rejected":
+                order["reject_reason"] = self.reject_orders
             self._orders.append(order)
             return SimResponse.of_json(200, order)
+
+    def _fill(self, symbol: str, qty: float, price: float) -> None:
+        """Move ``symbol``'s position by ``qty`` (negative sells) at ``price``; caller holds the lock."""
+        for i, pos in enumerate(self._positions):
+            if pos.get("symbol") == symbol:
+                held, entry = float(pos["qty"]), float(pos["avg_entry_price"])
+                total = round(held + qty, 9)
+                if total == 0:
+                    del self._positions[i]
+                else:
+                    basis = (price if held * total < 0 else entry if abs(total) < abs(held)
+                             else (held * entry + qty * price) / total)
+                    self._positions[i] = make_position(symbol, total, round(basis, 4))
+                return
+        if qty:
+            self._positions = [*self._positions, make_position(symbol, qty, price)]

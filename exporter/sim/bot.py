@@ -19,6 +19,12 @@ sandbox writes), does one cycle every ``SANDBOX_BOT_INTERVAL`` seconds:
 
 A cluster is a candidate once (keyed by ticker, direction and its newest alert), so a quiet
 market does not turn into a flood of cooldown refusals.
+
+Fault flags in ``.sandbox/flags/`` (written by the sandbox): ``bot-no-clusters`` makes the flow
+filter keep nothing (cycles complete with 0 clusters); ``bot-cluster-errors`` makes cluster
+generation fail (a ``cycle_error`` line of stage ``clusters``, no ``complete`` line);
+``bot-gate`` holds a block reason (``expectancy_blocked:<why>``, ``regime_gate``, ...) that
+refuses every cluster of every cycle, logged as the real bot logs each refusal.
 """
 
 from __future__ import annotations
@@ -178,7 +184,12 @@ class Bot:
             return
         if not isinstance(cache, dict):
             cache = {}
-        clusters = clusters_of(cache, now)
+        if (FLAGS / "bot-cluster-errors").exists():
+            append(RUN_LOG, {"ts": iso(now), "_ts": now, "msg": "cycle_error", "stage": "clusters",
+                             "error": "cluster generation failed: KeyError 'created_at' in flow_trades"})
+            self.restamp(cache, now)
+            return
+        clusters = [] if (FLAGS / "bot-no-clusters").exists() else clusters_of(cache, now)
         closed = self.gates_closed()
         orders = 0
         record: dict[str, Any] = {"ts": iso(now), "_ts": now, "msg": "complete", "clusters": len(clusters)}
@@ -197,18 +208,33 @@ class Bot:
         record["orders"] = orders
         append(RUN_LOG, record)
 
+    def gate_flag(self) -> str | None:
+        """The block reason of an active ``bot-gate`` fault, if any."""
+        try:
+            reason = (FLAGS / "bot-gate").read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return reason or None
+
     def decide(self, clusters: list[dict[str, Any]], now: float) -> int:
+        gate = self.gate_flag()
+        if gate is not None:
+            # a gate that refuses everything refuses every cluster again each cycle
+            for c in clusters:
+                self.seen.add((c["symbol"], c["direction"], c["newest"]))
+                append(BLOCKED, {"timestamp": iso(now), "symbol": c["symbol"], "reason": gate,
+                                 "score": self.score(c), "direction": c["direction"]})
+            return 0
         new = [c for c in clusters if (c["symbol"], c["direction"], c["newest"]) not in self.seen]
         if not new:
             return 0
         clock = self.broker("GET", "/clock")
         positions = self.broker("GET", "/positions")
         held = len(positions) if isinstance(positions, list) else 0
-        weight = self.flow_weight()
         orders = 0
         for c in sorted(new, key=lambda c: -c["premium"]):
             self.seen.add((c["symbol"], c["direction"], c["newest"]))
-            score = round(1.0 + min(3.0, c["premium"] / 1e6) * weight, 3)
+            score = self.score(c)
             reason = None
             if not clock.get("is_open"):
                 reason = "market_closed"
@@ -226,16 +252,23 @@ class Bot:
                 continue
             side = "buy" if c["direction"] == "bullish" else "sell"
             try:
-                self.broker("POST", "/orders", {"symbol": c["symbol"], "notional": "1000", "side": side,
-                                                "type": "market", "time_in_force": "day"})
+                order = self.broker("POST", "/orders", {"symbol": c["symbol"], "notional": "1000", "side": side,
+                                                        "type": "market", "time_in_force": "day"})
             except RuntimeError as exc:
                 append(BLOCKED, {"timestamp": iso(now), "symbol": c["symbol"], "reason": "order_validation_failed",
                                  "score": score, "error": str(exc)})
+                continue
+            if isinstance(order, dict) and order.get("status") == "rejected":
+                append(BLOCKED, {"timestamp": iso(now), "symbol": c["symbol"], "reason": "order_validation_failed",
+                                 "score": score, "error": f"rejected by the broker: {order.get('reject_reason')}"})
                 continue
             self.last_order[c["symbol"]] = now
             orders += 1
             held += 1
         return orders
+
+    def score(self, c: dict[str, Any]) -> float:
+        return round(1.0 + min(3.0, c["premium"] / 1e6) * self.flow_weight(), 3)
 
     def restamp(self, cache: dict[str, Any], now: float) -> None:
         """main.py re-stamps tickers and rewrites the whole file: the file mtime lies after this."""

@@ -16,7 +16,11 @@ daemon does, including its bad habits. This one, run with the bot root as its wo
   line per cycle and one ``data/uw_api_quota.jsonl`` line per request.
 
 Fault flags live in ``.sandbox/flags/`` of the bot root (written by the sandbox):
-``daemon-stop-writing`` makes it keep cycling but skip the cache write.
+``daemon-stop-writing`` makes it keep cycling but skip the cache write; ``daemon-stall`` stops
+its loop (alive, holding the lock, like a request that never returns); ``daemon-no-tickers``
+makes it write a cache with the global keys only (an empty watchlist). With
+``SANDBOX_DAEMON_WAIT_FOR_LOCK=1`` in its environment a second instance waits for the lock
+instead of exiting -- the duplicate FP-1.11 exists for.
 """
 
 from __future__ import annotations
@@ -71,15 +75,20 @@ def orphaned() -> bool:
     return parent.isdigit() and os.getppid() != int(parent)
 
 
-def take_lock() -> IO[str] | None:
-    """The exclusive lock, or None when another daemon holds it (the caller exits)."""
+def take_lock(wait: bool = False) -> IO[str] | None:
+    """The exclusive lock, or None when another daemon holds it (the caller exits). ``wait``
+    keeps trying until the lock is free or the process is told to stop."""
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     fh = open(LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held for the life of the process
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not wait or _stopping or orphaned():
+                fh.close()
+                return None
+            time.sleep(0.2)
     fh.seek(0)
     fh.truncate(0)
     fh.write(f"pid={os.getpid()} ts={datetime.now(UTC).isoformat()}\n")
@@ -152,13 +161,14 @@ class Daemon:
 
     def build(self, now: float) -> dict[str, Any]:
         alerts = self.get("/api/option-trades/flow-alerts", limit=200)
-        by_ticker: dict[str, list[dict[str, Any]]] = {t: [] for t in self.tickers}
+        tickers = [] if flag("daemon-no-tickers") else self.tickers
+        by_ticker: dict[str, list[dict[str, Any]]] = {t: [] for t in tickers}
         for a in alerts:
             t = str(a.get("ticker", "")).upper()
             if t in by_ticker:
                 by_ticker[t].append(a)
         cache: dict[str, Any] = {}
-        for t in self.tickers:
+        for t in tickers:
             if self.saw_429:
                 break
             flow = by_ticker[t]
@@ -213,7 +223,7 @@ def main() -> int:
     """Run until SIGTERM/SIGINT; exit 1 when another daemon holds the lock."""
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
-    lock = take_lock()
+    lock = take_lock(wait=os.environ.get("SANDBOX_DAEMON_WAIT_FOR_LOCK") == "1")
     if lock is None:
         print("another uw_flow_daemon holds state/uw_flow_daemon.lock; exiting", file=sys.stderr)
         return 1
@@ -223,6 +233,8 @@ def main() -> int:
         print(f"uw_flow_daemon: {exc}", file=sys.stderr)
         return 1
     while not _stopping:
+        while flag("daemon-stall") and not _stopping and not orphaned():
+            time.sleep(0.2)  # stuck: no cycle, no write, the lock still held
         started = time.monotonic()
         try:
             daemon.cycle()

@@ -16,9 +16,10 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .alpaca import make_position
+from .alpaca import CLOSED_ORDER_STATUSES, make_order, make_position
 from .botroot import BotRoot, write_json
 
 if TYPE_CHECKING:
@@ -104,7 +105,107 @@ def _full_positions(sb: Sandbox) -> None:
     symbols = ["AAPL", "NVDA", "TSLA", "MSFT", "AMZN", "META", "GOOGL", "AMD", "SPY", "QQQ", "AVGO", "NFLX",
                "IWM", "DIA", "XLF", "XLE", "XLK", "SMH", "TLT", "GLD", "JPM", "BAC", "XOM", "CVX"]
     cap = sb.max_positions
+    sb.stash.setdefault("positions", list(sb.alpaca.positions))  # what the bot holds now, fills included
     sb.alpaca.positions = [make_position(symbols[i % len(symbols)], 1 + i, 100.0) for i in range(cap)]
+
+
+def _restore_positions(sb: Sandbox) -> None:
+    sb.alpaca.positions = list(sb.stash.pop("positions", sb.healthy_positions))
+
+
+def _signal_bot(sb: Sandbox, sig: int) -> None:
+    proc = sb.bot_proc
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _supervisor(name: str, on: bool) -> Callable[[Sandbox], None]:
+    """Set or clear a supervisor flag, and let the supervisor report at once."""
+    def apply(sb: Sandbox) -> None:
+        _flag(sb, name, on)
+        sb.write_health()
+
+    return apply
+
+
+def _stale_health(sb: Sandbox) -> None:
+    _flag(sb, "supervisor-stop-writing", True)
+    sb.write_health(timestamp=time.time() - 20 * 60)  # its last report, before it hung
+
+
+def _orders_rejected(sb: Sandbox) -> None:
+    """The broker rejects new orders, and rejected the bot's last ones: enough to be most of the
+    closed orders of FP-4.4's 24 h window (at least three)."""
+    now = datetime.now(UTC)
+    day = now - timedelta(hours=24)
+    closed = [o for o in sb.alpaca.orders if o.get("status") in CLOSED_ORDER_STATUSES
+              and _when(o) >= day]
+    reason = "insufficient buying power for a short sale"
+    sb.alpaca.reject_orders = reason
+    symbols = ["TSLA", "NVDA", "AAPL", "AMD", "META"]
+    rejected = []
+    for i in range(max(3, len(closed) + 1)):
+        order = make_order(symbols[i % len(symbols)], None, "sell", status="rejected", notional=1000,
+                           submitted_at=now - timedelta(seconds=30 * (i + 1)))
+        order["reject_reason"] = reason
+        rejected.append(order)
+    sb.alpaca.orders = [*sb.alpaca.orders, *rejected]
+
+
+def _orders_accepted_again(sb: Sandbox) -> None:
+    """The broker accepts orders again; the rejections are moved past FP-4.4's 24 h window, as a
+    day's wait would."""
+    sb.alpaca.reject_orders = None
+    then = datetime.now(UTC) - timedelta(hours=25)
+    aged = []
+    for o in sb.alpaca.orders:
+        if o.get("status") == "rejected" and _when(o) > then:
+            stamp = then.isoformat().replace("+00:00", "Z")
+            o = {**o, "submitted_at": stamp, "created_at": stamp, "updated_at": stamp, "failed_at": stamp}
+        aged.append(o)
+    sb.alpaca.orders = aged
+
+
+def _when(order: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(order["submitted_at"]).replace("Z", "+00:00"))
+
+
+def _remove_main(sb: Sandbox) -> None:
+    (sb.root / "main.py").unlink(missing_ok=True)
+
+
+def _restore_main(sb: Sandbox) -> None:
+    from .sandbox import LAUNCHER, REPO  # late: the sandbox imports this module
+
+    (sb.root / "main.py").write_text(LAUNCHER.format(module="exporter.sim.bot", repo=str(REPO)))
+
+
+def _healthy_thresholds(sb: Sandbox) -> None:
+    BotRoot(sb.root).thresholds({"default": 2.7, "symbols": {"NVDA": 2.9}})
+
+
+def _uw_unreachable(sb: Sandbox) -> None:
+    sb.uw.stop()  # nothing listens on its port: connections are refused
+
+
+def _uw_reachable(sb: Sandbox) -> None:
+    try:
+        sb.uw.start()  # the same port again
+    except (OSError, RuntimeError) as exc:
+        from .sandbox import SandboxError  # late: the sandbox imports this module
+
+        if "already started" not in str(exc):
+            raise SandboxError(f"cannot listen on {sb.uw.host}:{sb.uw.port} again: {exc}") from None
+
+
+def _gate(reason: str) -> Callable[[Sandbox], None]:
+    def apply(sb: Sandbox) -> None:
+        sb.flags.mkdir(parents=True, exist_ok=True)
+        (sb.flags / "bot-gate").write_text(reason + "\n")
+
+    return apply
 
 
 def _account(sb: Sandbox, **changes: Any) -> None:
@@ -156,7 +257,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("broker-429", "Alpaca rate-limits every request (429)", {"FP-4.1": "WARN"},
           _alpaca("429"), _alpaca("ok")),
     Fault("full-positions", "as many open positions as MAX_CONCURRENT_POSITIONS", {"FP-3.2": "WARN"},
-          _full_positions, lambda sb: setattr(sb.alpaca, "positions", list(sb.healthy_positions))),
+          _full_positions, _restore_positions),
     Fault("low-buying-power", "buying power below the minimum", {"FP-4.3": "WARN"},
           lambda sb: _account(sb, buying_power="250.00", regt_buying_power="250.00"), _restore_account),
     Fault("account-blocked", "the broker blocks trading on the account", {"FP-4.6": "ERROR"},
@@ -175,6 +276,65 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           lambda sb: BotRoot(sb.root).self_healing(0.0, activated_at=None, losses=0)),
     Fault("bot-kill", "SIGKILL the bot (main.py)", {"FP-6.1": "ERROR"}, _kill_bot, lambda sb: sb.restart_bot(),
           healer="restart-bot"),
+    # --- the bot's loop and what it logs ---
+    Fault("bot-hang", "SIGSTOP the bot: main.py runs but its loop logs no cycle and stamps no heartbeat",
+          {"FP-6.3": "ERROR"}, lambda sb: _signal_bot(sb, signal.SIGSTOP), lambda sb: _signal_bot(sb, signal.SIGCONT)),
+    Fault("no-clusters", "the bot's flow filter keeps no trade: every cycle completes with 0 clusters while "
+          "the cache is full", {"FP-1.7": "WARN"},
+          lambda sb: _flag(sb, "bot-no-clusters", True), lambda sb: _flag(sb, "bot-no-clusters", False)),
+    Fault("cluster-errors", "cluster generation raises in every cycle (a cycle_error line, no complete line)",
+          {"FP-1.8": "ERROR"},
+          lambda sb: _flag(sb, "bot-cluster-errors", True), lambda sb: _flag(sb, "bot-cluster-errors", False)),
+    Fault("expectancy-gate", "the expectancy gate refuses every candidate (expectancy_blocked:negative_ev)",
+          {"FP-3.4": "WARN"}, _gate("expectancy_blocked:negative_ev"), lambda sb: _flag(sb, "bot-gate", False)),
+    Fault("regime-gate", "the regime gate refuses every candidate", {"FP-3.5": "WARN"},
+          _gate("regime_gate"), lambda sb: _flag(sb, "bot-gate", False)),
+    Fault("theme-gate", "the theme risk limit refuses every candidate", {"FP-3.6": "WARN"},
+          _gate("theme_gate"), lambda sb: _flag(sb, "bot-gate", False)),
+    Fault("cooldown-gate", "per-ticker cooldowns refuse every candidate", {"FP-3.7": "WARN"},
+          _gate("symbol_on_cooldown"), lambda sb: _flag(sb, "bot-gate", False)),
+    # --- the daemon ---
+    Fault("daemon-stall", "the daemon's loop is stuck (a request that never returns): alive, holding its "
+          "lock, no cycle and no cache write", {"FP-1.10": "WARN"},
+          lambda sb: _flag(sb, "daemon-stall", True), lambda sb: _flag(sb, "daemon-stall", False)),
+    Fault("daemon-duplicate", "a second uw_flow_daemon.py waits for the lock instead of exiting",
+          {"FP-1.11": "WARN"}, lambda sb: sb.spawn_duplicate_daemon(), lambda sb: sb.stop_duplicate_daemon()),
+    Fault("daemon-no-tickers", "the daemon's watchlist is empty: it writes a cache with the global keys only",
+          {"FP-1.4": "ERROR"},
+          lambda sb: _flag(sb, "daemon-no-tickers", True), lambda sb: _flag(sb, "daemon-no-tickers", False)),
+    # --- UW endpoints and the network ---
+    Fault("uw-darkpool-down", "UW's dark-pool endpoint answers 500: the daemon writes tickers without intel",
+          {"FP-2.4": "WARN"}, lambda sb: sb.uw.set_mode("500", ["/api/darkpool/"]), _uw("ok")),
+    Fault("uw-tide-down", "UW's market-tide endpoint answers 500: the cache's _market_tide holds no point",
+          {"FP-2.5": "WARN"}, lambda sb: sb.uw.set_mode("500", ["/api/market/market-tide"]), _uw("ok")),
+    Fault("uw-unreachable", "nothing listens on UW's address any more: connections are refused",
+          {"FP-6.6": "ERROR"}, _uw_unreachable, _uw_reachable),
+    # --- the broker ---
+    Fault("orders-rejected", "the broker rejects the bot's orders (most recent closed orders are rejected)",
+          {"FP-4.4": "ERROR"}, _orders_rejected, _orders_accepted_again),
+    Fault("equity-floor", "account equity below the $2,000 floor", {"FP-4.10": "ERROR"},
+          lambda sb: _account(sb, equity="1500.00", last_equity="1650.00", portfolio_value="1500.00"),
+          _restore_account),
+    Fault("clock-skew", "this host's clock is 60 s behind the broker's", {"FP-4.9": "ERROR"},
+          lambda sb: setattr(sb.alpaca, "clock_skew_seconds", 60.0),
+          lambda sb: setattr(sb.alpaca, "clock_skew_seconds", 0.0)),
+    # --- the supervisor ---
+    Fault("supervisor-failed", "the supervisor reports FAILED: it gave up on a service of its own",
+          {"FP-6.7": "ERROR"}, _supervisor("supervisor-failed", True), _supervisor("supervisor-failed", False)),
+    Fault("supervisor-hung", "the supervisor stops rewriting state/health.json (its last report is 20 min old)",
+          {"FP-6.7": "ERROR"}, _stale_health, _supervisor("supervisor-stop-writing", False)),
+    # --- state and files ---
+    Fault("torn-state", "a half-written state/self_healing_threshold.json", {"FP-5.3": "ERROR"},
+          lambda sb: BotRoot(sb.root).torn("state/self_healing_threshold.json"),
+          lambda sb: BotRoot(sb.root).self_healing(0.0, activated_at=None, losses=0)),
+    Fault("bad-thresholds", "the per-symbol entry thresholds hold a NaN", {"FP-2.7": "ERROR"},
+          lambda sb: BotRoot(sb.root).thresholds({"default": 2.7, "symbols": {"NVDA": float("nan")}}),
+          _healthy_thresholds),
+    Fault("weights-stale", "the learner last saved the adaptive weights five days ago", {"FP-2.6": "WARN"},
+          lambda sb: BotRoot(sb.root, now=time.time() - 5 * 86400).write_weights(),
+          lambda sb: BotRoot(sb.root).write_weights()),
+    Fault("main-missing", "main.py is gone from the bot root (a bad deploy); the running bot lives on until "
+          "its next restart", {"FP-5.4": "ERROR"}, _remove_main, _restore_main),
 ]}
 
 

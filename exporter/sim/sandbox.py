@@ -8,14 +8,18 @@ UW subscription to see it. The sandbox runs, in one bot root:
 * a real UW daemon process (``python uw_flow_daemon.py``, a launcher for
   :mod:`exporter.sim.daemon`) and a real bot process (``python -u main.py`` for
   :mod:`exporter.sim.bot`), each in its own process group so stopping kills everything;
+* a supervisor thread in the role of ``deploy_supervisor.py`` that rewrites
+  ``state/health.json`` (every 300 s, 1 s with ``--fast``);
 * an admin endpoint on 127.0.0.1: ``GET /faults``, ``POST|DELETE /faults/<name>``,
   ``POST /restart-daemon``, ``POST /restart-bot``, ``GET /state``.
 
 It writes ``.env`` (loopback URLs, test credentials, the simulated processes' intervals) and a
 ``trading-readiness.yaml`` whose healers run ``trading-readiness --bot-root DIR sandbox
 restart-daemon`` / ``restart-bot``. ``.sandbox/state.json`` tells the CLI client commands where
-the admin endpoint is. The market is simulated open by default (``--market open``) so that
-session-judged points are judged at any hour; ``--market real`` follows the NYSE calendar.
+the admin endpoint is. The market is simulated open by default (``--market open``: the clock is
+open and every calendar day's session spans the whole day) so that session-judged points are
+judged at any hour; ``--market real`` follows the NYSE calendar. The simulated broker fills
+market orders at once, as a paper account does.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ import requests
 import yaml
 
 from . import faults as faults_mod
-from .alpaca import FakeAlpaca
-from .botroot import BotRoot
+from .alpaca import ET, FakeAlpaca
+from .botroot import BotRoot, write_json
 from .uw import FakeUW
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,12 +94,24 @@ def sandbox_config(root: Path, fast: bool) -> dict[str, Any]:
         # broker answers are shared between checks for cache_seconds: scaled down with the checks
         cfg["alpaca"] = {"cache_seconds": 0.5, "timeout_seconds": 2}
         cfg["healer"].update(verify_timeout_seconds=30, verify_interval_seconds=1)
+        # run-log windows scaled to a bot that cycles every second instead of every 60 s
+        gate = {"params": {"cycles": 3, "min_candidates": 6}}
         cfg["checks"] = {
             # freshness limits scaled to a daemon that cycles every second instead of every 300 s
             "FP-1.3": {"params": {"open_warn_seconds": 5, "open_error_seconds": 8, "closed_warn_seconds": 30}},
             "FP-1.10": {"params": {"open_warn_seconds": 5, "closed_warn_seconds": 30}},
             "FP-1.5": {"interval_seconds": 2},
-            "FP-1.11": {"interval_seconds": 2, "params": {"grace_seconds": 5}},
+            "FP-1.7": {"params": {"cycles": 3}},
+            "FP-1.8": {"params": {"cycles": 3, "same_cycle_seconds": 0.5}},
+            "FP-1.11": {"interval_seconds": 1, "params": {"grace_seconds": 3}},
+            "FP-3.3": gate, "FP-3.4": gate, "FP-3.5": gate, "FP-3.6": gate, "FP-3.7": gate,
+            # points whose catalog interval is 60 s, checked as often as the rest
+            "FP-4.4": {"interval_seconds": 1},
+            "FP-4.9": {"interval_seconds": 1},
+            "FP-6.6": {"interval_seconds": 1},
+            "FP-6.7": {"interval_seconds": 1},
+            # liveness scaled to a bot that cycles every second instead of every 60 s
+            "FP-6.3": {"params": {"warn_seconds": 5, "error_seconds": 8}},
         }
     return cfg
 
@@ -120,6 +136,12 @@ class Sandbox:
         self.max_positions = 16
         self.healthy_positions: list[dict[str, Any]] = []
         self.healthy_account: dict[str, Any] = {}
+        #: a second daemon started by the daemon-duplicate fault
+        self.duplicate_proc: subprocess.Popen[bytes] | None = None
+        #: what a fault saved to restore on clear (e.g. the positions before full-positions)
+        self.stash: dict[str, Any] = {}
+        self._supervisor_stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self._lock = threading.RLock()
         self._admin: ThreadingHTTPServer | None = None
         self._started = False
@@ -166,6 +188,7 @@ class Sandbox:
             self.daemon_proc = self._spawn("uw_flow_daemon.py", "daemon")
             self.bot_proc = self._spawn("main.py", "bot", unbuffered=True)
             self._write_state()
+            self._start_supervisor()
             self._started = True
             self._wait_ready(wait)
         except BaseException:
@@ -181,6 +204,16 @@ class Sandbox:
             self.alpaca.clock = {"is_open": is_open,
                                  "next_open": (now + timedelta(days=1 if is_open else 7)).isoformat(),
                                  "next_close": (now + timedelta(days=7 if is_open else 8)).isoformat()}
+            if is_open:
+                # the calendar agrees with the clock: every day's session spans the whole day, so
+                # "since today's open" windows (FP-1.7, FP-3.x) hold this session's cycles
+                today = now.astimezone(ET).date()
+                self.alpaca.calendar = [
+                    {"date": (today + timedelta(days=d)).isoformat(), "open": "00:00", "close": "23:59",
+                     "session_open": "0000", "session_close": "2359",
+                     "settlement_date": (today + timedelta(days=d + 1)).isoformat()} for d in range(-3, 11)]
+        # a paper account fills market orders at once; unfilled ones would read as stuck (FP-4.7)
+        self.alpaca.fill_market_orders = True
         self.uw.tickers = list(self.tickers)
         if self.fast:
             # fast mode runs every check each second instead of every 15 s: the broker's 200
@@ -197,6 +230,7 @@ class Sandbox:
                     SANDBOX_DAEMON_INTERVAL="1" if self.fast else "300",
                     SANDBOX_BOT_INTERVAL="1" if self.fast else "60",
                     SANDBOX_DAEMON_TIMEOUT="2" if self.fast else "10",
+                    SANDBOX_BOT_TIMEOUT="2" if self.fast else "5",
                     SANDBOX_DAEMON_429_PAUSE="5" if self.fast else None,
                     SANDBOX_TICKERS=",".join(self.tickers))
         self.max_positions = 16
@@ -213,12 +247,13 @@ class Sandbox:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
-    def _spawn(self, script: str, name: str, unbuffered: bool = False) -> subprocess.Popen[bytes]:
+    def _spawn(self, script: str, name: str, unbuffered: bool = False,
+               extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         argv = [_python(), "-u", script] if unbuffered else [_python(), script]
         out = open(self.control / f"{name}.out", "ab")  # noqa: SIM115 - the child owns it after Popen
         # the children run in their own sessions (so a fault can signal one group); if the sandbox
         # itself is SIGKILLed they notice the parent is gone and exit instead of running on
-        env = {**self._env(), "SANDBOX_PARENT_PID": str(os.getpid())}
+        env = {**self._env(), "SANDBOX_PARENT_PID": str(os.getpid()), **(extra_env or {})}
         try:
             return subprocess.Popen(argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -243,9 +278,14 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop every process group and server this sandbox started; safe to call twice."""
+        self._supervisor_stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
         with self._lock:
-            for proc in (self.daemon_proc, self.bot_proc):
+            for proc in (self.duplicate_proc, self.daemon_proc, self.bot_proc):
                 _stop_group(proc)
+            self.duplicate_proc = None
             if self._admin is not None:
                 self._admin.shutdown()
                 self._admin.server_close()
@@ -318,10 +358,63 @@ class Sandbox:
                 except psutil.Error:
                     pass
             _stop_group(proc)
-            self.active.discard("bot-kill")
+            self.active -= {"bot-kill", "bot-hang"}  # a restart repairs a killed or stopped bot
             self.bot_proc = self._spawn("main.py", "bot", unbuffered=True)
             self._write_state()
             return f"bot restarted (pid {self.bot_proc.pid})"
+
+    def spawn_duplicate_daemon(self) -> None:
+        """A second ``uw_flow_daemon.py`` that waits for the lock instead of exiting."""
+        with self._lock:
+            if self.duplicate_proc is not None and self.duplicate_proc.poll() is None:
+                return
+            self.duplicate_proc = self._spawn("uw_flow_daemon.py", "daemon-duplicate",
+                                              extra_env={"SANDBOX_DAEMON_WAIT_FOR_LOCK": "1"})
+
+    def stop_duplicate_daemon(self) -> None:
+        with self._lock:
+            _stop_group(self.duplicate_proc)
+            self.duplicate_proc = None
+
+    # --- the supervisor ------------------------------------------------------------------------
+    def _start_supervisor(self) -> None:
+        """A thread in the role of deploy_supervisor.py: rewrites state/health.json every 300 s
+        (1 s with --fast) with the state of the bot and the daemon."""
+        self._supervisor_stop.clear()
+        self.write_health()
+        every = 1.0 if self.fast else 300.0
+
+        def run() -> None:
+            while not self._supervisor_stop.wait(every):
+                with contextlib.suppress(OSError):
+                    self.write_health()
+
+        self._supervisor = threading.Thread(target=run, name="sandbox-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def write_health(self, timestamp: float | None = None) -> None:
+        """One supervisor report; skipped while the supervisor-stop-writing flag is set (a hung
+        supervisor), ``FAILED`` for a service of its own while supervisor-failed is set."""
+        with self._lock:  # a fault's own report is never overwritten by one already under way
+            if timestamp is None and (self.flags / "supervisor-stop-writing").exists():
+                return
+            self._write_health(time.time() if timestamp is None else timestamp)
+
+    def _write_health(self, ts: float) -> None:
+        def state(proc: subprocess.Popen[bytes] | None) -> str:
+            return "OK" if proc is not None and proc.poll() is None else "RESTARTING"
+
+        services = {"trading-bot": state(self.bot_proc), "uw-daemon": state(self.daemon_proc),
+                    "heartbeat-keeper": "OK"}
+        details: dict[str, Any] = {}
+        if (self.flags / "supervisor-failed").exists():
+            services["heartbeat-keeper"] = "FAILED"
+            details["heartbeat-keeper"] = "gave up after 5 failures in 10 min"
+        overall = ("FAILED" if "FAILED" in services.values()
+                   else "OK" if set(services.values()) == {"OK"} else "DEGRADED")
+        write_json(self.root / "state/health.json", {
+            "overall_status": overall, "services": services,
+            "timestamp": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"), "details": details})
 
     # --- faults --------------------------------------------------------------------------------
     def fault(self, name: str) -> faults_mod.Fault:
