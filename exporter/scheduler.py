@@ -136,7 +136,22 @@ class Scheduler:
         self._install(config)
 
     # configuration -------------------------------------------------------------------------
+    def _dotenv_signature(self, config: Config) -> tuple[int, int, int] | None:
+        try:
+            st = (config.bot_root / ".env").stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _dotenv_changed(self) -> bool:
+        """The bot's .env was edited (a key replaced, a limit changed): the checks must judge the
+        new values, as the bot will on its next start, not the ones read when we started."""
+        with self._lock:
+            config, seen = self.config, self._dotenv
+        return self._dotenv_signature(config) != seen
+
     def _install(self, config: Config) -> None:
+        self._dotenv = self._dotenv_signature(config)
         ctx = Context(config, environ=self._environ, clock=self._clock)
         engine = Engine(ctx)
         old = getattr(self, "engine", None)
@@ -195,6 +210,9 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._dotenv_changed():
+                log.info("%s changed: re-reading the bot's environment", self.config.bot_root / ".env")
+                self._install(self.config)
             now = time.monotonic()
             with self._lock:
                 due = [fp for fp in self.enabled if fp not in self._inflight and self._next_due.get(fp, now) <= now]

@@ -279,6 +279,29 @@ def test_reload_keeps_the_running_config_when_the_new_one_is_bad(bot: BotRoot, t
         exp.stop()
 
 
+def test_an_edited_dotenv_is_judged_without_a_reload(bot: BotRoot, tmp_path: Path) -> None:
+    """The bot reads .env when it starts: a key removed or a limit broken there must show at
+    once, not after the exporter's next restart, and so must the fix."""
+    fast_config(bot.path)
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+
+    def status(fp: str) -> str | None:
+        return json.loads(exp.get("/api/failure_points")[1])["failure_points"][fp]["status"]
+
+    try:
+        wait_for(exp.ready, timeout=30, what="/-/ready")
+        assert status("FP-5.2") == "OK"
+        bot.set_env(MAX_CONCURRENT_POSITIONS="sixteen")
+        wait_for(lambda: status("FP-5.2") == "ERROR", timeout=20, what="FP-5.2 ERROR after editing .env")
+        assert ".env changed: re-reading the bot's environment" in exp.stderr()
+        assert "MAX_CONCURRENT_POSITIONS" in json.loads(exp.get("/api/failure_points")[1])[
+            "failure_points"]["FP-5.2"]["last_error"]
+        bot.set_env(MAX_CONCURRENT_POSITIONS="16")
+        wait_for(lambda: status("FP-5.2") == "OK", timeout=20, what="FP-5.2 OK after fixing .env")
+    finally:
+        exp.stop()
+
+
 def test_garbage_requests_never_crash_the_exporter(serve: Exporter) -> None:
     for junk in (b"\x16\x03\x01\x00garbage\r\n\r\n", b"GET\r\n\r\n", b"POST /-/reload HTTP/1.1\r\nContent-Length: x\r\n\r\n",
                  b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b""):
