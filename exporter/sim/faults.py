@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,12 +55,16 @@ def _flag(sb: Sandbox, name: str, on: bool) -> None:
         path.unlink(missing_ok=True)
 
 
-def _signal_daemon(sb: Sandbox, sig: int) -> None:
-    proc = sb.daemon_proc
+def _signal(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Signal a sandbox process's whole group, if it still runs."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
+
+
+def _signal_daemon(sb: Sandbox, sig: int) -> None:
+    _signal(sb.daemon_proc, sig)
 
 
 def _kill_daemon(sb: Sandbox) -> None:
@@ -114,11 +119,7 @@ def _restore_positions(sb: Sandbox) -> None:
 
 
 def _signal_bot(sb: Sandbox, sig: int) -> None:
-    proc = sb.bot_proc
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
+    _signal(sb.bot_proc, sig)
 
 
 def _supervisor(name: str, on: bool) -> Callable[[Sandbox], None]:
