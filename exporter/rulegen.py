@@ -199,12 +199,18 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, Any]]:
-    """One alert per level of one point; the healer label is joined from trading_failure_point_info.
+def joined(expr: str, info: str, labels: str) -> str:
+    """``expr`` with ``labels`` joined from the info series ``info``.
 
-    ``or on (job, instance, fp)`` keeps the alert when the info series is missing: a point
-    that fails must alert even if its healer cannot be looked up.
+    ``or on (job, instance, fp)`` keeps the result when the info series is missing: a point
+    that fails must alert even if its labels cannot be looked up.
     """
+    return (f"({expr})\n  * on (job, instance, fp) group_left ({labels}) {info}\n"
+            f"or on (job, instance, fp)\n  ({expr})")
+
+
+def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, Any]]:
+    """One alert per level of one point; the healer label is joined from trading_failure_point_info."""
     sev = cfg["severity"]
     for_ = cfg["failure_point_for"] or p.alert_for
     status = f"trading_failure_point_status{_sel(cfg, fp=p.id)}"
@@ -217,10 +223,7 @@ def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, 
             text = f"{p.id} reports {level}."
         rules.append({
             "alert": "TradingFailurePoint",
-            "expr": (f"({status} == {value})\n"
-                     f"  * on (job, instance, fp) group_left (healer) {info}\n"
-                     f"or on (job, instance, fp)\n"
-                     f"  ({status} == {value})"),
+            "expr": joined(f"{status} == {value}", info, "healer"),
             "for": for_,
             "labels": {"severity": severity, "fp": p.id, "category": p.category},
             "annotations": {
@@ -254,15 +257,11 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                   f"  > on (job, instance, fp)\n  {threshold}")
     stale_text = (", more than " + str(cfg["stale_factor"]) + " check intervals (plus "
                   + f"{float(cfg['stale_slack_seconds']):g}" + " s)")
-    # The stale alerts carry the point's category (and healer) like TradingFailurePoint does;
-    # without an info series the alert still fires, only unlabelled.
+    # the stale and gave-up alerts carry the point's category and healer like TradingFailurePoint
     info = f"trading_failure_point_info{_sel(cfg)}"
-
-    def labelled(expr: str) -> str:
-        return (f"(\n{expr}\n)\n* on (job, instance, fp) group_left (category, healer)\n{info}\n"
-                f"or on (job, instance, fp)\n(\n{expr}\n)")
-
-    stale_expr, never_expr = labelled(stale_expr), labelled(never_expr)
+    stale_expr = joined(stale_expr, info, "category, healer")
+    never_expr = joined(never_expr, info, "category, healer")
+    gave_up = f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1'
     return {
         "name": "trading-readiness-meta",
         "rules": [
@@ -308,11 +307,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "alert": "TradingHealerGaveUp",
-                "expr": (f'(trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1)\n'
-                         f'* on (job, instance, fp) group_left (category, healer)\n'
-                         f'trading_healer_info{{job="{cfg["healer_job"]}"}}\n'
-                         f'or on (job, instance, fp)\n'
-                         f'(trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1)'),
+                "expr": joined(gave_up, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
                 "for": cfg["healer_gave_up_for"],
                 "labels": {"severity": sev["healer_gave_up"]},
                 "annotations": {

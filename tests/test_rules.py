@@ -165,7 +165,7 @@ def test_render_stack_for_tests_and_demos(tmp_path: Path) -> None:
     assert fors["TradingBlocked"] == fors["TradingFailurePoint"] == fors["TradingFailurePointStale"] == "2s"
     assert fors["TradingReadinessExporterDown"] == "2s"  # never below twice the scrape interval
     stale = next(r for r in rules if r.get("alert") == "TradingFailurePointStale")
-    assert stale["expr"].endswith("_seconds{job=\"trading-readiness\"} + 60)\n)")  # a check's timeout is not stale
+    assert stale["expr"].endswith("_seconds{job=\"trading-readiness\"} + 60))")  # a check's timeout is not stale
     short = rulegen.render_stack(scrape_interval="1s", alert_for="2s", stale_slack_seconds=0.5)
     assert "interval_seconds{job=\"trading-readiness\"} + 1)" in short["trading-readiness.rules.yml"]
     am = yaml.safe_load(out["alertmanager.yml"])
