@@ -287,10 +287,13 @@ class Scheduler:
             return None
         return Report.build(dict(self._latest), int(self.config["readiness"]["max_warnings"]), time.time())
 
+    def _pending_locked(self) -> list[str]:
+        return [fp for fp in self.enabled if fp not in self._settled]
+
     def pending(self) -> list[str]:
         """Enabled points whose first result is not stored and logged yet."""
         with self._lock:
-            return [fp for fp in self.enabled if fp not in self._settled]
+            return self._pending_locked()
 
     def wait_evaluated(self, timeout: float) -> list[str]:
         """Wait up to ``timeout`` seconds until every enabled point has a result; the still pending ones.
@@ -301,7 +304,7 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
-                pending = [fp for fp in self.enabled if fp not in self._settled]
+                pending = self._pending_locked()
                 remaining = deadline - time.monotonic()
                 if not pending or remaining <= 0:
                     return pending

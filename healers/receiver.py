@@ -201,7 +201,6 @@ class Healer:
                           "always 1.", ["fp", "category", "healer"], registry=self.registry)
         for fp, spec in self.specs.items():
             self.info.labels(fp, config.catalog[fp].category, spec.name).set(1)
-        for fp in self.specs:
             for outcome in OUTCOMES:
                 self.attempts.labels(fp, outcome)
             for reason in REASONS:
