@@ -40,6 +40,12 @@ DEFAULTS: dict[str, Any] = {
         "blocked_trades": "state/blocked_trades.jsonl",
         "daemon_log": "logs/uw_daemon.jsonl",
         "quota_log": "data/uw_api_quota.jsonl",
+        #: the bot's UW client: its own count of calls sent today (UTC day) and the non-OK answers
+        "uw_usage_state": "state/uw_usage_state.json",
+        "uw_errors_log": "reports/uw_health/uw_api_errors.jsonl",
+        #: main.py's order log (``action: *_failed`` with ``error``) and its failed-submission record
+        "orders_log": "logs/orders.jsonl",
+        "execution_failures": "state/execution_failures.jsonl",
         "supervisor_health": "state/health.json",
         "self_healing_threshold": "state/self_healing_threshold.json",
         "thresholds": "state/uw_thresholds_hierarchical.json",
