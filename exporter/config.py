@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
         #: the bot's UW client: its own count of calls sent today (UTC day) and the non-OK answers
         "uw_usage_state": "state/uw_usage_state.json",
         "uw_errors_log": "reports/uw_health/uw_api_errors.jsonl",
+        #: the daemon's event log: ``UW_API_RATE_LIMITED`` lines carry UW's own daily count and limit
+        "uw_cache_log": "data/uw_flow_cache.log.jsonl",
         #: main.py's order log (``action: *_failed`` with ``error``) and its failed-submission record
         "orders_log": "logs/orders.jsonl",
         "execution_failures": "state/execution_failures.jsonl",

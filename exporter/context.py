@@ -58,9 +58,6 @@ class Context:
         self.tails = Tails()
         #: state a check keeps between cycles (e.g. the last UW auth probe), keyed by the check
         self.state: dict[str, dict[str, Any]] = {}
-        #: the points a one-shot report evaluates (`check --only`); None when every enabled point
-        #: is evaluated, at once or on its own schedule
-        self.evaluated: set[str] | None = None
         self._memos: dict[str, _Memo] = {}
         self._memos_lock = threading.Lock()
 

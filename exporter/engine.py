@@ -110,11 +110,43 @@ class Engine:
         return {fp: s.result for fp, s in slots.items() if s.result is not None}
 
     def report(self, only: Iterable[str] | None = None) -> Report:
-        if only is not None:
-            only = list(only)
-            self.ctx.evaluated = set(only)
-        results = self.run(only)
+        """Every enabled point, or ``only`` these; a point's verdict is the same either way.
+
+        The enabled points ``only`` depends on (transitively) run too, so a point is skipped for a
+        failing dependency exactly as in the whole cycle; such a root cause is reported with it
+        (a partial run must not read READY while its dependency blocks trading), the others not.
+        """
+        if only is None:
+            results = self.run()
+        else:
+            wanted = list(dict.fromkeys(only))
+            ran = self.run(self.with_dependencies(wanted))
+            results = {fp: ran[fp] for fp in wanted if fp in ran}
+            for fp in wanted:
+                cause = ran[fp].outcome.skipped_by if fp in ran else None
+                if cause is not None and cause in ran:
+                    results.setdefault(cause, ran[cause])
         return Report.build(results, int(self.ctx.config["readiness"]["max_warnings"]), time.time())
+
+    def with_dependencies(self, ids: Iterable[str]) -> list[str]:
+        """``ids`` and the enabled points they depend on, transitively (dependencies first)."""
+        enabled = set(self.ctx.config.enabled_ids())
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def visit(fp: str) -> None:
+            if fp in seen:
+                return
+            seen.add(fp)
+            if fp in self.catalog.points:
+                for dep in self.catalog[fp].depends_on:
+                    if dep in enabled:
+                        visit(dep)
+            out.append(fp)
+
+        for fp in ids:
+            visit(fp)
+        return out
 
     # internals ------------------------------------------------------------------------------
     def _timeout(self, fp: str) -> float:

@@ -19,6 +19,18 @@ from pathlib import Path
 import psutil
 
 PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?$")
+#: process states in which a process does no work: SIGSTOPped or traced (`T`/`t`), exited but not
+#: reaped (`Z`), dead (`X`)
+NOT_WORKING = {psutil.STATUS_STOPPED: "stopped (state T)", psutil.STATUS_TRACING_STOP: "stopped by a tracer (state t)",
+               psutil.STATUS_ZOMBIE: "a zombie (state Z: exited, not reaped)", psutil.STATUS_DEAD: "dead (state X)"}
+
+
+def process_state(pid: int) -> str | None:
+    """psutil's status of ``pid`` (``running``, ``sleeping``, ``stopped``, ``zombie`` ...), None if gone."""
+    try:
+        return str(psutil.Process(pid).status())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 @dataclass
@@ -96,6 +108,11 @@ class Match:
     cmdline: list[str]
     create_time: float
     holds_lock: bool = False
+    status: str = psutil.STATUS_RUNNING
+
+    @property
+    def working(self) -> bool:
+        return self.status not in NOT_WORKING
 
 
 @dataclass
@@ -107,35 +124,77 @@ class ProcessReport:
     unit: UnitState | None = None
     matches: list[Match] = field(default_factory=list)
     lock_holders: set[int] = field(default_factory=set)
+    #: the state of the process that should be doing the work, when it is not working
+    state: str | None = None
 
 
-def runs_script(cmdline: list[str], cwd: str | None, bot_root: Path, script: str) -> bool:
-    """True for ``python [-u ...] <script>`` run from the bot root (or with the script's full path)."""
-    if not cmdline:
-        return False
-    if not PYTHON_EXE.match(os.path.basename(cmdline[0])):
-        return False
+def script_path(cmdline: list[str], cwd: str | None) -> Path | None:
+    """The script a ``python [-u ...] <script>`` command line runs, resolved; None for anything else."""
+    if not cmdline or not PYTHON_EXE.match(os.path.basename(cmdline[0])):
+        return None
     # the script is the first non-option argument: `python -u main.py`, not `python -c "...main.py"`
     args = cmdline[1:]
     i = 0
     while i < len(args) and args[i].startswith("-"):
         if args[i] in ("-c", "-m"):
-            return False
+            return None
         if args[i] in ("-W", "-X"):
             i += 1
         i += 1
     if i >= len(args):
-        return False
+        return None
     target = args[i]
-    root = bot_root.resolve()
-    if os.path.isabs(target):
-        return Path(target).resolve() == (root / script).resolve()
-    if cwd is None:
-        return False
     try:
-        return (Path(cwd) / target).resolve() == (root / script).resolve()
+        if os.path.isabs(target):
+            return Path(target).resolve()
+        return None if cwd is None else (Path(cwd) / target).resolve()
     except OSError:
-        return False
+        return None
+
+
+def runs_script(cmdline: list[str], cwd: str | None, bot_root: Path, script: str) -> bool:
+    """True for ``python [-u ...] <script>`` run from the bot root (or with the script's full path)."""
+    path = script_path(cmdline, cwd)
+    return path is not None and path == (bot_root.resolve() / script).resolve()
+
+
+@dataclass
+class OtherBot:
+    root: Path
+    pid: int
+    script: str
+
+
+#: the module of stock-bot's main.py whose supervisor runs ``pkill -f uw_flow_daemon`` host-wide
+SUPERVISOR_MODULE = "health_supervisor.py"
+
+
+def other_bots(bot_root: Path, daemon_script: str, bot_script: str,
+               marker: str = SUPERVISOR_MODULE) -> list[OtherBot]:
+    """Processes of *other* stock-bot roots on this host: Python running ``<dir>/main.py`` or
+    ``<dir>/uw_flow_daemon.py`` where ``<dir>`` is not our root and holds ``marker`` (the health
+    supervisor main.py imports from its own directory; ``main.py`` alone is a common name).
+    """
+    root = bot_root.resolve()
+    found: list[OtherBot] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if not any(daemon_script in a or bot_script in a for a in cmdline):
+                continue
+            try:
+                cwd: str | None = proc.cwd()
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                cwd = None
+            path = script_path(cmdline, cwd)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if path is None or path.parent == root or path.name not in (daemon_script, bot_script):
+            continue
+        if not (path.parent / marker).is_file():
+            continue
+        found.append(OtherBot(path.parent, proc.pid, path.name))
+    return sorted(found, key=lambda b: (str(b.root), b.pid))
 
 
 def find_script_processes(bot_root: Path, script: str) -> list[Match]:
@@ -149,10 +208,11 @@ def find_script_processes(bot_root: Path, script: str) -> list[Match]:
                 cwd: str | None = proc.cwd()
             except (psutil.AccessDenied, psutil.ZombieProcess):
                 cwd = None
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            status = proc.status()
+            if status == psutil.STATUS_ZOMBIE:
                 continue
             if runs_script(cmdline, cwd, bot_root, script):
-                matches.append(Match(proc.pid, cmdline, proc.info["create_time"] or 0.0))
+                matches.append(Match(proc.pid, cmdline, proc.info["create_time"] or 0.0, status=status))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return sorted(matches, key=lambda m: m.create_time)
@@ -168,7 +228,14 @@ def inspect(bot_root: Path, script: str, systemd_unit: str | None, lock_file: Pa
     report = ProcessReport(False, unit=unit, matches=matches, lock_holders=holders)
     if unit is not None and unit.exists:
         if unit.active and unit.main_pid:
-            report.running, report.pids, report.how = True, [unit.main_pid], f"systemd unit {unit.name}"
+            report.pids, report.how = [unit.main_pid], f"systemd unit {unit.name}"
+            state = process_state(unit.main_pid)
+            if state in NOT_WORKING:
+                report.state = state
+                report.message = (f"{unit.name} is {unit.active_state} but its MainPID {unit.main_pid} is "
+                                  f"{NOT_WORKING[state]}: it does no work")
+                return report
+            report.running = True
             report.message = f"{unit.name} is {unit.active_state} (MainPID {unit.main_pid})"
             return report
         if not matches:
@@ -176,10 +243,23 @@ def inspect(bot_root: Path, script: str, systemd_unit: str | None, lock_file: Pa
             return report
     if lock_file is not None:
         owners = [m for m in matches if m.holds_lock]
-        if owners:
-            report.running, report.pids = True, [m.pid for m in owners]
+        working = [m for m in owners if m.working]
+        if working:
+            report.running, report.pids = True, [m.pid for m in working]
             report.how = f"holds {lock_file.name}"
-            report.message = f"{script} running (pid {owners[0].pid}, holds the lock)"
+            report.message = f"{script} running (pid {working[0].pid}, holds the lock)"
+            return report
+        if owners:
+            # a SIGSTOPped daemon keeps its lock (so no other instance starts) and does nothing
+            report.pids, report.how, report.state = [m.pid for m in owners], f"holds {lock_file.name}", owners[0].status
+            report.message = (f"{script} pid {owners[0].pid} holds {lock_file.name} but is "
+                              f"{NOT_WORKING[owners[0].status]}: it does no work")
+            return report
+        zombie = _zombie_lock_owner(lock_file)
+        if zombie is not None and not matches:
+            report.pids, report.how, report.state = [zombie], "pid in the lock file", psutil.STATUS_ZOMBIE
+            report.message = (f"{script} pid {zombie} (from {lock_file.name}) is {NOT_WORKING[psutil.STATUS_ZOMBIE]}: "
+                              "no daemon runs")
             return report
         if matches:
             report.pids = [m.pid for m in matches]
@@ -189,9 +269,33 @@ def inspect(bot_root: Path, script: str, systemd_unit: str | None, lock_file: Pa
             return report
         report.message = f"no {script} process runs in {bot_root}"
         return report
+    working_matches = [m for m in matches if m.working]
+    if working_matches:
+        report.running, report.pids, report.how = True, [m.pid for m in working_matches], "cwd and argv"
+        report.message = f"{script} running (pid {working_matches[0].pid})"
+        return report
     if matches:
-        report.running, report.pids, report.how = True, [m.pid for m in matches], "cwd and argv"
-        report.message = f"{script} running (pid {matches[0].pid})"
+        report.pids, report.how, report.state = [m.pid for m in matches], "cwd and argv", matches[0].status
+        report.message = f"{script} pid {matches[0].pid} is {NOT_WORKING[matches[0].status]}: it does no work"
         return report
     report.message = f"no {script} process runs in {bot_root}"
     return report
+
+
+LOCK_PID = re.compile(r"\bpid=(\d+)")
+
+
+def _zombie_lock_owner(lock_file: Path) -> int | None:
+    """The pid the lock file names (``pid=<n> ts=<iso>``) when that process is a zombie.
+
+    A zombie has released its flock and shows no command line, so only the pid it wrote tells
+    that the daemon exited without being reaped.
+    """
+    try:
+        found = LOCK_PID.search(lock_file.read_text(errors="replace")[:4096])
+    except OSError:
+        return None
+    if not found:
+        return None
+    pid = int(found.group(1))
+    return pid if process_state(pid) == psutil.STATUS_ZOMBIE else None

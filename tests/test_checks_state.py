@@ -11,7 +11,7 @@ import pytest
 from exporter.model import Result, Status
 from exporter.sim.botroot import BotRoot
 
-from .conftest import check_json, evaluate
+from .conftest import check_json, clean_env, evaluate
 
 
 def one(root: BotRoot, fp: str, **kw: object) -> Result:
@@ -77,7 +77,9 @@ def test_corrupt_state_file_is_named_and_torn_reads_retried(bot: BotRoot) -> Non
     assert r.status is Status.OK, r.outcome.message
     bot.p("state/kill_switch.json").write_text("")
     r = one(bot, "FP-5.3")
-    assert r.status is Status.ERROR and "state/kill_switch.json" in r.outcome.message
+    # the unreadable kill switch halts trading and pages in FP-3.1, its own point, as in the whole cycle
+    assert r.status is Status.WARN and "state/kill_switch.json" in r.outcome.message
+    assert "ERROR in its own point: FP-3.1" in r.outcome.message
     bot.kill_switch(False)
     bot.p("state/self_healing_threshold.json").unlink()  # absent is FP-5.4's business, not corruption
     r = one(bot, "FP-5.3")
@@ -104,8 +106,9 @@ def test_missing_required_files(bot: BotRoot) -> None:
 
 def test_a_torn_file_whose_own_point_pages_is_one_critical(bot: BotRoot) -> None:
     """Torn weights are FP-2.1's ERROR: FP-5.3 names the file as a warning, so one cause pages
-    once. A corrupt file no other point pages for keeps FP-5.3 ERROR, and so does a run that
-    evaluates FP-5.3 without the owner (`check --only FP-5.3`)."""
+    once. A corrupt file no other point pages for keeps FP-5.3 ERROR. `check --only FP-5.3` gives
+    the verdict of the whole cycle (the owner is enabled, so it pages there), and a configuration
+    that disables the owner keeps FP-5.3 ERROR."""
     bot.torn("state/signal_weights.json")
     report = evaluate(bot.path)
     assert report.results["FP-2.1"].status is Status.ERROR
@@ -114,6 +117,11 @@ def test_a_torn_file_whose_own_point_pages_is_one_critical(bot: BotRoot) -> None
     assert "state/signal_weights.json" in r.outcome.message and "ERROR in its own point: FP-2.1" in r.outcome.message
     assert "FP-5.3" not in report.to_json()["critical_fps"]
     code, data = check_json(bot.path, "--only", "FP-5.3")
+    assert (code, data["failure_points"]["FP-5.3"]["status"]) == (0, "WARN")
+    assert "ERROR in its own point: FP-2.1" in data["failure_points"]["FP-5.3"]["last_error"]
+    cfg = bot.path / "no-fp21.yaml"
+    cfg.write_text("checks:\n  FP-2.1: {enabled: false}\n")
+    code, data = check_json(bot.path, "--only", "FP-5.3", env=clean_env(TRADING_READINESS_CONFIG=str(cfg)))
     assert (code, data["failure_points"]["FP-5.3"]["status"]) == (2, "ERROR")
     bot.torn("state/health.json")  # FP-6.7 only warns about it: FP-5.3 is where it pages
     r = evaluate(bot.path).results["FP-5.3"]

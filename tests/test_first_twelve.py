@@ -211,11 +211,14 @@ def test_each_point_broken_every_way_through_cli(bot: BotRoot, running: Procs, a
     assert code == 2 and data["readiness"] == "BLOCKED" and data["color"] == "red"
     assert data["critical_count"] == len(critical)
     if only_fp31:
-        # FP-3.1 run on its own still names every blocker, the way issue 2 describes the point
+        # FP-3.1 run on its own gives the whole cycle's verdict and still names the blocker: either
+        # itself, or skipped for the point that pages for it, which is reported with it
         code, data = check_json(bot.path, "--only", "FP-3.1")
         point = data["failure_points"]["FP-3.1"]
-        assert point["status"] == "ERROR" and only_fp31 in point["last_error"], point
-        assert code == 2 and data["critical_fps"] == ["FP-3.1"]
+        assert point["status"] == expected["FP-3.1"][0], point
+        cause = point["details"].get("depends_on", "FP-3.1")
+        assert only_fp31 in data["failure_points"][cause]["last_error"], data["failure_points"][cause]
+        assert code == 2 and data["critical_fps"] == [cause]
 
 
 def test_more_warnings_than_allowed_is_degraded_in_the_table(bot: BotRoot, running: Procs, alpaca: FakeAlpaca) -> None:
@@ -463,16 +466,19 @@ def test_freeze_kinds(bot: BotRoot) -> None:
     s, msg = status(bot.path, "FP-3.1", only=only)
     assert s is Status.ERROR and "production_freeze" in msg and "performance_freeze_reason" not in msg
     write_json(bot.p("state/governor_freezes.json"), {})
-    bot.safe_mode()
-    s, msg = status(bot.path, "FP-3.1", only=only)
-    assert s is Status.ERROR and "safe mode" in msg
-    bot.p("state/health_safe_mode.flag").unlink()
-    bot.kill_switch(True)
-    s, msg = status(bot.path, "FP-3.1", only=only)
-    assert s is Status.ERROR and "kill switch enabled" in msg
-    bot.p("state/kill_switch.json").write_text("{not json")
-    s, msg = status(bot.path, "FP-3.1", only=only)
-    assert s is Status.ERROR and "kill switch unreadable" in msg
+    # safe mode and the kill switch page in their own points (FP-3.11, FP-3.10), which FP-3.1 depends
+    # on: `check --only FP-3.1` reports FP-3.1 skipped for them and the cause itself, as the whole cycle does
+    for breakage, cause, text in ((bot.safe_mode, "FP-3.11", "safe mode"),
+                                  (lambda: bot.kill_switch(True), "FP-3.10", "kill switch enabled"),
+                                  (lambda: bot.p("state/kill_switch.json").write_text("{not json"), "FP-3.10",
+                                   "kill switch unreadable")):
+        breakage()
+        rep = evaluate(bot.path, only=only)
+        assert rep.results["FP-3.1"].status is Status.SKIPPED, rep.results["FP-3.1"].outcome.message
+        assert rep.results["FP-3.1"].outcome.message == f"depends on {cause}"
+        assert rep.results[cause].status is Status.ERROR and text in rep.results[cause].outcome.message
+        assert rep.readiness.name == "BLOCKED"
+        bot.p("state/health_safe_mode.flag").unlink(missing_ok=True)
     bot.kill_switch(False)
     bot.p("state/governor_freezes.json").write_text("{torn")
     s, msg = status(bot.path, "FP-3.1", only=only)

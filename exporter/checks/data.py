@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 import time as _time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from .. import funnel, market, procs
 from ..context import Context
 from ..engine import check
 from ..model import Outcome, iso_utc
-from ..readers import FileProblem, find_offset, read_json
+from ..readers import FileProblem, read_json
 from ..uwclient import UWError
 from .common import age_text, number
 
@@ -118,6 +116,9 @@ def uw_daemon_running(ctx: Context, p: dict[str, Any]) -> Outcome:
         details["systemd"] = {"unit": r.unit.name, "active_state": r.unit.active_state, "main_pid": r.unit.main_pid}
     if r.running:
         return Outcome.ok(r.message, **details).observe("trading_uw_daemon_up", 1)
+    if r.state is not None:  # stopped (T) or a zombie: the process exists and does no work
+        details["state"] = r.state
+        return Outcome.error(r.message, **details).observe("trading_uw_daemon_up", 0)
     if r.pids:
         return Outcome.warn(r.message, **details).observe("trading_uw_daemon_up", 0)
     return Outcome.error(r.message, **details).observe("trading_uw_daemon_up", 0)
@@ -192,19 +193,14 @@ def uw_api_auth(ctx: Context, p: dict[str, Any]) -> Outcome:
         if exc.kind == "auth":
             out = Outcome.error(f"{exc} on {probe_path}", http_status=exc.status)
         elif exc.kind == "rate_limit":
-            # FP-1.6 reports the 429 itself (this probe is one of its sources)
-            ctx.state_for("uw")["last_429"] = probed_at
-            out = Outcome.warn("token could not be verified: UW answered 429 (quota spent; see FP-1.6)",
-                               http_status=429)
+            out = Outcome.warn("token could not be verified: UW answered HTTP 429 to the probe (rate-limited "
+                               "or daily quota spent; the bot's own 429s are FP-1.6's)", http_status=429)
         else:
             out = Outcome.warn(f"token could not be verified: {exc}", problem=exc.kind)
     return out.observe("trading_uw_auth_last_probe_timestamp_seconds", probed_at)
 
 
 # --- FP-1.6: UW quota and rate limit -----------------------------------------------------------
-QUOTA_KEEP = 5000
-
-
 def last_quota_reset(now: float, hour: int = 20) -> float:
     """The last 20:00 America/New_York (UW's daily reset), DST-correct via zoneinfo."""
     local = datetime.fromtimestamp(now, market.NY)
@@ -218,141 +214,180 @@ def next_quota_reset(now: float, hour: int = 20) -> float:
     return datetime.combine(day, dtime(hour), market.NY).timestamp()
 
 
-def _is_429(rec: dict[str, Any]) -> bool:
-    for k in ("status", "status_code", "http_status", "code"):
-        v = rec.get(k)
-        if v == 429 or v == "429":
-            return True
-    event = rec.get("event")
-    return isinstance(event, str) and ("429" in event or "rate_limit" in event.lower())
+def next_utc_midnight(now: float) -> float:
+    """When the bot's UW client starts a new count: its usage state is keyed by the UTC day."""
+    day = datetime.fromtimestamp(now, UTC).date() + timedelta(days=1)
+    return datetime.combine(day, dtime(0), UTC).timestamp()
 
 
-def _count_file(path: Path, start: int, end: int) -> tuple[int, int]:
-    """Complete lines in ``[start, end)`` and how many of them are 429 records."""
-    lines = hits = 0
-    carry = b""
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        left = end - start
-        while left > 0:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            left -= len(chunk)
-            data = carry + chunk
-            parts = data.split(b"\n")
-            carry = parts.pop()
-            lines += len(parts)
-            if b"429" in data or b"rate_limit" in data:
-                # only lines that mention it are parsed
-                for line in parts:
-                    if b"429" in line or b"rate_limit" in line:
-                        rec = _loads(line)
-                        hits += int(rec is not None and _is_429(rec))
-    return lines, hits
+@dataclass
+class UWUsage:
+    """The bot's own count of UW calls sent today (``state/uw_usage_state.json``)."""
+
+    calls_today: int
+    day: str | None
+    by_endpoint: dict[str, int]
+    #: why the count is 0 although the file says otherwise (a new UTC day, a missing file)
+    note: str = ""
 
 
-def _loads(line: bytes) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return rec if isinstance(rec, dict) else None
+def uw_usage(ctx: Context) -> UWUsage:
+    """``calls_today`` for today's UTC day, the way the bot's UW client reads it.
 
-
-def quota_usage(ctx: Context, reset: float) -> tuple[int, int, bool]:
-    """(requests since ``reset``, 429 records since ``reset``, recounted from the file this time).
-
-    Steady state follows the tail's new records only (O(new bytes)). The day is recounted from
-    the file (binary search to the reset, then a newline count) the first time, after a reset,
-    and whenever the tail lost continuity (rotation, truncation, a burst larger than it keeps).
+    The client counts one per call it sends (after its own limiter, cache and allow-list), and
+    starts again at 0 when ``date`` is not today's UTC day; so does this reader.
     """
-    path = ctx.path("quota_log")
-    tail = ctx.tails.get(path, keep=QUOTA_KEEP)
-    st = ctx.state_for("FP-1.6")
-    lock = st.setdefault("lock", threading.Lock())
-    with lock:
-        if st.get("reset") == reset and st.get("generation") == tail.generation and st.get("path") == path:
-            tail.poll()
-            new, complete = tail.since(st["seen"])
-            if complete and st.get("generation") == tail.generation:
-                for rec in new:
-                    t = funnel.record_time(rec, "ts", "_ts", "timestamp")
-                    if t is None or t >= reset:
-                        st["count"] += 1
-                        st["hits"] += int(_is_429(rec))
-                st["seen"] += len(new)
-                return st["count"], st["hits"], False
-        end, appended, generation = tail.consumed()
-        try:
-            start = find_offset(path, lambda r: funnel.record_time(r, "ts", "_ts", "timestamp"), reset)
-            count, hits = _count_file(path, start, end) if start < end else (0, 0)
-        except OSError as exc:  # rotated away between the two reads: the next cycle recounts
-            raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
-        st.update(reset=reset, generation=generation, seen=appended, count=count, hits=hits, path=path)
-        return count, hits, True
-
-
-def _daemon_429_since(ctx: Context, since: float) -> float | None:
-    """Time of the latest 429 the daemon logged since ``since`` (daemon log, newest first)."""
+    path = ctx.path("uw_usage_state")
     try:
-        records = ctx.tails.recent(ctx.path("daemon_log"))
-    except FileProblem:
-        return None
+        raw = ctx.files.get(path, lambda p: read_json(p, 3, 0.1))
+    except FileProblem as exc:
+        if exc.kind == "missing":
+            return UWUsage(0, None, {}, "no UW call recorded yet (state/uw_usage_state.json absent)")
+        raise
+    if not isinstance(raw, dict):
+        raise FileProblem("corrupt", path, f"{path.name} is not a JSON object (got {type(raw).__name__}); "
+                                           "the bot resets it to 0 on its next UW call")
+    today = ctx.now_dt().date().isoformat()
+    day = raw.get("date") if isinstance(raw.get("date"), str) else None
+    by = raw.get("by_endpoint")
+    by_endpoint = {str(k): int(v) for k, v in by.items() if number(v) is not None} if isinstance(by, dict) else {}
+    if day != today:
+        return UWUsage(0, day, {}, f"the count of {day or 'an unknown day'} is not today's ({today} UTC): "
+                                   "the bot starts again at 0")
+    calls = number(raw.get("calls_today"))
+    if calls is None or calls < 0:
+        raise FileProblem("corrupt", path, f"{path.name} has no valid calls_today")
+    return UWUsage(int(calls), day, by_endpoint)
+
+
+@dataclass
+class UW429s:
+    """HTTP 429 answers UW gave the bot's calls recently (``reports/uw_health/uw_api_errors.jsonl``)."""
+
+    count: int = 0
+    latest: float | None = None
+    latest_endpoint: str = ""
+    #: UW's own daily count and limit from its headers, logged with a 429 by the daemon
+    uw_daily_count: float | None = None
+    uw_daily_limit: float | None = None
+
+
+def uw_429s(ctx: Context, since: float) -> UW429s:
+    """The bot's recorded UW 429s since ``since``; the bot's own limiter blocks are not among them."""
+    out = UW429s()
+    try:
+        records = ctx.tails.recent(ctx.path("uw_errors_log"))
+    except FileProblem as exc:
+        if exc.kind != "missing":  # no errors file: UW never answered with an error
+            raise
+        records = []
     for rec in reversed(records):
         t = funnel.record_time(rec, "ts", "_ts", "timestamp")
-        if t is not None and t < since:
+        if t is None:
+            continue
+        if t < since:
             break
-        if _is_429(rec):
-            return t if t is not None else since
-    return None
+        if number(rec.get("http_status")) == 429:
+            out.count += 1
+            if out.latest is None:
+                out.latest, out.latest_endpoint = t, str(rec.get("endpoint") or "")
+    if out.count:
+        # the daemon logs UW's x-uw-daily-req-count / limit headers with each UW 429; its own
+        # limiter's blocks have them null
+        try:
+            events = ctx.tails.recent(ctx.path("uw_cache_log"))
+        except FileProblem:
+            events = []
+        for rec in reversed(events):
+            t = funnel.record_time(rec, "ts", "_ts", "timestamp")
+            if t is not None and t < since:
+                break
+            if rec.get("event") == "UW_API_RATE_LIMITED":
+                count, limit = number(rec.get("daily_count")), number(rec.get("daily_limit"))
+                if count is not None and limit is not None and limit > 0:
+                    out.uw_daily_count, out.uw_daily_limit = count, limit
+                    break
+    return out
+
+
+def _limit(ctx: Context, name: str, default: float, low: float, high: float) -> tuple[float, str]:
+    """A UW limit the way the bot's client reads it, with a note when the value is unusable."""
+    try:
+        value = float(ctx.env.number(name, default))
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"{name}={value:g} is outside {low:g}..{high:g}")
+    except ValueError as exc:
+        return default, f" ({exc}; using {default:g})"
+    return value, ""
 
 
 @check("FP-1.6")
 def uw_quota(ctx: Context, p: dict[str, Any]) -> Outcome:
     now = ctx.now()
-    reset, next_reset = last_quota_reset(now), next_quota_reset(now)
-    limit_note = ""
+    daily, note_daily = _limit(ctx, "UW_DAILY_LIMIT", 50000, 1, 1e12)
+    buffer, note_buffer = _limit(ctx, "UW_SAFETY_BUFFER", 0.95, 0.1, 1.0)
+    limit_note = note_daily + note_buffer
+    cap = max(1, int(daily * buffer))  # the bot's client refuses every call from here on
+    reset = next_utc_midnight(now)
+    window = float(p["window_seconds"])
+    details: dict[str, Any] = {"daily_limit": daily, "safety_buffer": buffer, "cap": cap,
+                               "limit_source": ctx.env.source.get("UW_DAILY_LIMIT", "default"),
+                               "count_resets": iso_utc(reset), "window_seconds": window}
+
+    def done(out: Outcome, used: int | None, limited: bool | None) -> Outcome:
+        return (out.observe("trading_uw_quota_used", used).observe("trading_uw_quota_limit", cap)
+                .observe("trading_uw_rate_limited", limited)
+                .observe("trading_uw_quota_reset_timestamp_seconds", reset))
+
     try:
-        limit = float(ctx.env.number("UW_DAILY_LIMIT", 50000))
-        if not limit > 0 or not math.isfinite(limit):  # nan/inf would make any usage look fine
-            raise ValueError("UW_DAILY_LIMIT must be a positive finite number")
-    except ValueError as exc:
-        limit, limit_note = 50000.0, f" ({exc}; using 50000)"
-    details: dict[str, Any] = {"limit": limit, "limit_source": ctx.env.source.get("UW_DAILY_LIMIT", "default"),
-                               "since_reset": iso_utc(reset), "next_reset": iso_utc(next_reset)}
-    try:
-        used, log_429, recounted = quota_usage(ctx, reset)
+        usage = uw_usage(ctx)
     except FileProblem as exc:
-        return Outcome.warn(f"cannot measure UW quota usage: {exc}", problem=exc.kind, **details).observe(
-            "trading_uw_quota_limit", limit).observe("trading_uw_quota_reset_timestamp_seconds", next_reset)
-    seen_429 = [t for t in (ctx.state_for("uw").get("last_429"), _daemon_429_since(ctx, reset))
-                if t is not None and t >= reset]
-    details.update(used=used, fraction=round(used / limit, 4), log_429=log_429, recounted=recounted)
+        return done(Outcome.warn(f"cannot read the bot's UW call count: {exc}", problem=exc.kind, **details),
+                    None, None)
+    try:
+        hits = uw_429s(ctx, now - window)
+    except FileProblem as exc:
+        return done(Outcome.warn(f"cannot read the bot's UW error log: {exc}", problem=exc.kind, **details),
+                    usage.calls_today, None)
+    used = usage.calls_today
+    details.update(used=used, fraction=round(used / cap, 4), by_endpoint=usage.by_endpoint,
+                   uw_429_calls=hits.count)
+    if usage.note:
+        details["count_note"] = usage.note
     session = ctx.session()
     details["market"] = session.phase
     in_session = session.phase in ("open", "premarket")
-    pct = f"{used} of {limit:g} requests since the 20:00 ET reset ({100 * used / limit:.0f}%)"
-    until = f"resets {datetime.fromtimestamp(next_reset, market.NY):%H:%M} ET"
-    rate_limited = bool(log_429 or seen_429)
+    pct = (f"{used} UW calls sent today of the bot's cap {cap} (UW_DAILY_LIMIT {daily:g} x "
+           f"UW_SAFETY_BUFFER {buffer:g}; {100 * used / cap:.0f}%)")
+    uw_spent = (hits.uw_daily_count is not None and hits.uw_daily_limit is not None
+                and hits.uw_daily_count >= hits.uw_daily_limit)
+    if hits.latest is not None:
+        details.update(last_429=iso_utc(hits.latest), last_429_endpoint=hits.latest_endpoint)
+    if hits.uw_daily_count is not None:
+        details.update(uw_daily_count=hits.uw_daily_count, uw_daily_limit=hits.uw_daily_limit)
+    seen = (f"UW answered HTTP 429 to {hits.count} call(s) in the last {age_text(window)} "
+            f"(latest {iso_utc(hits.latest) if hits.latest else '?'} on {hits.latest_endpoint or '?'})")
     out: Outcome
-    if used >= limit or rate_limited:
-        why = "daily quota exhausted" if used >= limit else "UW answered HTTP 429"
-        if seen_429:
-            details["last_429"] = iso_utc(max(seen_429))
-        text = f"{why}: {pct}; the daemon pauses until the reset ({until}){limit_note}"
+    if used >= cap or uw_spent:
+        if used >= cap:
+            why = (f"the bot's UW client refuses every call until {iso_utc(reset)} (00:00 UTC): {pct}; "
+                   "the daemon keeps cycling but writes no new flow")
+        else:
+            why = (f"UW reports its daily quota spent ({hits.uw_daily_count:g} of {hits.uw_daily_limit:g}); "
+                   f"{seen}; {pct}")
+        text = why + limit_note
         out = Outcome.error(text, **details) if in_session else Outcome.warn(
-            text + f" ({session.describe()})", **details)
-    elif used >= p["warn_fraction"] * limit:
-        out = Outcome.warn(f"{pct}: above {100 * p['warn_fraction']:g}% of UW_DAILY_LIMIT ({until}){limit_note}",
-                           **details)
+            f"{text} ({session.describe()})", **details)
+    elif hits.count:
+        out = Outcome.warn(f"{seen}: rate-limited; the daemon keeps cycling, but the blocks of those calls "
+                           f"hold no data; {pct}{limit_note}", **details)
+    elif used >= p["warn_fraction"] * cap:
+        out = Outcome.warn(f"{pct}: above {100 * p['warn_fraction']:g}% of the cap{limit_note}", **details)
     elif limit_note:
         out = Outcome.warn(pct + limit_note, **details)
     else:
-        out = Outcome.ok(pct, **details)
-    return (out.observe("trading_uw_quota_used", used).observe("trading_uw_quota_limit", limit)
-            .observe("trading_uw_rate_limited", rate_limited)
-            .observe("trading_uw_quota_reset_timestamp_seconds", next_reset))
+        out = Outcome.ok(pct + (f" ({usage.note})" if usage.note else ""), **details)
+    return done(out, used, hits.count > 0)
 
 
 # --- FP-1.7 / FP-1.8: clusters from the run log ------------------------------------------------
@@ -485,17 +520,6 @@ def uw_daemon_cycling(ctx: Context, p: dict[str, Any]) -> Outcome:
     session = ctx.session()
     now = ctx.now()
     age = now - last_t
-    reset = last_quota_reset(now)
-    try:
-        _used, log_429, _ = quota_usage(ctx, reset)
-    except FileProblem:
-        log_429 = 0
-    paused_at = [t for t in (ctx.state_for("uw").get("last_429"), _daemon_429_since(ctx, reset))
-                 if t is not None and t >= reset]
-    if (log_429 or paused_at) and age > float(p["open_warn_seconds"]):
-        until = datetime.fromtimestamp(next_quota_reset(now), market.NY)
-        return Outcome.skipped(f"daemon paused after an HTTP 429 until the {until:%H:%M} ET quota reset "
-                               f"(last cycle {age_text(age)} ago; see FP-1.6)", age_seconds=round(age))
     details = {"last_cycle": last.get("cycle"), "last_cycle_at": iso_utc(last_t), "age_seconds": round(age),
                "market": session.phase}
     in_session = session.phase in ("open", "premarket")
@@ -503,7 +527,7 @@ def uw_daemon_cycling(ctx: Context, p: dict[str, Any]) -> Outcome:
     if age > limit:
         where = "in session" if in_session else f"outside the session ({session.describe()})"
         out = Outcome.warn(f"no daemon cycle for {age_text(age)} (last cycle #{last.get('cycle')}; "
-                           f"limit {limit:g} s {where}): the daemon is hung or paused", **details)
+                           f"limit {limit:g} s {where}): the daemon is hung (it does not pause on HTTP 429)", **details)
     else:
         out = Outcome.ok(f"last daemon cycle #{last.get('cycle')} {age_text(max(age, 0))} ago", **details)
     return out.observe("trading_uw_daemon_last_cycle_timestamp_seconds", last_t)
@@ -532,3 +556,22 @@ def single_uw_daemon(ctx: Context, p: dict[str, Any]) -> Outcome:
         out = Outcome.ok(f"one daemon: pid {holders[0]} holds the lock" if holders
                          else f"{n} daemon process(es), no lock holder (see FP-1.1)", **details)
     return out.observe("trading_uw_daemon_processes", n)
+
+
+# --- FP-1.12: no other stock-bot on this host --------------------------------------------------
+@check("FP-1.12")
+def no_other_bot_on_host(ctx: Context, p: dict[str, Any]) -> Outcome:
+    procs_cfg = ctx.config["processes"]
+    others = procs.other_bots(ctx.root, procs_cfg["uw_daemon"]["script"], procs_cfg["bot"]["script"])
+    roots = sorted({str(o.root) for o in others})
+    details = {"other_roots": roots, "processes": [{"pid": o.pid, "script": o.script, "root": str(o.root)}
+                                                   for o in others[:20]]}
+    if others:
+        out = Outcome.warn(
+            f"another stock-bot runs on this host at {', '.join(roots)} "
+            f"({', '.join(f'{o.script} pid {o.pid}' for o in others[:4])}): main.py's health supervisor "
+            "runs a host-wide `pkill -f uw_flow_daemon` when its own cache looks old, so each bot can "
+            "kill the other's daemon", **details)
+    else:
+        out = Outcome.ok(f"no stock-bot process of another root on this host (this root: {ctx.root})", **details)
+    return out.observe("trading_other_bots_on_host", len(roots))

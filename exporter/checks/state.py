@@ -120,7 +120,7 @@ def state_files_parse(ctx: Context, p: dict[str, Any]) -> Outcome:
         checked.append(str(rel))
     # a file whose own point is ERROR when it is corrupt (FP-2.1 weights, ...) pages there; here
     # it is named as a warning, so one torn file is one critical, not two
-    judged = ctx.evaluated if ctx.evaluated is not None else set(ctx.config.enabled_ids())
+    judged = set(ctx.config.enabled_ids())
     owners = {str(rel): str(fp) for rel, fp in (p.get("owners") or {}).items() if str(fp) in judged}
     paged = sorted({owners[rel] for rel in corrupt_files if rel in owners})
     details = {"parsed": checked, "corrupt": corrupt, "absent": absent, "also_error_in": paged}
