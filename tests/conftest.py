@@ -154,11 +154,15 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 
 
 def evaluate(root: Path, only: list[str] | None = None, config: Path | None = None,
-             clock: Callable[[], float] = time.time, environ: dict[str, str] | None = None) -> Report:
-    """Run the engine in-process on a real bot root (no mocks: real files, loopback servers)."""
+             clock: Callable[[], float] = time.time, environ: dict[str, str] | None = None,
+             isolated: bool = True) -> Report:
+    """Run the engine in-process on a real bot root (no mocks: real files, loopback servers).
+
+    ``only`` points run ``isolated`` by default: exactly those, so a test probes a check's own
+    logic; ``isolated=False`` runs their dependencies too, as `check --only` does."""
     cfg = load_config(str(config) if config else None, str(root))
     ctx = Context(cfg, environ=environ if environ is not None else {}, clock=clock)
-    return Engine(ctx).report(only)
+    return Engine(ctx).report(only, with_dependencies=not isolated)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -387,7 +387,8 @@ def test_a_429_never_explains_a_missing_daemon_cycle(sbot: BotRoot, alpaca: Fake
         sbot.daemon_cycles(1, end=OPEN.timestamp() - 3000)
         uw_error(sbot, OPEN.timestamp() - 60)
         usage_state(sbot, 40)
-        rep = evaluate(sbot.path, only=["FP-1.6", "FP-1.10", "FP-1.3"], clock=market_at(alpaca, OPEN)).results
+        rep = evaluate(sbot.path, only=["FP-1.6", "FP-1.10", "FP-1.3"], clock=market_at(alpaca, OPEN),
+                       isolated=False).results
         assert rep["FP-1.6"].status is Status.WARN, rep["FP-1.6"].outcome.message
         assert rep["FP-1.10"].status is Status.WARN, rep["FP-1.10"].outcome.message
         assert "no daemon cycle for 50 min" in rep["FP-1.10"].outcome.message
@@ -471,7 +472,9 @@ def test_only_runs_a_points_dependencies_so_its_verdict_is_the_cycles(sbot: BotR
     clock = market_at(alpaca, OPEN)
     whole = evaluate(sbot.path, clock=clock).results
     for fp in ("FP-1.3", "FP-1.4", "FP-1.9", "FP-2.5"):
-        alone = evaluate(sbot.path, only=[fp], clock=clock)
-        assert list(alone.results) == [fp]  # the dependencies ran, unreported
+        alone = evaluate(sbot.path, only=[fp], clock=clock, isolated=False)
+        # the dependencies ran; the failing one is reported with the point, so the run is not READY
+        assert sorted(alone.results) == sorted([fp, "FP-1.2"]) and alone.readiness.name == "BLOCKED"
         assert alone.results[fp].status is whole[fp].status is Status.SKIPPED, fp
         assert alone.results[fp].outcome.message == whole[fp].outcome.message == "depends on FP-1.2"
+        assert alone.results["FP-1.2"].status is Status.ERROR

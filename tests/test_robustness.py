@@ -45,7 +45,7 @@ JUDGES: dict[str, tuple[str, ...]] = {
     "state/uw_thresholds_hierarchical.json": ("FP-2.7", "FP-5.3"),
     "logs/run.jsonl": ("FP-1.7", "FP-1.8", "FP-2.2", "FP-2.3", *GATES),
     "state/blocked_trades.jsonl": ("FP-2.2", "FP-2.3", *GATES),
-    "data/uw_api_quota.jsonl": ("FP-1.6",),
+    "state/uw_usage_state.json": ("FP-1.6",),
 }
 #: objects are expected; a valid JSON document of another type is as unusable as garbage
 WRONG_TYPES = {"list": "[1, 2]", "string": '"hello"', "null": "null", "number": "42"}
@@ -67,7 +67,12 @@ def servers() -> Iterator[tuple[FakeAlpaca, FakeUW, Callable[[], float]]]:
 
 def healthy(tmp_path: Path, servers: tuple[FakeAlpaca, FakeUW, Callable[[], float]]) -> BotRoot:
     alpaca, uw, _ = servers
-    return BotRoot(tmp_path / "bot", now=WHEN.timestamp()).healthy(alpaca.url, uw.url)
+    bot = BotRoot(tmp_path / "bot", now=WHEN.timestamp()).healthy(alpaca.url, uw.url)
+    usage = bot.p("state/uw_usage_state.json")
+    if not usage.exists():  # the bot's UW client writes it with its first call
+        usage.write_text(json.dumps({"by_endpoint": {"default": 40}, "calls_today": 40,
+                                     "date": WHEN.date().isoformat(), "minute_window": []}, indent=2))
+    return bot
 
 
 def corrupt(path: Path, how: str) -> None:
@@ -109,7 +114,7 @@ def _numbers(o: Any, v: float) -> Any:
 
 
 def no_internal_errors(report: Report) -> None:
-    assert len(report.results) == 51
+    assert len(report.results) == 52
     crashed = {fp: r.outcome.message for fp, r in report.results.items() if INTERNAL.search(r.outcome.message)}
     assert not crashed, crashed
 
