@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import funnel
+from .. import funnel, market
 from ..context import Context
 from ..engine import check
 from ..model import Outcome, iso_utc
@@ -184,21 +185,32 @@ def regime_detection(ctx: Context, p: dict[str, Any]) -> Outcome:
     details: dict[str, Any] = {"tide_points": s.tide_points, "regime_errors": n_err}
     if s.tide_newest is not None:
         details["tide_newest"] = iso_utc(s.tide_newest)
+    now = ctx.now()
+    # the daemon polls the tide only from 09:30 ET: until its first in-session poll the cache
+    # holds the previous session's point, so age is counted from the open at the earliest
+    opened = datetime.combine(session.now.astimezone(market.NY).date(), market.REGULAR_OPEN, market.NY).timestamp()
+    limit = float(p["max_age_seconds"])
+    points = f"{s.tide_points} point" + ("s" if s.tide_points != 1 else "")
     out: Outcome
     if not s.tide_present:
         out = Outcome.warn("the cache has no _market_tide: the regime cannot be determined", **details)
     elif s.tide_points == 0:
         out = Outcome.warn("_market_tide holds no data points: the regime cannot be determined", **details)
-    elif s.tide_newest is not None and ctx.now() - s.tide_newest > float(p["max_age_seconds"]):
-        age = ctx.now() - s.tide_newest
-        out = Outcome.warn(f"newest market-tide point is {age_text(age)} old (limit {p['max_age_seconds']:g} s "
-                           "in session): the regime is computed from stale data", age_seconds=round(age), **details)
+    elif s.tide_newest is not None and now - max(s.tide_newest, opened) > limit:
+        age = now - s.tide_newest
+        out = Outcome.warn(f"newest market-tide data is {age_text(age)} old (limit {limit:g} s in session; the "
+                           "daemon polls it every 600 s): the regime is computed from stale data",
+                           age_seconds=round(age), **details)
     elif logged is not None:
         out = logged
         out.details.update(details)
+    elif s.tide_newest is not None and s.tide_newest < opened:
+        out = Outcome.ok(f"market tide has {points} from before the open ({age_text(max(0, now - s.tide_newest))} "
+                         f"old): the daemon's first in-session poll is due (warns {limit:g} s after the open)",
+                         **details)
     else:
-        out = Outcome.ok(f"market tide has {s.tide_points} points"
-                         + (f", newest {age_text(max(0, ctx.now() - s.tide_newest))} old"
+        out = Outcome.ok(f"market tide has {points}"
+                         + (f", newest {age_text(max(0, now - s.tide_newest))} old"
                             if s.tide_newest is not None else ""), **details)
     return out.observe("trading_market_tide_timestamp_seconds", s.tide_newest)
 
