@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.checks.scoring import ENTRY_COMPONENTS
 from exporter.config import load as load_config
 from exporter.context import Context
 from exporter.engine import Engine
@@ -170,6 +171,31 @@ def test_yesterdays_tide_just_after_the_open(sbot: BotRoot, alpaca: FakeAlpaca) 
     assert r.status is Status.WARN and "old" in r.outcome.message, r.outcome.message
 
 
+# --- FP-2.1 / FP-2.6 on a fresh install -------------------------------------------------------
+def test_fresh_install_trades_on_default_weights(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """main.py runs without state/signal_weights.json: the optimizer's _load_state falls back to
+    built-in default weights and only save_state (after the first learning update) writes the
+    file. Its absence is the normal state of a fresh install, not a fault and not a failed save."""
+    sbot.p("state/signal_weights.json").unlink()
+    rep = evaluate(sbot.path, only=["FP-2.1", "FP-2.6"], clock=market_at(alpaca, OPEN)).results
+    r = rep["FP-2.1"]
+    assert r.status is Status.OK, r.outcome.message
+    assert "built-in default weights" in r.outcome.message and r.outcome.details["source"] == "defaults"
+    assert observed(r, "trading_weights_components") == {(): len(ENTRY_COMPONENTS)}
+    r = rep["FP-2.6"]
+    assert r.status is Status.SKIPPED and "not saved yet" in r.outcome.message, r.outcome.message
+    assert run(sbot, "FP-2.6", alpaca).status is Status.SKIPPED  # alone too: nothing failed to save
+    # a file that exists but is torn or not an object is still an error: the learned weights are lost
+    sbot.torn("state/signal_weights.json")
+    assert run(sbot, "FP-2.1", alpaca).status is Status.ERROR
+    write_json(sbot.p("state/signal_weights.json"), [])
+    r = run(sbot, "FP-2.1", alpaca)
+    assert r.status is Status.ERROR and "not a JSON object" in r.outcome.message
+    sbot.write_weights()
+    r = run(sbot, "FP-2.1", alpaca)
+    assert r.status is Status.OK and r.outcome.details["source"] == "file"
+
+
 # --- FP-2.6 ----------------------------------------------------------------------------------
 def test_weights_not_saved_for_too_long(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
     data = json.loads(sbot.p("state/signal_weights.json").read_text())
@@ -189,10 +215,11 @@ def test_weights_not_saved_for_too_long(sbot: BotRoot, alpaca: FakeAlpaca) -> No
 
 
 def test_weights_file_gone_when_run_alone(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
-    """Without FP-2.1 beside it (`check --only FP-2.6`), FP-2.6 reports the broken file itself."""
+    """Without FP-2.1 beside it (`check --only FP-2.6`), FP-2.6 reports the broken file itself; a file
+    that was never written is no failed save (the bot trades on default weights until then)."""
     sbot.p("state/signal_weights.json").unlink()
     r = run(sbot, "FP-2.6", alpaca)
-    assert r.status is Status.ERROR and r.outcome.message == "signal_weights.json does not exist (see FP-2.1)"
+    assert r.status is Status.SKIPPED and r.outcome.message.startswith("signal_weights.json not saved yet")
     sbot.torn("state/signal_weights.json")
     r = run(sbot, "FP-2.6", alpaca, config=None)
     assert r.status is Status.ERROR and "is not valid JSON" in r.outcome.message and "(see FP-2.1)" in r.outcome.message

@@ -46,15 +46,26 @@ def band_problems(bands: Any) -> tuple[list[str], int]:
     return problems, valid
 
 
+#: what main.py does without state/signal_weights.json (adaptive_signal_optimizer._load_state)
+DEFAULT_WEIGHTS_TEXT = ("the bot trades on its built-in default weights until the learner's first save "
+                        "writes the file (normal on a fresh install)")
+
+
 @check("FP-2.1")
 def weights_initialised(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         data = load_state_json(ctx, "weights", int(p["retries"]), float(p["retry_delay_seconds"]))
     except FileProblem as exc:
+        if exc.kind == "missing":
+            # the optimizer falls back to its default bands (all 21 components, current 1.0)
+            return Outcome.ok(f"{ctx.path('weights').name} absent: {DEFAULT_WEIGHTS_TEXT}", source="defaults",
+                              valid_components=len(ENTRY_COMPONENTS),
+                              expected_components=len(ENTRY_COMPONENTS)).observe(
+                "trading_weights_components", len(ENTRY_COMPONENTS))
         return Outcome.error(str(exc), problem=exc.kind).observe("trading_weights_components", 0)
     entry = data.get("entry_weights") if isinstance(data, dict) else None
     problems, valid = band_problems(entry.get("weight_bands") if isinstance(entry, dict) else None)
-    details = {"valid_components": valid, "expected_components": len(ENTRY_COMPONENTS)}
+    details = {"valid_components": valid, "expected_components": len(ENTRY_COMPONENTS), "source": "file"}
     if problems:
         shown = "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else "")
         where = ("" if isinstance(data, dict)
@@ -242,6 +253,10 @@ def weights_saved(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         data = _weights_read(ctx, p, torn_at)
     except FileProblem as exc:
+        if exc.kind == "missing":
+            # no save is not a failed save: nothing has been learned yet, so nothing can be stale
+            return Outcome.skipped(f"{ctx.path('weights').name} not saved yet: {DEFAULT_WEIGHTS_TEXT}",
+                                   source="defaults").observe("trading_weights_saved_timestamp_seconds", None)
         return Outcome.error(f"{exc} (see FP-2.1)", problem=exc.kind)
     window = float(p["torn_window_seconds"])
     torn_at[:] = [t for t in torn_at if now - t <= window]

@@ -131,15 +131,17 @@ def state_files_parse(ctx: Context, p: dict[str, Any]) -> Outcome:
         else:
             out = Outcome.error(text, **details)
     else:
-        out = Outcome.ok(f"{len(checked)} state files parse" + (f" ({len(absent)} absent: see FP-5.4)"
+        # an absent file is no corruption; its own point (FP-2.1, FP-3.1, ...) judges the absence
+        out = Outcome.ok(f"{len(checked)} state files parse" + (f" ({len(absent)} absent: {', '.join(absent)})"
                                                                if absent else ""), **details)
     return out.observe("trading_state_files_corrupt", len(corrupt))
 
 
 @check("FP-5.4")
 def required_files(ctx: Context, p: dict[str, Any]) -> Outcome:
-    """Without its scripts, .env, cache or weights the bot cannot start or trades blind; without
-    writable state/log directories it crashes on its first write."""
+    """Without its scripts, .env or cache the bot cannot start or trades blind; without writable
+    state/log directories it crashes on its first write. (The weights file is not required: the
+    bot trades on built-in default weights until its learner first saves it.)"""
     missing: list[str] = []
     unwritable: list[str] = []
     for rel in p["files"]:
