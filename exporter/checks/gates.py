@@ -92,7 +92,11 @@ def json_type(value: Any) -> str:
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
-    return {list: "an array", str: "a string", dict: "an object"}.get(type(value), "null")
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "null"
 
 
 def _short(value: Any) -> str:
