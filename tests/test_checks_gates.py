@@ -117,8 +117,10 @@ def test_a_non_object_freezes_file_is_no_freeze_to_the_bot(sbot: BotRoot, alpaca
     # a real blocker beside it is still the error, and the file is still named
     sbot.safe_mode()
     rep = evaluate(sbot.path, only=["FP-3.1", "FP-3.10", "FP-3.11"], clock=market_at(alpaca, OPEN))
-    assert rep.results["FP-3.11"].status is Status.ERROR
-    assert "governor_freezes" not in rep.results["FP-3.11"].outcome.message  # not a blocker
+    r = rep.results["FP-3.11"]
+    assert r.status is Status.ERROR and r.outcome.details["blocking"] == [
+        "safe mode flag present (state/health_safe_mode.flag)"]  # the freezes file blocks nothing
+    assert "also blocking" not in r.outcome.message and "reads it as no freeze" in r.outcome.message  # not hidden
     alone = evaluate(sbot.path, only=["FP-3.1"], clock=market_at(alpaca, OPEN)).results["FP-3.1"]
     assert alone.status is Status.ERROR and "safe mode" in alone.outcome.message
     assert "governor_freezes.json" in alone.outcome.message

@@ -298,9 +298,12 @@ def paper_mode_matches_url(ctx: Context, p: dict[str, Any]) -> Outcome:
 
 
 # --- FP-3.10 / FP-3.11: kill switch and safe mode on their own ------------------------------------
-def _others(blocking: list[str], own: str) -> str:
+def _others(blocking: list[str], own: str, details: dict[str, Any] | None = None) -> str:
     rest = [b for b in blocking if own not in b]
-    return f"; also blocking: {'; '.join(rest)}" if rest else ""
+    text = f"; also blocking: {'; '.join(rest)}" if rest else ""
+    # FP-3.1 is skipped meanwhile: its warning about an unusable freezes file is named here
+    problem = (details or {}).get("freeze_file_problem")
+    return text + (f"; and {problem}" if problem else "")
 
 
 @check("FP-3.10")
@@ -309,8 +312,8 @@ def kill_switch_off(ctx: Context, p: dict[str, Any]) -> Outcome:
     mine = [b for b in blocking if "kill switch" in b]
     if mine:
         # FP-3.1 is skipped while this fails, so every other blocker is named here
-        return Outcome.error(f"{mine[0]}{_others(blocking, 'kill switch')}", blocking=blocking, **details).observe(
-            "trading_kill_switch_enabled", 1)
+        text = f"{mine[0]}{_others(blocking, 'kill switch', details)}"
+        return Outcome.error(text, blocking=blocking, **details).observe("trading_kill_switch_enabled", 1)
     return Outcome.ok("kill switch off").observe("trading_kill_switch_enabled", 0)
 
 
@@ -319,6 +322,6 @@ def safe_mode_off(ctx: Context, p: dict[str, Any]) -> Outcome:
     blocking, details = freeze_state(ctx)
     mine = [b for b in blocking if "safe mode" in b]
     if mine:
-        return Outcome.error(f"{mine[0]}{_others(blocking, 'safe mode')}", blocking=blocking, **details).observe(
-            "trading_safe_mode_active", 1)
+        text = f"{mine[0]}{_others(blocking, 'safe mode', details)}"
+        return Outcome.error(text, blocking=blocking, **details).observe("trading_safe_mode_active", 1)
     return Outcome.ok("no safe-mode flag").observe("trading_safe_mode_active", 0)
