@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
         #: main.py's order log (``action: *_failed`` with ``error``) and its failed-submission record
         "orders_log": "logs/orders.jsonl",
         "execution_failures": "state/execution_failures.jsonl",
+        #: main.py's line right before each broker submission (SUBMIT_ORDER_CALLED)
+        "submit_order_log": "logs/submit_order_called.jsonl",
         "supervisor_health": "state/health.json",
         "self_healing_threshold": "state/self_healing_threshold.json",
         "thresholds": "state/uw_thresholds_hierarchical.json",

@@ -258,6 +258,14 @@ class StockBotAdapter:
         try:
             weights = read_json(ctx.path("weights"), retries=3, delay=0.2)
         except FileProblem as exc:
+            if exc.kind == "missing":
+                # adaptive_signal_optimizer._load_state: no file means the built-in default bands
+                if not math.isfinite(signal.score):
+                    return StageResult.blocked("score", f"composite score {signal.score} is not finite")
+                return StageResult.passed("score", f"composite score {signal.score:g} (known probe score; "
+                                          f"{ctx.path('weights').name} absent: the bot scores with its built-in "
+                                          "default weights until the learner's first save)",
+                                          score=signal.score, weights="defaults")
             return StageResult.blocked("score", f"the bot cannot score without its adaptive weights: {exc}")
         entry = weights.get("entry_weights") if isinstance(weights, dict) else None
         problems, valid = band_problems(entry.get("weight_bands") if isinstance(entry, dict) else None)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from exporter.model import Result, Status
 from exporter.sim.alpaca import FakeAlpaca, make_order, make_position
-from exporter.sim.botroot import BotRoot, write_json
+from exporter.sim.botroot import BotRoot, append_jsonl, write_json
 
 from .conftest import check_json, evaluate, market_at
+from .test_checks_data import observed
 
 OPEN = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 ET, session open since 09:30
 CLOSED = datetime(2026, 11, 28, 7, 0, tzinfo=UTC)  # Saturday 02:00 ET
@@ -44,6 +45,115 @@ def test_order_rejections(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     assert point["status"] == "ERROR" and "3 of 4" in point["last_error"] and code == 2
     alpaca.orders = filled  # recovered: only fills in the window
     assert one(bot, "FP-4.4").status is Status.OK
+
+
+# --- FP-4.4: refusals the bot recorded itself ------------------------------------------------------
+#: a line of main/logs/orders.jsonl and of main/state/execution_failures.jsonl from the real bot
+#: (realbot recording, main.py _scale_out_partial and tca_data_manager.track_execution_failure):
+#: one refused scale-out, written to both files 3 ms apart
+REAL_ORDER_FAILURE = {
+    "ts": "2026-12-06T20:09:19.281031+00:00", "type": "order", "action": "scale_out_failed", "symbol": "AAPL",
+    "fraction": 0.5, "error": "orders refused by test server", "canonical_trade_id": "AAPL|LONG|1796587698",
+    "decision_event_id": "a1328ce6-f0e4-478a-8ce0-af08438844b8", "symbol_normalized": "AAPL",
+    "time_bucket_id": "300s|1796587500", "fee_excluded_reason": "ALPACA_PAPER_FILL_PAYLOAD_MISSING_FEE_FIELDS",
+    "fee_amount": None, "fee_currency": None, "slippage_excluded_reason": "no_decision_mid_or_fill_price",
+    "filled_at": None, "fill_qty": None, "fill_price": None, "strategy_id": "equity"}
+REAL_EXECUTION_FAILURE = {"timestamp": "2026-12-06T20:09:19.283962+00:00", "symbol": "AAPL",
+                          "failure_type": "scale_out_failed",
+                          "details": {"fraction": 0.5, "error": "orders refused by test server"}}
+REAL_SUBMIT = {"ts": 1796587759.182875, "msg": "SUBMIT_ORDER_CALLED", "symbol": "AAPL", "mode": "market",
+               "qty": 5.0, "side": "sell", "strategy_id": "equity"}
+
+
+def record_refusals(bot: BotRoot, end: float, symbols: tuple[str, ...] = ("AAPL", "MSFT", "NVDA"),
+                    cycles: int = 2, action: str = "scale_out_failed", error: str = "orders refused by test server",
+                    both: bool = True) -> None:
+    """What main.py wrote in the recording: per cycle (60 s apart), one submission per symbol
+    ~0.1 s before its failure line in orders.jsonl, and the failure again in
+    execution_failures.jsonl a few ms later; the last failure at ``end``."""
+    orders, failures, submits = [], [], []
+    for c in range(cycles):
+        for i, sym in enumerate(symbols):
+            t = end - 60 * (cycles - 1 - c) - 0.25 * (len(symbols) - 1 - i)
+            submits.append({**REAL_SUBMIT, "ts": t - 0.1, "symbol": sym})
+            orders.append({**REAL_ORDER_FAILURE, "ts": datetime.fromtimestamp(t, UTC).isoformat(), "symbol": sym,
+                           "symbol_normalized": sym, "action": action, "error": error})
+            failures.append({**REAL_EXECUTION_FAILURE, "timestamp": datetime.fromtimestamp(t + 0.003, UTC).isoformat(),
+                             "symbol": sym, "failure_type": action, "details": {"fraction": 0.5, "error": error}})
+    append_jsonl(bot.p("logs/submit_order_called.jsonl"), submits)
+    append_jsonl(bot.p("logs/orders.jsonl"), orders)
+    if both:
+        append_jsonl(bot.p("state/execution_failures.jsonl"), failures)
+
+
+def test_refusals_recorded_by_the_bot(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """The recording: six scale-outs refused by the broker within two minutes, each in
+    logs/orders.jsonl and state/execution_failures.jsonl, no order in the broker's closed list,
+    and run.jsonl saying orders: 0. Six refusals (not twelve), an error."""
+    now = time.time()
+    record_refusals(bot, now - 30)
+    r = one(bot, "FP-4.4")
+    assert r.status is Status.ERROR, r.outcome.message
+    msg = r.outcome.message
+    assert "6 failed submissions" in msg and "6 of 6" in msg, msg
+    assert "NVDA" in msg and "orders refused by test server" in msg and "logs/orders.jsonl" in msg, msg
+    assert r.outcome.details["failures_recorded"] == 6 and r.outcome.details["submissions_recorded"] == 6
+    assert observed(r, "trading_order_failures_recorded") == {(): 6}
+    assert observed(r, "trading_orders_rejected") == {(): 0}
+
+
+def test_recorded_refusals_are_counted_once_and_in_the_window(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    now = time.time()
+    record_refusals(bot, now - 3 * 86400, cycles=3)  # three days ago: outside the window
+    now_filled = [make_order("AAPL", 1, status="filled", submitted_at=datetime.now(UTC) - timedelta(minutes=m))
+                  for m in range(1, 11)]
+    alpaca.orders = now_filled
+    r = one(bot, "FP-4.4")
+    assert r.status is Status.OK and r.outcome.details["failures_recorded"] == 0, r.outcome.message
+    # one close refused (orders.jsonl only: main.py records no execution failure for it) and one
+    # market order refused in execution_failures.jsonl only: two failures, a warning among 10 fills
+    append_jsonl(bot.p("logs/orders.jsonl"), [
+        {"ts": datetime.fromtimestamp(now - 120, UTC).isoformat(), "type": "order", "action": "close_position_failed",
+         "symbol": "TSLA", "error": "position not found"}])
+    append_jsonl(bot.p("state/execution_failures.jsonl"), [
+        {"timestamp": datetime.fromtimestamp(now - 60, UTC).isoformat(), "symbol": "AMD", "failure_type": "market_fail",
+         "details": {"error": "insufficient buying power"}}])
+    r = one(bot, "FP-4.4")
+    assert r.status is Status.WARN, r.outcome.message
+    assert r.outcome.details["failures_recorded"] == 2
+    assert "AMD" in r.outcome.message and "insufficient buying power" in r.outcome.message
+    assert "state/execution_failures.jsonl" in r.outcome.message
+    # the same symbol refused twice within a second, each line in both files: two failures
+    record_refusals(bot, now - 10, symbols=("META",), cycles=1)
+    record_refusals(bot, now - 9, symbols=("META",), cycles=1)
+    assert one(bot, "FP-4.4").outcome.details["failures_recorded"] == 4
+
+
+def test_recorded_refusals_count_while_the_broker_is_down(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """A broker outage is FP-4.1's alert; failures the bot recorded are this point's facts."""
+    record_refusals(bot, time.time() - 30)
+    alpaca.set_mode("500")
+    rep = evaluate(bot.path, only=["FP-4.1", "FP-4.2", "FP-4.4"])
+    assert rep.results["FP-4.1"].status is Status.ERROR
+    r = rep.results["FP-4.4"]
+    assert r.status is Status.ERROR and "6 failed submissions" in r.outcome.message, r.outcome.message
+    assert "FP-4.1" in r.outcome.message  # says why the broker's own list is not counted
+    alpaca.set_mode("ok")
+    for rel in ("logs/orders.jsonl", "state/execution_failures.jsonl", "logs/submit_order_called.jsonl"):
+        bot.p(rel).unlink()
+    alpaca.set_mode("500")
+    r = evaluate(bot.path, only=["FP-4.1", "FP-4.2", "FP-4.4"]).results["FP-4.4"]
+    assert r.status is Status.SKIPPED and r.outcome.skipped_by == "FP-4.1", r.outcome.message
+
+
+def test_an_unreadable_order_log_is_reported(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    bot.p("logs/orders.jsonl").write_bytes(bytes(range(256)) * 4 + b"\n")
+    r = one(bot, "FP-4.4")
+    assert r.status is Status.WARN and "orders.jsonl" in r.outcome.message, r.outcome.message
+    bot.p("logs/orders.jsonl").unlink()
+    bot.p("state/execution_failures.jsonl").mkdir(parents=True)
+    r = one(bot, "FP-4.4")
+    assert r.status is Status.WARN and "execution_failures.jsonl" in r.outcome.message, r.outcome.message
 
 
 def test_position_consistency_without_a_bot_record(bot: BotRoot, alpaca: FakeAlpaca) -> None:

@@ -13,7 +13,7 @@ from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW
 
 from .conftest import check_json, evaluate, market_at
-from .test_checks_data import CLOSED, OPEN, run
+from .test_checks_data import CLOSED, OPEN, observed, run
 
 
 @pytest.fixture
@@ -96,6 +96,51 @@ def test_live_mode_with_the_paper_url_warns(sbot: BotRoot, alpaca: FakeAlpaca) -
     assert r.status is Status.WARN and "paper account" in r.outcome.message
     sbot.set_env(TRADING_MODE="PAPER")
     assert run(sbot, "FP-3.9", alpaca).status is Status.OK
+
+
+# --- FP-3.1: a freezes file the bot cannot use --------------------------------------------------
+@pytest.mark.parametrize(("content", "found"), [("[]", "an array"), ("true", "a boolean"), ('"x"', "a string"),
+                                                ('["performance_freeze"]', "an array"), ("null", "null")])
+def test_a_non_object_freezes_file_is_no_freeze_to_the_bot(sbot: BotRoot, alpaca: FakeAlpaca, content: str,
+                                                             found: str) -> None:
+    """monitoring_guards.check_freeze_state (called by main.py every cycle) loads
+    governor_freezes.json with safe_json_load(default={}) and replaces a non-object with {}: the
+    bot trades. That is a file to look at (WARN), not a freeze (ERROR, BLOCKED)."""
+    sbot.p("state/governor_freezes.json").write_text(content)
+    rep = evaluate(sbot.path, only=["FP-3.1", "FP-3.10", "FP-3.11"], clock=market_at(alpaca, OPEN))
+    r = rep.results["FP-3.1"]
+    assert r.status is Status.WARN, r.outcome.message
+    assert "governor_freezes.json" in r.outcome.message and found in r.outcome.message
+    assert "reads it as no freeze" in r.outcome.message
+    assert observed(r, "trading_freezes_active") == {(): 0}
+    assert rep.readiness is not Readiness.BLOCKED
+    # a real blocker beside it is still the error, and the file is still named
+    sbot.safe_mode()
+    rep = evaluate(sbot.path, only=["FP-3.1", "FP-3.10", "FP-3.11"], clock=market_at(alpaca, OPEN))
+    r = rep.results["FP-3.11"]
+    assert r.status is Status.ERROR and r.outcome.details["blocking"] == [
+        "safe mode flag present (state/health_safe_mode.flag)"]  # the freezes file blocks nothing
+    assert "also blocking" not in r.outcome.message and "reads it as no freeze" in r.outcome.message  # not hidden
+    alone = evaluate(sbot.path, only=["FP-3.1"], clock=market_at(alpaca, OPEN)).results["FP-3.1"]
+    assert alone.status is Status.ERROR and "safe mode" in alone.outcome.message
+    assert "governor_freezes.json" in alone.outcome.message
+
+
+def test_an_unparseable_freezes_file_is_no_freeze_to_the_bot(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """safe_json_load returns its default {} for a file that does not parse (after our torn-read
+    retries it is really corrupt): the bot trades, and any freeze the file held is not in force."""
+    sbot.p("state/governor_freezes.json").write_text('{"production_freeze": tr')
+    r = evaluate(sbot.path, only=["FP-3.1"], clock=market_at(alpaca, OPEN)).results["FP-3.1"]
+    assert r.status is Status.WARN, r.outcome.message
+    assert "not valid JSON" in r.outcome.message and "reads it as no freeze" in r.outcome.message
+    for only in (["FP-3.1", "FP-5.3"], ["FP-5.3"]):  # FP-5.3 names it, as a warning, with or without FP-3.1
+        rep = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN))
+        r = rep.results["FP-5.3"]
+        assert r.status is Status.WARN and "state/governor_freezes.json" in r.outcome.message, r.outcome.message
+        assert "ERROR" not in r.outcome.message and "as no freeze" in r.outcome.message
+        assert rep.readiness is not Readiness.BLOCKED
+    sbot.p("state/governor_freezes.json").write_text("{}")
+    assert evaluate(sbot.path, only=["FP-3.1"], clock=market_at(alpaca, OPEN)).results["FP-3.1"].status is Status.OK
 
 
 # --- FP-3.10 / FP-3.11 with FP-3.1: one cause, one critical ------------------------------------

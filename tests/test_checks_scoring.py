@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from exporter.checks.scoring import ENTRY_COMPONENTS
 from exporter.config import load as load_config
 from exporter.context import Context
 from exporter.engine import Engine
+from exporter.market import NY
 from exporter.model import Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot, iso, write_json
 from exporter.sim.uw import FakeUW
 
 from .conftest import evaluate, market_at
-from .test_checks_data import CLOSED, OPEN, run
+from .test_checks_data import CLOSED, OPEN, observed, run
 
 
 @pytest.fixture
@@ -114,6 +116,86 @@ def test_regime_input_missing_or_stale(sbot: BotRoot, alpaca: FakeAlpaca) -> Non
     assert run(sbot, "FP-2.5", alpaca).status is Status.OK
 
 
+def real_tide(fetched_at: float) -> dict:
+    """``_market_tide`` as the real daemon writes it (realbot daemon/ cache, shifted in time): one
+    tide point under ``data`` (a dict, not a list), five minutes older than the fetch."""
+    return {"data": {"date": "2026-11-24", "net_call_premium": "660338.0000", "net_put_premium": "-547564.0000",
+                     "net_volume": 23558,
+                     "timestamp": datetime.fromtimestamp(fetched_at - 300, NY).isoformat()},
+            "last_update": int(fetched_at)}
+
+
+def test_regime_from_the_real_tide_shape(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """The real daemon stores one tide point as a dict and polls it at most every 600 s, so the
+    tide lags ``_metadata.last_update``: a healthy bot is OK, a rate-limited block is no data."""
+    t = OPEN.timestamp()
+    data = json.loads(sbot.p("data/uw_flow_cache.json").read_text())
+    data["_market_tide"] = real_tide(t - 435)  # the recording's lag behind _metadata.last_update
+    write_json(sbot.p("data/uw_flow_cache.json"), data)
+    r = run(sbot, "FP-2.5", alpaca)
+    assert r.status is Status.OK, r.outcome.message
+    assert r.outcome.details["tide_points"] == 1 and "1 point" in r.outcome.message
+    assert observed(r, "trading_market_tide_timestamp_seconds") == {(): t - 435}
+    # one missed 600 s poll on top of that lag is still a healthy daemon
+    data["_market_tide"] = real_tide(t - 1500)
+    write_json(sbot.p("data/uw_flow_cache.json"), data)
+    assert run(sbot, "FP-2.5", alpaca).status is Status.OK
+    # a tide point an hour old is stale input to the regime
+    data["_market_tide"] = real_tide(t - 3600)
+    write_json(sbot.p("data/uw_flow_cache.json"), data)
+    r = run(sbot, "FP-2.5", alpaca)
+    assert r.status is Status.WARN and "60 min old" in r.outcome.message, r.outcome.message
+    # after a 429 a block reads {"data": [], "_rate_limited": true}: no data, whatever its stamp
+    for empty in ({"data": [], "_rate_limited": True}, {"data": {}, "last_update": int(t)}):
+        data["_market_tide"] = empty
+        write_json(sbot.p("data/uw_flow_cache.json"), data)
+        r = run(sbot, "FP-2.5", alpaca)
+        assert r.status is Status.WARN and "no data points" in r.outcome.message, empty
+    # other bots keep a list of points: still read
+    data["_market_tide"] = {"data": [real_tide(t - 60)["data"], real_tide(t - 360)["data"]], "last_update": t - 60}
+    write_json(sbot.p("data/uw_flow_cache.json"), data)
+    r = run(sbot, "FP-2.5", alpaca)
+    assert r.status is Status.OK and r.outcome.details["tide_points"] == 2, r.outcome.message
+
+
+def test_yesterdays_tide_just_after_the_open(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """The daemon polls the tide only from 09:30 ET: in the first minutes of the session the
+    cache still holds the previous session's point, which is not a stale regime yet."""
+    data = json.loads(sbot.p("data/uw_flow_cache.json").read_text())
+    opened = datetime(2026, 11, 24, 14, 30, tzinfo=UTC)
+    data["_market_tide"] = real_tide((opened - timedelta(hours=17, minutes=35)).timestamp())  # 15:55 ET
+    write_json(sbot.p("data/uw_flow_cache.json"), data)
+    r = run(sbot, "FP-2.5", alpaca, when=opened + timedelta(minutes=10))
+    assert r.status is Status.OK and "before the open" in r.outcome.message, r.outcome.message
+    r = run(sbot, "FP-2.5", alpaca, when=opened + timedelta(minutes=45))
+    assert r.status is Status.WARN and "old" in r.outcome.message, r.outcome.message
+
+
+# --- FP-2.1 / FP-2.6 on a fresh install -------------------------------------------------------
+def test_fresh_install_trades_on_default_weights(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """main.py runs without state/signal_weights.json: the optimizer's _load_state falls back to
+    built-in default weights and only save_state (after the first learning update) writes the
+    file. Its absence is the normal state of a fresh install, not a fault and not a failed save."""
+    sbot.p("state/signal_weights.json").unlink()
+    rep = evaluate(sbot.path, only=["FP-2.1", "FP-2.6"], clock=market_at(alpaca, OPEN)).results
+    r = rep["FP-2.1"]
+    assert r.status is Status.OK, r.outcome.message
+    assert "built-in default weights" in r.outcome.message and r.outcome.details["source"] == "defaults"
+    assert observed(r, "trading_weights_components") == {(): len(ENTRY_COMPONENTS)}
+    r = rep["FP-2.6"]
+    assert r.status is Status.SKIPPED and "not saved yet" in r.outcome.message, r.outcome.message
+    assert run(sbot, "FP-2.6", alpaca).status is Status.SKIPPED  # alone too: nothing failed to save
+    # a file that exists but is torn or not an object is still an error: the learned weights are lost
+    sbot.torn("state/signal_weights.json")
+    assert run(sbot, "FP-2.1", alpaca).status is Status.ERROR
+    write_json(sbot.p("state/signal_weights.json"), [])
+    r = run(sbot, "FP-2.1", alpaca)
+    assert r.status is Status.ERROR and "not a JSON object" in r.outcome.message
+    sbot.write_weights()
+    r = run(sbot, "FP-2.1", alpaca)
+    assert r.status is Status.OK and r.outcome.details["source"] == "file"
+
+
 # --- FP-2.6 ----------------------------------------------------------------------------------
 def test_weights_not_saved_for_too_long(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
     data = json.loads(sbot.p("state/signal_weights.json").read_text())
@@ -133,10 +215,11 @@ def test_weights_not_saved_for_too_long(sbot: BotRoot, alpaca: FakeAlpaca) -> No
 
 
 def test_weights_file_gone_when_run_alone(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
-    """Without FP-2.1 beside it (`check --only FP-2.6`), FP-2.6 reports the broken file itself."""
+    """Without FP-2.1 beside it (`check --only FP-2.6`), FP-2.6 reports the broken file itself; a file
+    that was never written is no failed save (the bot trades on default weights until then)."""
     sbot.p("state/signal_weights.json").unlink()
     r = run(sbot, "FP-2.6", alpaca)
-    assert r.status is Status.ERROR and r.outcome.message == "signal_weights.json does not exist (see FP-2.1)"
+    assert r.status is Status.SKIPPED and r.outcome.message.startswith("signal_weights.json not saved yet")
     sbot.torn("state/signal_weights.json")
     r = run(sbot, "FP-2.6", alpaca, config=None)
     assert r.status is Status.ERROR and "is not valid JSON" in r.outcome.message and "(see FP-2.1)" in r.outcome.message

@@ -130,3 +130,14 @@ def test_a_torn_file_whose_own_point_pages_is_one_critical(bot: BotRoot) -> None
     bot.write_weights()
     bot.p("state/health.json").write_text("{}")
     assert evaluate(bot.path).results["FP-5.3"].status is Status.OK
+
+
+def test_a_fresh_install_without_learned_weights_has_every_required_file(bot: BotRoot) -> None:
+    """state/signal_weights.json is written only after the first learning update; main.py trades on
+    built-in default weights until then, so its absence is neither a missing file nor corruption."""
+    bot.p("state/signal_weights.json").unlink()
+    r = one(bot, "FP-5.4")
+    assert r.status is Status.OK, r.outcome.message
+    r = one(bot, "FP-5.3")
+    assert r.status is Status.OK and "state/signal_weights.json" in r.outcome.details["absent"]
+    assert "FP-5.4" not in r.outcome.message, r.outcome.message

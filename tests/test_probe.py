@@ -71,6 +71,16 @@ def test_healthy_probe_reaches_execution_and_never_submits(bot: BotRoot, alpaca:
     assert "would execute" in r.stdout
 
 
+def test_a_fresh_install_is_scored_with_the_default_weights(bot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """Without state/signal_weights.json main.py scores with its built-in default weights."""
+    market_open(alpaca)
+    bot.p("state/signal_weights.json").unlink()
+    code, data = probe(bot)
+    assert code == 0, data
+    score = stage(data, "score")
+    assert score["status"] == "passed" and "built-in default weights" in score["reason"], score
+
+
 def _freeze(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     bot.freeze("max_drawdown_exceeded", reason="drawdown 8%")
 

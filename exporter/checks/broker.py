@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from .. import market
+from .. import funnel, market
 from ..broker import BrokerError
 from ..context import Context
 from ..engine import check
-from ..model import Outcome
+from ..model import Outcome, Status, iso_utc
 from ..readers import FileProblem, read_json
 from .common import age_text, number
 
@@ -137,37 +139,186 @@ def _orders(ctx: Context, status: str, limit: int) -> list[dict[str, Any]]:
     return [o for o in data if isinstance(o, dict)]
 
 
+# --- FP-4.4: orders the broker refused -------------------------------------------------------
+#: records kept per bot log: the first read starts 4 MB from the end, never the whole log
+BOT_LOG_KEEP = 5000
+
+
+@dataclass
+class RecordedFailure:
+    """One submission the bot recorded as failed (one failure may be recorded in two files)."""
+
+    t: float
+    symbol: str
+    kind: str
+    error: str
+    sources: list[str] = field(default_factory=list)
+
+
+def _is_failed_action(action: Any) -> bool:
+    # main.py's log_order: scale_out_failed, close_position_failed, limit_retry_failed,
+    # limit_final_failed (all "*_failed") and market_fail. Entry-path lines with an `error` and no
+    # action (submit_entry_failed also carries gate vetoes; invalid_price_data never reached the
+    # broker) are not refusals; a refusal inside submit_entry is logged as one of the above.
+    return isinstance(action, str) and (action.endswith("_failed") or action == "market_fail")
+
+
+def _rel(ctx: Context, path: Path) -> str:
+    try:
+        return str(path.relative_to(ctx.root))
+    except ValueError:
+        return str(path)
+
+
+def _bot_log(ctx: Context, name: str, problems: list[str]) -> list[dict[str, Any]]:
+    """The kept tail of a bot log; a missing log is an empty one (nothing failed yet), an
+    unreadable or corrupt one is named in ``problems``."""
+    path = ctx.path(name)
+    try:
+        return ctx.tails.recent(path, keep=BOT_LOG_KEEP)
+    except FileProblem as exc:
+        if exc.kind != "missing":
+            problems.append(f"{_rel(ctx, path)}: {exc}")
+        return []
+
+
+def recorded_failures(ctx: Context, since: float, same_seconds: float,
+                      problems: list[str]) -> tuple[list[RecordedFailure], int]:
+    """(failed submissions the bot recorded since ``since``, oldest first; submissions it recorded).
+
+    main.py writes one failure to logs/orders.jsonl and then, milliseconds later (seconds when
+    it first looks the order up at the broker), to state/execution_failures.jsonl with the action
+    as failure_type: a line of the second file is the same failure as the earliest unmatched line
+    of the first with the same symbol and type at most ``same_seconds`` before it.
+    Submissions come from logs/submit_order_called.jsonl (one line right before each broker
+    call); without that log they are the order log's other order lines, plus the failures.
+    """
+    orders_path = _rel(ctx, ctx.path("orders_log"))
+    failures_path = _rel(ctx, ctx.path("execution_failures"))
+    from_orders: list[RecordedFailure] = []
+    other_orders = 0
+    for rec in _bot_log(ctx, "orders_log", problems):
+        t = funnel.record_time(rec, "ts", "_ts", "timestamp")
+        if t is None or t < since or rec.get("type", "order") != "order":
+            continue
+        if _is_failed_action(rec.get("action")):
+            from_orders.append(RecordedFailure(t, str(rec.get("symbol") or "?").upper(), str(rec["action"]),
+                                               _error_text(rec.get("error")), [orders_path]))
+        elif not rec.get("error") and not rec.get("dry_run"):
+            other_orders += 1
+    failures = list(from_orders)
+    unmatched = sorted(from_orders, key=lambda f: f.t)
+    for rec in sorted(_bot_log(ctx, "execution_failures", problems),
+                      key=lambda r: funnel.record_time(r, "timestamp", "ts") or 0.0):
+        t = funnel.record_time(rec, "timestamp", "ts", "_ts")
+        if t is None or t < since:
+            continue
+        raw_details = rec.get("details")
+        details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
+        kind = str(rec.get("failure_type") or "execution_failure")
+        symbol = str(rec.get("symbol") or "?").upper()
+        twin = next((f for f in unmatched if f.symbol == symbol and f.kind == kind
+                     and -1.0 <= t - f.t <= same_seconds), None)
+        if twin is not None:
+            unmatched.remove(twin)
+            twin.sources.append(failures_path)
+            continue
+        failures.append(RecordedFailure(t, symbol, kind, _error_text(details.get("error", rec.get("error"))),
+                                        [failures_path]))
+    failures.sort(key=lambda f: f.t)
+    try:
+        submits = ctx.tails.recent(ctx.path("submit_order_log"), keep=BOT_LOG_KEEP)
+    except FileProblem:
+        return failures, other_orders + len(failures)
+    return failures, sum(1 for rec in submits
+                         if (t := funnel.record_time(rec, "ts", "_ts", "timestamp")) is not None and t >= since)
+
+
+def _error_text(value: Any) -> str:
+    text = funnel.error_text({"error": value}) if value not in (None, "") else None
+    text = text or "no error text"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 @check("FP-4.4")
 def order_rejections(ctx: Context, p: dict[str, Any]) -> Outcome:
-    """Rejected orders mean the bot decided to trade and the broker said no: trades are lost."""
+    """Rejected orders mean the bot decided to trade and the broker said no: trades are lost.
+
+    Two sources: orders the broker lists as ``rejected``, and submissions the bot itself recorded
+    as failed (the broker refused the request, so no order exists to list)."""
+    now = ctx.now()
+    since = now - float(p["window_seconds"])
+    window = age_text(float(p["window_seconds"]))
+    problems: list[str] = []
+    failures, submissions = recorded_failures(ctx, since, float(p["same_failure_seconds"]), problems)
+    details: dict[str, Any] = {"window_seconds": p["window_seconds"], "failures_recorded": len(failures),
+                               "submissions_recorded": submissions,
+                               "recorded_failures": [{"symbol": f.symbol, "type": f.kind, "error": f.error,
+                                                      "at": iso_utc(f.t), "sources": f.sources}
+                                                     for f in failures[-10:]]}
+    if problems:
+        details["log_problems"] = problems
+    broker_problem: Outcome | None = None
+    recent: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
     try:
         closed = _orders(ctx, "closed", int(p["recent_orders"]))
     except BrokerError as exc:
-        return broker_failed(exc, "list recent orders", ctx)
-    since = ctx.now() - float(p["window_seconds"])
-    recent = [o for o in closed
-              if (t := _when(o, "submitted_at", "created_at")) is not None and t.timestamp() >= since]
-    rejected = [o for o in recent if str(o.get("status", "")).lower() == "rejected"]
-    details: dict[str, Any] = {"recent_orders": len(recent), "rejected": len(rejected),
-                               "window_seconds": p["window_seconds"],
-                               "rejected_orders": [{"symbol": o.get("symbol"), "side": o.get("side"),
-                                                    "type": o.get("type") or o.get("order_type"),
-                                                    "submitted_at": o.get("submitted_at")}
-                                                   for o in rejected[:10]]}
-    window = age_text(float(p["window_seconds"]))
-    share = len(rejected) / len(recent) if recent else 0.0
-    out: Outcome
-    if not rejected:
-        out = Outcome.ok(f"no rejected order among {len(recent)} closed orders of the last {window}", **details)
+        broker_problem = broker_failed(exc, "list recent orders", ctx)
     else:
-        latest = rejected[0]
-        text = (f"{len(rejected)} of {len(recent)} closed orders of the last {window} rejected "
-                f"(latest {latest.get('side', '?')} {latest.get('symbol', '?')} at {latest.get('submitted_at')})")
-        if len(rejected) >= int(p["error_min_rejections"]) and share >= float(p["error_share"]):
-            out = Outcome.error(text, **details)
-        else:
-            out = Outcome.warn(text, **details)
-    return out.observe("trading_orders_rejected", len(rejected)).observe("trading_orders_recent", len(recent))
+        recent = [o for o in closed
+                  if (t := _when(o, "submitted_at", "created_at")) is not None and t.timestamp() >= since]
+        rejected = [o for o in recent if str(o.get("status", "")).lower() == "rejected"]
+        details.update(recent_orders=len(recent), rejected=len(rejected),
+                       rejected_orders=[{"symbol": o.get("symbol"), "side": o.get("side"),
+                                         "type": o.get("type") or o.get("order_type"),
+                                         "submitted_at": o.get("submitted_at")} for o in rejected[:10]])
+    log_note = "cannot count the bot's own failed submissions from " + "; ".join(problems) if problems else ""
+    if broker_problem is not None and not failures:
+        # nothing the bot recorded: without the broker's list there is nothing more to judge
+        broker_problem.details.update(details)
+        if log_note and broker_problem.status is not Status.ERROR:
+            return Outcome.warn(f"{log_note}; and {broker_problem.message}", **details).observe(
+                "trading_order_failures_recorded", None)
+        if log_note:
+            broker_problem.message += f"; {log_note}"
+        return broker_problem.observe("trading_order_failures_recorded", None if log_note else 0)
+    refused = len(rejected) + len(failures)
+    # a failed submission never becomes an order: the attempts are the closed orders plus the
+    # failures, or the submissions the bot recorded if it recorded more
+    attempts = max(len(recent) + len(failures), submissions)
+    share = refused / attempts if attempts else 0.0
+    details["refused_share"] = round(share, 3)
+    parts: list[str] = []
+    if failures:
+        latest = failures[-1]
+        n = len(failures)
+        parts.append(f"{n} failed submission{'s' if n != 1 else ''} recorded by the bot (latest {latest.kind} "
+                     f"{latest.symbol} at {iso_utc(latest.t)}: {latest.error!r}, in {' and '.join(latest.sources)})")
+    if rejected:
+        last = rejected[0]
+        parts.append(f"{len(rejected)} of {len(recent)} closed orders of the last {window} rejected by the broker "
+                     f"(latest {last.get('side', '?')} {last.get('symbol', '?')} at {last.get('submitted_at')})")
+    out: Outcome
+    if not refused:
+        text = (f"no rejected order among {len(recent)} closed orders of the last {window}; "
+                "no failed submission recorded by the bot")
+        out = Outcome.warn(log_note, **details) if log_note else Outcome.ok(text, **details)
+    else:
+        text = (f"{refused} of {attempts} orders of the last {window} refused: " + "; ".join(parts)
+                if failures else parts[0])
+        if broker_problem is not None:
+            text += f" (the broker's order list is not counted: {broker_problem.message})"
+        if log_note:
+            text += f"; {log_note}"
+        over = refused >= int(p["error_min_rejections"]) and share >= float(p["error_share"])
+        # an order endpoint failing on its own (broker_failed's ERROR) stays an error here
+        broken = broker_problem is not None and broker_problem.status is Status.ERROR
+        out = Outcome.error(text, **details) if over or broken else Outcome.warn(text, **details)
+    out.observe("trading_order_failures_recorded", len(failures))
+    if broker_problem is None:
+        out.observe("trading_orders_rejected", len(rejected)).observe("trading_orders_recent", len(recent))
+    return out
 
 
 def _position_qty(pos: dict[str, Any]) -> float | None:

@@ -76,19 +76,37 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
     tide = raw.get("_market_tide")
     if isinstance(tide, (dict, list)):
         summary.tide_present = True
-        points = tide.get("data") if isinstance(tide, dict) else tide
-        # a "data" that is not a list holds no point; only objects are points ("x" is not one)
-        points = points if isinstance(points, list) else (
-            [tide] if isinstance(tide, dict) and tide and "data" not in tide else [])
-        points = [x for x in points if isinstance(x, dict)]
+        points = tide_points(tide)
         summary.tide_points = len(points)
-        stamps = [funnel.record_time(x, "timestamp", "ts", "last_update", "date") for x in points
-                  if isinstance(x, dict)]
-        if isinstance(tide, dict):
+        stamps = [funnel.record_time(x, "timestamp", "ts", "last_update", "date") for x in points]
+        if points and isinstance(tide, dict):
+            # the daemon's fetch time: the point itself is stamped minutes earlier by UW
             stamps.append(funnel.record_time(tide, "last_update", "timestamp", "ts"))
         found = [t for t in stamps if t is not None]
         summary.tide_newest = max(found) if found else None
     return summary
+
+
+def tide_points(tide: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
+    """The data points of a ``_market_tide`` block.
+
+    stock-bot stores one point as a dict (``{"data": {date, net_call_premium, ..., timestamp},
+    "last_update"}``: the first element of UW's list); other bots keep UW's list. An empty dict
+    or list, and the ``{"data": [], "_rate_limited": true}`` left by a 429, hold none; only
+    non-empty objects are points ("x" is not one).
+    """
+    if isinstance(tide, list):
+        data: Any = tide
+    elif "data" in tide:
+        data = tide["data"]
+    else:
+        # a bare point with no "data" wrapper
+        data = {k: v for k, v in tide.items() if k not in ("last_update", "_rate_limited")}
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        return []
+    return [x for x in data if isinstance(x, dict) and x]
 
 
 def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSummary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,21 +35,36 @@ def active_freezes(data: Any) -> list[str]:
     return active
 
 
+#: what the bot does with a freezes file it cannot use: monitoring_guards.check_freeze_state loads
+#: it with safe_json_load(default={}) (any read or parse failure gives {}) and replaces a
+#: non-object with {}, so it trades
+NO_FREEZE_TO_THE_BOT = "the bot reads it as no freeze and trades; any freeze it was meant to hold is not in force"
+
+
 def freeze_state(ctx: Context) -> tuple[list[str], dict[str, Any]]:
-    """Everything that blocks all trading, each as a readable item; nothing is ever cleared here."""
+    """Everything that blocks all trading, each as a readable item; nothing is ever cleared here.
+
+    A freezes file the bot cannot use blocks nothing (the bot reads it as no freeze); it is
+    described in ``details["freeze_file_problem"]`` for FP-3.1 to warn about.
+    """
     blocking: list[str] = []
     details: dict[str, Any] = {}
+    path = ctx.path("governor_freezes")
     try:
-        freezes = read_json(ctx.path("governor_freezes"), retries=3, delay=0.1)
+        freezes = read_json(path, retries=3, delay=0.1)
         if not isinstance(freezes, dict):
-            blocking.append("governor_freezes.json is not a JSON object (treated as frozen)")
+            kind = json_type(freezes)
+            details["freeze_file_problem"] = (f"{path.name} holds {kind} ({_short(freezes)}), not a JSON object: "
+                                              f"{NO_FREEZE_TO_THE_BOT}")
+            details["freeze_file_type"] = kind.split()[-1]
         else:
             found = active_freezes(freezes)
             details["freezes"] = found
             blocking += [f"freeze {f}" for f in found]
     except FileProblem as exc:
         if exc.kind != "missing":  # no freezes file means no freeze
-            blocking.append(f"{exc} (treated as frozen)")
+            details["freeze_file_problem"] = f"{exc}: {NO_FREEZE_TO_THE_BOT}"
+            details["freeze_file_type"] = exc.kind
     if ctx.path("safe_mode_flag").exists():
         blocking.append("safe mode flag present (state/health_safe_mode.flag)")
         details["safe_mode"] = True
@@ -70,11 +86,33 @@ def freeze_state(ctx: Context) -> tuple[list[str], dict[str, Any]]:
     return blocking, details
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, with its article ("an array", "a boolean")."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "null"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @check("FP-3.1")
 def no_freeze(ctx: Context, p: dict[str, Any]) -> Outcome:
     blocking, details = freeze_state(ctx)
+    problem = details.get("freeze_file_problem")
     if blocking:
-        out = Outcome.error("trading blocked: " + "; ".join(blocking), blocking=blocking, **details)
+        also = f"; also {problem}" if problem else ""
+        out = Outcome.error("trading blocked: " + "; ".join(blocking) + also, blocking=blocking, **details)
+    elif problem:
+        out = Outcome.warn(problem, **details)
     else:
         out = Outcome.ok("no freeze, safe mode or kill switch", **details)
     return out.observe("trading_freezes_active", len(blocking))
@@ -260,9 +298,12 @@ def paper_mode_matches_url(ctx: Context, p: dict[str, Any]) -> Outcome:
 
 
 # --- FP-3.10 / FP-3.11: kill switch and safe mode on their own ------------------------------------
-def _others(blocking: list[str], own: str) -> str:
+def _others(blocking: list[str], own: str, details: dict[str, Any] | None = None) -> str:
     rest = [b for b in blocking if own not in b]
-    return f"; also blocking: {'; '.join(rest)}" if rest else ""
+    text = f"; also blocking: {'; '.join(rest)}" if rest else ""
+    # FP-3.1 is skipped meanwhile: its warning about an unusable freezes file is named here
+    problem = (details or {}).get("freeze_file_problem")
+    return text + (f"; and {problem}" if problem else "")
 
 
 @check("FP-3.10")
@@ -271,8 +312,8 @@ def kill_switch_off(ctx: Context, p: dict[str, Any]) -> Outcome:
     mine = [b for b in blocking if "kill switch" in b]
     if mine:
         # FP-3.1 is skipped while this fails, so every other blocker is named here
-        return Outcome.error(f"{mine[0]}{_others(blocking, 'kill switch')}", blocking=blocking, **details).observe(
-            "trading_kill_switch_enabled", 1)
+        text = f"{mine[0]}{_others(blocking, 'kill switch', details)}"
+        return Outcome.error(text, blocking=blocking, **details).observe("trading_kill_switch_enabled", 1)
     return Outcome.ok("kill switch off").observe("trading_kill_switch_enabled", 0)
 
 
@@ -281,6 +322,6 @@ def safe_mode_off(ctx: Context, p: dict[str, Any]) -> Outcome:
     blocking, details = freeze_state(ctx)
     mine = [b for b in blocking if "safe mode" in b]
     if mine:
-        return Outcome.error(f"{mine[0]}{_others(blocking, 'safe mode')}", blocking=blocking, **details).observe(
-            "trading_safe_mode_active", 1)
+        text = f"{mine[0]}{_others(blocking, 'safe mode', details)}"
+        return Outcome.error(text, blocking=blocking, **details).observe("trading_safe_mode_active", 1)
     return Outcome.ok("no safe-mode flag").observe("trading_safe_mode_active", 0)

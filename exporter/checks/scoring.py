@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import funnel
+from .. import funnel, market
 from ..context import Context
 from ..engine import check
 from ..model import Outcome, iso_utc
@@ -45,15 +46,26 @@ def band_problems(bands: Any) -> tuple[list[str], int]:
     return problems, valid
 
 
+#: what main.py does without state/signal_weights.json (adaptive_signal_optimizer._load_state)
+DEFAULT_WEIGHTS_TEXT = ("the bot trades on its built-in default weights until the learner's first save "
+                        "writes the file (normal on a fresh install)")
+
+
 @check("FP-2.1")
 def weights_initialised(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         data = load_state_json(ctx, "weights", int(p["retries"]), float(p["retry_delay_seconds"]))
     except FileProblem as exc:
+        if exc.kind == "missing":
+            # the optimizer falls back to its default bands (all 21 components, current 1.0)
+            return Outcome.ok(f"{ctx.path('weights').name} absent: {DEFAULT_WEIGHTS_TEXT}", source="defaults",
+                              valid_components=len(ENTRY_COMPONENTS),
+                              expected_components=len(ENTRY_COMPONENTS)).observe(
+                "trading_weights_components", len(ENTRY_COMPONENTS))
         return Outcome.error(str(exc), problem=exc.kind).observe("trading_weights_components", 0)
     entry = data.get("entry_weights") if isinstance(data, dict) else None
     problems, valid = band_problems(entry.get("weight_bands") if isinstance(entry, dict) else None)
-    details = {"valid_components": valid, "expected_components": len(ENTRY_COMPONENTS)}
+    details = {"valid_components": valid, "expected_components": len(ENTRY_COMPONENTS), "source": "file"}
     if problems:
         shown = "; ".join(problems[:4]) + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else "")
         where = ("" if isinstance(data, dict)
@@ -184,21 +196,32 @@ def regime_detection(ctx: Context, p: dict[str, Any]) -> Outcome:
     details: dict[str, Any] = {"tide_points": s.tide_points, "regime_errors": n_err}
     if s.tide_newest is not None:
         details["tide_newest"] = iso_utc(s.tide_newest)
+    now = ctx.now()
+    # the daemon polls the tide only from 09:30 ET: until its first in-session poll the cache
+    # holds the previous session's point, so age is counted from the open at the earliest
+    opened = datetime.combine(session.now.astimezone(market.NY).date(), market.REGULAR_OPEN, market.NY).timestamp()
+    limit = float(p["max_age_seconds"])
+    points = f"{s.tide_points} point" + ("s" if s.tide_points != 1 else "")
     out: Outcome
     if not s.tide_present:
         out = Outcome.warn("the cache has no _market_tide: the regime cannot be determined", **details)
     elif s.tide_points == 0:
         out = Outcome.warn("_market_tide holds no data points: the regime cannot be determined", **details)
-    elif s.tide_newest is not None and ctx.now() - s.tide_newest > float(p["max_age_seconds"]):
-        age = ctx.now() - s.tide_newest
-        out = Outcome.warn(f"newest market-tide point is {age_text(age)} old (limit {p['max_age_seconds']:g} s "
-                           "in session): the regime is computed from stale data", age_seconds=round(age), **details)
+    elif s.tide_newest is not None and now - max(s.tide_newest, opened) > limit:
+        age = now - s.tide_newest
+        out = Outcome.warn(f"newest market-tide data is {age_text(age)} old (limit {limit:g} s in session; the "
+                           "daemon polls it every 600 s): the regime is computed from stale data",
+                           age_seconds=round(age), **details)
     elif logged is not None:
         out = logged
         out.details.update(details)
+    elif s.tide_newest is not None and s.tide_newest < opened:
+        out = Outcome.ok(f"market tide has {points} from before the open ({age_text(max(0, now - s.tide_newest))} "
+                         f"old): the daemon's first in-session poll is due (warns {limit:g} s after the open)",
+                         **details)
     else:
-        out = Outcome.ok(f"market tide has {s.tide_points} points"
-                         + (f", newest {age_text(max(0, ctx.now() - s.tide_newest))} old"
+        out = Outcome.ok(f"market tide has {points}"
+                         + (f", newest {age_text(max(0, now - s.tide_newest))} old"
                             if s.tide_newest is not None else ""), **details)
     return out.observe("trading_market_tide_timestamp_seconds", s.tide_newest)
 
@@ -230,6 +253,10 @@ def weights_saved(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         data = _weights_read(ctx, p, torn_at)
     except FileProblem as exc:
+        if exc.kind == "missing":
+            # no save is not a failed save: nothing has been learned yet, so nothing can be stale
+            return Outcome.skipped(f"{ctx.path('weights').name} not saved yet: {DEFAULT_WEIGHTS_TEXT}",
+                                   source="defaults").observe("trading_weights_saved_timestamp_seconds", None)
         return Outcome.error(f"{exc} (see FP-2.1)", problem=exc.kind)
     window = float(p["torn_window_seconds"])
     torn_at[:] = [t for t in torn_at if now - t <= window]

@@ -123,23 +123,31 @@ def state_files_parse(ctx: Context, p: dict[str, Any]) -> Outcome:
     judged = set(ctx.config.enabled_ids())
     owners = {str(rel): str(fp) for rel, fp in (p.get("owners") or {}).items() if str(fp) in judged}
     paged = sorted({owners[rel] for rel in corrupt_files if rel in owners})
+    # a file the bot reads as empty when it does not parse (the freezes file: no freeze) stops
+    # nothing: it is a warning wherever it is named
+    as_empty = {str(rel): str(what) for rel, what in (p.get("read_as_empty") or {}).items()}
+    empty_named = [f"the bot reads {rel} as {as_empty[rel]}" for rel in corrupt_files
+                   if rel in as_empty and rel not in owners]
     details = {"parsed": checked, "corrupt": corrupt, "absent": absent, "also_error_in": paged}
     if corrupt:
         text = f"{len(corrupt)} state file(s) corrupt: " + "; ".join(corrupt)
-        if all(rel in owners for rel in corrupt_files):
-            out = Outcome.warn(f"{text} (each is ERROR in its own point: {', '.join(paged)})", **details)
+        notes = ([f"each is ERROR in its own point: {', '.join(paged)}"] if paged else []) + empty_named
+        if all(rel in owners or rel in as_empty for rel in corrupt_files):
+            out = Outcome.warn(f"{text} ({'; '.join(notes)})", **details)
         else:
             out = Outcome.error(text, **details)
     else:
-        out = Outcome.ok(f"{len(checked)} state files parse" + (f" ({len(absent)} absent: see FP-5.4)"
+        # an absent file is no corruption; its own point (FP-2.1, FP-3.1, ...) judges the absence
+        out = Outcome.ok(f"{len(checked)} state files parse" + (f" ({len(absent)} absent: {', '.join(absent)})"
                                                                if absent else ""), **details)
     return out.observe("trading_state_files_corrupt", len(corrupt))
 
 
 @check("FP-5.4")
 def required_files(ctx: Context, p: dict[str, Any]) -> Outcome:
-    """Without its scripts, .env, cache or weights the bot cannot start or trades blind; without
-    writable state/log directories it crashes on its first write."""
+    """Without its scripts, .env or cache the bot cannot start or trades blind; without writable
+    state/log directories it crashes on its first write. (The weights file is not required: the
+    bot trades on built-in default weights until its learner first saves it.)"""
     missing: list[str] = []
     unwritable: list[str] = []
     for rel in p["files"]:
