@@ -314,3 +314,15 @@ def test_recorded_broker_refuses_orders_like_the_recording(servers: tuple[Record
     assert sorted(p["symbol"] for p in positions) == ["AAPL", "MSFT", "NVDA"]
     assert requests.get(f"{alpaca.url}/v2/clock", headers=h, timeout=5).json()["is_open"] is True
 
+
+
+def test_main_cycles_are_three_in_session_with_no_clusters(judged: dict[str, Judged]) -> None:
+    """FP-1.7's `cycles` (10) in-session cycles without clusters make a warning; main/ has 3, all
+    with clusters 0 and all in today's (forced open) session: not yet a failure, so OK."""
+    j = judged[MAIN_END.name]
+    cycles = [r for r in map(json.loads, (j.root / "logs/run.jsonl").open()) if r.get("msg") == "complete"]
+    assert len(cycles) == 3 and all(r["clusters"] == 0 and r["orders"] == 0 for r in cycles)
+    assert all(0 <= j.shifter.now - r["_ts"] <= 200 for r in cycles), [r["_ts"] for r in cycles]
+    res = j.data["failure_points"]["FP-1.7"]
+    assert res["status"] == OK, describe("FP-1.7", res)
+    assert res["details"].get("cycles") == 3, describe("FP-1.7", res)
