@@ -46,7 +46,10 @@ def _add_globals(p: argparse.ArgumentParser, *, in_command: bool) -> None:
     for flag, (metavar, text) in GLOBAL_HELP.items():
         # inside a command the option is left out of the namespace when absent, so it never
         # overwrites a value given before the command
-        p.add_argument(flag, metavar=metavar, help=text, **({"default": argparse.SUPPRESS} if in_command else {}))
+        if in_command:
+            p.add_argument(flag, metavar=metavar, help=text, default=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, metavar=metavar, help=text)
 
 
 def _json_flag(p: argparse.ArgumentParser, what: str) -> None:
