@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the catalog as JSON (default: off, one line per point)")
     g.add_argument("--markdown", action="store_true", help="print docs/FAILURE_POINTS.md (default: off)")
 
-    cfg = command("config", "inspect the configuration")
+    cfg = command("config", "validate the configuration and the bot root without the network (config check)")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     cc = cfg_sub.add_parser("check", help="validate the config, the bot root, .env and the limits without "
                             "touching the network or spending UW quota; exit 0 if fine, else 3",
