@@ -1,6 +1,6 @@
 """The failure-point catalog: one YAML file, the single source of truth.
 
-Rules, dashboards, docs/FAILURE_POINTS.md and the README metrics table are generated from it.
+Rules, dashboards, docs/FAILURE_POINTS.md and the metrics and runbook tables in docs/ are generated from it.
 A malformed catalog is a programming error caught by the test suite, so loading is strict.
 """
 

@@ -7,15 +7,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
 from .botenv import Redactor, secret_values, url_credentials
 from .catalog import CatalogError
 from .catalog import load as load_catalog
-from .config import Config, ConfigError
+from .config import DEFAULTS, Config, ConfigError
 from .config import load as load_config
+from .preflight import BotRootError, config_check, require_bot_root
 
 EXIT_UNKNOWN = 3
 
@@ -31,39 +32,85 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+#: Options every command accepts, before or after the command word. Given in both places, the
+#: value after the command wins (the one nearest the command, as with any option given twice).
+GLOBAL_HELP = {
+    "--config": ("FILE", "config file (default: $TRADING_READINESS_CONFIG, else <bot root>/trading-readiness.yaml "
+                         "if present, else the built-in defaults for stock-bot)"),
+    "--bot-root": ("DIR", "the bot's working directory; paths in the config are relative to it (default: "
+                          "bot_root: in the config, else $TRADING_READINESS_BOT_ROOT, else the current directory)"),
+}
+
+
+def _add_globals(p: argparse.ArgumentParser, *, in_command: bool) -> None:
+    for flag, (metavar, text) in GLOBAL_HELP.items():
+        # inside a command the option is left out of the namespace when absent, so it never
+        # overwrites a value given before the command
+        if in_command:
+            p.add_argument(flag, metavar=metavar, help=text, default=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, metavar=metavar, help=text)
+
+
+def _json_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON (default: off, a table for people)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="trading-readiness", description="Is the trading bot able to trade, right now, and why not?")
-    p.add_argument("--config", metavar="FILE", help="config file (default: $TRADING_READINESS_CONFIG, "
-                                                     "else <bot root>/trading-readiness.yaml, else built-in)")
-    p.add_argument("--bot-root", metavar="DIR", help="the bot's working directory (default: "
-                                                       "$TRADING_READINESS_BOT_ROOT or the current directory)")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    listen = DEFAULTS["exporter"]["listen"]
+    heal_listen = DEFAULTS["healer"]["listen"]
+    p = _Parser(prog="trading-readiness", description="Is the trading bot able to trade, right now, and why not? "
+                "Exit codes: 0 READY, 1 DEGRADED, 2 BLOCKED, 3 UNKNOWN.",
+                epilog="--config and --bot-root may also be given after the command; given in both places, "
+                       "the value after the command wins.")
+    _add_globals(p, in_command=False)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                   help="print the version and exit (default: off)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    c = sub.add_parser("check", help="run every enabled check once and exit by readiness")
-    c.add_argument("--json", action="store_true", help="print the JSON result")
-    c.add_argument("--only", nargs="+", metavar="FP", help="run only these failure points (e.g. FP-1.3)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=text, description=text)
+        _add_globals(c, in_command=True)
+        return c
 
-    pr = sub.add_parser("probe", help="trace a synthetic signal through the decision path (never orders)")
-    pr.add_argument("--json", action="store_true")
+    c = command("check", "run every enabled check once, print a table and exit by readiness")
+    _json_flag(c, "the CONTRACT result")
+    c.add_argument("--only", nargs="+", metavar="FP", help="run only these failure points, e.g. --only FP-1.1 FP-1.3 "
+                   "(default: every enabled point)")
 
-    v = sub.add_parser("verify", help="config + all checks + probe + rule validation; writes the result record")
-    v.add_argument("--json", action="store_true")
+    pr = command("probe", "trace a synthetic signal through the decision path (never orders)")
+    _json_flag(pr, "the stages")
 
-    s = sub.add_parser("serve", help="run the Prometheus exporter and status page")
-    s.add_argument("--listen", metavar="HOST:PORT")
+    v = command("verify", "config + all checks + probe + rule validation; writes the result record")
+    _json_flag(v, "the verification record")
 
-    h = sub.add_parser("heal", help="run the Alertmanager webhook receiver that runs healers")
-    h.add_argument("--listen", metavar="HOST:PORT")
-    h.add_argument("--insecure-no-auth", action="store_true", help="accept webhooks without a bearer token")
-    h.add_argument("--dry-run", action="store_true", help="log what would run, run nothing")
+    s = command("serve", "run the Prometheus exporter and status page")
+    s.add_argument("--listen", metavar="HOST:PORT", help=f"address to serve on (default: exporter.listen in the "
+                   f"config, {listen})")
 
-    cat = sub.add_parser("catalog", help="print the failure-point catalog")
+    h = command("heal", "run the Alertmanager webhook receiver that runs healers")
+    h.add_argument("--listen", metavar="HOST:PORT", help=f"address to receive webhooks on (default: healer.listen "
+                   f"in the config, {heal_listen})")
+    h.add_argument("--insecure-no-auth", action="store_true", help="accept webhooks without a bearer token when "
+                   "TRADING_READINESS_HEALER_TOKEN is unset (default: off, refuse to start without a token)")
+    h.add_argument("--dry-run", action="store_true", help="log and record what would run, run nothing (default: "
+                   "healer.dry_run in the config, false)")
+
+    cat = command("catalog", "print the failure-point catalog")
     g = cat.add_mutually_exclusive_group()
-    g.add_argument("--json", action="store_true")
-    g.add_argument("--markdown", action="store_true")
+    g.add_argument("--json", action="store_true", help="print the catalog as JSON (default: off, one line per point)")
+    g.add_argument("--markdown", action="store_true", help="print docs/FAILURE_POINTS.md (default: off)")
 
-    sb = sub.add_parser("sandbox", help="run a simulated bot environment on loopback")
+    cfg = command("config", "validate the configuration and the bot root without the network (config check)")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    cc = cfg_sub.add_parser("check", help="validate the config, the bot root, .env and the limits without "
+                            "touching the network or spending UW quota; exit 0 if fine, else 3",
+                            description="validate the config, the bot root, .env and the limits without touching "
+                            "the network or spending UW quota; exit 0 if fine, else 3 with one line per problem")
+    _add_globals(cc, in_command=True)
+
+    sb = sub.add_parser("sandbox", help="run a simulated bot environment on loopback (its own options: "
+                        "trading-readiness sandbox --help)")
     sb.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
@@ -86,12 +133,38 @@ def cmd_check(args: argparse.Namespace) -> int:
         planned = [fp for fp in args.only if cfg.catalog[fp].detection != "implemented"]
         if planned:
             raise UsageError(f"no detection implemented yet for {', '.join(planned)}")
+    require_bot_root(cfg)
     report = engine.report(args.only)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(table(report))
     return report.readiness.exit_code
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``config check``: one report line per thing looked at; each problem on stderr, exit 3."""
+    if args.config_command != "check":
+        raise UsageError("trading-readiness config: an ACTION is required (check); see config --help")
+    result = config_check(_config(args))
+    for line in result.lines:
+        print(line)
+    for problem in result.problems:
+        print(f"problem: {problem}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+    if result.ok:
+        print("ok: the config and the bot root look right (nothing was sent over the network)")
+        return 0
+    print(f"{len(result.problems)} problem(s)")
+    return EXIT_UNKNOWN
+
+
+def _with_bot_root(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """Commands that read the bot root: refuse a directory that is not one, in one line, before
+    the command reports every failure point as failing."""
+    def run(args: argparse.Namespace) -> int:
+        require_bot_root(_config(args))
+        return _delegate(module, func, args)
+    return run
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -140,9 +213,10 @@ def _delegate(module: str, func: str, args: argparse.Namespace) -> int:
 COMMANDS = {
     "check": cmd_check,
     "catalog": cmd_catalog,
-    "probe": lambda a: _delegate("exporter.probe", "cli_probe", a),
-    "verify": lambda a: _delegate("exporter.verify", "cli_verify", a),
-    "serve": lambda a: _delegate("exporter.server", "cli_serve", a),
+    "config": cmd_config,
+    "probe": _with_bot_root("exporter.probe", "cli_probe"),
+    "verify": _with_bot_root("exporter.verify", "cli_verify"),
+    "serve": _with_bot_root("exporter.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.receiver", "cli_heal", a),
     "sandbox": lambda a: _delegate("exporter.sim.sandbox", "cli_sandbox", a),
 }
@@ -173,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.rest = sandbox_rest
         if not args.command:
             raise UsageError("trading-readiness: a COMMAND is required (check, probe, verify, serve, heal, "
-                             "catalog, sandbox); see --help")
+                             "catalog, config, sandbox); see --help")
         return int(COMMANDS[args.command](args))
     except UsageError as exc:
         # an argument may contain a line break; the error stays one line
@@ -181,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNKNOWN
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN
+    except BotRootError as exc:
+        print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return EXIT_UNKNOWN
     except CatalogError as exc:
         print(f"catalog error: {exc}", file=sys.stderr)

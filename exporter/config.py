@@ -413,5 +413,5 @@ def load(config_file: str | None = None, bot_root: str | None = None) -> Config:
         root = Path(os.environ.get(BOT_ROOT_ENV) or ".")
     root = root.resolve()
     if not root.is_dir():
-        raise ConfigError([f"bot root {root} is not a directory"])
+        raise ConfigError([f"bot root {root} {'is not a directory' if root.exists() else 'does not exist'}"])
     return Config(data=data, bot_root=root, source=src, catalog=cat)

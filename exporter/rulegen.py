@@ -18,6 +18,10 @@ import yaml
 
 from .catalog import Catalog, FailurePoint, load
 
+#: Where this repository's docs/ are published; every alert's runbook_url points below it (a fork
+#: or an internal mirror changes this one line, or the two runbook keys of CONFIG).
+DOCS_BASE_URL = "https://github.com/stock-bot/trading-readiness/blob/main/docs"
+
 #: The one config object: change here, run `make generate`, never edit the generated files.
 CONFIG: dict[str, Any] = {
     "exporter_job": "trading-readiness",
@@ -37,9 +41,10 @@ CONFIG: dict[str, Any] = {
     "default_max_warnings": 2,
     # Overrides every per-point `alert_for` from the catalog when set (tests use "0s").
     "failure_point_for": None,
-    "runbook_base_url": "https://github.com/stock-bot/trading-readiness/blob/main/docs/FAILURE_POINTS.md",
-    # Runbooks of the alerts about readiness as a whole and about the monitoring itself.
-    "alerts_runbook_url": "https://github.com/stock-bot/trading-readiness/blob/main/README.md#alerts",
+    # Per-point runbooks (TradingFailurePoint): the point's section of the generated catalog.
+    "runbook_base_url": f"{DOCS_BASE_URL}/FAILURE_POINTS.md",
+    # Every other alert: its own section of docs/runbooks.md, anchored by the alert's name.
+    "alerts_runbook_base_url": f"{DOCS_BASE_URL}/runbooks.md",
     "dashboard_url": "http://127.0.0.1:3000/d/trading-readiness-overview",
     "severity": {"blocked": "critical", "degraded": "warning", "fp_error": "critical", "fp_warn": "warning",
                  "exporter_down": "critical", "stale": "warning", "healer_gave_up": "warning",
@@ -159,6 +164,11 @@ def _runbook_template(cfg: dict[str, Any]) -> str:
     return cfg["runbook_base_url"] + '#{{ $labels.fp | toLower | reReplaceAll "\\\\." "" }}'
 
 
+def alert_runbook_url(cfg: dict[str, Any], alert: str) -> str:
+    """The section of docs/runbooks.md for ``alert`` (GitHub's anchor of a heading is its lower case)."""
+    return f"{cfg['alerts_runbook_base_url']}#{alert.lower()}"
+
+
 def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recording rule and the alerts that read it: one group, so they evaluate in order."""
     sev = cfg["severity"]
@@ -177,7 +187,7 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "description": ("At least one failure point is ERROR on {{ $labels.instance }}, so the bot "
                                     "will not trade. The TradingFailurePoint alerts with severity critical name "
                                     "the points; `trading-readiness check` explains each one."),
-                    "runbook_url": cfg["alerts_runbook_url"],
+                    "runbook_url": alert_runbook_url(cfg, "TradingBlocked"),
                     "dashboard": dash,
                 },
             },
@@ -191,7 +201,7 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "description": ("More failure points are WARN on {{ $labels.instance }} than "
                                     "readiness.max_warnings allows; the bot still trades, but some signals or "
                                     "orders are being lost. The TradingFailurePoint warnings name the points."),
-                    "runbook_url": cfg["alerts_runbook_url"],
+                    "runbook_url": alert_runbook_url(cfg, "TradingDegraded"),
                     "dashboard": dash,
                 },
             },
@@ -275,7 +285,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "description": ("Prometheus cannot scrape the trading-readiness exporter (or has no target "
                                     "for it). Readiness is unknown: no alert about the bot can fire until it is "
                                     "back. Check `systemctl status trading-readiness` and the listen address."),
-                    "runbook_url": cfg["alerts_runbook_url"],
+                    "runbook_url": alert_runbook_url(cfg, "TradingReadinessExporterDown"),
                 },
             },
             {
@@ -288,7 +298,9 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "description": ("{{ $labels.fp }} was last checked {{ $value | humanizeDuration }} ago"
                                     + stale_text + ". Its status is an old result, not the present: the check "
                                     "is hung or the exporter's scheduler stopped."),
-                    "runbook_url": _runbook_template(cfg),
+                    "runbook_url": alert_runbook_url(cfg, "TradingFailurePointStale"),
+                    # what the point itself means and how to fix it
+                    "fp_runbook_url": _runbook_template(cfg),
                 },
             },
             {
@@ -302,7 +314,9 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                                     + stale_text + ", and {{ $labels.fp }} has no result yet: it exports no "
                                     "status, so it cannot block or degrade readiness. The check is hung or "
                                     "the exporter's scheduler stopped."),
-                    "runbook_url": _runbook_template(cfg),
+                    "runbook_url": alert_runbook_url(cfg, "TradingFailurePointStale"),
+                    # what the point itself means and how to fix it
+                    "fp_runbook_url": _runbook_template(cfg),
                 },
             },
             {
@@ -316,7 +330,9 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                                     "window without fixing it and will not try again until the alert resolves (the "
                                     "point is OK again), which restores its attempts. A human must fix the cause; "
                                     "see /api/heals on the healer."),
-                    "runbook_url": _runbook_template(cfg),
+                    "runbook_url": alert_runbook_url(cfg, "TradingHealerGaveUp"),
+                    # what the point itself means and how to fix it
+                    "fp_runbook_url": _runbook_template(cfg),
                 },
             },
             {
@@ -327,7 +343,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "summary": "Alerting pipeline heartbeat",
                     "description": ("Always firing. If the heartbeat receiver stops getting it, Prometheus or "
                                     "Alertmanager is down and no other alert can reach anyone."),
-                    "runbook_url": cfg["alerts_runbook_url"],
+                    "runbook_url": alert_runbook_url(cfg, "Watchdog"),
                 },
             },
         ],

@@ -112,7 +112,7 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["--config", "/nonexistent/tr.yaml", "check"], "config file /nonexistent/tr.yaml does not exist"),
-    (["--bot-root", "/nonexistent/bot", "check"], "bot root /nonexistent/bot is not a directory"),
+    (["--bot-root", "/nonexistent/bot", "check"], "bot root /nonexistent/bot does not exist"),
     (["check", "--only", "FP-9.1"], "unknown failure point FP-9.1 in --only"),
     (["check", "--bogus"], "unrecognized arguments: --bogus"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -172,6 +172,8 @@ def test_secrets_found_for_redaction(tmp_path: Path) -> None:
 
 
 def test_defaults_need_only_bot_root(tmp_path: Path) -> None:
+    for d in ("data", "state", "logs"):
+        (tmp_path / d).mkdir()
     r = run_cli("--bot-root", str(tmp_path), "check", "--json", env=clean_env())
-    assert r.returncode == 2  # an empty directory is not a working bot, and says so
+    assert r.returncode == 2  # a bot root with nothing in it is not a working bot, and says so
     assert '"readiness": "BLOCKED"' in r.stdout

@@ -20,6 +20,12 @@ from exporter.sim.botroot import BotRoot
 from tests.conftest import Procs, clean_env, run_cli
 
 
+def _bot_like(path: Path) -> Path:
+    """A directory the CLI accepts as a bot root (one that has run: it has ``state/``)."""
+    (path / "state").mkdir(exist_ok=True)
+    return path
+
+
 def _one_line_exit_3(r: subprocess.CompletedProcess[str]) -> str:
     assert r.returncode == 3, r
     err = r.stderr.strip()
@@ -124,6 +130,7 @@ def test_non_finite_numbers_in_the_config_are_config_errors(tmp_path: Path) -> N
 
 def test_a_point_named_twice_in_only_is_run_once_not_reported_hung(tmp_path: Path) -> None:
     """Two runs of one point at once made the second report the first as hung: a false BLOCKED."""
+    _bot_like(tmp_path)
     for _ in range(3):
         r = run_cli("--bot-root", str(tmp_path), "check", "--json", "--only", *["FP-1.1", "FP-6.4"] * 4)
         points = json.loads(r.stdout)["failure_points"]
@@ -159,6 +166,7 @@ def taken_port() -> Iterator[int]:
 
 
 def test_serve_listen_must_be_host_port(tmp_path: Path) -> None:
+    _bot_like(tmp_path)
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", "localhost"))
     assert err == "config error: --listen must be HOST:PORT, got 'localhost'"
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", "127.0.0.1:99999"))
@@ -166,11 +174,13 @@ def test_serve_listen_must_be_host_port(tmp_path: Path) -> None:
 
 
 def test_serve_cannot_listen_on_a_taken_port(tmp_path: Path, taken_port: int) -> None:
+    _bot_like(tmp_path)
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", f"127.0.0.1:{taken_port}"))
     assert err == f"config error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
 
 
 def test_serve_tls_files_that_cannot_be_loaded(tmp_path: Path) -> None:
+    _bot_like(tmp_path)
     cfg = tmp_path / "tr.yaml"
     cfg.write_text(f"exporter: {{tls_cert_file: {tmp_path / 'cert.pem'}, tls_key_file: {tmp_path / 'key.pem'}}}\n")
     argv = ("--config", str(cfg), "--bot-root", str(tmp_path), "serve", "--listen", "127.0.0.1:0")
