@@ -4,8 +4,9 @@ For each bot root (healthy, broken in several ways, and the real bot's recording
 point is evaluated three ways, against the same loopback servers:
 
 (a) the whole cycle at once: ``Engine(ctx).run()``, the points concurrently, dependencies honoured;
-(b) one point at a time on one shared Context, in a shuffled order and then in the reverse of that
-    order (so every pair of points runs in both relative orders), with the same fixed clock as (a);
+(b) one point at a time on one shared Context (``Engine.report([fp])``, which runs the point's
+    dependencies with it, as `check --only` does), in a shuffled order and then in the reverse of
+    that order (so every pair of points runs in both relative orders), with the same clock as (a);
 (c) ``check --json --only FP-x`` for every x on its own, each in a fresh process. Starting 51
     interpreters per root would take minutes (imports and the catalog's YAML cost ~0.5-2 s each),
     so one helper process imports the CLI and parses the catalog once, then forks a child per
@@ -14,14 +15,9 @@ point is evaluated three ways, against the same loopback servers:
 
 Compared: the status always. Messages are compared with numbers masked (ages, timings, byte
 counts and the live clock of (c) differ between runs; a changed number that matters changes the
-status too). In (a) a point whose dependency fails is SKIPPED by the engine; run alone, it is
-evaluated instead (there is no dependency result to honour). Those points are compared only
-between (b) and (c), and (a)'s skip must name a dependency that failed in (a).
-
-Documented company dependence (the catalog says so) is exempt between (b) and (c) only, see
-ALONE_DIFFERS: FP-4.8 judges the rate-limit headers of the other points' broker answers, so
-alone it has none (SKIPPED); FP-5.3 and FP-2.6 page only when the point owning a corrupt or
-missing file is not evaluated with them, which `check --only` alone never does.
+status too). Every point of every root must agree in all three ways, with no exemption: a point
+skipped for a failing dependency in the cycle is skipped for it alone too, because `--only` runs
+the dependencies; and (a)'s skip must name a dependency that failed in (a).
 
 The shuffle seed is printed with every failure; set ORDER_SEED to replay one.
 """
@@ -53,14 +49,6 @@ from .conftest import REPO, Procs, clean_env
 from .realbot import DAEMON_BEFORE_429, DAEMON_DURING_429, MAIN_END, Moment, RecordedAlpaca, build_root, force_open
 
 SEED = int(os.environ.get("ORDER_SEED", "20261206"))
-#: points whose verdict run alone (`check --only FP-x`) differs by design from their verdict in
-#: company: compared between (a) and (b), not against (c)
-ALONE_DIFFERS = {
-    "FP-4.8": "judges the X-RateLimit headers of the latest broker answer; alone, no request was made",
-    "FP-5.3": "only warns for a corrupt file whose enabled owner point (FP-2.1, FP-3.1, FP-3.10) is "
-              "evaluated with it; alone it pages itself",
-    "FP-2.6": "a missing or unreadable weights file is FP-2.1's error; alone it is this point's",
-}
 #: `check --only` processes alive at once in (c): they mostly wait (loopback I/O, retry delays)
 CLI_WIDTH = 4
 
@@ -205,7 +193,7 @@ def one_at_a_time(case: Case, order: list[str]) -> dict[str, Verdict]:
     engine = Engine(ctx)
     out = {}
     for fp in order:
-        out[fp] = _verdict(engine.run([fp])[fp])
+        out[fp] = _verdict(engine.report([fp]).results[fp])
     return out
 
 
@@ -286,17 +274,13 @@ def test_verdicts_do_not_depend_on_order(builder: Callable[[Path, Servers, float
     finally:
         if case.procs is not None:
             case.procs.stop_all()
-    # (a) skipped a point because a dependency failed: alone it is evaluated, so compare it only
-    # between (b) and (c), after checking that the named dependency did fail in (a)
-    dep_skipped = [fp for fp in ids if a[fp].skipped_by]
+    # a skip for a dependency must name one that failed in the cycle
     problems = [f"{fp}: (a) skipped it for {a[fp].skipped_by}, which is {a[a[fp].skipped_by].status} in (a)"
-                for fp in dep_skipped
+                for fp in ids if a[fp].skipped_by
                 if a[fp].skipped_by in a and a[a[fp].skipped_by].status not in (Status.ERROR.name, Status.SKIPPED.name)]
-    own = [fp for fp in ids if fp not in dep_skipped]
-    problems += differences("(a) whole cycle vs (b) shuffled", a, b1, own)
-    problems += differences("(a) whole cycle vs (b) reversed", a, b2, own)
-    problems += differences("(b) shuffled vs (b) reversed", b1, b2, ids)
-    problems += differences("(b) shuffled vs (c) --only each", b1, c, [fp for fp in ids if fp not in ALONE_DIFFERS])
+    problems += differences("(a) whole cycle vs (b) shuffled", a, b1, ids)
+    problems += differences("(a) whole cycle vs (b) reversed", a, b2, ids)
+    problems += differences("(b) shuffled vs (c) --only each", b1, c, ids)
     elapsed = time.monotonic() - started
     assert not problems, (f"{case.name}: verdicts depend on the order or company of points "
                           f"(ORDER_SEED={SEED}, order {order}; {elapsed:.1f} s: {timing}):\n" + "\n".join(problems))
