@@ -46,12 +46,12 @@ demo-deps:
 	$(call debian_deps,$(DEMO_BINARIES),$(DEMO_PACKAGES))
 
 test: system-deps $(STAMP)
-	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
+	$(VENV)/bin/ruff check exporter healers grafana rules tests bench examples
 	NO_SKIPPED_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter healers grafana tests bench examples
-	$(VENV)/bin/mypy exporter healers grafana
+	$(VENV)/bin/ruff check exporter healers grafana rules tests bench examples
+	$(VENV)/bin/mypy exporter healers grafana rules
 
 # Regenerates every committed artefact from the catalog; tests fail when these drift.
 generate: $(STAMP)

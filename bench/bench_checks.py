@@ -36,12 +36,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from exporter.catalog import load as load_catalog
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.market import NY
-from exporter.model import Status
+from exporter.bot.context import Context
+from exporter.bot.market import NY
+from exporter.core.catalog import load as load_catalog
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Status
 from exporter.sim.botroot import BotRoot, iso, ticker_entry, write_json
 
 IN_SESSION = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # Tuesday 11:00 ET, open since 09:30

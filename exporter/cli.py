@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .botenv import Redactor, secret_values, url_credentials
-from .catalog import CatalogError
-from .catalog import load as load_catalog
-from .config import DEFAULTS, Config, ConfigError
-from .config import load as load_config
-from .preflight import BotRootError, config_check, require_bot_root
+from .bot.botenv import Redactor, secret_values, url_credentials
+from .core.catalog import CatalogError
+from .core.catalog import load as load_catalog
+from .core.config import DEFAULTS, Config, ConfigError
+from .core.config import load as load_config
+from .tools.preflight import BotRootError, config_check, require_bot_root
 
 EXIT_UNKNOWN = 3
 
@@ -120,9 +120,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .context import Context
-    from .engine import Engine
-    from .render import table
+    from .bot.context import Context
+    from .core.engine import Engine
+    from .tools.render import table
 
     cfg = _config(args)
     engine = Engine(Context(cfg))
@@ -168,7 +168,7 @@ def _with_bot_root(module: str, func: str) -> Callable[[argparse.Namespace], int
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    from .render import catalog_markdown
+    from .tools.render import catalog_markdown
 
     cat = load_catalog()
     if args.markdown:
@@ -214,9 +214,9 @@ COMMANDS = {
     "check": cmd_check,
     "catalog": cmd_catalog,
     "config": cmd_config,
-    "probe": _with_bot_root("exporter.probe", "cli_probe"),
-    "verify": _with_bot_root("exporter.verify", "cli_verify"),
-    "serve": _with_bot_root("exporter.server", "cli_serve"),
+    "probe": _with_bot_root("exporter.tools.probe", "cli_probe"),
+    "verify": _with_bot_root("exporter.tools.verify", "cli_verify"),
+    "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.receiver", "cli_heal", a),
     "sandbox": lambda a: _delegate("exporter.sim.sandbox", "cli_sandbox", a),
 }

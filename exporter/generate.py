@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from .catalog import load
-from .render import catalog_markdown
+from .core.catalog import load
+from .tools.render import catalog_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,8 +27,8 @@ class GeneratorMissing(LookupError):
 #: "module:function" of every generator; each must exist (a missing one is an error, never skipped).
 GENERATORS: list[str] = [
     "exporter.generate:docs",
-    "exporter.rulegen:artefacts",
-    "exporter.deploygen:artefacts",
+    "rules.generate:artefacts",
+    "rules.deploy:artefacts",
     "grafana.dashboards:artefacts",
     "exporter.readme:artefacts",
 ]

@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import iso_utc
+from .core.model import iso_utc
 
 __all__ = ["Decision", "ReadinessGate", "ReadinessView", "Watcher"]
 
@@ -240,10 +240,10 @@ class ReadinessGate:
 
     def from_checks(self) -> ReadinessView:
         """Run every enabled check in-process (the same engine as ``check``); raises ``LookupError``."""
-        from .config import ConfigError
-        from .config import load as load_config
-        from .context import Context
-        from .engine import Engine
+        from .bot.context import Context
+        from .core.config import ConfigError
+        from .core.config import load as load_config
+        from .core.engine import Engine
 
         try:
             cfg = load_config(self.config_file, self.bot_root)

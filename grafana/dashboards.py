@@ -37,10 +37,8 @@ from grafanalib.core import (
     TimeSeries,
 )
 
-from exporter.catalog import Catalog, FailurePoint, load
-from exporter.rulegen import CONFIG
-
-from ._panels import (
+from exporter.core.catalog import Catalog, FailurePoint, load
+from grafana._panels import (
     FP_STATUS,
     READINESS,
     bar_gauge,
@@ -53,6 +51,7 @@ from ._panels import (
     target,
     value_mappings,
 )
+from rules.generate import CONFIG
 
 EXPORTER_JOB: str = CONFIG["exporter_job"]
 HEALER_JOB: str = CONFIG["healer_job"]

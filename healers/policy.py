@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.config import Config
+from exporter.core.config import Config
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_COOLDOWN = 300.0

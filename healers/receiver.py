@@ -29,12 +29,11 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from exporter.botenv import BotEnv, Redactor
-from exporter.config import Config
-from exporter.config import load as load_config
-
-from . import actions, audit
-from .policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
+from exporter.bot.botenv import BotEnv, Redactor
+from exporter.core.config import Config
+from exporter.core.config import load as load_config
+from healers import actions, audit
+from healers.policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
 
 TOKEN_ENV = "TRADING_READINESS_HEALER_TOKEN"  # noqa: S105  (a variable name, not a secret)
 EXIT_USAGE = 3
@@ -143,8 +142,8 @@ def transitive_deps(config: Config, fp: str) -> list[str]:
 
 def verify_point(config: Config, fp: str, timeout: float, interval: float, stop: threading.Event) -> tuple[bool, str]:
     """Re-evaluate ``fp`` (and what it depends on) until it is OK or ``timeout`` passes."""
-    from exporter.context import Context
-    from exporter.engine import Engine
+    from exporter.bot.context import Context
+    from exporter.core.engine import Engine
 
     deadline = time.monotonic() + timeout
     detail = "not evaluated"

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.model import Report
+from exporter.bot.context import Context
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Report
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW

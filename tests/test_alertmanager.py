@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import rulegen
-from exporter.catalog import load
+from exporter.core.catalog import load
+from rules import generate as rulegen
 
 from .conftest import wait_for
 from .prom import stop_process

@@ -7,10 +7,10 @@ import os
 import time
 from datetime import UTC, datetime
 
-from exporter.catalog import CATEGORIES, load
-from exporter.render import catalog_markdown
+from exporter.core.catalog import CATEGORIES, load
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
+from exporter.tools.render import catalog_markdown
 
 from .conftest import REPO, Procs, evaluate, run_cli
 

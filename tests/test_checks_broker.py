@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from exporter.model import Result, Status
+from exporter.core.model import Result, Status
 from exporter.sim.alpaca import FakeAlpaca, make_order, make_position
 from exporter.sim.botroot import BotRoot, append_jsonl, write_json
 

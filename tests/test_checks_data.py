@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from exporter.bot.context import Context
+from exporter.bot.funnel import REASON_LABELS, STAGES
 from exporter.checks.data import last_quota_reset, next_quota_reset
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.funnel import REASON_LABELS, STAGES
-from exporter.model import Result, Status
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Result, Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW
@@ -324,7 +324,7 @@ def test_duplicate_daemon_that_does_not_exit(bot: BotRoot, procs: Procs, tmp_pat
 def test_healthy_root_is_all_ok(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, when: datetime) -> None:
     """Every point of categories 1-3 on the healthy root, with the daemon and the bot running:
     OK in session; outside it OK or SKIPPED (market closed), never WARN or ERROR."""
-    from exporter.catalog import load
+    from exporter.core.catalog import load
 
     clock = market_at(alpaca, when)
     root = BotRoot(tmp_path / "bot", now=when.timestamp()).healthy(alpaca.url, uw.url)

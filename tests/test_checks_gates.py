@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.model import Readiness, Status
+from exporter.core.model import Readiness, Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from exporter.bot.context import Context
+from exporter.bot.market import NY
 from exporter.checks.scoring import ENTRY_COMPONENTS
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.market import NY
-from exporter.model import Status
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot, iso, write_json
 from exporter.sim.uw import FakeUW

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from exporter.model import Result, Status
+from exporter.core.model import Result, Status
 from exporter.sim.botroot import BotRoot
 
 from .conftest import check_json, clean_env, evaluate

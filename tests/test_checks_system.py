@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from exporter.bot.context import Context
 from exporter.checks.system import SCAN_TTL_SECONDS
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.model import Result, Status
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Result, Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot, iso, write_json
 from exporter.sim.uw import FakeUW

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from exporter import cli
-from exporter.config import load as load_config
-from exporter.preflight import BotRootError, require_bot_root
+from exporter.core.config import load as load_config
 from exporter.sim.botroot import BotRoot
+from exporter.tools.preflight import BotRootError, require_bot_root
 from tests.conftest import clean_env, run_cli
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.botenv import BotEnv, parse_dotenv
-from exporter.config import load
+from exporter.bot.botenv import BotEnv, parse_dotenv
+from exporter.core.config import load
 
 from .conftest import clean_env, run_cli
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
+from exporter.bot.context import Context
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
 from exporter.sim.uw import FakeUW
 
 from .conftest import Procs, clean_env, run_cli

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from exporter.model import Outcome, Report, Result
+from exporter.core.model import Outcome, Report, Result
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from tests.conftest import Procs, clean_env, run_cli

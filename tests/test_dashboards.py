@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.catalog import load
-from exporter.rulegen import RULES_PATH
+from exporter.core.catalog import load
 from grafana.dashboards import (
     DASHBOARD_DIR,
     PROVIDER_PATH,
@@ -38,6 +37,7 @@ from grafana.dashboards import (
     observation,
     to_json,
 )
+from rules.generate import RULES_PATH
 
 from .conftest import REPO, Procs, clean_env, wait_for
 from .prom import free_port

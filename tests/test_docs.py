@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter import rulegen
-from exporter.catalog import load as load_catalog
+from exporter.core.catalog import load as load_catalog
+from rules import generate as rulegen
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"

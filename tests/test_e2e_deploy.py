@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import deploygen, rulegen
+from rules import deploy as deploygen
+from rules import generate as rulegen
 
 from .conftest import REPO, clean_env
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter import engine as engine_mod
-from exporter.catalog import load as load_catalog
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine, registry
-from exporter.model import Outcome, Readiness, Status, verdict
+from exporter.bot.context import Context
+from exporter.core import engine as engine_mod
+from exporter.core.catalog import load as load_catalog
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine, registry
+from exporter.core.model import Outcome, Readiness, Status, verdict
 
 from .conftest import wait_for
 

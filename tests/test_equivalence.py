@@ -1,4 +1,4 @@
-"""The PromQL verdict (`trading:readiness:status`) equals the Python verdict (`exporter.model.verdict`).
+"""The PromQL verdict (`trading:readiness:status`) equals the Python verdict (`exporter.core.model.verdict`).
 
 Approach: hypothesis generates the cases (`@given` over a random subset of catalog points, each
 with a random status in SKIPPED/OK/WARN/ERROR, and a random max_warnings 0..4); the given
@@ -22,9 +22,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import rulegen
-from exporter.catalog import load
-from exporter.model import Status, verdict
+from exporter.core.catalog import load
+from exporter.core.model import Status, verdict
+from rules import generate as rulegen
 
 REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"

@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 
 from exporter import generate, readme
-from exporter.catalog import load as load_catalog
-from exporter.config import load as load_config
-from exporter.metrics import CORE, MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
-from exporter.model import Outcome, Status
-from exporter.scheduler import Scheduler
-from exporter.server import hash_password, make_server, verify_password
+from exporter.core.catalog import load as load_catalog
+from exporter.core.config import load as load_config
+from exporter.core.model import Outcome, Status
+from exporter.serve.metrics import CORE, MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
+from exporter.serve.scheduler import Scheduler
+from exporter.serve.server import hash_password, make_server, verify_password
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 
@@ -354,7 +354,7 @@ def test_password_hashes() -> None:
     assert h.startswith("pbkdf2_sha256$1000$") and verify_password("pw", h)
     assert not verify_password("pW", h)
     assert not verify_password("pw", "garbage") and not verify_password("pw", "bcrypt$1$zz$yy")
-    r = subprocess.run([sys.executable, "-m", "exporter.server", "hash-password"], input="pw\n", capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "exporter.serve.server", "hash-password"], input="pw\n", capture_output=True,
                        text=True, cwd=REPO, timeout=30)
     assert r.returncode == 0 and verify_password("pw", r.stdout.strip())
 

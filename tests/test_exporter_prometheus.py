@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load as load_config
+from exporter.core.config import load as load_config
 from exporter.sim.botroot import BotRoot
 
 from .conftest import wait_for

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.model import Readiness, Status
+from exporter.core.model import Readiness, Status
 from exporter.sim.alpaca import FakeAlpaca, make_position
 from exporter.sim.botroot import BotRoot, write_json
 from exporter.sim.uw import FakeUW

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.config import ConfigError
-from exporter.config import load as load_config
+from exporter.core.config import ConfigError
+from exporter.core.config import load as load_config
 from healers.audit import heal_status
 
 from .conftest import wait_for

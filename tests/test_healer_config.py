@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load
+from exporter.core.config import ConfigError, load
 from healers.policy import specs_from_config
 
 from .test_healer_helpers import HealBot, free_port, start_heal_cli

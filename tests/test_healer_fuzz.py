@@ -22,7 +22,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Config
+from exporter.core.config import Config
 from healers.receiver import MAX_ALERTS, MAX_BODY_BYTES
 
 from .test_healer_helpers import TOKEN, HealBot, alert, payload, receiver, script, wait_idle

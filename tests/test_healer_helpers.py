@@ -19,7 +19,7 @@ from typing import Any
 import requests
 import yaml
 
-from exporter.config import load as load_config
+from exporter.core.config import load as load_config
 from exporter.sim.botroot import BotRoot
 from healers.receiver import Healer, HealerServer
 

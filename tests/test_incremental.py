@@ -12,11 +12,11 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.model import Status
-from exporter.readers import ChangedFileCache, JsonlTail, find_offset, read_json
+from exporter.bot.context import Context
+from exporter.bot.readers import ChangedFileCache, JsonlTail, find_offset, read_json
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot, append_jsonl
 from exporter.sim.uw import FakeUW

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.model import Readiness, Status
+from exporter.bot.context import Context
+from exporter.core.config import load as load_config
+from exporter.core.model import Readiness, Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW

@@ -38,10 +38,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.model import Result, Status
+from exporter.bot.context import Context
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Result, Status
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW
 
@@ -56,9 +56,9 @@ CLI_WIDTH = 4
 #: point that runs `check --json --only <fp>` into <out>/<fp>.json, and answers "done"
 RUNNER = r"""
 import json, os, sys
-import exporter.cli as cli, exporter.catalog, exporter.context, exporter.engine, exporter.render
-exporter.engine.registry()  # the imports `check` does first
-exporter.catalog.load()     # the catalog is parsed once per process anyway (functools.cache)
+import exporter.cli as cli, exporter.core.catalog, exporter.bot.context, exporter.core.engine, exporter.tools.render
+exporter.core.engine.registry()  # the imports `check` does first
+exporter.core.catalog.load()     # the catalog is parsed once per process anyway (functools.cache)
 width = int(sys.argv[1])
 for line in sys.stdin:
     req = json.loads(line)

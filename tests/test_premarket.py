@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.market import NY
-from exporter.premarket import PremarketSchedule, PremarketVerifier, calendar_opens
-from exporter.scheduler import Scheduler
+from exporter.bot.context import Context
+from exporter.bot.market import NY
+from exporter.core.config import load as load_config
+from exporter.serve.premarket import PremarketSchedule, PremarketVerifier, calendar_opens
+from exporter.serve.scheduler import Scheduler
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
-from exporter.verify import HISTORY, LATEST
+from exporter.tools.verify import HISTORY, LATEST
 
 from .conftest import REPO, clean_env, wait_for
 from .prom import stop_process

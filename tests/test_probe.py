@@ -277,7 +277,7 @@ def test_config_errors_exit_3_with_one_line(bot: BotRoot, tmp_path: Path) -> Non
 
 
 ADAPTER = '''
-from exporter.pipeline import StageResult
+from exporter.tools.pipeline import StageResult
 
 class MyBot:
     def cache_read(self, ctx, s): return StageResult.passed("cache_read", "mine")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from exporter.model import Report, Status
+from exporter.core.model import Report, Status
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW
@@ -305,9 +305,9 @@ ODD_REQUESTS: dict[str, tuple[bytes, int | None]] = {
 def exporter_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """The real HTTP server in-process on an ephemeral loopback port (the scheduler is not started:
     the exposition before the first run is all these tests need)."""
-    from exporter.config import load as load_config
-    from exporter.scheduler import Scheduler
-    from exporter.server import make_server
+    from exporter.core.config import load as load_config
+    from exporter.serve.scheduler import Scheduler
+    from exporter.serve.server import make_server
 
     bot = BotRoot(tmp_path_factory.mktemp("srv") / "bot").healthy()
     server = make_server(Scheduler(load_config(None, str(bot.path))), "127.0.0.1:0")

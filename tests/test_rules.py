@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import rulegen
-from exporter.catalog import load
+from exporter.core.catalog import load
 from exporter.sim.botroot import BotRoot
+from rules import generate as rulegen
 
 from .conftest import Procs, wait_for
 from .prom import PROMETHEUS, Prometheus

@@ -17,8 +17,8 @@ import psutil
 import pytest
 import requests
 
-from exporter.config import load as load_config
-from exporter.model import Status
+from exporter.core.config import load as load_config
+from exporter.core.model import Status
 from exporter.sim import faults
 from exporter.sim.sandbox import Sandbox, SandboxError, read_state
 
@@ -205,7 +205,7 @@ def test_admin_endpoint_lists_injects_and_clears_faults(sb: Sandbox) -> None:
 
 
 def test_every_fault_names_a_catalogued_failure_point_and_a_valid_status() -> None:
-    from exporter.catalog import load
+    from exporter.core.catalog import load
 
     ids = set(load().ids())
     for f in faults.FAULTS.values():

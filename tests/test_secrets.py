@@ -20,10 +20,10 @@ import pytest
 import requests
 import yaml
 
-from exporter.config import load as load_config
-from exporter.context import Context
-from exporter.engine import Engine
-from exporter.model import Outcome
+from exporter.bot.context import Context
+from exporter.core.config import load as load_config
+from exporter.core.engine import Engine
+from exporter.core.model import Outcome
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
 from exporter.sim.uw import FakeUW
@@ -180,7 +180,7 @@ def test_a_check_that_crashes_on_a_secret_does_not_show_it(canary: Canary) -> No
 
 
 LEAKY_ADAPTER = """
-from exporter.pipeline import StageResult
+from exporter.tools.pipeline import StageResult
 
 class Leaky:
     def cache_read(self, ctx, s):

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exporter.config import load as load_config
+from exporter.core.config import load as load_config
 from exporter.sim.botroot import BotRoot, iso, write_json
 from healers.audit import AuditLog
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from exporter.broker import Broker, BrokerError
+from exporter.bot.broker import Broker, BrokerError
+from exporter.bot.uwclient import UWClient, UWError
 from exporter.integration import ReadinessGate
-from exporter.uwclient import UWClient, UWError
 
 
 class Trickle:

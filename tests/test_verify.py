@@ -16,7 +16,7 @@ import pytest
 
 from exporter.sim.alpaca import FakeAlpaca
 from exporter.sim.botroot import BotRoot
-from exporter.verify import PAUSE_ENV, validate_alerting
+from exporter.tools.verify import PAUSE_ENV, validate_alerting
 
 from .conftest import REPO, Procs, clean_env, run_cli
 

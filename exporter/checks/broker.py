@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import funnel, market
-from ..broker import BrokerError
-from ..context import Context
-from ..engine import check
-from ..model import Outcome, Status, iso_utc
-from ..readers import FileProblem, read_json
-from .common import age_text, number
+from ..bot import funnel, market
+from ..bot.broker import BrokerError
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..bot.values import age_text, number
+from ..core.engine import check
+from ..core.model import Outcome, Status, iso_utc
 
 
 def account(ctx: Context) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def alpaca_auth(ctx: Context, p: dict[str, Any]) -> Outcome:
                                               ("secret (ALPACA_SECRET, ALPACA_API_SECRET or APCA_API_SECRET_KEY)",
                                                env.alpaca_secret)) if not value]
         return Outcome.error("Alpaca " + " and ".join(missing) + " not set in the environment or .env")
-    from ..botenv import ALPACA_KEY_VARS
+    from ..bot.botenv import ALPACA_KEY_VARS
 
     key_var = env.which(*ALPACA_KEY_VARS)
     details = {"key_variable": key_var, "key_source": env.source.get(key_var or "", "")}

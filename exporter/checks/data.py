@@ -10,13 +10,13 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
-from .. import funnel, market, procs
-from ..context import Context
-from ..engine import check
-from ..model import Outcome, iso_utc
-from ..readers import FileProblem, read_json
-from ..uwclient import UWError
-from .common import age_text, number
+from ..bot import funnel, market, procs
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..bot.uwclient import UWError
+from ..bot.values import age_text, number
+from ..core.engine import check
+from ..core.model import Outcome, iso_utc
 
 #: per-ticker keys that are flow data, not enrichment (everything else dict-valued is intel)
 CORE_TICKER_KEYS = frozenset({"flow_trades", "sentiment", "conviction", "total_premium", "call_premium",

@@ -7,15 +7,15 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import funnel
-from ..botenv import ALPACA_URL_VARS
-from ..broker import BrokerError
-from ..context import Context
-from ..engine import check
-from ..model import Outcome, iso_utc
-from ..readers import FileProblem, read_json
+from ..bot import funnel
+from ..bot.botenv import ALPACA_URL_VARS
+from ..bot.broker import BrokerError
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..bot.values import load_state_json, number
+from ..core.engine import check
+from ..core.model import Outcome, iso_utc
 from .broker import broker_failed
-from .common import load_state_json, number
 
 
 def active_freezes(data: Any) -> list[str]:

@@ -7,12 +7,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import funnel, market
-from ..context import Context
-from ..engine import check
-from ..model import Outcome, iso_utc
-from ..readers import FileProblem, read_json
-from .common import age_text, load_state_json, number
+from ..bot import funnel, market
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..bot.values import age_text, load_state_json, number
+from ..core.engine import check
+from ..core.model import Outcome, iso_utc
 from .data import cache_summary, stage_errors
 
 ENTRY_COMPONENTS = (

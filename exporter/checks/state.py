@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..context import Context
-from ..engine import check
-from ..model import Outcome
-from ..readers import FileProblem, read_json
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..core.engine import check
+from ..core.model import Outcome
 
 
 @check("FP-5.1")

@@ -16,14 +16,14 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from .. import funnel, market, procs
-from ..broker import BrokerError
-from ..context import Context
-from ..engine import check
-from ..model import Outcome, iso_utc
-from ..readers import FileProblem, read_json
+from ..bot import funnel, market, procs
+from ..bot.broker import BrokerError
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..bot.values import age_text, number
+from ..core.engine import check
+from ..core.model import Outcome, iso_utc
 from .broker import broker_offset
-from .common import age_text, number
 
 T = TypeVar("T")
 

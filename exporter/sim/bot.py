@@ -41,7 +41,7 @@ from typing import Any
 
 import requests
 
-from ..botenv import BotEnv
+from ..bot.botenv import BotEnv
 from .daemon import FLAGS, append, iso, orphaned, write_atomic
 
 CACHE = Path("data/uw_flow_cache.json")

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 import requests
 
-from ..botenv import BotEnv
+from ..bot.botenv import BotEnv
 
 ET = ZoneInfo("America/New_York")
 LOCK = Path("state/uw_flow_daemon.lock")

@@ -2,7 +2,7 @@
 
 Why: the demo, the end-to-end tests and the end-to-end benchmark must drive the *same* real
 chain -- a fault in a simulated bot becomes a failing point (exporter), an alert (Prometheus
-rules from ``exporter.rulegen``), a notification (Alertmanager, optionally an HA pair), a heal
+rules from ``rules.generate``), a notification (Alertmanager, optionally an HA pair), a heal
 (the healer running the sandbox's ``restart-daemon``) and READY again. Every server is a real
 process (Debian's ``prometheus`` and ``prometheus-alertmanager``, ``trading-readiness serve`` and
 ``heal``) on 127.0.0.1 with free ports and a private work directory; :meth:`Stack.stop` kills
@@ -343,7 +343,7 @@ class Stack:
         return proc
 
     def _start_alertmanagers(self, binary: str) -> None:
-        from ..rulegen import render_stack
+        from rules.generate import render_stack
 
         token_file = self.workdir / "healer_token"
         token_file.write_text(self.token)

@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .broker import BrokerError
-from .checks.common import number
-from .checks.gates import freeze_state
-from .checks.scoring import ENTRY_COMPONENTS, band_problems
-from .context import Context
-from .readers import FileProblem, read_json
+from ..bot.broker import BrokerError
+from ..bot.context import Context
+from ..bot.readers import FileProblem, read_json
+from ..bot.values import number
+from ..checks.gates import freeze_state
+from ..checks.scoring import ENTRY_COMPONENTS, band_problems
 
 STAGES = ("cache_read", "cluster", "score", "threshold", "gates", "execution")
 

@@ -18,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .catalog import Catalog
-from .model import Status
+from .. import __version__
+from ..core.catalog import Catalog
+from ..core.model import Status
 from .scheduler import Scheduler, Snapshot
 
 log = logging.getLogger("trading_readiness.exporter")

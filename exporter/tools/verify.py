@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError
-from .config import load as load_config
-from .context import Context
-from .engine import Engine
-from .model import Readiness, iso_utc
+from ..bot.context import Context
+from ..core.config import Config, ConfigError
+from ..core.config import load as load_config
+from ..core.engine import Engine
+from ..core.model import Readiness, iso_utc
 from .probe import ProbeReport, run_probe
 
 LATEST = "trading_verification_latest.json"
@@ -91,7 +91,7 @@ class Verification:
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def validate_alerting(root: Path | None = None, rule_files: list[Path] | None = None,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from .catalog import CATEGORIES, Catalog
-from .model import Report, Status
+from ..core.catalog import CATEGORIES, Catalog
+from ..core.model import Report, Status
 
 SYMBOL = {Status.OK: "OK", Status.WARN: "WARN", Status.ERROR: "ERROR", Status.SKIPPED: "SKIP"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..context import Context
-from ..readers import FileProblem, read_json
+from .context import Context
+from .readers import FileProblem, read_json
 
 
 def number(value: Any) -> float | None:

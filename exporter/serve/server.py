@@ -6,7 +6,7 @@ broker that hangs shows up as an ERROR on the page instead of a page that hangs.
 
 Basic-auth hashes (``exporter.basic_auth_users: {user: hash}``) use the stdlib-only format
 ``pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>``; make one with
-``python -m exporter.server hash-password`` (reads the password without echo).
+``python -m exporter.serve.server hash-password`` (reads the password without echo).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__
-from .config import Config, ConfigError
-from .config import load as load_config
+from .. import __version__
+from ..core.config import Config, ConfigError
+from ..core.config import load as load_config
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
 from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound
@@ -88,7 +88,7 @@ def setup_logging(scheduler: Scheduler) -> None:
 
 # --- HTTP -----------------------------------------------------------------------------------
 def status_page() -> bytes:
-    return resources.files("exporter").joinpath("status_page.html").read_bytes()
+    return resources.files("exporter.serve").joinpath("status_page.html").read_bytes()
 
 
 class ExporterServer(ThreadingHTTPServer):
@@ -341,10 +341,10 @@ def cli_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m exporter.server hash-password``: print a hash for exporter.basic_auth_users."""
+    """``python -m exporter.serve.server hash-password``: print a hash for exporter.basic_auth_users."""
     argv = sys.argv[1:] if argv is None else argv
     if argv != ["hash-password"]:
-        print("usage: python -m exporter.server hash-password", file=sys.stderr)
+        print("usage: python -m exporter.serve.server hash-password", file=sys.stderr)
         return 3
     password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if not password:

@@ -11,7 +11,7 @@ import logging
 import threading
 from pathlib import Path
 
-from .model import Readiness, Report, iso_utc
+from ..core.model import Readiness, Report, iso_utc
 
 log = logging.getLogger("trading_readiness.exporter")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from .botenv import BotEnv
-from .config import Config
+from ..bot.botenv import BotEnv
+from ..core.config import Config
 
 
 class BotRootError(Exception):
@@ -85,8 +85,8 @@ def config_check(cfg: Config, environ: dict[str, str] | None = None) -> Prefligh
     The variables and limits are judged by the same code as FP-5.1 and FP-5.2, called directly
     (not through the engine, which would ask the broker for the market phase).
     """
-    from .engine import registry
-    from .model import Status
+    from ..core.engine import registry
+    from ..core.model import Status
 
     out = Preflight()
     out.lines.append(f"config: {cfg.source}")

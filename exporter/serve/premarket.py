@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import market
-from .broker import BrokerError
-from .context import Context
+from ..bot import market
+from ..bot.broker import BrokerError
+from ..bot.context import Context
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -233,7 +233,7 @@ class PremarketVerifier(Collector):
             return self._planned
 
     def _record_path(self) -> Path:
-        from .verify import LATEST
+        from ..tools.verify import LATEST
         return self.scheduler.config.path("verification_dir") / LATEST
 
     def _follow_record(self) -> None:
@@ -336,8 +336,8 @@ def _families(last: LastRun | None, planned: PlannedRun | None) -> list[Metric]:
 
 def run_verify_once(cfg: Any) -> int:
     """One full verification with its record files, as ``trading-readiness verify`` does."""
-    from .model import Readiness
-    from .verify import run_verification, write_record
+    from ..core.model import Readiness
+    from ..tools.verify import run_verification, write_record
 
     v = run_verification(cfg)
     try:

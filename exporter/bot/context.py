@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..core.config import Config
 from . import market
 from .botenv import BotEnv, Redactor, url_credentials
 from .broker import Broker, BrokerError
-from .config import Config
 from .readers import ChangedFileCache, Tails
 from .uwclient import UWClient
 

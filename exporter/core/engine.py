@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..bot.context import Context
 from .catalog import Catalog
-from .context import Context
 from .model import Outcome, Report, Result, Status
 
 CheckFn = Callable[[Context, dict[str, Any]], Outcome]
@@ -37,7 +37,7 @@ def check(fp: str) -> Callable[[CheckFn], CheckFn]:
 
 
 def registry() -> dict[str, CheckFn]:
-    from . import checks  # noqa: F401  (importing registers every check)
+    from .. import checks  # noqa: F401  (importing registers every check)
 
     return REGISTRY
 

@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, ConfigError
-from .config import load as load_config
-from .context import Context
-from .engine import Engine
-from .model import Report, Result, Status
+from ..bot.context import Context
+from ..core.config import Config, ConfigError
+from ..core.config import load as load_config
+from ..core.engine import Engine
+from ..core.model import Report, Result, Status
 from .readiness_log import ReadinessLog
 
 try:
@@ -29,7 +29,7 @@ except ImportError:  # the healer package is optional for the exporter
     heal_status = None  # type: ignore[assignment]
 
 try:
-    from . import funnel as funnel_mod
+    from ..bot import funnel as funnel_mod
 except ImportError:
     funnel_mod = None  # type: ignore[assignment]
 
@@ -54,7 +54,7 @@ def exporter_config_problems(config: Config) -> list[str]:
     for user, stored in (exp["basic_auth_users"] or {}).items():
         if not isinstance(stored, str) or not _HASH.match(stored):
             problems.append(f"exporter.basic_auth_users.{user} in {config.source} is not a pbkdf2_sha256 hash "
-                            "(make one with: python -m exporter.server hash-password)")
+                            "(make one with: python -m exporter.serve.server hash-password)")
     return problems
 
 

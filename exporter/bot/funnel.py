@@ -317,7 +317,7 @@ def compute(ctx: Context, cycles: int | None = None, max_age: float | None = Non
     recent = w.since(ctx.now() - age)
     symbols: int | None
     try:
-        from .checks.data import cache_summary  # late: checks import this module
+        from ..checks.data import cache_summary  # late: checks import this module
 
         symbols = len(cache_summary(ctx).symbols)
     except FileProblem:
@@ -344,7 +344,7 @@ def compute(ctx: Context, cycles: int | None = None, max_age: float | None = Non
 
 
 def market_iso(ts: float) -> str:
-    from .model import iso_utc
+    from ..core.model import iso_utc
 
     return iso_utc(ts)
 

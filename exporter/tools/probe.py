@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config, ConfigError
-from .config import load as load_config
-from .context import Context
-from .engine import redacted
-from .model import iso_utc
+from ..bot.context import Context
+from ..core.config import Config, ConfigError
+from ..core.config import load as load_config
+from ..core.engine import redacted
+from ..core.model import iso_utc
 from .pipeline import STAGES, AdapterError, ProbeSignal, StageResult, load_adapter, synthetic_flow
 
 #: the known score of the synthetic signal when ``probe.score`` is not set: above stock-bot's

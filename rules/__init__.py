@@ -1,0 +1,1 @@
+"""The Prometheus rules and Alertmanager configuration, generated from the catalog."""
