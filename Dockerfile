@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 COPY healers ./healers
 COPY grafana ./grafana
-COPY rules/__init__.py rules/generate.py rules/deploy.py ./rules/
+COPY rules ./rules
 RUN pip install --no-cache-dir . \
     && trading-readiness --version
 
