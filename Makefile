@@ -47,11 +47,13 @@ demo-deps:
 
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana rules tests bench examples
+	$(VENV)/bin/lint-imports --no-cache
 	NO_SKIPPED_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana rules tests bench examples
 	$(VENV)/bin/mypy exporter healers grafana rules
+	$(VENV)/bin/lint-imports --no-cache
 
 # Regenerates every committed artefact from the catalog; tests fail when these drift.
 generate: $(STAMP)

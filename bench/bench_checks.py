@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from exporter.bot.context import Context
 from exporter.bot.market import NY
+from exporter.checks import registry
 from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
@@ -214,7 +215,7 @@ def steady_state(root: Path, servers: Servers, into: Measured, cycles: int, ids:
     pause = PAUSE_SECONDS if refetch else 0.0
     cfg = load_config(str(cfg_file), str(root))
     ctx = Context(cfg, environ={}, clock=servers.clock)
-    eng = Engine(ctx)
+    eng = Engine(ctx, registry())
     ids = ids or cfg.enabled_ids()
     into.points = len(ids)
     c0 = time.process_time()

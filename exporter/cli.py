@@ -121,11 +121,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .bot.context import Context
+    from .checks import registry
     from .core.engine import Engine
     from .tools.render import table
 
     cfg = _config(args)
-    engine = Engine(Context(cfg))
+    engine = Engine(Context(cfg), registry())
     if args.only:
         unknown = [fp for fp in args.only if fp not in cfg.catalog.points]
         if unknown:

@@ -241,6 +241,7 @@ class ReadinessGate:
     def from_checks(self) -> ReadinessView:
         """Run every enabled check in-process (the same engine as ``check``); raises ``LookupError``."""
         from .bot.context import Context
+        from .checks import registry
         from .core.config import ConfigError
         from .core.config import load as load_config
         from .core.engine import Engine
@@ -251,7 +252,7 @@ class ReadinessGate:
             raise LookupError(f"config error: {exc}") from None
         try:
             ctx = Context(cfg, environ=self._environ, clock=self._clock)
-            report = Engine(ctx).report()
+            report = Engine(ctx, registry()).report()
             data = report.to_json()
         except Exception as exc:  # anything here means "could not evaluate", never a crash of the bot
             raise LookupError(f"in-process checks failed: {type(exc).__name__}: {exc}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from .core.catalog import Catalog, load
 from .core.config import DEFAULTS
 from .serve.metrics import CORE, CORE_COUNTERS, CORE_LABELS
-from .serve.premarket import _families as premarket_families
+from .serve.premarket import families as premarket_families
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS_DOC = "docs/metrics.md"

@@ -143,6 +143,7 @@ def transitive_deps(config: Config, fp: str) -> list[str]:
 def verify_point(config: Config, fp: str, timeout: float, interval: float, stop: threading.Event) -> tuple[bool, str]:
     """Re-evaluate ``fp`` (and what it depends on) until it is OK or ``timeout`` passes."""
     from exporter.bot.context import Context
+    from exporter.checks import registry
     from exporter.core.engine import Engine
 
     deadline = time.monotonic() + timeout
@@ -152,7 +153,7 @@ def verify_point(config: Config, fp: str, timeout: float, interval: float, stop:
         runs += 1
         try:
             # a fresh context each time: nothing cached from before the action may vouch for it
-            result = Engine(Context(config)).run(transitive_deps(config, fp)).get(fp)
+            result = Engine(Context(config), registry()).run(transitive_deps(config, fp)).get(fp)
             if result is None:
                 detail = "the engine returned no result"
             else:

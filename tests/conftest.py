@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from exporter.bot.context import Context
+from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Report
@@ -162,7 +163,7 @@ def evaluate(root: Path, only: list[str] | None = None, config: Path | None = No
     logic; ``isolated=False`` runs their dependencies too, as `check --only` does."""
     cfg = load_config(str(config) if config else None, str(root))
     ctx = Context(cfg, environ=environ if environ is not None else {}, clock=clock)
-    return Engine(ctx).report(only, with_dependencies=not isolated)
+    return Engine(ctx, registry()).report(only, with_dependencies=not isolated)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ import pytest
 
 from exporter.bot.context import Context
 from exporter.bot.funnel import REASON_LABELS, STAGES
+from exporter.checks import registry
 from exporter.checks.data import last_quota_reset, next_quota_reset
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
@@ -164,7 +165,7 @@ def test_fp16_does_not_depend_on_what_fp15_probed(sbot: BotRoot, alpaca: FakeAlp
     uw.set_mode("429")
     clock = market_at(alpaca, OPEN)
     ctx = Context(load_config(None, str(sbot.path)), environ={}, clock=clock)
-    eng = Engine(ctx)
+    eng = Engine(ctx, registry())
     first = eng.run(["FP-1.6"])["FP-1.6"]
     probe = eng.run(["FP-1.5"])["FP-1.5"]
     assert probe.status is Status.WARN and "429" in probe.outcome.message

@@ -11,7 +11,8 @@ import pytest
 
 from exporter.bot.context import Context
 from exporter.bot.market import NY
-from exporter.checks.scoring import ENTRY_COMPONENTS
+from exporter.bot.weights import ENTRY_COMPONENTS
+from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
@@ -234,7 +235,7 @@ def test_torn_weight_writes_are_counted(sbot: BotRoot, alpaca: FakeAlpaca, tmp_p
     clock_at = [OPEN.timestamp()]
     market_at(alpaca, OPEN)
     ctx = Context(load_config(str(cfg), str(sbot.path)), environ={}, clock=lambda: clock_at[0])
-    eng = Engine(ctx)
+    eng = Engine(ctx, registry())
     path = sbot.p("state/signal_weights.json")
 
     def torn_write() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.bot.context import Context
+from exporter.checks import registry
 from exporter.checks.system import SCAN_TTL_SECONDS
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
@@ -73,7 +74,7 @@ def _restart_bot(running: Procs) -> None:
 
 def test_crash_loop_seen_across_cycles(bot: BotRoot, running: Procs) -> None:
     shift = [0.0]  # the exporter's clock; moved forward to let the 10 min window pass
-    engine = Engine(Context(load_config(None, str(bot.path)), environ={}, clock=lambda: time.time() + shift[0]))
+    engine = Engine(Context(load_config(None, str(bot.path)), environ={}, clock=lambda: time.time() + shift[0]), registry())
 
     def status() -> Result:
         return engine.run(["FP-6.2"])["FP-6.2"]
@@ -142,7 +143,7 @@ def test_stuck_bot_seen_through_a_restamped_heartbeat(stale: BotRoot, alpaca: Fa
 def test_stuck_judged_incrementally_in_one_context(stale: BotRoot, alpaca: FakeAlpaca) -> None:
     t = OPEN.timestamp()
     clock = market_at(alpaca, OPEN)
-    engine = Engine(Context(load_config(None, str(stale.path)), environ={}, clock=clock))
+    engine = Engine(Context(load_config(None, str(stale.path)), environ={}, clock=clock), registry())
     assert engine.run(["FP-6.3"])["FP-6.3"].status is Status.ERROR
     stale.run_cycles(1, end=t - 5)
     r = engine.run(["FP-6.3"])["FP-6.3"]

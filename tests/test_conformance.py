@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from exporter.bot.context import Context
+from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.sim.uw import FakeUW
@@ -243,7 +244,7 @@ def test_uw_usage_observation_is_calls_today(servers: tuple[RecordedAlpaca, Fake
     now = time.time()
     root, _ = build_root(m, tmp_path / m.root, now, alpaca.url, uw.url)
     ctx = Context(load_config(None, str(root)), environ={}, clock=lambda: now)
-    res = Engine(ctx).run(["FP-1.6"])["FP-1.6"]
+    res = Engine(ctx, registry()).run(["FP-1.6"])["FP-1.6"]
     used = [o.value for o in res.outcome.observations if o.name == "trading_uw_quota_used"]
     assert used == [CALLS_TODAY[moment]], (
         f"[{moment}] FP-1.6 expected trading_uw_quota_used {CALLS_TODAY[moment]}; actual {used}, "

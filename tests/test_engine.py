@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from exporter.bot.context import Context
+from exporter.checks import registry
 from exporter.core import engine as engine_mod
 from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
-from exporter.core.engine import Engine, registry
+from exporter.core.engine import Engine
 from exporter.core.model import Outcome, Readiness, Status, verdict
 
 from .conftest import wait_for
@@ -30,7 +31,7 @@ def test_registered_ids_match_the_catalog() -> None:
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
     """An engine whose FP-1.2/FP-1.3/FP-1.4 checks are replaced by controllable functions."""
     cfg = load_config(None, str(tmp_path))
-    return Engine(Context(cfg, environ={}))
+    return Engine(Context(cfg, environ={}), registry())
 
 
 def _swap(monkeypatch: pytest.MonkeyPatch, eng: Engine, fp: str, fn) -> None:  # type: ignore[no-untyped-def]
@@ -65,7 +66,7 @@ def test_a_hanging_check_times_out_and_never_blocks_others(scratch: Engine, monk
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("checks:\n  FP-2.1: {timeout_seconds: 0.5}\n")
-    eng = Engine(Context(load_config(str(cfg), str(tmp_path)), environ={}))
+    eng = Engine(Context(load_config(str(cfg), str(tmp_path)), environ={}), registry())
     _swap(monkeypatch, eng, "FP-2.1", hang)
     _swap(monkeypatch, eng, "FP-3.1", quick)
     res = eng.run(["FP-2.1", "FP-3.1"])

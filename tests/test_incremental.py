@@ -14,6 +14,7 @@ from pathlib import Path
 
 from exporter.bot.context import Context
 from exporter.bot.readers import ChangedFileCache, JsonlTail, find_offset, read_json
+from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
@@ -158,7 +159,7 @@ def test_engine_cycles_reparse_the_cache_only_on_change(tmp_path: Path, alpaca: 
     clock = market_at(alpaca, when)
     root = BotRoot(tmp_path / "bot", now=when.timestamp()).healthy(alpaca.url, uw.url)
     ctx = Context(load_config(None, str(root.path)), environ={}, clock=clock)
-    eng = Engine(ctx)
+    eng = Engine(ctx, registry())
     only = ["FP-1.2", "FP-1.3", "FP-1.4", "FP-1.9", "FP-2.4", "FP-2.5", "FP-1.7", "FP-1.8", "FP-3.4", "FP-1.6"]
     first = eng.run(only)
     assert all(r.status is Status.OK for r in first.values()), {fp: r.outcome.message for fp, r in first.items()}

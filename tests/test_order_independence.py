@@ -3,7 +3,7 @@
 For each bot root (healthy, broken in several ways, and the real bot's recordings) every enabled
 point is evaluated three ways, against the same loopback servers:
 
-(a) the whole cycle at once: ``Engine(ctx).run()``, the points concurrently, dependencies honoured;
+(a) the whole cycle at once: ``Engine(ctx, registry()).run()``, the points concurrently, dependencies honoured;
 (b) one point at a time on one shared Context (``Engine.report([fp])``, which runs the point's
     dependencies with it, as `check --only` does), in a shuffled order and then in the reverse of
     that order (so every pair of points runs in both relative orders), with the same clock as (a);
@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from exporter.bot.context import Context
+from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Result, Status
@@ -56,8 +57,8 @@ CLI_WIDTH = 4
 #: point that runs `check --json --only <fp>` into <out>/<fp>.json, and answers "done"
 RUNNER = r"""
 import json, os, sys
-import exporter.cli as cli, exporter.core.catalog, exporter.bot.context, exporter.core.engine, exporter.tools.render
-exporter.core.engine.registry()  # the imports `check` does first
+import exporter.cli as cli, exporter.checks, exporter.core.catalog, exporter.bot.context, exporter.core.engine, exporter.tools.render
+exporter.checks.registry()  # the imports `check` does first
 exporter.core.catalog.load()     # the catalog is parsed once per process anyway (functools.cache)
 width = int(sys.argv[1])
 for line in sys.stdin:
@@ -185,12 +186,12 @@ def _verdict(r: Result) -> Verdict:
 
 def whole_cycle(case: Case) -> dict[str, Verdict]:
     ctx = Context(load_config(None, str(case.root)), environ=clean_env(), clock=lambda: case.now)
-    return {fp: _verdict(r) for fp, r in Engine(ctx).run().items()}
+    return {fp: _verdict(r) for fp, r in Engine(ctx, registry()).run().items()}
 
 
 def one_at_a_time(case: Case, order: list[str]) -> dict[str, Verdict]:
     ctx = Context(load_config(None, str(case.root)), environ=clean_env(), clock=lambda: case.now)
-    engine = Engine(ctx)
+    engine = Engine(ctx, registry())
     out = {}
     for fp in order:
         out[fp] = _verdict(engine.report([fp]).results[fp])

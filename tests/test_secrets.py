@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from exporter.bot.context import Context
+from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Outcome
@@ -164,7 +165,7 @@ def test_config_errors_and_the_catalog_hide_secrets(canary: Canary) -> None:
 def test_a_check_that_crashes_on_a_secret_does_not_show_it(canary: Canary) -> None:
     """A bug that formats a credential into an exception or a detail is still redacted."""
     ctx = Context(load_config(None, str(canary.root)), environ=canary.env)
-    engine = Engine(ctx)
+    engine = Engine(ctx, registry())
 
     def crash(ctx: Context, params: dict[str, object]) -> Outcome:
         raise RuntimeError(f"bad header APCA-API-SECRET-KEY: {ctx.env.alpaca_secret} for {ctx.env.alpaca_key}")

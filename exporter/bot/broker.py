@@ -68,7 +68,7 @@ class _TrackedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
 
 
-class _BoundedSession(requests.Session):
+class BoundedSession(requests.Session):
     """A session whose every request has a total deadline and whose rate-limit headers are kept.
 
     requests' timeout bounds each socket read: a server that trickles a byte at a time (or a
@@ -130,7 +130,7 @@ class Broker:
 
     def __post_init__(self) -> None:
         self._client: TradingClient | None = None
-        self._session = _BoundedSession(self.timeout)
+        self._session = BoundedSession(self.timeout)
 
     @property
     def configured(self) -> bool:

@@ -20,8 +20,10 @@ from datetime import date, datetime, time
 from typing import Any
 
 from . import market
+from .cache import cache_summary
 from .context import Context
 from .readers import FileProblem
+from .values import record_time
 
 #: Block reasons BOT.md documents; anything else is exported as "other" (bounded label values).
 REASONS = ("score_below_min", "max_positions_reached", "symbol_on_cooldown", "expectancy_blocked",
@@ -45,23 +47,6 @@ def reason_label(raw: Any) -> str:
         return "other"
     head = raw.split(":", 1)[0].strip()
     return head if head in REASONS else "other"
-
-
-def record_time(rec: dict[str, Any], *keys: str) -> float | None:
-    """Epoch seconds from the first of ``keys`` present: a number, or an ISO string (UTC)."""
-    for k in keys or ("_ts", "ts", "timestamp"):
-        v = rec.get(k)
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, (int, float)):
-            f = float(v)
-            if math.isfinite(f):
-                return f
-            continue
-        dt = market.parse_ts(v)
-        if dt is not None:
-            return dt.timestamp()
-    return None
 
 
 def _text(value: Any) -> str:
@@ -317,8 +302,6 @@ def compute(ctx: Context, cycles: int | None = None, max_age: float | None = Non
     recent = w.since(ctx.now() - age)
     symbols: int | None
     try:
-        from ..checks.data import cache_summary  # late: checks import this module
-
         symbols = len(cache_summary(ctx).symbols)
     except FileProblem:
         symbols = None
@@ -366,3 +349,10 @@ def answer(stages: dict[str, Any], blocked: Counter[str], cycles: int, frozen: i
         top = ", ".join(f"{r} {c}" for r, c in blocked.most_common(3))
         return f"{stages['clusters']} clusters, {sum(blocked.values())} candidates blocked ({top}), no order"
     return f"{stages['clusters']} clusters but no candidate reached the gates and no order"
+
+
+def stage_errors(ctx: Context, p: dict[str, Any],
+                 stages: tuple[str, ...]) -> tuple[list[Event], list[Event]]:
+    """(recent events, those of them that logged an error of one of ``stages``)."""
+    w = window(ctx, int(p["cycles"])).since(ctx.now() - float(p["max_age_seconds"]))
+    return w.events, [e for e in w.events if e.error and e.stage in stages]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import market
 from .context import Context
 from .readers import FileProblem, read_json
 
@@ -44,3 +45,20 @@ def env_limit(ctx: Context, name: str, default: float) -> float:
 
 
 __all__ = ["FileProblem", "age_text", "env_limit", "load_state_json", "number"]
+
+
+def record_time(rec: dict[str, Any], *keys: str) -> float | None:
+    """Epoch seconds from the first of ``keys`` present: a number, or an ISO string (UTC)."""
+    for k in keys or ("_ts", "ts", "timestamp"):
+        v = rec.get(k)
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, (int, float)):
+            f = float(v)
+            if math.isfinite(f):
+                return f
+            continue
+        dt = market.parse_ts(v)
+        if dt is not None:
+            return dt.timestamp()
+    return None

@@ -8,50 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..bot import funnel, market
+from ..bot.alpaca import account, broker_failed, broker_offset
 from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import age_text, number
 from ..core.engine import check
 from ..core.model import Outcome, Status, iso_utc
-
-
-def account(ctx: Context) -> dict[str, Any]:
-    data = ctx.broker_get("/account")
-    if not isinstance(data, dict):
-        raise BrokerError("bad_response", "Alpaca /v2/account did not return an object")
-    return data
-
-
-#: broker failures that are FP-4.1's (reachability, 5xx, 429) or FP-4.2's (credentials) to report
-OTHERS_FAULT = {"timeout": "FP-4.1", "connection": "FP-4.1", "server": "FP-4.1", "rate_limit": "FP-4.1",
-                "auth": "FP-4.2", "forbidden": "FP-4.2"}
-
-
-def broker_failed(exc: BrokerError, doing: str, ctx: Context | None = None) -> Outcome:
-    """A failed request: SKIPPED when the cause is another point's (one cause, one alert, and no
-    ERROR lingering for this point's whole interval after a transient outage), else ERROR.
-
-    A 5xx, timeout or refused connection on one endpoint while the clock answers is not FP-4.1's
-    to report (FP-4.1 is OK): skipping would leave a dead /v2/account or /v2/orders unreported
-    by every point, so it is this point's ERROR."""
-    owner = OTHERS_FAULT.get(exc.kind)
-    if owner == "FP-4.1" and exc.kind != "rate_limit" and ctx is not None and _clock_answers(ctx):
-        return Outcome.error(f"cannot {doing}: {exc} (the broker clock answers: this endpoint fails on its own)",
-                             problem=exc.kind)
-    if owner is not None:
-        out = Outcome.skipped(f"cannot {doing}: {exc} (reported by {owner})", depends_on=owner)
-        out.skipped_by = owner
-        return out
-    return Outcome.error(f"cannot {doing}: {exc}", problem=exc.kind)
-
-
-def _clock_answers(ctx: Context) -> bool:
-    try:
-        ctx.broker_get("/clock")  # memoised: FP-4.1 made this request in the same cycle
-    except BrokerError:
-        return False
-    return True
 
 
 @check("FP-4.1")
@@ -490,24 +453,6 @@ def rate_limit_headroom(ctx: Context, p: dict[str, Any]) -> Outcome:
         out = Outcome.ok(text, **details)
     return out.observe("trading_alpaca_rate_limit_remaining", remaining).observe(
         "trading_alpaca_rate_limit_limit", limit)
-
-
-def broker_offset(ctx: Context) -> tuple[float, float]:
-    """(broker clock minus local clock, uncertainty), seconds, from a fresh /v2/clock request.
-
-    The request's round trip bounds the error: the broker's timestamp was taken somewhere between
-    our send and our receive. Shared by FP-4.9 and FP-6.8 (one request per cycle).
-    """
-    def measure() -> tuple[float, float]:
-        t0 = ctx.now()
-        clock = ctx.broker.get("/clock")
-        t1 = ctx.now()
-        ts = market.parse_ts(clock.get("timestamp")) if isinstance(clock, dict) else None
-        if ts is None:
-            raise BrokerError("bad_response", "Alpaca /v2/clock has no timestamp")
-        return ts.timestamp() - (t0 + t1) / 2, (t1 - t0) / 2
-
-    return ctx.shared("alpaca:clock-offset", float(ctx.config["alpaca"]["cache_seconds"]), measure)
 
 
 @check("FP-4.9")

@@ -4,120 +4,19 @@ from __future__ import annotations
 
 import math
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
-from pathlib import Path
 from typing import Any
 
 from ..bot import funnel, market, procs
+from ..bot.cache import cache_summary
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.uwclient import UWError
 from ..bot.values import age_text, number
 from ..core.engine import check
 from ..core.model import Outcome, iso_utc
-
-#: per-ticker keys that are flow data, not enrichment (everything else dict-valued is intel)
-CORE_TICKER_KEYS = frozenset({"flow_trades", "sentiment", "conviction", "total_premium", "call_premium",
-                              "put_premium", "net_premium", "trade_count", "_last_update"})
-
-
-@dataclass
-class CacheSummary:
-    """What the checks need from the multi-MB cache; the parsed JSON itself is not kept."""
-
-    size_bytes: int
-    metadata: dict[str, Any]
-    last_update: float | None
-    symbols: list[str]
-    global_keys: list[str]
-    tickers_with_trades: int = 0
-    total_trades: int = 0
-    #: tickers with at least one non-empty intel block (dark_pool, greeks, ...) and how many
-    #: tickers carry intel blocks at all
-    tickers_enriched: int = 0
-    tickers_with_intel_keys: int = 0
-    #: ``_market_tide``: present, how many data points, newest timestamp found in it
-    tide_present: bool = False
-    tide_points: int = 0
-    tide_newest: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
-    if not isinstance(raw, dict):
-        raise FileProblem("corrupt", path, f"{path.name} is not a JSON object (got {type(raw).__name__})")
-    raw_meta = raw.get("_metadata")
-    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-    symbols = sorted(k for k in raw if not k.startswith("_"))
-    summary = CacheSummary(
-        size_bytes=size,
-        metadata=meta,
-        last_update=number(meta.get("last_update")),
-        symbols=symbols,
-        global_keys=sorted(k for k in raw if k.startswith("_")),
-    )
-    for sym in symbols:
-        entry = raw[sym]
-        if not isinstance(entry, dict):
-            continue
-        trades = entry.get("flow_trades")
-        count = number(entry.get("trade_count")) or 0
-        n = len(trades) if isinstance(trades, list) else 0
-        if n or count:
-            summary.tickers_with_trades += 1
-        summary.total_trades += max(n, int(count))
-        intel = [v for k, v in entry.items() if k not in CORE_TICKER_KEYS and isinstance(v, dict)]
-        if intel:
-            summary.tickers_with_intel_keys += 1
-            if any(intel):
-                summary.tickers_enriched += 1
-    tide = raw.get("_market_tide")
-    if isinstance(tide, (dict, list)):
-        summary.tide_present = True
-        points = tide_points(tide)
-        summary.tide_points = len(points)
-        stamps = [funnel.record_time(x, "timestamp", "ts", "last_update", "date") for x in points]
-        if points and isinstance(tide, dict):
-            # the daemon's fetch time: the point itself is stamped minutes earlier by UW
-            stamps.append(funnel.record_time(tide, "last_update", "timestamp", "ts"))
-        found = [t for t in stamps if t is not None]
-        summary.tide_newest = max(found) if found else None
-    return summary
-
-
-def tide_points(tide: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
-    """The data points of a ``_market_tide`` block.
-
-    stock-bot stores one point as a dict (``{"data": {date, net_call_premium, ..., timestamp},
-    "last_update"}``: the first element of UW's list); other bots keep UW's list. An empty dict
-    or list, and the ``{"data": [], "_rate_limited": true}`` left by a 429, hold none; only
-    non-empty objects are points ("x" is not one).
-    """
-    if isinstance(tide, list):
-        data: Any = tide
-    elif "data" in tide:
-        data = tide["data"]
-    else:
-        # a bare point with no "data" wrapper
-        data = {k: v for k, v in tide.items() if k not in ("last_update", "_rate_limited")}
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        return []
-    return [x for x in data if isinstance(x, dict) and x]
-
-
-def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSummary:
-    """The cache, parsed with torn-read retries and only when (inode, size, mtime) changed."""
-    path = ctx.path("uw_cache")
-
-    def parse(p: Path) -> CacheSummary:
-        raw = read_json(p, retries, delay)
-        return summarise(raw, p.stat().st_size, p)
-
-    return ctx.files.get(path, parse)  # type: ignore[no-any-return]
 
 
 def process_report(ctx: Context, which: str) -> procs.ProcessReport:
@@ -453,20 +352,13 @@ def clusters_generated(ctx: Context, p: dict[str, Any]) -> Outcome:
     return _funnel_outcome(out, fun)
 
 
-def stage_errors(ctx: Context, p: dict[str, Any],
-                 stages: tuple[str, ...]) -> tuple[list[funnel.Event], list[funnel.Event]]:
-    """(recent events, those of them that logged an error of one of ``stages``)."""
-    w = funnel.window(ctx, int(p["cycles"])).since(ctx.now() - float(p["max_age_seconds"]))
-    return w.events, [e for e in w.events if e.error and e.stage in stages]
-
-
 @check("FP-1.8")
 def cluster_errors(ctx: Context, p: dict[str, Any]) -> Outcome:
     try:
         ctx.tails.get(ctx.path("run_log"), keep=funnel.RUN_KEEP).poll()
     except FileProblem as exc:
         return Outcome.warn(f"cannot read the run log: {exc}").observe("trading_cycle_errors", None)
-    events, errors = stage_errors(ctx, p, ("clusters", "cycle"))
+    events, errors = funnel.stage_errors(ctx, p, ("clusters", "cycle"))
     details: dict[str, Any] = {"events": len(events), "errors": len(errors)}
     if errors:
         details["latest_error"] = errors[-1].error

@@ -8,43 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..bot import funnel, market
+from ..bot.cache import cache_summary
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import age_text, load_state_json, number
+from ..bot.weights import ENTRY_COMPONENTS, band_problems
 from ..core.engine import check
 from ..core.model import Outcome, iso_utc
-from .data import cache_summary, stage_errors
-
-ENTRY_COMPONENTS = (
-    "options_flow", "dark_pool", "insider", "iv_term_skew", "smile_slope", "whale_persistence",
-    "event_alignment", "temporal_motif", "toxicity_penalty", "regime_modifier", "congress",
-    "shorts_squeeze", "institutional", "market_tide", "calendar_catalyst", "etf_flow", "greeks_gamma",
-    "ftd_pressure", "iv_rank", "oi_change", "squeeze_score",
-)
-
-
-def band_problems(bands: Any) -> tuple[list[str], int]:
-    """Problems with the entry weight bands and how many components are valid."""
-    if not isinstance(bands, dict):
-        return ["entry_weights.weight_bands is missing"], 0
-    problems: list[str] = []
-    valid = 0
-    for comp in ENTRY_COMPONENTS:
-        band = bands.get(comp)
-        if not isinstance(band, dict):
-            problems.append(f"{comp} missing")
-            continue
-        cur, lo, hi = number(band.get("current")), number(band.get("min_weight")), number(band.get("max_weight"))
-        if cur is None:
-            problems.append(f"{comp}.current is not a finite number ({band.get('current')!r})")
-        elif lo is None or hi is None:
-            problems.append(f"{comp} has no valid min_weight/max_weight")
-        elif not lo <= cur <= hi:
-            problems.append(f"{comp}.current {cur:g} outside [{lo:g}, {hi:g}]")
-        else:
-            valid += 1
-    return problems, valid
-
 
 #: what main.py does without state/signal_weights.json (adaptive_signal_optimizer._load_state)
 DEFAULT_WEIGHTS_TEXT = ("the bot trades on its built-in default weights until the learner's first save "
@@ -79,7 +49,7 @@ def weights_initialised(ctx: Context, p: dict[str, Any]) -> Outcome:
 # --- FP-2.2 / FP-2.4 / FP-2.5: stage errors in the run log ---------------------------------------
 def _stage_error_outcome(ctx: Context, p: dict[str, Any], stage: str, what: str) -> tuple[Outcome | None, int]:
     """WARN naming the latest ``stage`` error of the recent cycles, or None when there is none."""
-    events, errors = stage_errors(ctx, p, (stage,))
+    events, errors = funnel.stage_errors(ctx, p, (stage,))
     if not errors:
         return None, 0
     latest = errors[-1]

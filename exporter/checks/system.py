@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 import psutil
 
 from ..bot import funnel, market, procs
+from ..bot.alpaca import broker_offset
 from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import age_text, number
 from ..core.engine import check
 from ..core.model import Outcome, iso_utc
-from .broker import broker_offset
 
 T = TypeVar("T")
 

@@ -10,17 +10,29 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from ..bot.context import Context
 from .catalog import Catalog
+from .config import Config
 from .model import Outcome, Report, Result, Status
 
-CheckFn = Callable[[Context, dict[str, Any]], Outcome]
 
-#: id -> check function; filled by the @check decorator when exporter.checks is imported.
+class CheckContext(Protocol):
+    """What the engine itself needs of the context it hands every check (``exporter.bot.context``)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def redact(self) -> Callable[[str], str]: ...
+
+
+#: a check takes the bot's context (``exporter.bot.context.Context``) and the point's params
+CheckFn = Callable[[Any, dict[str, Any]], Outcome]
+
+#: id -> check function; filled by the @check decorator as the modules of exporter.checks are imported.
 REGISTRY: dict[str, CheckFn] = {}
 
 
@@ -34,12 +46,6 @@ def check(fp: str) -> Callable[[CheckFn], CheckFn]:
         return fn
 
     return register
-
-
-def registry() -> dict[str, CheckFn]:
-    from .. import checks  # noqa: F401  (importing registers every check)
-
-    return REGISTRY
 
 
 @dataclass
@@ -63,12 +69,16 @@ def redacted(value: Any, redact: Callable[[str], str]) -> Any:
 
 
 class Engine:
-    """Evaluates failure points. One Engine per Context; safe to call from several threads."""
+    """Evaluates failure points. One Engine per Context; safe to call from several threads.
 
-    def __init__(self, ctx: Context, catalog: Catalog | None = None) -> None:
-        self.ctx = ctx
+    ``checks`` maps ids to their detections (``exporter.checks.registry()``): the engine knows
+    how to run a check, never which checks exist.
+    """
+
+    def __init__(self, ctx: CheckContext, checks: Mapping[str, CheckFn], catalog: Catalog | None = None) -> None:
+        self.ctx: Any = ctx
         self.catalog = catalog or ctx.config.catalog
-        self.checks = registry()
+        self.checks = checks
         #: checks whose previous run never returned: their thread is still alive
         self._hung: dict[str, tuple[threading.Thread, float]] = {}
         self._hung_lock = threading.Lock()

@@ -312,13 +312,13 @@ class PremarketVerifier(Collector):
 
     # metrics ----------------------------------------------------------------------------------
     def describe(self) -> Iterable[Metric]:
-        return list(_families(None, None))
+        return list(families(None, None))
 
     def collect(self) -> Iterator[Metric]:
-        yield from _families(self.last, self.planned)
+        yield from families(self.last, self.planned)
 
 
-def _families(last: LastRun | None, planned: PlannedRun | None) -> list[Metric]:
+def families(last: LastRun | None, planned: PlannedRun | None) -> list[Metric]:
     ts = GaugeMetricFamily("trading_verification_last_run_timestamp_seconds",
                            "When the last verification (pre-market run or verify) started; absent until one ran.")
     status = GaugeMetricFamily("trading_verification_last_status",

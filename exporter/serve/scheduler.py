@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bot.context import Context
+from ..checks import registry
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
 from ..core.engine import Engine
@@ -153,7 +154,7 @@ class Scheduler:
     def _install(self, config: Config) -> None:
         self._dotenv = self._dotenv_signature(config)
         ctx = Context(config, environ=self._environ, clock=self._clock)
-        engine = Engine(ctx)
+        engine = Engine(ctx, registry())
         old = getattr(self, "engine", None)
         if old is not None:
             # a check thread of the old engine that is still hung must not be started twice

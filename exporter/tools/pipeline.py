@@ -22,10 +22,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..bot.broker import BrokerError
 from ..bot.context import Context
+from ..bot.freeze import freeze_state
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import number
-from ..checks.gates import freeze_state
-from ..checks.scoring import ENTRY_COMPONENTS, band_problems
+from ..bot.weights import ENTRY_COMPONENTS, band_problems
 
 STAGES = ("cache_read", "cluster", "score", "threshold", "gates", "execution")
 

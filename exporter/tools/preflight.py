@@ -85,7 +85,7 @@ def config_check(cfg: Config, environ: dict[str, str] | None = None) -> Prefligh
     The variables and limits are judged by the same code as FP-5.1 and FP-5.2, called directly
     (not through the engine, which would ask the broker for the market phase).
     """
-    from ..core.engine import registry
+    from ..checks import registry
     from ..core.model import Status
 
     out = Preflight()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bot.context import Context
+from ..checks import registry
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
 from ..core.engine import Engine
@@ -151,7 +152,7 @@ def run_verification(cfg: Config, environ: dict[str, str] | None = None,
     """Checks, probe and alerting config for one bot root; the verdict combines them."""
     started = time.time()
     ctx = Context(cfg, environ=environ)
-    report = Engine(ctx).report()
+    report = Engine(ctx, registry()).report()
     checks = report.to_json()
     probe = run_probe(ctx)
     vcfg = cfg["verify"]
