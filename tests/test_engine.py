@@ -13,7 +13,7 @@ from exporter.core import engine as engine_mod
 from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
-from exporter.core.model import Outcome, Readiness, Status, verdict
+from exporter.core.model import CheckFault, Outcome, Readiness, Status, verdict
 
 from .conftest import wait_for
 
@@ -48,6 +48,29 @@ def test_a_raising_check_is_an_error_with_the_reason(scratch: Engine, monkeypatc
     assert "KeyError" in r.outcome.message and "entry_weights" in r.outcome.message
 
 
+def test_a_check_fault_carries_its_kind_and_a_judgement_carries_none(scratch: Engine,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter tells its own faults from the bot's by type, never by the message's wording."""
+    def boom(ctx, p):  # type: ignore[no-untyped-def]
+        raise ValueError("check timed out")  # a message that reads like another fault
+
+    def garbage(ctx, p):  # type: ignore[no-untyped-def]
+        return "fine"
+
+    def judged(ctx, p):  # type: ignore[no-untyped-def]
+        return Outcome.error("check raised by the bot's own words")
+
+    _swap(monkeypatch, scratch, "FP-2.1", boom)
+    _swap(monkeypatch, scratch, "FP-3.1", garbage)
+    _swap(monkeypatch, scratch, "FP-3.2", judged)
+    monkeypatch.delitem(scratch.checks, "FP-5.4")
+    res = scratch.run(["FP-2.1", "FP-3.1", "FP-3.2", "FP-5.4"])
+    assert res["FP-2.1"].outcome.fault is CheckFault.RAISED
+    assert res["FP-3.1"].outcome.fault is CheckFault.BAD_RETURN
+    assert res["FP-5.4"].outcome.fault is CheckFault.UNREGISTERED
+    assert res["FP-3.2"].status is Status.ERROR and res["FP-3.2"].outcome.fault is None
+
+
 def test_a_hanging_check_times_out_and_never_blocks_others(scratch: Engine, monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
     release = threading.Event()
@@ -72,6 +95,7 @@ def test_a_hanging_check_times_out_and_never_blocks_others(scratch: Engine, monk
     res = eng.run(["FP-2.1", "FP-3.1"])
     hung, other = res["FP-2.1"], res["FP-3.1"]
     assert hung.status is Status.ERROR and hung.outcome.message == "check timed out after 0.5 s"
+    assert hung.outcome.fault is CheckFault.TIMED_OUT
     # the other check started after the hung one, finished while it was still stuck, and before
     # the engine gave up on it: ordering, not speed
     assert other.status is Status.OK and other.outcome.message == "quick"

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .catalog import Catalog
 from .config import Config
-from .model import Outcome, Report, Result, Status
+from .model import CheckFault, Outcome, Report, Result, Status
 
 
 class CheckContext(Protocol):
@@ -78,7 +78,7 @@ class Engine:
     def __init__(self, ctx: CheckContext, checks: Mapping[str, CheckFn], catalog: Catalog | None = None) -> None:
         self.ctx: Any = ctx
         self.catalog = catalog or ctx.config.catalog
-        self.checks = checks
+        self.checks = dict(checks)
         #: checks whose previous run never returned: their thread is still alive
         self._hung: dict[str, tuple[threading.Thread, float]] = {}
         self._hung_lock = threading.Lock()
@@ -111,8 +111,9 @@ class Engine:
                         continue
                     timeout = self._timeout(s.fp)
                     if now - s.started >= timeout:
-                        self._finalize(s, self._result(s.fp, Outcome.error(
-                            f"check timed out after {timeout:g} s"), time.time(), now - s.started), cond)
+                        self._finalize(s, self._result(s.fp, Outcome.check_fault(
+                            CheckFault.TIMED_OUT, f"check timed out after {timeout:g} s"), time.time(),
+                            now - s.started), cond)
                     else:
                         d = s.started + timeout - now
                         next_deadline = d if next_deadline is None else min(next_deadline, d)
@@ -209,8 +210,9 @@ class Engine:
             hung = self._hung.get(fp)
             if hung is not None and hung[0].is_alive() and hung[0] is not threading.current_thread():
                 since = time.strftime("%H:%M:%SZ", time.gmtime(hung[1]))
-                self._finalize(slot, self._result(fp, Outcome.error(
-                    f"previous run has not returned since {since} (hung); not started again"), start_wall, 0.0), cond)
+                self._finalize(slot, self._result(fp, Outcome.check_fault(
+                    CheckFault.HUNG, f"previous run has not returned since {since} (hung); not started again"),
+                    start_wall, 0.0), cond)
                 return
             self._hung[fp] = (threading.current_thread(), start_wall)
         slot.started = start
@@ -219,15 +221,17 @@ class Engine:
         fn = self.checks.get(fp)
         try:
             if fn is None:
-                outcome = Outcome.error("no detection is registered for this failure point")
+                outcome = Outcome.check_fault(CheckFault.UNREGISTERED,
+                                              "no detection is registered for this failure point")
             else:
                 outcome = fn(self.ctx, self.ctx.config.check_settings(fp)["params"])
                 if not isinstance(outcome, Outcome):
-                    outcome = Outcome.error(f"check returned {type(outcome).__name__}, not an Outcome")
+                    outcome = Outcome.check_fault(CheckFault.BAD_RETURN,
+                                                   f"check returned {type(outcome).__name__}, not an Outcome")
         except Exception as exc:  # isolation: one broken check never breaks the run
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" at {frame.name}:{frame.lineno}" if frame else ""
-            outcome = Outcome.error(f"check raised {type(exc).__name__}: {exc}{where}")
+            outcome = Outcome.check_fault(CheckFault.RAISED, f"check raised {type(exc).__name__}: {exc}{where}")
         with self._hung_lock:
             if self._hung.get(fp, (None,))[0] is threading.current_thread():
                 del self._hung[fp]

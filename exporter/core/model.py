@@ -38,6 +38,20 @@ class Readiness(enum.Enum):
         return self.value
 
 
+class CheckFault(enum.Enum):
+    """Why a point is ERROR because its check broke, not because the bot is failing.
+
+    Set by the engine on the outcome it makes in the check's place; the exporter counts these
+    (``trading_exporter_check_errors_total``) as its own faults.
+    """
+
+    RAISED = "raised"
+    TIMED_OUT = "timed_out"
+    HUNG = "hung"
+    BAD_RETURN = "bad_return"
+    UNREGISTERED = "unregistered"
+
+
 @dataclass(frozen=True)
 class Observation:
     """A measured value a check exports as a named gauge (base units, bounded labels)."""
@@ -57,6 +71,8 @@ class Outcome:
     observations: list[Observation] = field(default_factory=list)
     #: set when SKIPPED because a failure point this one depends on is failing.
     skipped_by: str | None = None
+    #: set (by the engine) when ERROR because the check itself raised, hung, timed out or is missing
+    fault: CheckFault | None = None
 
     @classmethod
     def ok(cls, message: str = "", **details: Any) -> Outcome:
@@ -73,6 +89,11 @@ class Outcome:
     @classmethod
     def skipped(cls, message: str, **details: Any) -> Outcome:
         return cls(Status.SKIPPED, message, details)
+
+    @classmethod
+    def check_fault(cls, fault: CheckFault, message: str) -> Outcome:
+        """ERROR because the check broke (``fault`` says how), never because of the bot."""
+        return cls(Status.ERROR, message, fault=fault)
 
     def observe(self, name: str, value: float | int | bool | None, **labels: str) -> Outcome:
         """Record a gauge value; ``None`` or non-finite values are dropped, never exported as 0."""

@@ -36,11 +36,6 @@ except ImportError:
 
 log = logging.getLogger("trading_readiness.exporter")
 
-#: messages the engine gives a check that raised, timed out, hung or returned garbage
-_CHECK_FAULTS = ("check raised", "check timed out", "previous run has not returned", "check returned",
-                 "no detection is registered")
-
-
 _HASH = re.compile(r"^pbkdf2_sha256\$[1-9][0-9]*\$(?:[0-9a-f]{2})+\$[0-9a-f]{64}$")
 
 
@@ -85,7 +80,7 @@ def first_cycle_bound(config: Config) -> float:
 
 def is_check_fault(result: Result) -> bool:
     """True when the point is ERROR because its check broke, not because the bot is failing."""
-    return result.status is Status.ERROR and result.outcome.message.startswith(_CHECK_FAULTS)
+    return result.status is Status.ERROR and result.outcome.fault is not None
 
 
 @dataclass
