@@ -190,7 +190,8 @@ def catalog_json(cat: Any) -> dict[str, Any]:
         "failure_points": [
             {"id": p.id, "name": p.name, "original_name": p.original_name, "category": p.category,
              "severity": p.severity, "detection": p.detection, "source": p.source, "detects": p.detects,
-             "how": p.how, "levels": p.levels, "depends_on": list(p.depends_on), "healer": p.healer,
+             "how": p.how, "levels": p.levels, "depends_on": list(p.depends_on),
+             "reported_by": dict(p.reported_by), "healer": p.healer,
              "no_healer_reason": p.no_healer_reason, "runbook": p.runbook, "params": p.params,
              "interval_seconds": p.interval_seconds, "timeout_seconds": p.timeout_seconds,
              "market_hours": p.market_hours, "observations": list(p.observations)}

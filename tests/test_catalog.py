@@ -92,3 +92,25 @@ def test_observations_carry_exactly_the_labels_the_catalog_declares(bot: BotRoot
     for name, labels in seen.items():
         assert labels == declared[name], (name, labels, declared[name])
     assert {"trading_signal_funnel", "trading_blocked_candidates", "trading_network_reachable"} <= set(seen)
+
+
+def test_depends_on_names_the_point_that_reports_a_fault() -> None:
+    """``{id, when}`` entries: the fault kind must exist, and they count for cycles."""
+    import pytest
+
+    from exporter.core.catalog import CatalogError, parse
+
+    def entry(fp: str, deps: list[object]) -> dict[str, object]:
+        return {"id": fp, "name": fp, "category": CATEGORIES[int(fp[3])], "severity": "warning",
+                "detection": "implemented", "source": "s", "detects": "d", "how": "h", "levels": {"warn": "w"},
+                "depends_on": deps, "healer": None, "no_healer_reason": "r", "runbook": "r"}
+
+    cat = parse({"failure_points": [entry("FP-1.8", []), entry("FP-1.7", ["FP-1.8"]),
+                                    entry("FP-3.3", [{"id": "FP-1.8", "when": "run_log_unreadable"}])]})
+    assert cat["FP-3.3"].depends_on == () and cat["FP-3.3"].reported_by == {"run_log_unreadable": "FP-1.8"}
+    assert cat.dependents("FP-1.8") == ["FP-1.7"]  # inhibitions follow the unconditional ones only
+    with pytest.raises(CatalogError, match="unknown fault 'run_log_gone'"):
+        parse({"failure_points": [entry("FP-1.8", []), entry("FP-3.3", [{"id": "FP-1.8", "when": "run_log_gone"}])]})
+    with pytest.raises(CatalogError, match="dependency cycle"):
+        parse({"failure_points": [entry("FP-1.8", ["FP-3.3"]),
+                                  entry("FP-3.3", [{"id": "FP-1.8", "when": "run_log_unreadable"}])]})

@@ -13,6 +13,7 @@ from exporter.core import engine as engine_mod
 from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
+from exporter.core.faults import AlpacaCredentialsMissing, RunLogUnreadable
 from exporter.core.model import CheckFault, Outcome, Readiness, Status, verdict
 
 from .conftest import wait_for
@@ -135,6 +136,34 @@ def test_dependencies_skip_with_the_root_cause(scratch: Engine, monkeypatch: pyt
     # dependencies not run this time come from `known`
     res = scratch.run(["FP-4.3"], known={"FP-4.2": res["FP-4.2"]})
     assert res["FP-4.3"].status is Status.OK
+
+
+def test_a_fault_skips_for_the_point_the_catalog_names(scratch: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Who reports an unreadable fact is catalog data: the check raises a typed fault, never names a point."""
+    def run_log_gone(ctx, p):  # type: ignore[no-untyped-def]
+        raise RunLogUnreadable("cannot read the run log (run.jsonl does not exist)", cycles=0)
+
+    def credentials_gone(ctx, p):  # type: ignore[no-untyped-def]
+        raise AlpacaCredentialsMissing("Alpaca credentials are not set")
+
+    assert scratch.catalog["FP-3.4"].reported_by["run_log_unreadable"] == "FP-1.8"
+    _swap(monkeypatch, scratch, "FP-3.4", run_log_gone)
+    _swap(monkeypatch, scratch, "FP-4.9", credentials_gone)
+    _swap(monkeypatch, scratch, "FP-4.1", lambda ctx, p: Outcome.ok())
+    _swap(monkeypatch, scratch, "FP-1.8", lambda ctx, p: Outcome.warn("run log missing"))
+    _swap(monkeypatch, scratch, "FP-4.2", lambda ctx, p: Outcome.error("key not set"))
+    res = scratch.run(["FP-3.4", "FP-4.9", "FP-4.1", "FP-1.8", "FP-4.2"])
+    gate, skew = res["FP-3.4"], res["FP-4.9"]
+    assert gate.status is Status.SKIPPED and gate.outcome.message.endswith("; FP-1.8 reports it")
+    assert gate.outcome.details == {"cycles": 0}
+    # FP-1.8 only warns about the run log: it is named, not made the root cause of a skip
+    assert gate.outcome.skipped_by is None
+    assert skew.status is Status.SKIPPED and skew.outcome.skipped_by == "FP-4.2"
+    # a fault the point's entry does not declare is the point's own ERROR: never unreported
+    _swap(monkeypatch, scratch, "FP-5.4", run_log_gone)
+    assert scratch.run(["FP-5.4"])["FP-5.4"].status is Status.ERROR
+    # and `--only` runs the point that reports the fact with it
+    assert "FP-1.8" in scratch.with_dependencies(["FP-3.4"])
 
 
 def test_check_returning_garbage_is_an_error(scratch: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.faults import AlpacaCredentialsMissing
 from ..core.model import Outcome
 from . import market
 from .broker import BrokerError
@@ -66,3 +67,10 @@ def broker_offset(ctx: Context) -> tuple[float, float]:
         return ts.timestamp() - (t0 + t1) / 2, (t1 - t0) / 2
 
     return ctx.shared("alpaca:clock-offset", float(ctx.config["alpaca"]["cache_seconds"]), measure)
+
+
+def require_credentials(ctx: Context, prefix: str = "", **details: Any) -> None:
+    """:class:`AlpacaCredentialsMissing` without an Alpaca key and secret (FP-4.2 names the variable)."""
+    if not ctx.broker.configured:
+        lead = f"{prefix}; " if prefix else ""
+        raise AlpacaCredentialsMissing(f"{lead}Alpaca credentials are not set", **details)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.faults import CacheUnreadable
 from .context import Context
 from .readers import FileProblem, read_json
 from .values import number, record_time
@@ -114,3 +115,11 @@ def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSu
         return summarise(raw, p.stat().st_size, p)
 
     return ctx.files.get(path, parse)  # type: ignore[no-any-return]
+
+
+def require_cache(ctx: Context) -> CacheSummary:
+    """The cache summary, or :class:`CacheUnreadable` when it is missing or does not parse (FP-1.2's to judge)."""
+    try:
+        return cache_summary(ctx)
+    except FileProblem as exc:
+        raise CacheUnreadable(str(exc)) from exc

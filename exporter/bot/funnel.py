@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
 
+from ..core.faults import BlockedLogUnreadable, RunLogUnreadable
 from . import market
 from .cache import cache_summary
 from .context import Context
@@ -135,6 +136,19 @@ class Window:
 
     def since(self, start: float) -> Window:
         return Window([e for e in self.events if e.t >= start], self.run_problem, self.blocked_problem)
+
+    def require_run_log(self) -> Window:
+        """This window, or :class:`RunLogUnreadable` when the run log could not be read."""
+        if self.run_problem:
+            raise RunLogUnreadable(f"cannot read the run log ({self.run_problem})")
+        return self
+
+    def require_logs(self) -> Window:
+        """This window, or a fault when the run log or the blocked-trades log could not be read."""
+        self.require_run_log()
+        if self.blocked_problem:
+            raise BlockedLogUnreadable(f"cannot read the blocked-trades log ({self.blocked_problem})")
+        return self
 
     @property
     def cycles(self) -> list[Event]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bot import funnel, market
-from ..bot.alpaca import account, broker_failed, broker_offset
+from ..bot.alpaca import account, broker_failed, broker_offset, require_credentials
 from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
@@ -20,8 +20,9 @@ from ..core.model import Outcome, Status, iso_utc
 @check("FP-4.1")
 def alpaca_reachable(ctx: Context, p: dict[str, Any]) -> Outcome:
     if not ctx.broker.configured:
-        # without credentials the clock request cannot be made; FP-4.2 names the missing variable
-        return Outcome.skipped("Alpaca credentials are not set (see FP-4.2)")
+        # without credentials the clock request cannot be made (the credentials are FP-4.2's: it
+        # depends on this point, so this point cannot skip for it)
+        return Outcome.skipped("Alpaca credentials are not set: no request can be made")
     try:
         clock = ctx.broker_get("/clock")
     except BrokerError as exc:
@@ -459,8 +460,7 @@ def rate_limit_headroom(ctx: Context, p: dict[str, Any]) -> Outcome:
 def clock_skew(ctx: Context, p: dict[str, Any]) -> Outcome:
     """Cooldowns, freshness limits and market-hours logic all compare local time with the
     market's; a skewed host clock trades outside the session or judges fresh data stale."""
-    if not ctx.broker.configured:
-        return Outcome.skipped("Alpaca credentials are not set (see FP-4.2)")
+    require_credentials(ctx)
     try:
         offset, err = broker_offset(ctx)
     except BrokerError as exc:

@@ -10,12 +10,13 @@ from datetime import time as dtime
 from typing import Any
 
 from ..bot import funnel, market, procs
-from ..bot.cache import cache_summary
+from ..bot.cache import cache_summary, require_cache
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.uwclient import UWError
 from ..bot.values import age_text, number
 from ..core.engine import check
+from ..core.faults import Unavailable
 from ..core.model import Outcome, iso_utc
 
 
@@ -326,8 +327,14 @@ def clusters_generated(ctx: Context, p: dict[str, Any]) -> Outcome:
         return _funnel_outcome(Outcome.skipped(f"{session.describe()}: clusters are expected only in session",
                                                market=session.phase), fun)
     w = funnel.in_session(ctx, funnel.window(ctx, int(p["funnel_cycles"])), session, float(p["max_age_seconds"]))
-    if w.run_problem:
-        return _funnel_outcome(Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it"), fun)
+    try:
+        w.require_run_log()
+    except Unavailable as fault:
+        # the funnel's gauges stay exported while the run log is FP-1.8's to report
+        parts = _funnel_outcome(Outcome.skipped(str(fault)), fun)
+        fault.details.update(parts.details)
+        fault.observations.extend(parts.observations)
+        raise
     need = int(p["cycles"])
     # a frozen cycle builds nothing by design: FP-3.1 reports the freeze, not this point
     counted = [c for c in w.cycles if c.clusters is not None and not c.freeze_active][-need:]
@@ -388,10 +395,7 @@ def cluster_errors(ctx: Context, p: dict[str, Any]) -> Outcome:
 # --- FP-1.9: cache fresh but empty -------------------------------------------------------------
 @check("FP-1.9")
 def uw_cache_has_data(ctx: Context, p: dict[str, Any]) -> Outcome:
-    try:
-        s = cache_summary(ctx)
-    except FileProblem as exc:
-        return Outcome.skipped(f"{exc} (see FP-1.2)")
+    s = require_cache(ctx)
     session = ctx.session()
     details = {"symbols": len(s.symbols), "tickers_with_trades": s.tickers_with_trades,
                "total_trades": s.total_trades, "market": session.phase}

@@ -74,10 +74,7 @@ def gate_share(ctx: Context, p: dict[str, Any], reason: str, what: str) -> Outco
         return Outcome.skipped(f"{session.describe()}: gates only refuse candidates in session",
                                market=session.phase)
     w = funnel.in_session(ctx, funnel.window(ctx, int(p["cycles"])), session, float(p["max_age_seconds"]))
-    if w.run_problem:
-        return Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it")
-    if w.blocked_problem:
-        return Outcome.skipped(f"cannot read the blocked-trades log ({w.blocked_problem}); FP-2.2 reports it")
+    w.require_logs()
     blocked = w.blocked()
     candidates = sum(blocked.values()) + w.orders()
     hits = blocked.get(reason, 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bot import funnel, market
-from ..bot.cache import cache_summary
+from ..bot.cache import require_cache
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import age_text, load_state_json, number
@@ -61,8 +61,7 @@ def _stage_error_outcome(ctx: Context, p: dict[str, Any], stage: str, what: str)
 @check("FP-2.2")
 def composite_scores(ctx: Context, p: dict[str, Any]) -> Outcome:
     w = funnel.window(ctx, int(p["cycles"])).since(ctx.now() - float(p["max_age_seconds"]))
-    if w.run_problem:
-        return Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it")
+    w.require_run_log()
     if w.blocked_problem:
         return Outcome.warn(f"cannot read the blocked-trades log: {w.blocked_problem}: cannot tell whether "
                             "candidates are scored").observe("trading_score_failures", None)
@@ -87,10 +86,7 @@ def scores_reach_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
     if not session.is_open:
         return Outcome.skipped(f"{session.describe()}: candidates are scored only in session", market=session.phase)
     w = funnel.in_session(ctx, funnel.window(ctx, int(p["cycles"])), session, float(p["max_age_seconds"]))
-    if w.run_problem:
-        return Outcome.skipped(f"cannot read the run log ({w.run_problem}); FP-1.8 reports it")
-    if w.blocked_problem:
-        return Outcome.skipped(f"cannot read the blocked-trades log ({w.blocked_problem}); FP-2.2 reports it")
+    w.require_logs()
     cycles = w.cycles
     blocked = w.blocked()
     below = blocked.get("score_below_min", 0)
@@ -131,10 +127,7 @@ def enrichment(ctx: Context, p: dict[str, Any]) -> Outcome:
     if not session.is_open:
         return Outcome.skipped(f"{session.describe()}: enrichment endpoints are market-sensitive",
                                market=session.phase)
-    try:
-        s = cache_summary(ctx)
-    except FileProblem as exc:
-        return Outcome.skipped(f"{exc} (see FP-1.2)")
+    s = require_cache(ctx)
     logged, n_err = _stage_error_outcome(ctx, p, "enrichment", "enrichment")
     n = len(s.symbols)
     share = s.tickers_enriched / n if n else 0.0
@@ -158,10 +151,7 @@ def regime_detection(ctx: Context, p: dict[str, Any]) -> Outcome:
     if not session.is_open:
         return Outcome.skipped(f"{session.describe()}: market tide is fetched only in session",
                                market=session.phase)
-    try:
-        s = cache_summary(ctx)
-    except FileProblem as exc:
-        return Outcome.skipped(f"{exc} (see FP-1.2)")
+    s = require_cache(ctx)
     logged, n_err = _stage_error_outcome(ctx, p, "regime", "regime")
     details: dict[str, Any] = {"tide_points": s.tide_points, "regime_errors": n_err}
     if s.tide_newest is not None:

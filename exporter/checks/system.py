@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from ..bot import funnel, market, procs
-from ..bot.alpaca import broker_offset
+from ..bot.alpaca import broker_offset, require_credentials
 from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
@@ -544,10 +544,7 @@ def clock_sync(ctx: Context, p: dict[str, Any]) -> Outcome:
     prefix = ("the kernel reports no synchronisation (adjtimex STA_UNSYNC)" if kernel is not None
               else "no host synchronisation status available")
     # without the reference this point cannot judge; the broker's outage is FP-4.1's/FP-4.2's alert
-    if not ctx.broker.configured:
-        out = Outcome.skipped(f"{prefix}; no reference clock without Alpaca credentials (see FP-4.2)", **details)
-        out.skipped_by = "FP-4.2"
-        return out
+    require_credentials(ctx, f"{prefix}; no reference clock", **details)
     try:
         offset, err = broker_offset(ctx)
     except BrokerError as exc:

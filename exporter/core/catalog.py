@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .faults import KINDS
 from .model import fp_sort_key
 
 CATEGORIES: dict[int, str] = {
@@ -46,6 +47,7 @@ class FailurePoint:
     detects: str
     how: str
     levels: dict[str, str]
+    #: skipped, naming the dependency, while one of these is failing (and an inhibit rule)
     depends_on: tuple[str, ...]
     healer: str | None
     no_healer_reason: str | None
@@ -57,6 +59,14 @@ class FailurePoint:
     observations: tuple[dict[str, Any], ...] = ()
     original_name: str | None = None
     alert_for: str = "1m"
+    #: fault kind (``exporter.core.faults``) -> the point that reports that fact: when the check
+    #: meets the fault it is skipped naming that point (``depends_on: [{id: FP-1.8, when: ...}]``)
+    reported_by: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_dependencies(self) -> tuple[str, ...]:
+        """Every point this one may skip for, unconditionally or when it meets a fault."""
+        return tuple(dict.fromkeys((*self.depends_on, *self.reported_by.values())))
 
     @property
     def category_number(self) -> int:
@@ -125,6 +135,7 @@ def parse(data: Any, source: str = "catalog.yaml") -> Catalog:
         healer = raw["healer"]
         if healer is None and not raw.get("no_healer_reason"):
             raise CatalogError(f"{where}: a point without a healer must say why (no_healer_reason)")
+        depends_on, reported_by = _dependencies(raw["depends_on"], f"{where} ({fp})")
         points[fp] = FailurePoint(
             id=fp,
             name=str(raw["name"]),
@@ -135,7 +146,8 @@ def parse(data: Any, source: str = "catalog.yaml") -> Catalog:
             detects=str(raw["detects"]).strip(),
             how=str(raw["how"]).strip(),
             levels={k: str(v).strip() for k, v in raw["levels"].items()},
-            depends_on=tuple(raw["depends_on"] or ()),
+            depends_on=depends_on,
+            reported_by=reported_by,
             healer=healer,
             no_healer_reason=(str(raw["no_healer_reason"]).strip() if raw.get("no_healer_reason") else None),
             runbook=str(raw["runbook"]).strip(),
@@ -148,12 +160,36 @@ def parse(data: Any, source: str = "catalog.yaml") -> Catalog:
             alert_for=str(raw.get("alert_for", "1m")),
         )
     for p in points.values():
-        for dep in p.depends_on:
+        for dep in p.all_dependencies:
             if dep not in points:
                 raise CatalogError(f"{source}: {p.id} depends on unknown {dep}")
     _check_acyclic(points)
     ordered = dict(sorted(points.items(), key=lambda kv: fp_sort_key(kv[0])))
     return Catalog(ordered)
+
+
+def _dependencies(raw: Any, where: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``depends_on``: ids (skip while that point fails) and ``{id, when}`` (skip when the check
+    meets fault ``when``, naming that point as the one that reports it)."""
+    if raw is None:
+        return (), {}
+    if not isinstance(raw, list):
+        raise CatalogError(f"{where}: depends_on must be a list")
+    plain: list[str] = []
+    when: dict[str, str] = {}
+    for entry in raw:
+        if isinstance(entry, str):
+            plain.append(entry)
+        elif isinstance(entry, dict) and set(entry) == {"id", "when"}:
+            kind = str(entry["when"])
+            if kind not in KINDS:
+                raise CatalogError(f"{where}: depends_on names unknown fault {kind!r} (known: {', '.join(KINDS)})")
+            if kind in when:
+                raise CatalogError(f"{where}: depends_on names fault {kind!r} twice")
+            when[kind] = str(entry["id"])
+        else:
+            raise CatalogError(f"{where}: a depends_on entry is an id or {{id, when}}, not {entry!r}")
+    return tuple(plain), when
 
 
 def _check_acyclic(points: dict[str, FailurePoint]) -> None:
@@ -165,7 +201,7 @@ def _check_acyclic(points: dict[str, FailurePoint]) -> None:
         if state.get(fp) == 1:
             raise CatalogError(f"dependency cycle: {' -> '.join((*path, fp))}")
         state[fp] = 1
-        for dep in points[fp].depends_on:
+        for dep in points[fp].all_dependencies:
             visit(dep, (*path, fp))
         state[fp] = 2
 

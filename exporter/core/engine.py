@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .catalog import Catalog
 from .config import Config
+from .faults import Unavailable
 from .model import CheckFault, Outcome, Report, Result, Status
 
 
@@ -151,7 +152,7 @@ class Engine:
                 return
             seen.add(fp)
             if fp in self.catalog.points:
-                for dep in self.catalog[fp].depends_on:
+                for dep in self.catalog[fp].all_dependencies:
                     if dep in enabled:
                         visit(dep)
             out.append(fp)
@@ -180,6 +181,20 @@ class Engine:
         with cond:
             cond.notify_all()
         return True
+
+    def _unavailable(self, fp: str, fault: Unavailable) -> Outcome:
+        """SKIPPED naming the point the catalog says reports this fact; ERROR when none is declared."""
+        owner = self.catalog[fp].reported_by.get(fault.kind)
+        if owner is None:
+            outcome = Outcome.error(str(fault), **fault.details)
+            outcome.observations.extend(fault.observations)
+            return outcome
+        outcome = Outcome.skipped(fault.skip_message(owner), **fault.details)
+        outcome.observations.extend(fault.observations)
+        if fault.owner_fails:
+            outcome.details.setdefault("depends_on", owner)
+            outcome.skipped_by = owner
+        return outcome
 
     def _dependency_failure(self, fp: str, slots: dict[str, _Slot], known: dict[str, Result]) -> str | None:
         """Wait for this point's dependencies; name the root cause if one of them is failing."""
@@ -228,6 +243,8 @@ class Engine:
                 if not isinstance(outcome, Outcome):
                     outcome = Outcome.check_fault(CheckFault.BAD_RETURN,
                                                    f"check returned {type(outcome).__name__}, not an Outcome")
+        except Unavailable as fault:
+            outcome = self._unavailable(fp, fault)
         except Exception as exc:  # isolation: one broken check never breaks the run
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f" at {frame.name}:{frame.lineno}" if frame else ""

@@ -65,7 +65,9 @@ def catalog_markdown(cat: Catalog) -> str:
                 if level in p.levels:
                     out.append(f"- **{level.upper()}:** {p.levels[level]}")
             out.append(f"- **Severity:** {p.severity}; alert after {p.alert_for}")
-            out.append(f"- **Depends on:** {', '.join(p.depends_on) if p.depends_on else 'nothing'}")
+            deps = [*p.depends_on, *(f"{fp} when the check meets {kind.replace('_', ' ')}"
+                                     for kind, fp in p.reported_by.items())]
+            out.append(f"- **Depends on:** {', '.join(deps) if deps else 'nothing'}")
             out.append(f"- **Interval:** {p.interval_seconds:g} s, timeout {p.timeout_seconds:g} s"
                        + ("; relaxed outside the market session" if p.market_hours == "session" else ""))
             if p.params:
