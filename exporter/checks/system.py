@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import psutil
 
@@ -20,6 +14,8 @@ from ..bot import funnel, market, procs
 from ..bot.alpaca import broker_offset, require_credentials
 from ..bot.broker import BrokerError
 from ..bot.context import Context
+from ..bot.hostclock import kernel_sync, timedatectl_sync
+from ..bot.network import endpoint, tcp_probe
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import age_text, number
 from ..core.engine import check
@@ -330,55 +326,6 @@ def memory(ctx: Context, p: dict[str, Any]) -> Outcome:
 
 
 # --- FP-6.6: network ----------------------------------------------------------------------------
-def _endpoint(url: str) -> tuple[str, int] | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    return (parts.hostname, port) if parts.hostname else None
-
-
-def tcp_probe(host: str, port: int, timeout: float) -> tuple[str, str]:
-    """("ok" | "dns" | "refused" | "timeout" | "unreachable", text). DNS runs in a thread because
-    getaddrinfo has no timeout of its own."""
-    box: dict[str, Any] = {}
-
-    def resolve() -> None:
-        try:
-            box["addrs"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=resolve, daemon=True, name=f"dns-{host}")
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        return "dns", f"DNS lookup of {host} did not answer within {timeout:g} s"
-    if "error" in box:
-        return "dns", f"DNS lookup of {host} failed ({box['error']})"
-    last = "no address"
-    for family, kind, proto, _name, addr in box["addrs"]:
-        s = socket.socket(family, kind, proto)
-        s.settimeout(timeout)
-        try:
-            s.connect(addr)
-            return "ok", f"{host}:{port} accepts connections"
-        except ConnectionRefusedError:
-            last = "refused"
-        except TimeoutError:
-            last = "timeout"
-        except OSError as exc:
-            last = exc.strerror or type(exc).__name__
-        finally:
-            s.close()
-    if last == "refused":
-        return "refused", f"{host}:{port} refused the connection"
-    if last == "timeout":
-        return "timeout", f"connecting to {host}:{port} timed out after {timeout:g} s"
-    return "unreachable", f"{host}:{port} unreachable ({last})"
-
-
 @check("FP-6.6")
 def network(ctx: Context, p: dict[str, Any]) -> Outcome:
     """Without a route to the broker and UW nothing is fetched and no order leaves; DNS, refusal
@@ -390,7 +337,7 @@ def network(ctx: Context, p: dict[str, Any]) -> Outcome:
     results: dict[str, tuple[str, str]] = {}
 
     def run(name: str, url: str) -> None:
-        ep = _endpoint(url)
+        ep = endpoint(url)
         results[name] = (("bad_url", f"cannot parse a host from the {name} base URL") if ep is None
                          else tcp_probe(*ep, timeout))
 
@@ -400,7 +347,7 @@ def network(ctx: Context, p: dict[str, Any]) -> Outcome:
     for t in threads:
         t.join(timeout * 2 + 1)
     # host and port only: a base URL may carry user:password, which must not reach the API
-    details = {name: {"endpoint": "{}:{}".format(*ep) if (ep := _endpoint(targets[name])) else None,
+    details = {name: {"endpoint": "{}:{}".format(*ep) if (ep := endpoint(targets[name])) else None,
                       "result": results.get(name, ("timeout", ""))[0]} for name in targets}
     failed = [f"{name}: {results[name][1]}" if name in results else f"{name}: no answer within {timeout * 2 + 1:g} s"
               for name in targets if results.get(name, ("x",))[0] != "ok"]
@@ -456,63 +403,6 @@ def supervisor_health(ctx: Context, p: dict[str, Any]) -> Outcome:
 
 
 # --- FP-6.8: clock synchronisation --------------------------------------------------------------
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-
-class _Timex(ctypes.Structure):
-    """struct timex of <sys/timex.h> (Linux); only read, never set (modes = 0)."""
-
-    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-                ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
-                ("time", _Timeval), ("tick", ctypes.c_long), ("ppsfreq", ctypes.c_long),
-                ("jitter", ctypes.c_long), ("shift", ctypes.c_int), ("stabil", ctypes.c_long),
-                ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long), ("errcnt", ctypes.c_long),
-                ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int), ("_pad", ctypes.c_int * 11)]
-
-
-STA_UNSYNC = 0x0040
-TIME_ERROR = 5
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")  # runs ldconfig: once per process
-    try:
-        return ctypes.CDLL(name, use_errno=True) if name else None
-    except OSError:
-        return None
-
-
-def kernel_sync() -> tuple[bool, float] | None:
-    """(synchronised, max error in seconds) from adjtimex(2) in read-only mode, or None."""
-    libc = _libc()
-    if libc is None:
-        return None
-    try:
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return (state != TIME_ERROR and not tx.status & STA_UNSYNC), tx.maxerror / 1e6
-
-
-def timedatectl_sync(timeout: float = 3.0) -> bool | None:
-    """NTPSynchronized from systemd-timedated, or None where systemd does not run."""
-    if not procs.systemd_running():
-        return None
-    try:
-        r = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True,
-                           text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    value = r.stdout.strip().lower()
-    return {"yes": True, "no": False}.get(value) if r.returncode == 0 else None
-
-
 @check("FP-6.8")
 def clock_sync(ctx: Context, p: dict[str, Any]) -> Outcome:
     """An unsynchronised host clock drifts until freshness, cooldown and market-hours logic are
