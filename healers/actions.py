@@ -47,6 +47,31 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+    pid it names one process, so a recorded pid reused by an unrelated process is never killed."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def group_alive(pgid: int) -> bool:
+    return _group_alive(pgid)
+
+
+def end_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds."""
+    _kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while _group_alive(pgid) and time.monotonic() < deadline + grace:
+        _kill_group(pgid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 def run_action(argv: tuple[str, ...], timeout: float, cwd: Path, environ: Mapping[str, str] | None = None,
                groups: set[int] | None = None, on_start: Callable[[int], None] | None = None) -> ActionResult:
     """Run ``argv`` in ``cwd`` (the bot root). Never raises for the action's own failures.

@@ -166,6 +166,16 @@ def verify_point(config: Config, fp: str, timeout: float, interval: float, stop:
             return False, f"not OK within {timeout:g} s ({runs} evaluation(s)); last: {detail}"
 
 
+def _walk_strings(value: Any, redact: Redactor) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _walk_strings(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_walk_strings(v, redact) for v in value]
+    return value
+
+
 class Healer:
     """Admission, metrics, audit and workers; the HTTP layer is a thin wrapper around it."""
 
@@ -181,6 +191,9 @@ class Healer:
         self.stopping = threading.Event()
         self.groups: set[int] = set()
         self.log_lock = threading.Lock()
+        self._redactor_lock = threading.Lock()
+        self._redactor: Redactor | None = None
+        self._redactor_ident: tuple[int, ...] = ()
         #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
         self.sources: dict[str, int] = {}
         self.registry = CollectorRegistry()
@@ -193,6 +206,10 @@ class Healer:
         self.queued = Gauge("trading_healer_queued",
                             "1 while the point's accepted action waits for a free worker (healer.max_concurrent).",
                             ["fp"], registry=self.registry)
+        self.stuck = Gauge("trading_healer_stuck",
+                           "1 while the point has been queued, running or verifying for longer than its action's "
+                           "timeout plus its verification (and a margin): healing it is wedged.",
+                           ["fp"], registry=self.registry)
         self.gave_up = Gauge("trading_healer_gave_up",
                              "1 after max_attempts failed within window_seconds, until the alert resolves.",
                              ["fp"], registry=self.registry)
@@ -207,6 +224,7 @@ class Healer:
                 self.skipped.labels(fp, reason)
             self.running.labels(fp).set(0)
             self.queued.labels(fp).set(0)
+            self.stuck.labels(fp).set(0)
             self.gave_up.labels(fp).set(0)
         records = audit.read_tail(self.audit.path)
         self.policy.restore(records)
@@ -224,10 +242,29 @@ class Healer:
                 w.start()
 
     # logging ---------------------------------------------------------------------------------
+    def redactor(self) -> Redactor:
+        """The bot's secrets and the webhook token: an action's output (a ``set -x`` script, a tool
+        printing its config) and its argv may carry credentials. Rebuilt only when ``.env``
+        changes (its stat), not for every line."""
+        env_file = self.config.bot_root / ".env"
+        try:
+            st = env_file.stat()
+            ident: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            ident = ()
+        with self._redactor_lock:
+            if self._redactor is None or ident != self._redactor_ident:
+                secrets = [*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])]
+                self._redactor, self._redactor_ident = Redactor(secrets), ident
+            return self._redactor
+
     def redact(self, text: str) -> str:
-        """The bot's secrets and the webhook token as ``***``: an action's output (a ``set -x``
-        script, a tool printing its config) and its argv may carry credentials."""
-        return Redactor([*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])])(text)
+        return self.redactor()(text)
+
+    def redact_record(self, value: Any) -> Any:
+        """Every string in a record redacted, keys and structure untouched: redacting serialised
+        JSON would rewrite its syntax whenever a secret is a substring of it (a ``:``, a ``1``)."""
+        return _walk_strings(value, self.redactor())
 
     def log(self, msg: str) -> None:
         msg = self.redact(msg)
@@ -285,7 +322,7 @@ class Healer:
         if spec is None:
             return self._skip(fp, "no_healer", alert)
         if alert.status == "resolved":
-            if self.policy.reset(fp):
+            if self.policy.reset(fp, time.time()):
                 self.given_up.discard(fp)
                 self.gave_up.labels(fp).set(0)
                 self._record({"event": "resolved", "fp": fp, "fingerprint": alert.fingerprint,
@@ -307,9 +344,15 @@ class Healer:
         if reason is not None:
             return self._skip(fp, reason, alert)
         # queued, not running: with every worker busy it waits; "running" is set when its process starts
+        try:
+            self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
+                          "starts_at": alert.starts_at, "argv": list(spec.argv)}, at=now)
+        except BaseException:
+            # without its start record a restart would not know the action ran: run nothing, undo
+            # the reservation, answer 5xx so Alertmanager retries once the fault (a full disk) is gone
+            self.policy.abort(fp)
+            raise
         self.queued.labels(fp).set(1)
-        self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
-                      "starts_at": alert.starts_at, "argv": list(spec.argv)}, at=now)
         self.queue.put((spec, alert))
         return "accepted"
 
@@ -317,7 +360,7 @@ class Healer:
     def _record(self, rec: dict[str, Any], at: float | None = None) -> None:
         at = time.time() if at is None else at
         rec = {"time": audit.iso(at), "epoch": round(at, 3), **rec}
-        rec = json.loads(self.redact(json.dumps(rec)))  # the audit and /api/heals
+        rec = self.redact_record(rec)  # the audit and /api/heals
         self.audit.append(rec)
         if rec["event"] == "attempt":
             self.recent.appendleft(rec)
@@ -344,25 +387,47 @@ class Healer:
                 return
             spec, alert = item
             self.queued.labels(spec.fp).set(0)
+            outcome = "failed"
             try:
-                self._heal(spec, alert)
-            except Exception as exc:  # a bug here must not leave the point reserved forever
-                self.log(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
-                self.policy.finished(spec.fp, False)
+                outcome = self._heal(spec, alert)
+            except Exception as exc:  # a bug or a full disk here must not leave the point reserved
+                self._log_error(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
+            finally:
                 self.running.labels(spec.fp).set(0)
+                # every exit leads back to idle; the give-up is recorded once, by whoever sees it first
+                if self.policy.finished(spec.fp, outcome == "success"):
+                    try:
+                        self._gave_up(spec)
+                    except Exception as exc:
+                        self._log_error(f"heal {spec.fp}: cannot record the give-up: {type(exc).__name__}: {exc}")
 
-    def _started(self, spec: HealerSpec) -> None:
-        """The action's process exists: only now does the point read as running."""
-        self.running.labels(spec.fp).set(1)
-        self.log(f"heal {spec.fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
+    def _log_error(self, msg: str) -> None:
+        with contextlib.suppress(Exception):
+            self.log(msg)
 
-    def _heal(self, spec: HealerSpec, alert: Alert) -> None:
+    def _started(self, spec: HealerSpec, alert: Alert, pid: int) -> None:
+        """The action's process exists: only now does the point read as running. Its pid (the
+        leader of its own process group) and start time are recorded, so a receiver restarted
+        after a crash finds the orphan and ends it."""
+        try:
+            self.policy.move(spec.fp, "running")
+            self.running.labels(spec.fp).set(1)
+            self._record({"event": "spawned", "fp": spec.fp, "fingerprint": alert.fingerprint,
+                          "starts_at": alert.starts_at, "pid": pid, "pgid": pid,
+                          "proc_start": actions.proc_start_time(pid)})
+            self.log(f"heal {spec.fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
+        except Exception as exc:  # the action runs and ends at its timeout either way
+            self._log_error(f"heal {spec.fp}: cannot record the action's process: {type(exc).__name__}: {exc}")
+
+    def _heal(self, spec: HealerSpec, alert: Alert) -> str:
         started = time.time()
         try:
             res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups,
-                                     on_start=lambda pid: self._started(spec))
+                                     on_start=lambda pid: self._started(spec, alert, pid))
         finally:
             self.running.labels(spec.fp).set(0)  # the process is gone; verification is not the action
+        if self.policy.snapshot()[spec.fp]["phase"] == "running":
+            self.policy.move(spec.fp, "verifying")
         verification = None
         if res.timed_out:
             outcome = "timeout"
@@ -381,8 +446,12 @@ class Healer:
         self.attempts.labels(spec.fp, outcome).inc()
         self.log(f"heal {spec.fp}: {outcome} ({res.error or 'exit 0'}, {res.duration:.1f} s)"
                  + (f"; {verification}" if verification else ""))
-        if self.policy.finished(spec.fp, outcome == "success"):
-            self._gave_up(spec)
+        return outcome
+
+    def refresh(self, now: float | None = None) -> None:
+        """Gauges computed at scrape time: trading_healer_stuck."""
+        for fp, stuck in self.policy.stuck(time.time() if now is None else now).items():
+            self.stuck.labels(fp).set(1 if stuck else 0)
 
     def heals(self, limit: int = 50) -> list[dict[str, Any]]:
         return list(self.recent)[:max(0, limit)]
@@ -425,6 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             url = urlsplit(self.path)
             if url.path == "/metrics":
+                healer.refresh()
                 self._send(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
             elif url.path == "/api/heals":
                 try:
