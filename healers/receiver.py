@@ -47,6 +47,25 @@ MAX_SOURCES = 16
 OTHER_FP = "other"
 
 
+#: audit fields that are never redacted: what the policy restores from (a rewritten fingerprint
+#: or startsAt would make a restarted receiver heal the same alert again)
+IDENTITY_FIELDS = frozenset({"event", "time", "epoch", "fp", "fingerprint", "starts_at", "healer", "outcome"})
+#: the webhook token's floor: long enough not to be guessed, varied enough that it cannot be a
+#: word, a number or a piece of every JSON line (a token "1" would be redacted out of every number)
+MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_DISTINCT = 8
+
+
+def token_problem(token: str) -> str | None:
+    """Why a webhook token is refused, or None; never quotes the token."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"is {len(token)} characters long; it must have at least {MIN_TOKEN_LENGTH}"
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        return (f"has {len(set(token))} distinct characters; it must have at least {MIN_TOKEN_DISTINCT} "
+                "(e.g. openssl rand -hex 32)")
+    return None
+
+
 class BadRequest(ValueError):
     """The body is not an Alertmanager v4 payload; the message names what is wrong."""
 
@@ -261,10 +280,13 @@ class Healer:
     def redact(self, text: str) -> str:
         return self.redactor()(text)
 
-    def redact_record(self, value: Any) -> Any:
-        """Every string in a record redacted, keys and structure untouched: redacting serialised
-        JSON would rewrite its syntax whenever a secret is a substring of it (a ``:``, a ``1``)."""
-        return _walk_strings(value, self.redactor())
+    def redact_record(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Every string of a record redacted before it is serialised, keys and structure untouched:
+        redacting serialised JSON rewrites its syntax whenever a secret is a substring of it (a
+        ``true``, a ``"fp"``). The identity fields are ours or Alertmanager's (ids, hashes, times)
+        and are what a restart dedupes on, so they are kept exactly."""
+        redact = self.redactor()
+        return {k: v if k in IDENTITY_FIELDS else _walk_strings(v, redact) for k, v in rec.items()}
 
     def log(self, msg: str) -> None:
         msg = self.redact(msg)
@@ -565,6 +587,10 @@ def cli_heal(args: argparse.Namespace) -> int:
     if token is None and not args.insecure_no_auth:
         print(f"error: {TOKEN_ENV} is not set; refusing to run healers for unauthenticated webhooks "
               "(set it, or pass --insecure-no-auth)", file=sys.stderr)
+        return EXIT_USAGE
+    problem = token_problem(token) if token is not None else None
+    if problem is not None:
+        print(f"error: {TOKEN_ENV} {problem}; refusing to start", file=sys.stderr)
         return EXIT_USAGE
     try:
         host, port = parse_listen(args.listen or config["healer"]["listen"])

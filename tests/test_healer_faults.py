@@ -19,7 +19,7 @@ from healers.policy import HealerSpec, Policy
 from healers.receiver import Healer
 
 from .conftest import wait_for
-from .test_healer_helpers import HealBot, alert, payload, receiver, wait_idle
+from .test_healer_helpers import HealBot, alert, free_port, payload, receiver, script, start_heal_cli, wait_idle
 
 AUDIT = "logs/trading_readiness_heals.jsonl"
 
@@ -162,3 +162,52 @@ def HealerAlert(fp: str) -> object:  # noqa: N802
     from healers.receiver import parse_payload
 
     return parse_payload(json.dumps(payload(alert(fp))).encode())[0][0]
+
+
+@pytest.mark.parametrize("token", ["1", "a", "x" * 15, "ab" * 12, "abcdefg" * 3])
+def test_weak_tokens_are_refused_at_start_with_one_line(tmp_path: Path, token: str) -> None:
+    hb = HealBot(tmp_path)
+    proc = start_heal_cli(hb, hb.config({}), free_port(), token=token)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: TRADING_READINESS_HEALER_TOKEN ") and line.endswith("; refusing to start")
+    if len(token) > 1:
+        assert token not in line
+
+
+# secrets that are pieces of every audit line: a JSON literal, a number, a quoted field name, a colon
+JSONISH_ENV = {"UW_API_KEY": "true", "ALPACA_SECRET": "1", "ALPACA_KEY": '"fp"', "BROKER_TOKEN": ":",
+               "ALPACA_API_SECRET": "null", "APCA_API_SECRET_KEY": 'outcome":'}
+JSONISH_TOKEN = '{"fp": "FP-1.1", "epoch": 1}'  # noqa: S105  (a valid token: 28 characters, 16 distinct)
+
+
+def test_secrets_that_are_pieces_of_json_never_break_or_leak_into_the_audit(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    hb.bot.set_env(**JSONISH_ENV)
+    loud = script(tmp_path / "loud.sh", f"""
+        echo "ok $$" >> {hb.runs}
+        echo 'key true null outcome": token {JSONISH_TOKEN} done'
+    """)
+    cfg = hb.config({"FP-1.1": {"run": [str(loud)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
+    with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
+        assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["accepted"]
+        wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
+                 what="the outcome")
+        api = r.heals()
+    lines = (hb.root / AUDIT).read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line parses
+    assert [rec["event"] for rec in records] == ["started", "spawned", "attempt"]
+    attempt = records[-1]
+    assert attempt["fingerprint"] == "a1b2c3d4e5f60718" and attempt["starts_at"] == "2026-11-25T10:00:00.000Z"
+    assert attempt["outcome"] == "unverified" and attempt["dry_run"] is False and attempt["exit_status"] == 0
+    assert "output: key *** *** *** token *** done" in attempt["detail"]
+    for secret in ("true", "null", 'outcome":', JSONISH_TOKEN):  # the secrets long enough to be redacted
+        for rec in [*records, *api]:
+            for key, value in rec.items():
+                if key not in ("event", "outcome"):
+                    assert secret not in json.dumps(value), (secret, key)
+    # what a restart dedupes on survived redaction: the same alert is a duplicate, not a second heal
+    with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
+        assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["duplicate"]
+    assert hb.run_count() == 1
