@@ -116,5 +116,8 @@ def heal_status(audit_file: Path, since: float | None = None) -> dict[str, tuple
                     continue
                 fp, at = rec.get("fp"), rec.get("epoch")
                 if isinstance(fp, str) and isinstance(at, (int, float)):
-                    cache.latest[fp] = (float(at), rec.get("outcome") == "success")
+                    # an interrupted attempt counts as healed when the re-check proved it
+                    healed = rec.get("outcome") == "success" or (rec.get("outcome") == "interrupted"
+                                                                 and rec.get("verified") is True)
+                    cache.latest[fp] = (float(at), healed)
         return {fp: (True, ok) for fp, (at, ok) in cache.latest.items() if since is None or at >= since}

@@ -195,6 +195,62 @@ def _walk_strings(value: Any, redact: Redactor) -> Any:
     return value
 
 
+def owner_id(pid: int) -> str:
+    """``pid:start-ticks``: one process, never a later one that reuses the pid."""
+    return f"{pid}:{actions.proc_start_time(pid)}"
+
+
+def owner_alive(owner: object) -> bool:
+    if not isinstance(owner, str) or ":" not in owner:
+        return False  # written before owners were recorded: nobody alive can be finishing it
+    pid, _, start = owner.partition(":")
+    return pid.isdigit() and owner_id(int(pid)) == owner and start != "None"
+
+
+@dataclass
+class Orphan:
+    """A start record without an outcome whose receiver is gone."""
+
+    fp: str
+    fingerprint: str
+    starts_at: str
+    at: float
+    pgid: int | None = None
+    proc_start: int | None = None
+    spawned_at: float | None = None
+
+    def same_leader(self) -> bool:
+        """The recorded leader is still this process, or gone while its group lives on (a pgid is
+        never reused while its group has members)."""
+        now = actions.proc_start_time(self.pgid) if self.pgid is not None else None
+        return now is None or self.proc_start is None or now == self.proc_start
+
+
+def find_orphans(records: list[dict[str, Any]]) -> list[Orphan]:
+    """Starts (oldest first) with no later outcome, whose owner process is no longer alive."""
+    # one action per point at a time: the latest start of each point is the only one that can be open
+    open_: dict[str, tuple[Orphan, object]] = {}
+    for rec in records:
+        fp, at = rec.get("fp"), rec.get("epoch")
+        if not isinstance(fp, str) or not isinstance(at, (int, float)):
+            continue
+        fingerprint, starts_at = str(rec.get("fingerprint", "")), str(rec.get("starts_at", ""))
+        event = rec.get("event")
+        cur = open_.get(fp)
+        same = cur is not None and (cur[0].fingerprint, cur[0].starts_at) == (fingerprint, starts_at)
+        if event == "started":
+            open_[fp] = (Orphan(fp, fingerprint, starts_at, float(at)), rec.get("owner"))
+        elif event == "spawned" and cur is not None and same:
+            orphan = cur[0]
+            pgid, start = rec.get("pgid"), rec.get("proc_start")
+            orphan.pgid = pgid if isinstance(pgid, int) and pgid > 1 else None
+            orphan.proc_start = start if isinstance(start, int) else None
+            orphan.spawned_at = float(at)
+        elif event == "attempt" and same:
+            open_.pop(fp, None)
+    return [orphan for orphan, owner in open_.values() if not owner_alive(owner)]
+
+
 class Healer:
     """Admission, metrics, audit and workers; the HTTP layer is a thin wrapper around it."""
 
@@ -206,7 +262,10 @@ class Healer:
         self.policy = Policy(self.specs)
         self.audit = audit.AuditLog(config.resolve(config["healer"]["audit_file"]))
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
-        self.queue: queue.Queue[tuple[HealerSpec, Alert] | None] = queue.Queue()
+        self.queue: queue.Queue[tuple[HealerSpec, Alert] | Orphan | None] = queue.Queue()
+        #: this process, as written into its start records: a restarted receiver (or a peer sharing
+        #: the audit file) tells an orphan of a dead receiver from a live receiver's action
+        self.owner = owner_id(os.getpid())
         self.stopping = threading.Event()
         self.groups: set[int] = set()
         self.log_lock = threading.Lock()
@@ -250,10 +309,17 @@ class Healer:
         for rec in records:
             if rec.get("event") == "attempt":
                 self.recent.appendleft(rec)
+        self.orphans = find_orphans(records)
         #: points whose give-up is recorded and exported (until their alert resolves)
         self.given_up: set[str] = {fp for fp, st in self.policy.snapshot().items() if st["gave_up"]}
         for fp in self.given_up:
             self.gave_up.labels(fp).set(1)
+        for orphan in self.orphans:
+            if orphan.fp in self.specs:
+                # held (busy) until the orphan is ended and the point re-checked
+                self.policy.move(orphan.fp, "queued", time.time())
+                self.queued.labels(orphan.fp).set(1)
+                self.queue.put(orphan)
         self.workers = [threading.Thread(target=self._worker, name=f"heal-worker-{i}", daemon=True)
                         for i in range(int(config["healer"]["max_concurrent"]))]
         if start_workers:
@@ -368,7 +434,7 @@ class Healer:
         # queued, not running: with every worker busy it waits; "running" is set when its process starts
         try:
             self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
-                          "starts_at": alert.starts_at, "argv": list(spec.argv)}, at=now)
+                          "starts_at": alert.starts_at, "argv": list(spec.argv), "owner": self.owner}, at=now)
         except BaseException:
             # without its start record a restart would not know the action ran: run nothing, undo
             # the reservation, answer 5xx so Alertmanager retries once the fault (a full disk) is gone
@@ -407,11 +473,17 @@ class Healer:
             item = self.queue.get()
             if item is None:
                 return
-            spec, alert = item
+            if isinstance(item, Orphan):
+                spec = self.specs[item.fp]
+            else:
+                spec, alert = item
             self.queued.labels(spec.fp).set(0)
             outcome = "failed"
             try:
-                outcome = self._heal(spec, alert)
+                if isinstance(item, Orphan):
+                    outcome = self._recover(spec, item)
+                else:
+                    outcome = self._heal(spec, alert)
             except Exception as exc:  # a bug or a full disk here must not leave the point reserved
                 self._log_error(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
             finally:
@@ -436,7 +508,8 @@ class Healer:
             self.running.labels(spec.fp).set(1)
             self._record({"event": "spawned", "fp": spec.fp, "fingerprint": alert.fingerprint,
                           "starts_at": alert.starts_at, "pid": pid, "pgid": pid,
-                          "proc_start": actions.proc_start_time(pid)})
+                          "proc_start": actions.proc_start_time(pid), "timeout_seconds": spec.timeout_seconds,
+                          "owner": self.owner})
             self.log(f"heal {spec.fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
         except Exception as exc:  # the action runs and ends at its timeout either way
             self._log_error(f"heal {spec.fp}: cannot record the action's process: {type(exc).__name__}: {exc}")
@@ -469,6 +542,42 @@ class Healer:
         self.log(f"heal {spec.fp}: {outcome} ({res.error or 'exit 0'}, {res.duration:.1f} s)"
                  + (f"; {verification}" if verification else ""))
         return outcome
+
+    def _recover(self, spec: HealerSpec, orphan: Orphan) -> str:
+        """A start recorded by a receiver that died before the outcome: wait for the orphaned
+        action until its own timeout, end its process group, re-check the point and record the
+        outcome as ``interrupted`` (verified or not). Returns "success" when the point is OK."""
+        self.policy.move(spec.fp, "running")
+        pgid = orphan.pgid
+        how = "its process was never recorded (the receiver stopped before or as it started)"
+        if pgid is not None:
+            if not actions.group_alive(pgid) or not orphan.same_leader():
+                how = f"its process group {pgid} had already ended"
+            else:
+                self.running.labels(spec.fp).set(1)
+                deadline = (orphan.spawned_at or orphan.at) + spec.timeout_seconds
+                self.log(f"heal {spec.fp}: found the action a stopped receiver started (process group {pgid}); "
+                         f"waiting for it until its timeout")
+                while actions.group_alive(pgid) and time.time() < deadline and not self.stopping.is_set():
+                    time.sleep(0.1)
+                if actions.group_alive(pgid):
+                    actions.end_group(pgid)
+                    how = f"its process group {pgid} was still running at its timeout and was killed"
+                else:
+                    how = f"its process group {pgid} ended by itself"
+                self.running.labels(spec.fp).set(0)
+        self.policy.move(spec.fp, "verifying")
+        ok, verification = verify_point(self.config, spec.fp, spec.verify_timeout_seconds,
+                                        float(self.config["healer"]["verify_interval_seconds"]), self.stopping)
+        rec = {"event": "attempt", "fp": spec.fp, "healer": spec.name, "fingerprint": orphan.fingerprint,
+               "starts_at": orphan.starts_at, "argv": list(spec.argv), "exit_status": None,
+               "duration_seconds": round(time.time() - orphan.at, 3), "outcome": "interrupted",
+               "detail": f"the receiver stopped while the action ran; {how}", "verification": verification,
+               "verified": ok, "dry_run": False}
+        self._record(rec, at=orphan.at)
+        self.attempts.labels(spec.fp, "interrupted").inc()
+        self.log(f"heal {spec.fp}: interrupted ({how}); {'healed' if ok else 'not healed'}: {verification}")
+        return "success" if ok else "interrupted"
 
     def refresh(self, now: float | None = None) -> None:
         """Gauges computed at scrape time: trading_healer_stuck."""
