@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ from exporter.config import Config
 from exporter.config import load as load_config
 
 from . import actions, audit
+from .lease import Lease, LeaseRefused, owner_alive
 from .policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
 
 TOKEN_ENV = "TRADING_READINESS_HEALER_TOKEN"  # noqa: S105  (a variable name, not a secret)
@@ -196,15 +198,9 @@ def _walk_strings(value: Any, redact: Redactor) -> Any:
 
 
 def owner_id(pid: int) -> str:
-    """``pid:start-ticks``: one process, never a later one that reuses the pid."""
-    return f"{pid}:{actions.proc_start_time(pid)}"
-
-
-def owner_alive(owner: object) -> bool:
-    if not isinstance(owner, str) or ":" not in owner:
-        return False  # written before owners were recorded: nobody alive can be finishing it
-    pid, _, start = owner.partition(":")
-    return pid.isdigit() and owner_id(int(pid)) == owner and start != "None"
+    """``pid:start-ticks:nonce``: one receiver, never a later process that reuses the pid (and
+    not another receiver in the same process)."""
+    return f"{pid}:{actions.proc_start_time(pid)}:{secrets.token_hex(4)}"
 
 
 @dataclass
@@ -266,6 +262,7 @@ class Healer:
         #: this process, as written into its start records: a restarted receiver (or a peer sharing
         #: the audit file) tells an orphan of a dead receiver from a live receiver's action
         self.owner = owner_id(os.getpid())
+        self.lease = Lease(config.resolve(config["healer"]["lease_file"]), self.owner)
         self.stopping = threading.Event()
         self.groups: set[int] = set()
         self.log_lock = threading.Lock()
@@ -431,6 +428,18 @@ class Healer:
                      f"started {alert.starts_at[:40]!r})")
         if reason is not None:
             return self._skip(fp, reason, alert)
+        # this receiver would act; a peer receiver of the same bot may hold the point or have just healed it
+        try:
+            takeover = self.lease.acquire(fp, spec.argv, now, self.policy.stuck_after(fp), spec.cooldown_seconds)
+        except LeaseRefused as refused:
+            self.policy.abort(fp)
+            self.log(f"heal {fp}: not run here: {refused}")
+            return self._skip(fp, refused.reason, alert)
+        except BaseException:
+            self.policy.abort(fp)  # the lease cannot be read or written: never act without it
+            raise
+        if takeover:
+            self.log(f"heal {fp}: {takeover}")
         # queued, not running: with every worker busy it waits; "running" is set when its process starts
         try:
             self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
@@ -439,6 +448,8 @@ class Healer:
             # without its start record a restart would not know the action ran: run nothing, undo
             # the reservation, answer 5xx so Alertmanager retries once the fault (a full disk) is gone
             self.policy.abort(fp)
+            with contextlib.suppress(Exception):
+                self.lease.release(fp, time.time(), ran=False)
             raise
         self.queued.labels(fp).set(1)
         self.queue.put((spec, alert))
@@ -488,6 +499,11 @@ class Healer:
                 self._log_error(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
             finally:
                 self.running.labels(spec.fp).set(0)
+                if not isinstance(item, Orphan):
+                    try:
+                        self.lease.release(spec.fp, time.time(), ran=True)
+                    except Exception as exc:  # it expires by itself; peers then take over
+                        self._log_error(f"heal {spec.fp}: cannot release the lease: {type(exc).__name__}: {exc}")
                 # every exit leads back to idle; the give-up is recorded once, by whoever sees it first
                 if self.policy.finished(spec.fp, outcome == "success"):
                     try:
@@ -506,6 +522,7 @@ class Healer:
         try:
             self.policy.move(spec.fp, "running")
             self.running.labels(spec.fp).set(1)
+            self.lease.update(spec.fp, time.time(), pgid=pid, proc_start=actions.proc_start_time(pid))
             self._record({"event": "spawned", "fp": spec.fp, "fingerprint": alert.fingerprint,
                           "starts_at": alert.starts_at, "pid": pid, "pgid": pid,
                           "proc_start": actions.proc_start_time(pid), "timeout_seconds": spec.timeout_seconds,
@@ -516,6 +533,13 @@ class Healer:
 
     def _heal(self, spec: HealerSpec, alert: Alert) -> str:
         started = time.time()
+        # it may have waited for a worker: the lease runs from now (and a peer may have taken it over)
+        if not self.lease.update(spec.fp, started, self.policy.stuck_after(spec.fp)):
+            detail = "not run: it waited for a worker past its lease, and another receiver took the point over"
+            self._record(self._attempt_record(spec, alert, started, None, 0.0, "failed", detail, None), at=started)
+            self.attempts.labels(spec.fp, "failed").inc()
+            self.log(f"heal {spec.fp}: {detail}")
+            return "failed"
         try:
             res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups,
                                      on_start=lambda pid: self._started(spec, alert, pid))
@@ -584,6 +608,12 @@ class Healer:
         for fp, stuck in self.policy.stuck(time.time() if now is None else now).items():
             self.stuck.labels(fp).set(1 if stuck else 0)
 
+    def lease_view(self) -> dict[str, Any] | str:
+        try:
+            return self.lease.entries()
+        except OSError as exc:
+            return f"cannot read {self.lease.path}: {exc.strerror or exc}"
+
     def heals(self, limit: int = 50) -> list[dict[str, Any]]:
         return list(self.recent)[:max(0, limit)]
 
@@ -634,7 +664,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(400, {"error": "limit must be an integer"})
                     return
                 self._json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
-                                 "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources)})
+                                 "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
+                                 "owner": healer.owner, "lease": healer.lease_view()})
             elif url.path == "/-/healthy":
                 self._send(200, b"OK\n", "text/plain")
             else:
