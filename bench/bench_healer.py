@@ -28,7 +28,7 @@ from exporter.sim.botroot import BotRoot
 
 CONCURRENCY = 200
 ROUNDS = 5
-TOKEN = "bench-token"  # noqa: S105
+TOKEN = "bench-token-0123456789abcdef"  # noqa: S105
 REPO = Path(__file__).resolve().parent.parent
 
 

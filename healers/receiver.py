@@ -23,9 +23,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -33,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from exporter.botenv import BotEnv, Redactor
 from exporter.config import Config
 from exporter.config import load as load_config
+from exporter.httpd import BoundedHTTPServer, Request, Response
 
 from . import actions, audit
 from .lease import Lease, LeaseRefused, owner_alive
@@ -627,90 +627,67 @@ class Healer:
             self.queue.put(None)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: HealerServer
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # a slow or stalled client cannot hold a thread for long
-    #: headers and body are two writes: with Nagle on, a keep-alive client (Alertmanager's Go
-    #: client reuses its connection) waits for a delayed ACK, ~40 ms per answer
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # decisions are logged by the healer; per-request lines would only add noise
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:  # an unread body: say so, or a keep-alive client reuses a dead socket
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, (json.dumps(obj) + "\n").encode())
-
-    def do_GET(self) -> None:  # noqa: N802
-        healer = self.server.healer
-        try:
-            url = urlsplit(self.path)
-            if url.path == "/metrics":
-                healer.refresh()
-                self._send(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
-            elif url.path == "/api/heals":
-                try:
-                    limit = int(parse_qs(url.query).get("limit", ["50"])[0])
-                except ValueError:
-                    self._json(400, {"error": "limit must be an integer"})
-                    return
-                self._json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
-                                 "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
-                                 "owner": healer.owner, "lease": healer.lease_view()})
-            elif url.path == "/-/healthy":
-                self._send(200, b"OK\n", "text/plain")
-            else:
-                self._json(404, {"error": "not found"})
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        healer = self.server.healer
-        try:
-            if urlsplit(self.path).path != "/alertmanager":
-                self._json(404, {"error": "not found"})
-                return
-            if not healer.authorized(self.headers.get("Authorization")):
-                self.close_connection = True
-                self._json(401, {"error": "missing or wrong bearer token"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                self._json(400, {"error": "Content-Length is required"})
-                return
-            if length < 0 or length > MAX_BODY_BYTES:
-                self.close_connection = True  # the body is not read, so the connection cannot be reused
-                self._json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
-                return
-            body = self.rfile.read(length)
-            try:
-                status, obj = healer.handle_post(self.headers.get("Authorization"), body)
-            except Exception as exc:  # our own fault: 5xx, and the receiver keeps serving
-                healer.log(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
-                status, obj = 500, {"error": "internal error"}
-            self._json(status, obj)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True
+#: HTTP handler threads: decisions are in-memory and the audit write is one fsync, so a few suffice
+HTTP_WORKERS = 4
+#: open connections at most; idle ones give way to new clients beyond this
+MAX_CONNECTIONS = 512
+#: a slow or stalled client holds its connection for at most this long per request
+READ_TIMEOUT = 10.0
 
 
-class HealerServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512  # Alertmanager HA peers plus a burst of groups must not see refusals
+def _json(status: int, obj: Any, close: bool = False) -> Response:
+    return Response(status, (json.dumps(obj) + "\n").encode(), "application/json", close=close)
+
+
+class HealerServer(BoundedHTTPServer):
+    """The receiver's HTTP side: an asyncio acceptor (token and length are checked from the
+    request head, before any body is read) and a small fixed pool that decides and answers."""
 
     def __init__(self, addr: tuple[str, int], healer: Healer) -> None:
         self.healer = healer
-        super().__init__(addr, _Handler)
+        super().__init__(addr, self._handle, precheck=self._precheck, workers=HTTP_WORKERS,
+                         max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
+                         name="heal-http")
+
+    def _precheck(self, req: Request) -> Response | None:
+        if req.method != "POST":
+            return None
+        if req.path != "/alertmanager":
+            return _json(404, {"error": "not found"})
+        if not self.healer.authorized(req.headers.get("authorization")):
+            return _json(401, {"error": "missing or wrong bearer token"}, close=True)
+        raw = req.headers.get("content-length", "")
+        if not raw.strip().isdigit():
+            return _json(400, {"error": "Content-Length is required"}, close=True)
+        if int(raw) > MAX_BODY_BYTES:
+            return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
+        return None
+
+    def _handle(self, req: Request) -> Response:
+        healer = self.healer
+        if req.method == "POST":
+            try:
+                status, obj = healer.handle_post(req.headers.get("authorization"), req.body)
+            except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
+                healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
+                status, obj = 500, {"error": "internal error"}
+            return _json(status, obj)
+        if req.method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method not allowed"})
+        if req.path == "/metrics":
+            healer.refresh()
+            return Response(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
+        if req.path == "/api/heals":
+            try:
+                limit = int(parse_qs(req.query).get("limit", ["50"])[0])
+            except ValueError:
+                return _json(400, {"error": "limit must be an integer"})
+            return _json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
+                               "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
+                               "owner": healer.owner, "lease": healer.lease_view()})
+        if req.path == "/-/healthy":
+            return Response(200, b"OK\n", "text/plain")
+        return _json(404, {"error": "not found"})
 
 
 def parse_listen(value: str) -> tuple[str, int]:
