@@ -45,6 +45,9 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ALERTS = 1000
 RECENT = 200
 MAX_SOURCES = 16
+#: how often skipped deliveries and suppressed repeated lines are summarised on stderr
+SUMMARY_SECONDS = 60.0
+LOG_REPEAT_SECONDS = 60.0
 #: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
 OTHER_FP = "other"
 
@@ -269,6 +272,9 @@ class Healer:
         self._redactor_lock = threading.Lock()
         self._redactor: Redactor | None = None
         self._redactor_ident: tuple[int, ...] = ()
+        self._last_logged: dict[str, float] = {}
+        self._repeats: dict[str, int] = {}
+        self._skip_counts: dict[tuple[str, str], int] = {}
         #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
         self.sources: dict[str, int] = {}
         self.registry = CollectorRegistry()
@@ -322,6 +328,7 @@ class Healer:
         if start_workers:
             for w in self.workers:
                 w.start()
+            threading.Thread(target=self._summariser, name="heal-log-summary", daemon=True).start()
 
     # logging ---------------------------------------------------------------------------------
     def redactor(self) -> Redactor:
@@ -352,9 +359,41 @@ class Healer:
         return {k: v if k in IDENTITY_FIELDS else _walk_strings(v, redact) for k, v in rec.items()}
 
     def log(self, msg: str) -> None:
+        """One line to stderr, redacted. A line identical to one written in the last
+        LOG_REPEAT_SECONDS is counted instead, and the count written by the next summary."""
         msg = self.redact(msg)
+        now = time.monotonic()
         with self.log_lock:
+            last = self._last_logged.get(msg)
+            if last is not None and now - last < LOG_REPEAT_SECONDS:
+                self._repeats[msg] = self._repeats.get(msg, 0) + 1
+                return
+            if len(self._last_logged) >= 1024:  # bounded: forget lines not seen for a while
+                self._last_logged = {m: t for m, t in self._last_logged.items() if now - t < LOG_REPEAT_SECONDS}
+            self._last_logged[msg] = now
             print(f"{audit.iso(time.time())} {msg}", file=sys.stderr, flush=True)
+
+    def summarise(self) -> None:
+        """The skips and suppressed repeats since the last summary, as at most two lines."""
+        with self.log_lock:
+            skips, self._skip_counts = self._skip_counts, {}
+            repeats, self._repeats = self._repeats, {}
+        stamp = audit.iso(time.time())
+        lines = []
+        if skips:
+            parts = ", ".join(f"{fp or '(no fp)'} {reason} {n}" for (fp, reason), n in sorted(skips.items()))
+            lines.append(f"{stamp} heal: skipped since the last summary: {parts}")
+        if repeats:
+            parts = "; ".join(f"{n}x {msg[:200]}" for msg, n in sorted(repeats.items(), key=lambda kv: -kv[1])[:10])
+            lines.append(f"{stamp} heal: repeated lines not written again: {parts}")
+        if lines:
+            with self.log_lock:
+                print("\n".join(lines), file=sys.stderr, flush=True)
+
+    def _summariser(self) -> None:
+        while not self.stopping.wait(SUMMARY_SECONDS):
+            with contextlib.suppress(Exception):
+                self.summarise()
 
     # requests --------------------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
@@ -386,10 +425,15 @@ class Healer:
         return fp if fp in self.config.catalog.points else OTHER_FP
 
     def _skip(self, fp: str | None, reason: str, alert: Alert) -> str:
-        self.skipped.labels(self._label(fp), reason).inc()
+        """A deliberate skip is a counter and a share of the periodic summary, never a line each:
+        a payload of a thousand alerts must not write a thousand lines."""
+        label = self._label(fp)
+        self.skipped.labels(label, reason).inc()
         if reason not in ("duplicate", "unknown_fp", "no_healer", "dry_run", "other_bot"):
-            self.log(f"heal {fp}: skipped ({reason}), alert {alert.fingerprint[:32]!r} "
-                     f"started {alert.starts_at[:40]!r}")
+            with self.log_lock:
+                key = (label, reason)
+                if key in self._skip_counts or len(self._skip_counts) < 256:
+                    self._skip_counts[key] = self._skip_counts.get(key, 0) + 1
         return reason
 
     def dispatch(self, alert: Alert) -> str:
@@ -433,7 +477,6 @@ class Healer:
             takeover = self.lease.acquire(fp, spec.argv, now, self.policy.stuck_after(fp), spec.cooldown_seconds)
         except LeaseRefused as refused:
             self.policy.abort(fp)
-            self.log(f"heal {fp}: not run here: {refused}")
             return self._skip(fp, refused.reason, alert)
         except BaseException:
             self.policy.abort(fp)  # the lease cannot be read or written: never act without it
@@ -620,6 +663,8 @@ class Healer:
     def stop(self) -> None:
         """Stop workers and kill what is still running (its record says so)."""
         self.stopping.set()
+        with contextlib.suppress(Exception):
+            self.summarise()
         for pgid in list(self.groups):
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
