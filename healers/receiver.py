@@ -63,11 +63,12 @@ MIN_TOKEN_DISTINCT = 8
 
 def token_problem(token: str) -> str | None:
     """Why a webhook token is refused, or None; never quotes the token."""
-    if len(token) < MIN_TOKEN_LENGTH:
-        return f"is {len(token)} characters long; it must have at least {MIN_TOKEN_LENGTH}"
-    if len(set(token)) < MIN_TOKEN_DISTINCT:
-        return (f"has {len(set(token))} distinct characters; it must have at least {MIN_TOKEN_DISTINCT} "
-                "(e.g. openssl rand -hex 32)")
+    n, distinct = len(token), len(set(token))
+    if n < MIN_TOKEN_LENGTH:
+        return f"is {n} character{'' if n == 1 else 's'} long; it must have at least {MIN_TOKEN_LENGTH}"
+    if distinct < MIN_TOKEN_DISTINCT:
+        return (f"has {distinct} distinct character{'' if distinct == 1 else 's'}; it must have at least "
+                f"{MIN_TOKEN_DISTINCT} (e.g. openssl rand -hex 32)")
     return None
 
 
