@@ -579,10 +579,10 @@ class Healer:
         started = time.time()
         # it may have waited for a worker: the lease runs from now (and a peer may have taken it over)
         if not self.lease.update(spec.fp, started, self.policy.stuck_after(spec.fp)):
-            detail = "not run: it waited for a worker past its lease, and another receiver took the point over"
-            self._record(self._attempt_record(spec, alert, started, None, 0.0, "failed", detail, None), at=started)
+            lost = "not run: it waited for a worker past its lease, and another receiver took the point over"
+            self._record(self._attempt_record(spec, alert, started, None, 0.0, "failed", lost, None), at=started)
             self.attempts.labels(spec.fp, "failed").inc()
-            self.log(f"heal {spec.fp}: {detail}")
+            self.log(f"heal {spec.fp}: {lost}")
             return "failed"
         try:
             res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups,

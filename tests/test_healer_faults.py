@@ -211,3 +211,48 @@ def test_secrets_that_are_pieces_of_json_never_break_or_leak_into_the_audit(tmp_
     with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
         assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["duplicate"]
     assert hb.run_count() == 1
+
+
+def test_concurrent_audit_appends_share_fsyncs_and_every_line_lands(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from healers import audit
+
+    calls = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a disk that takes its time: the others must not queue one each
+        calls.append(fd)
+        time.sleep(0.05)
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit.os, "fsync", slow_fsync)
+    log = audit.AuditLog(tmp_path / "heals.jsonl")
+    barrier = threading.Barrier(50)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        log.append({"event": "resolved", "fp": "FP-1.1", "n": i})
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    lines = (tmp_path / "heals.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["n"] for x in lines) == list(range(50))
+    assert 1 <= len(calls) <= 10, len(calls)
+
+
+def test_an_append_that_cannot_reach_the_disk_raises(tmp_path: Path) -> None:
+    from healers import audit
+
+    with tiny_tmpfs(tmp_path / "disk") as disk:
+        log = audit.AuditLog(disk / "heals.jsonl")
+        log.append({"event": "resolved"})
+        fill(disk)
+        with pytest.raises(OSError):
+            for i in range(100):
+                log.append({"event": "resolved", "pad": "x" * 4096, "i": i})
