@@ -33,7 +33,9 @@ OUTCOMES = ("success", "failed", "timeout", "unverified", "dry_run", "interrupte
 PHASES = ("idle", "queued", "running", "verifying")
 TRANSITIONS: dict[str, frozenset[str]] = {
     "idle": frozenset({"queued"}),
-    "queued": frozenset({"running", "idle"}),  # idle: the start record could not be written, or recovery
+    # idle: the start record could not be written; verifying: a restarted receiver re-checks a
+    # point whose accepted action never started before it replays it
+    "queued": frozenset({"running", "verifying", "idle"}),
     "running": frozenset({"verifying", "idle"}),
     "verifying": frozenset({"idle"}),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import hmac
 import json
 import os
@@ -219,11 +220,18 @@ class Orphan:
     proc_start: int | None = None
     spawned_at: float | None = None
 
+    owner: str = ""
+
     def same_leader(self) -> bool:
         """The recorded leader is still this process, or gone while its group lives on (a pgid is
         never reused while its group has members)."""
         now = actions.proc_start_time(self.pgid) if self.pgid is not None else None
         return now is None or self.proc_start is None or now == self.proc_start
+
+
+def attempt_marker(owner: str, fp: str, fingerprint: str, starts_at: str) -> str:
+    """The attempt's id in its action's environment: a hash, so no alert data reaches the action."""
+    return hashlib.sha256(f"{owner}|{fp}|{fingerprint}|{starts_at}".encode()).hexdigest()[:24]
 
 
 def find_orphans(records: list[dict[str, Any]]) -> list[Orphan]:
@@ -239,7 +247,8 @@ def find_orphans(records: list[dict[str, Any]]) -> list[Orphan]:
         cur = open_.get(fp)
         same = cur is not None and (cur[0].fingerprint, cur[0].starts_at) == (fingerprint, starts_at)
         if event == "started":
-            open_[fp] = (Orphan(fp, fingerprint, starts_at, float(at)), rec.get("owner"))
+            owner = rec.get("owner")
+            open_[fp] = (Orphan(fp, fingerprint, starts_at, float(at), owner=str(owner or "")), owner)
         elif event == "spawned" and cur is not None and same:
             orphan = cur[0]
             pgid, start = rec.get("pgid"), rec.get("proc_start")
@@ -543,11 +552,10 @@ class Healer:
                 self._log_error(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
             finally:
                 self.running.labels(spec.fp).set(0)
-                if not isinstance(item, Orphan):
-                    try:
-                        self.lease.release(spec.fp, time.time(), ran=True)
-                    except Exception as exc:  # it expires by itself; peers then take over
-                        self._log_error(f"heal {spec.fp}: cannot release the lease: {type(exc).__name__}: {exc}")
+                try:  # only an entry this receiver owns is touched (a recovered orphan's is not)
+                    self.lease.release(spec.fp, time.time(), ran=True)
+                except Exception as exc:  # it expires by itself; peers then take over
+                    self._log_error(f"heal {spec.fp}: cannot release the lease: {type(exc).__name__}: {exc}")
                 # every exit leads back to idle; the give-up is recorded once, by whoever sees it first
                 if self.policy.finished(spec.fp, outcome == "success"):
                     try:
@@ -586,7 +594,8 @@ class Healer:
             return "failed"
         try:
             res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups,
-                                     on_start=lambda pid: self._started(spec, alert, pid))
+                                     on_start=lambda pid: self._started(spec, alert, pid),
+                                     marker=attempt_marker(self.owner, spec.fp, alert.fingerprint, alert.starts_at))
         finally:
             self.running.labels(spec.fp).set(0)  # the process is gone; verification is not the action
         if self.policy.snapshot()[spec.fp]["phase"] == "running":
@@ -615,25 +624,30 @@ class Healer:
         """A start recorded by a receiver that died before the outcome: wait for the orphaned
         action until its own timeout, end its process group, re-check the point and record the
         outcome as ``interrupted`` (verified or not). Returns "success" when the point is OK."""
-        self.policy.move(spec.fp, "running")
         pgid = orphan.pgid
-        how = "its process was never recorded (the receiver stopped before or as it started)"
-        if pgid is not None:
-            if not actions.group_alive(pgid) or not orphan.same_leader():
-                how = f"its process group {pgid} had already ended"
+        if pgid is None:
+            # no process was recorded: its environment still names the attempt
+            pgid = orphan.pgid = actions.find_marked(
+                attempt_marker(orphan.owner, spec.fp, orphan.fingerprint, orphan.starts_at))
+            orphan.proc_start = None
+        if pgid is None:
+            return self._replay(spec, orphan)
+        self.policy.move(spec.fp, "running")
+        if not actions.group_alive(pgid) or not orphan.same_leader():
+            how = f"its process group {pgid} had already ended"
+        else:
+            self.running.labels(spec.fp).set(1)
+            deadline = (orphan.spawned_at or orphan.at) + spec.timeout_seconds
+            self.log(f"heal {spec.fp}: found the action a stopped receiver started (process group {pgid}); "
+                     f"waiting for it until its timeout")
+            while actions.group_alive(pgid) and time.time() < deadline and not self.stopping.is_set():
+                time.sleep(0.1)
+            if actions.group_alive(pgid):
+                actions.end_group(pgid)
+                how = f"its process group {pgid} was still running at its timeout and was killed"
             else:
-                self.running.labels(spec.fp).set(1)
-                deadline = (orphan.spawned_at or orphan.at) + spec.timeout_seconds
-                self.log(f"heal {spec.fp}: found the action a stopped receiver started (process group {pgid}); "
-                         f"waiting for it until its timeout")
-                while actions.group_alive(pgid) and time.time() < deadline and not self.stopping.is_set():
-                    time.sleep(0.1)
-                if actions.group_alive(pgid):
-                    actions.end_group(pgid)
-                    how = f"its process group {pgid} was still running at its timeout and was killed"
-                else:
-                    how = f"its process group {pgid} ended by itself"
-                self.running.labels(spec.fp).set(0)
+                how = f"its process group {pgid} ended by itself"
+            self.running.labels(spec.fp).set(0)
         self.policy.move(spec.fp, "verifying")
         ok, verification = verify_point(self.config, spec.fp, spec.verify_timeout_seconds,
                                         float(self.config["healer"]["verify_interval_seconds"]), self.stopping)
@@ -646,6 +660,35 @@ class Healer:
         self.attempts.labels(spec.fp, "interrupted").inc()
         self.log(f"heal {spec.fp}: interrupted ({how}); {'healed' if ok else 'not healed'}: {verification}")
         return "success" if ok else "interrupted"
+
+    def _replay(self, spec: HealerSpec, orphan: Orphan) -> str:
+        """An accepted alert whose action never started (the receiver died while it was queued):
+        its start record is the journal entry. The point is checked once; when it is still not
+        OK the action runs now, as it would have, and its outcome closes the entry."""
+        self.policy.move(spec.fp, "verifying")
+        ok, verification = verify_point(self.config, spec.fp, 0.0, 0.0, self.stopping)
+        alert = Alert("firing", spec.fp, orphan.fingerprint, orphan.starts_at)
+        if ok:
+            rec = self._attempt_record(spec, alert, orphan.at, None, 0.0, "interrupted",
+                                       "the receiver stopped before the action ran; the point is OK again, "
+                                       "so it was not run", verification)
+            self._record({**rec, "verified": True}, at=orphan.at)
+            self.attempts.labels(spec.fp, "interrupted").inc()
+            self.log(f"heal {spec.fp}: interrupted before its action ran; OK again, not run")
+            return "success"
+        self.log(f"heal {spec.fp}: the receiver stopped before this accepted action ran; running it now")
+        self.policy.finished(spec.fp, True)  # verifying -> idle, then the normal path from queued
+        self.policy.move(spec.fp, "queued", time.time())
+        try:
+            self.lease.acquire(spec.fp, spec.argv, time.time(), self.policy.stuck_after(spec.fp), 0.0)
+        except LeaseRefused as refused:  # a peer receiver is healing it, or just did
+            rec = self._attempt_record(spec, alert, orphan.at, None, 0.0, "interrupted",
+                                       f"the receiver stopped before the action ran; not run here: {refused}",
+                                       verification)
+            self._record({**rec, "verified": False}, at=orphan.at)
+            self.attempts.labels(spec.fp, "interrupted").inc()
+            return "interrupted"
+        return self._heal(spec, alert)
 
     def refresh(self, now: float | None = None) -> None:
         """Gauges computed at scrape time: trading_healer_stuck."""

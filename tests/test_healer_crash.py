@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import requests
@@ -102,25 +103,73 @@ def test_kill_9_mid_action_the_restarted_receiver_ends_the_orphan_and_records_th
     assert len((hb.root / AUDIT).read_text().splitlines()) == 3
 
 
-def test_a_start_recorded_without_a_process_is_rechecked_and_recorded(tmp_path: Path) -> None:
-    hb = HealBot(tmp_path)
-    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
-    audit = hb.root / AUDIT
-    audit.parent.mkdir(parents=True, exist_ok=True)
+def started(fp: str, fingerprint: str, owner: str, epoch: float = 1000.0) -> str:
+    return json.dumps({"event": "started", "fp": fp, "epoch": epoch, "fingerprint": fingerprint,
+                       "starts_at": "2026-11-25T10:00:00.000Z", "owner": owner}) + "\n"
+
+
+def dead_owner() -> str:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    live_peer = f"{os.getpid()}:{Path(f'/proc/{os.getpid()}/stat').read_text().rpartition(')')[2].split()[19]}"
-    audit.write_text(json.dumps({"event": "started", "fp": "FP-1.1", "epoch": 1000.0, "fingerprint": "f1",
-                                 "starts_at": "2026-11-25T10:00:00.000Z", "owner": f"{dead.pid}:123"}) + "\n"
+    return f"{dead.pid}:123:deadbeef"
+
+
+def test_an_accepted_alert_whose_action_never_started_is_replayed_once(tmp_path: Path) -> None:
+    """The start record is the journal entry of an acknowledged alert: a receiver that died while
+    the action was queued left it unfinished, and the next start runs it (the point still fails),
+    or closes it without running (the point is OK again)."""
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300},
+                     "FP-2.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
+    audit = hb.root / AUDIT
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    owner = dead_owner()
+    live_peer = f"{os.getpid()}:{Path(f'/proc/{os.getpid()}/stat').read_text().rpartition(')')[2].split()[19]}:peer"
+    now = time.time()
+    audit.write_text(started("FP-1.1", "f1", owner, now) + started("FP-2.1", "f2", owner, now)
                      # a live receiver sharing this audit file: its action is not an orphan
-                     + json.dumps({"event": "started", "fp": "FP-1.3", "epoch": 1000.0, "fingerprint": "f3",
-                                   "starts_at": "2026-11-25T10:00:00.000Z", "owner": live_peer}) + "\n")
+                     + started("FP-1.3", "f3", live_peer, now))
     with receiver(hb, cfg) as r:
-        wait_for(lambda: r.heals(), what="the recovered attempt")
+        wait_for(lambda: len(r.heals()) == 2, what="both entries closed")
         wait_idle(r)
-        [heal] = r.heals()
-        assert heal["fp"] == "FP-1.1" and heal["outcome"] == "interrupted" and heal["verified"] is False
-        assert "never recorded" in heal["detail"] and heal["fingerprint"] == "f1"
-        assert r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="interrupted") == 1.0
-        assert r.healer.policy.snapshot()["FP-1.1"]["phase"] == "idle"
-    assert hb.run_count() == 0
+        heals = {h["fp"]: h for h in r.heals()}
+        # FP-1.1 still fails (no daemon): its action ran now, as it would have
+        assert heals["FP-1.1"]["outcome"] == "unverified" and heals["FP-1.1"]["fingerprint"] == "f1"
+        # FP-2.1 is OK again (healthy weights): closed without running anything
+        assert heals["FP-2.1"]["outcome"] == "interrupted" and heals["FP-2.1"]["verified"] is True
+        assert "not run" in heals["FP-2.1"]["detail"]
+        assert r.metric("trading_healer_attempts_total", fp="FP-2.1", outcome="interrupted") == 1.0
+        assert all(st["phase"] == "idle" for st in r.healer.policy.snapshot().values())
+        # the replayed alert's redelivery is a duplicate: one action for it, not two
+        again = alert("FP-1.1", fingerprint="f1", starts_at="2026-11-25T10:00:00Z")
+        assert r.post(payload(again)).json()["decisions"] == ["duplicate"]
+    assert hb.run_count() == 1
+    with receiver(hb, cfg) as r:  # nothing is left open
+        time.sleep(0.5)
+        assert len(r.heals()) == 2
+
+
+def test_an_orphan_whose_process_was_never_recorded_is_found_by_its_environment(tmp_path: Path) -> None:
+    from healers.actions import MARKER_ENV
+    from healers.receiver import attempt_marker
+
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "timeout_seconds": 1, "cooldown_seconds": 300}},
+                    verify_timeout_seconds=0.3)
+    audit = hb.root / AUDIT
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    owner = dead_owner()
+    audit.write_text(started("FP-1.1", "f1", owner, epoch=time.time()))
+    # the action a receiver spawned just before it died, with no spawned record
+    env = {**os.environ, MARKER_ENV: attempt_marker(owner, "FP-1.1", "f1", "2026-11-25T10:00:00.000Z")}
+    orphan = subprocess.Popen(["sleep", "600"], env=env, start_new_session=True)
+    try:
+        with receiver(hb, cfg) as r:
+            wait_for(lambda: r.heals(), what="the recovered attempt")
+            [heal] = r.heals()
+            assert heal["outcome"] == "interrupted" and heal["verified"] is False
+            assert f"process group {orphan.pid} was still running at its timeout and was killed" in heal["detail"]
+            assert orphan.wait(timeout=10) is not None
+    finally:
+        orphan.kill()
+    assert hb.run_count() == 0  # found and ended, not run a second time

@@ -113,7 +113,7 @@ def test_the_point_lifecycle_is_one_state_machine() -> None:
     assert p.admit("FP-1.1", ("a", "t1"), 0.0, False) is None
     assert p.snapshot()["FP-1.1"]["phase"] == "queued"
     with pytest.raises(policy_mod.TransitionError):
-        p.move("FP-1.1", "verifying")  # never verify what did not run
+        p.move("FP-1.1", "queued")  # reserved once, never twice
     p.move("FP-1.1", "running")
     with pytest.raises(policy_mod.TransitionError):
         p.move("FP-1.1", "queued")
