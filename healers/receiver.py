@@ -803,6 +803,14 @@ def cli_heal(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    lease_path = config.resolve(config["healer"]["lease_file"])
+    try:
+        # without the lease a second receiver of this bot could run the same action beside it
+        Lease(lease_path, "start-up check").entries()
+    except OSError as exc:
+        print(f"error: cannot use the heal lease file {lease_path} (key 'healer.lease_file'): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     audit_path = config.resolve(config["healer"]["audit_file"])
     try:
         # without its audit the receiver forgets what it did and would heal twice after a restart
