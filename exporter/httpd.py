@@ -84,7 +84,15 @@ class BoundedHTTPServer:
         self.read_timeout = read_timeout
         self.max_connections = max_connections
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-        self.socket = socket.create_server(addr, family=family, backlog=backlog)
+        # not socket.create_server: its errors append the address to strerror, and callers print strerror
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(addr)
+            self.socket.listen(backlog)
+        except OSError:
+            self.socket.close()
+            raise
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
         self._loop: asyncio.AbstractEventLoop | None = None
