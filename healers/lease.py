@@ -4,12 +4,12 @@ An operator runs receivers in pairs (one per Alertmanager, or both behind a clus
 Alertmanager delivers at least once to each: every receiver sees every firing. Each receiver's
 own policy dedupes only what *it* saw, so before running an action it takes the point's entry
 in ``state/trading_readiness_heal.lease`` under an exclusive ``flock`` (read, decide, write, in
-one critical section). An entry names its owner (``pid:start-ticks:nonce``), the point, the
-argv, when it started, when it expires (the action's timeout plus its verification) and, once
-done, when it finished. Another receiver refuses the point (and any point sharing its argv)
-while a live entry is held, and for the cooldown after it finished. An entry whose owner died
-mid-action expires and is taken over: its orphaned process group is ended first, so the fault
-still gets one action, not two at once.
+one critical section). An entry names its owner (``pid:start-ticks:nonce``), the point, a hash
+of the argv (an argv may hold a credential), when it started, when it expires (the action's
+timeout plus its verification) and, once done, when it finished. Another receiver refuses the
+point (and any point sharing its argv) while a live entry is held, and for the cooldown after it
+finished. An entry whose owner died mid-action expires and is taken over: its orphaned process
+group is ended first, so the fault still gets one action, not two at once.
 
 The lock is an ``flock`` on the lease file itself, which is never replaced, so a crash releases
 it with the process. The JSON is the file's first line, written by one ``write`` before the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -83,9 +84,10 @@ class Lease:
         argv) or ran it within ``cooldown_seconds``. Returns a note when an expired entry of
         another receiver was taken over (its orphaned action group ended), else None."""
         note = None
+        action = action_id(argv)
         with self._locked() as (fd, entries):
             for key, e in list(entries.items()):
-                if not isinstance(e, dict) or (key != fp and e.get("argv") != list(argv)):
+                if not isinstance(e, dict) or (key != fp and e.get("action") != action):
                     continue
                 owner = e.get("owner")
                 if owner == self.owner:
@@ -106,7 +108,7 @@ class Lease:
                             actions.end_group(pgid)
                             note += f" and ended its orphaned action (process group {pgid})"
                 del entries[key]
-            entries[fp] = {"owner": self.owner, "fp": fp, "argv": list(argv), "started": round(now, 3),
+            entries[fp] = {"owner": self.owner, "fp": fp, "action": action, "started": round(now, 3),
                            "expires": round(now + hold_seconds, 3), "finished": None, "pgid": None,
                            "proc_start": None}
             self._write(fd, entries)
@@ -142,6 +144,11 @@ class Lease:
     def entries(self) -> dict[str, Any]:
         with self._locked() as (_fd, entries):
             return entries
+
+
+def action_id(argv: tuple[str, ...]) -> str:
+    """Which action, as a hash: an argv may hold a credential, and the lease file is not the config."""
+    return hashlib.sha256(json.dumps(list(argv)).encode()).hexdigest()[:16]
 
 
 def _num(value: object) -> float:

@@ -697,7 +697,7 @@ class Healer:
 
     def lease_view(self) -> dict[str, Any] | str:
         try:
-            return self.lease.entries()
+            return {fp: self.redact_record(e) for fp, e in self.lease.entries().items() if isinstance(e, dict)}
         except OSError as exc:
             return f"cannot read {self.lease.path}: {exc.strerror or exc}"
 
