@@ -256,3 +256,17 @@ def test_an_append_that_cannot_reach_the_disk_raises(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             for i in range(100):
                 log.append({"event": "resolved", "pad": "x" * 4096, "i": i})
+
+
+def test_the_redactor_is_rebuilt_only_when_dotenv_changes(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    healer = Healer(load_config(str(hb.config({})), str(hb.root)), "t" * 8 + "0123456789", start_workers=False)
+    try:
+        first = healer.redactor()
+        assert healer.redactor() is first  # not rebuilt (nor .env re-read) for every line
+        hb.bot.set_env(UW_API_KEY="rotated-uw-key-123")
+        second = healer.redactor()
+        assert second is not first and healer.redact("key rotated-uw-key-123") == "key ***"
+        assert healer.redactor() is second
+    finally:
+        healer.stop()
