@@ -118,8 +118,10 @@ class H(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.send_response(200); self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
-s = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H); s.daemon_threads = True; s.request_queue_size = 512
-s.serve_forever()
+class S(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the listen backlog is set at bind time: a class attribute, not after
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 

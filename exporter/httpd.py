@@ -83,6 +83,7 @@ class BoundedHTTPServer:
         self.max_body = max_body
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.backlog = backlog
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         # not socket.create_server: its errors append the address to strerror, and callers print strerror
         self.socket = socket.socket(family, socket.SOCK_STREAM)
@@ -125,7 +126,8 @@ class BoundedHTTPServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._client, sock=self.socket, limit=MAX_HEAD_BYTES)
+        # asyncio listens again on the socket with its own backlog (100 unless told): keep ours
+        server = await asyncio.start_server(self._client, sock=self.socket, limit=MAX_HEAD_BYTES, backlog=self.backlog)
         self._started.set()
         try:
             await self._stop.wait()
