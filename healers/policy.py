@@ -96,6 +96,9 @@ class FpState:
     #: one of PHASES; ``since`` is when the point left idle (the stuck clock runs from there)
     phase: str = "idle"
     since: float | None = None
+    #: bumped by every reservation: a worker acts on the point only while it holds the current one
+    #: (a reservation released as stuck, then taken again, is not its any more)
+    gen: int = 0
     #: what admit() changed, so a reservation whose start record failed can be undone
     undo: tuple[float | None, dict[tuple[str, str], float], int, float | None] | None = None
 
@@ -161,10 +164,19 @@ class Policy:
             if st.phase != "idle":
                 self._move(fp, st, "idle", None)
 
-    def move(self, fp: str, phase: str, now: float | None = None) -> None:
-        """One allowed transition (TransitionError otherwise)."""
+    def move(self, fp: str, phase: str, now: float | None = None, gen: int | None = None) -> bool:
+        """One allowed transition (TransitionError otherwise); False, and nothing changed, when
+        ``gen`` is given and is no longer the point's reservation."""
         with self.lock:
-            self._move(fp, self.state[fp], phase, now)
+            st = self.state[fp]
+            if gen is not None and gen != st.gen:
+                return False
+            self._move(fp, st, phase, now)
+            return True
+
+    def generation(self, fp: str) -> int:
+        with self.lock:
+            return self.state[fp].gen
 
     def _move(self, fp: str, st: FpState, phase: str, now: float | None) -> None:
         if phase not in TRANSITIONS[st.phase]:
@@ -175,17 +187,20 @@ class Policy:
             self.argv_running.discard(argv)
         elif st.phase == "idle":
             st.since = now
+            st.gen += 1
             self.argv_running.add(argv)
         st.phase = phase
         if phase != "queued":
             st.undo = None
 
-    def finished(self, fp: str, success: bool) -> bool:
+    def finished(self, fp: str, success: bool, gen: int | None = None) -> bool:
         """Back to idle from whatever phase the work reached (the worker's ``finally``); True when
-        this failure used the last allowed attempt."""
+        this failure used the last allowed attempt. A stale ``gen`` changes nothing."""
         spec = self.specs[fp]
         with self.lock:
             st = self.state[fp]
+            if gen is not None and gen != st.gen:
+                return False
             if st.phase != "idle":
                 self._move(fp, st, "idle", None)
             if not success and len(st.attempts) >= spec.max_attempts:

@@ -192,6 +192,10 @@ def verify_point(config: Config, fp: str, timeout: float, interval: float, stop:
             return False, f"not OK within {timeout:g} s ({runs} evaluation(s)); last: {detail}"
 
 
+class _Held(threading.local):
+    gen: int | None = None
+
+
 def _walk_strings(value: Any, redact: Redactor) -> Any:
     if isinstance(value, str):
         return redact(value)
@@ -279,6 +283,8 @@ class Healer:
         self.stopping = threading.Event()
         self.groups: set[int] = set()
         self.log_lock = threading.Lock()
+        #: per worker thread: the point reservation (generation) its current item holds
+        self._held = _Held()
         self._redactor_lock = threading.Lock()
         self._redactor: Redactor | None = None
         self._redactor_ident: tuple[int, ...] = ()
@@ -542,6 +548,7 @@ class Healer:
             else:
                 spec, alert = item
             self.queued.labels(spec.fp).set(0)
+            self._held.gen = self.policy.generation(spec.fp)
             outcome = "failed"
             try:
                 if isinstance(item, Orphan):
@@ -557,11 +564,16 @@ class Healer:
                 except Exception as exc:  # it expires by itself; peers then take over
                     self._log_error(f"heal {spec.fp}: cannot release the lease: {type(exc).__name__}: {exc}")
                 # every exit leads back to idle; the give-up is recorded once, by whoever sees it first
-                if self.policy.finished(spec.fp, outcome == "success"):
+                if self.policy.finished(spec.fp, outcome == "success", self._held.gen):
                     try:
                         self._gave_up(spec)
                     except Exception as exc:
                         self._log_error(f"heal {spec.fp}: cannot record the give-up: {type(exc).__name__}: {exc}")
+
+    def _move(self, fp: str, phase: str) -> None:
+        """A transition made by this worker for the reservation it holds; nothing when that
+        reservation was released as stuck meanwhile (the point is no longer this worker's)."""
+        self.policy.move(fp, phase, gen=self._held.gen)
 
     def _log_error(self, msg: str) -> None:
         with contextlib.suppress(Exception):
@@ -572,7 +584,7 @@ class Healer:
         leader of its own process group) and start time are recorded, so a receiver restarted
         after a crash finds the orphan and ends it."""
         try:
-            self.policy.move(spec.fp, "running")
+            self._move(spec.fp, "running")
             self.running.labels(spec.fp).set(1)
             self.lease.update(spec.fp, time.time(), pgid=pid, proc_start=actions.proc_start_time(pid))
             self._record({"event": "spawned", "fp": spec.fp, "fingerprint": alert.fingerprint,
@@ -599,7 +611,7 @@ class Healer:
         finally:
             self.running.labels(spec.fp).set(0)  # the process is gone; verification is not the action
         if self.policy.snapshot()[spec.fp]["phase"] == "running":
-            self.policy.move(spec.fp, "verifying")
+            self._move(spec.fp, "verifying")
         verification = None
         if res.timed_out:
             outcome = "timeout"
@@ -632,7 +644,7 @@ class Healer:
             orphan.proc_start = None
         if pgid is None:
             return self._replay(spec, orphan)
-        self.policy.move(spec.fp, "running")
+        self._move(spec.fp, "running")
         if not actions.group_alive(pgid) or not orphan.same_leader():
             how = f"its process group {pgid} had already ended"
         else:
@@ -648,7 +660,7 @@ class Healer:
             else:
                 how = f"its process group {pgid} ended by itself"
             self.running.labels(spec.fp).set(0)
-        self.policy.move(spec.fp, "verifying")
+        self._move(spec.fp, "verifying")
         ok, verification = verify_point(self.config, spec.fp, spec.verify_timeout_seconds,
                                         float(self.config["healer"]["verify_interval_seconds"]), self.stopping)
         rec = {"event": "attempt", "fp": spec.fp, "healer": spec.name, "fingerprint": orphan.fingerprint,
@@ -665,7 +677,7 @@ class Healer:
         """An accepted alert whose action never started (the receiver died while it was queued):
         its start record is the journal entry. The point is checked once; when it is still not
         OK the action runs now, as it would have, and its outcome closes the entry."""
-        self.policy.move(spec.fp, "verifying")
+        self._move(spec.fp, "verifying")
         ok, verification = verify_point(self.config, spec.fp, 0.0, 0.0, self.stopping)
         alert = Alert("firing", spec.fp, orphan.fingerprint, orphan.starts_at)
         if ok:
@@ -677,8 +689,9 @@ class Healer:
             self.log(f"heal {spec.fp}: interrupted before its action ran; OK again, not run")
             return "success"
         self.log(f"heal {spec.fp}: the receiver stopped before this accepted action ran; running it now")
-        self.policy.finished(spec.fp, True)  # verifying -> idle, then the normal path from queued
+        self.policy.finished(spec.fp, True, self._held.gen)  # verifying -> idle, then as if just queued
         self.policy.move(spec.fp, "queued", time.time())
+        self._held.gen = self.policy.generation(spec.fp)
         try:
             self.lease.acquire(spec.fp, spec.argv, time.time(), self.policy.stuck_after(spec.fp), 0.0)
         except LeaseRefused as refused:  # a peer receiver is healing it, or just did

@@ -270,3 +270,18 @@ def test_the_redactor_is_rebuilt_only_when_dotenv_changes(tmp_path: Path) -> Non
         assert healer.redactor() is second
     finally:
         healer.stop()
+
+
+def test_a_worker_whose_reservation_was_released_as_stuck_cannot_touch_the_next_one() -> None:
+    p = Policy({"FP-1.1": spec(timeout=1, verify=1)})
+    assert p.admit("FP-1.1", ("a", "t1"), 0.0, False) is None
+    old = p.generation("FP-1.1")
+    assert p.move("FP-1.1", "running", gen=old)
+    assert p.reset("FP-1.1", 1000.0) is True  # stuck far past its bound: released
+    assert p.admit("FP-1.1", ("b", "t2"), 1001.0, False) is None
+    assert p.generation("FP-1.1") != old
+    # the first worker wakes up at last: its moves and its finish change nothing
+    assert p.move("FP-1.1", "verifying", gen=old) is False
+    assert p.finished("FP-1.1", False, gen=old) is False
+    assert p.snapshot()["FP-1.1"]["phase"] == "queued"
+    assert p.admit("FP-1.1", ("c", "t3"), 1002.0, False) in ("busy", "cooldown")
