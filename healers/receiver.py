@@ -560,7 +560,8 @@ class Healer:
             finally:
                 self.running.labels(spec.fp).set(0)
                 try:  # only an entry this receiver owns is touched (a recovered orphan's is not)
-                    self.lease.release(spec.fp, time.time(), ran=True)
+                    if self.policy.generation(spec.fp) == self._held.gen:  # not a newer reservation's
+                        self.lease.release(spec.fp, time.time(), ran=True)
                 except Exception as exc:  # it expires by itself; peers then take over
                     self._log_error(f"heal {spec.fp}: cannot release the lease: {type(exc).__name__}: {exc}")
                 # every exit leads back to idle; the give-up is recorded once, by whoever sees it first
