@@ -168,7 +168,12 @@ def HealerAlert(fp: str) -> object:  # noqa: N802
 def test_weak_tokens_are_refused_at_start_with_one_line(tmp_path: Path, token: str) -> None:
     hb = HealBot(tmp_path)
     proc = start_heal_cli(hb, hb.config({}), free_port(), token=token)
-    _out, err = proc.communicate(timeout=30)
+    try:
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # it started serving with the weak token: stop it
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 3
     [line] = err.strip().splitlines()
     assert line.startswith("error: TRADING_READINESS_HEALER_TOKEN ") and line.endswith("; refusing to start")
