@@ -74,7 +74,11 @@ def test_kill_9_mid_action_the_restarted_receiver_ends_the_orphan_and_records_th
         if first.poll() is None:
             first.kill()
     assert pid_alive(action)  # its own process group outlived the receiver: an orphan
-    second, url = start(hb, cfg)
+    try:
+        second, url = start(hb, cfg)
+    except BaseException:
+        os.killpg(action, signal.SIGKILL)
+        raise
     try:
         wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], timeout=20,
                  what="the interrupted attempt's record")
@@ -91,6 +95,8 @@ def test_kill_9_mid_action_the_restarted_receiver_ends_the_orphan_and_records_th
     finally:
         second.terminate()
         _out, err = second.communicate(timeout=15)
+        if pid_alive(action):  # never leave the orphan behind, whatever failed
+            os.killpg(action, signal.SIGKILL)
     assert second.returncode == 0, err
     assert hb.run_count() == 1
     assert heal_status(hb.root / AUDIT) == {"FP-2.1": (True, True)}
