@@ -22,6 +22,7 @@ import requests
 from exporter.config import load as load_config
 from exporter.model import Status
 from exporter.sim import faults
+from exporter.sim.botroot import BotRoot
 from exporter.sim.sandbox import Sandbox, SandboxError, read_state
 
 from .conftest import REPO, clean_env, evaluate, run_cli, wait_for
@@ -270,6 +271,28 @@ def test_under_uw_429_the_daemon_keeps_cycling_and_logs_the_rate_limit(sb: Sandb
     # UW answers again: the next cycles bring real data back (FP-1.6 stays red until the 20:00 ET reset)
     wait_for(lambda: json.loads((sb.root / "data/uw_flow_cache.json").read_text())["NVDA"]["dark_pool"]["print_count"]
              > 0, timeout=15, what="dark-pool prints again after clearing uw-429")
+
+
+def test_the_bot_runs_without_adaptive_weights_like_a_fresh_install(sb: Sandbox) -> None:
+    weights = sb.root / "state/signal_weights.json"
+    weights.unlink()
+    try:
+        since = time.time()
+        wait_for(lambda: any(r.get("msg") == "complete" and float(r["_ts"]) >= since
+                             for r in _lines(sb.root / "logs/run.jsonl")[-20:]),
+                 what="a completed bot cycle without state/signal_weights.json")
+    finally:
+        BotRoot(sb.root).write_weights()
+
+
+def test_the_sandbox_bot_refuses_a_paper_mode_live_url_and_any_remote_broker() -> None:
+    from exporter.sim.bot import refuse_url
+
+    assert refuse_url("PAPER", "http://127.0.0.1:8080") is None
+    assert "not the paper host" in str(refuse_url("PAPER", faults.LIVE_URL))
+    # a sandbox never talks to a remote broker, the paper host included
+    assert "loopback broker only" in str(refuse_url("PAPER", "https://paper-api.alpaca.markets"))
+    assert "loopback broker only" in str(refuse_url("LIVE", faults.LIVE_URL))
 
 
 def test_a_duplicate_daemon_waits_for_the_lock_and_clear_stops_it(sb: Sandbox) -> None:

@@ -309,7 +309,9 @@ class BotRoot:
         append_jsonl(self.p("logs/run.jsonl"), [{"ts": iso(at), "_ts": at, "msg": msg, "error": error, **extra}])
 
     def quota_requests(self, n: int, end: float | None = None, every: float = 1.0, **extra: Any) -> None:
-        """``n`` UW requests in data/uw_api_quota.jsonl ending at ``end`` (``status=429`` for a 429)."""
+        """``n`` one-line UW requests in data/uw_api_quota.jsonl ending at ``end`` (``status=429`` for
+        a 429): a shape of our own, not stock-bot's; ``uw_calls``, ``uw_usage`` and
+        ``uw_api_error`` write what the bot writes."""
         end = self.now if end is None else end
         append_jsonl(self.p("data/uw_api_quota.jsonl"), [
             {"ts": end - every * (n - 1 - k), "url": "/api/option-trades/flow-alerts", "source": "uw_flow_daemon",
