@@ -53,6 +53,9 @@ EXIT_UNKNOWN = 3
 TICKERS = ("NVDA", "TSLA", "AAPL", "MSFT", "AMZN", "META", "GOOGL", "AMD")
 #: Environment prefixes never passed to the simulated processes: the sandbox's .env is their truth,
 #: and a real key in the operator's shell must never be sent to a loopback fake (or anywhere).
+#: UW's daily quota in fast mode: production's 50 000 scaled by 100 (a daemon cycling every second
+#: spends it in days, not in an hour; FP-5.2 accepts up to 10 000 000)
+FAST_UW_DAILY_LIMIT = 50000 * 100
 _SCRUB = ("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN", "SANDBOX_")
 LAUNCHER = '''"""stock-bot stand-in written by `trading-readiness sandbox`: runs {module}."""
 import sys
@@ -229,6 +232,9 @@ class Sandbox:
             # fast mode runs every check each second instead of every 15 s: the broker's 200
             # requests/minute budget scales with it, or the sandbox would rate-limit itself
             self.alpaca.rate_limit = 200 * 15
+            # the daemon cycles every second instead of every 300 s: UW's daily quota (and the
+            # bot's UW_DAILY_LIMIT) scale with it, or a fast sandbox would spend it in an hour
+            self.uw.daily_limit = FAST_UW_DAILY_LIMIT
         self.healthy_positions = list(self.alpaca.positions)
         self.healthy_account = dict(self.alpaca.account)
         for stale in (self.flags.glob("*") if self.flags.is_dir() else []):
@@ -245,6 +251,7 @@ class Sandbox:
                     # 600 s tide poll, scaled to a daemon that cycles every second
                     SANDBOX_DAEMON_RETRY_DELAYS="0.02,0.05" if self.fast else None,
                     UW_RATE_LIMIT_PER_MIN="36000" if self.fast else None,
+                    UW_DAILY_LIMIT=str(FAST_UW_DAILY_LIMIT) if self.fast else "50000",
                     SANDBOX_DAEMON_TIDE_INTERVAL="5" if self.fast else None,
                     SANDBOX_TICKERS=",".join(self.tickers))
         self.max_positions = 16
