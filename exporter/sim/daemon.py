@@ -209,8 +209,8 @@ class UWClient:
                 except ValueError:
                     body = {"data": []}
                 retry = status in (429, 503)
-            except requests.RequestException as exc:
-                status, body, headers = 0, {"error": str(exc), "error_type": type(exc).__name__}, {}
+            except requests.RequestException:
+                status, body, headers = 0, {"data": []}, {}  # logged as http_error with status 0
                 retry = True
             if status == 200 or not retry or attempt >= len(self.retry_delays):
                 break
