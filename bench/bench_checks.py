@@ -43,7 +43,7 @@ from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
-from exporter.sim.botroot import BotRoot, iso, ticker_entry, write_json
+from exporter.sim.botroot import UW_BASE, BotRoot, iso, ticker_entry, tide_point, write_json
 
 IN_SESSION = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # Tuesday 11:00 ET, open since 09:30
 CLOSED = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)  # the same Tuesday, 18:00 ET
@@ -118,10 +118,16 @@ def write_history(root: Path, total_bytes: int, end: float) -> None:
                                         f'"orders": {i % 2}}}\n'),
         "state/blocked_trades.jsonl": lambda i, t: (f'{{"timestamp": "{stamp(t)}", "symbol": "AMD", '
                                                     f'"reason": "score_below_min", "score": 1.4}}\n'),
-        "logs/uw_daemon.jsonl": lambda i, t: (f'{{"event": "uw_flow_cycle", "cycle": {i}, "ts": {t}, '
-                                              f'"timestamp": "{stamp(t)}"}}\n'),
-        "data/uw_api_quota.jsonl": lambda i, t: (f'{{"ts": {t}, "url": "/api/option-trades/flow-alerts", '
-                                                 f'"source": "uw_flow_daemon"}}\n'),
+        "logs/uw_daemon.jsonl": lambda i, t: (f'{{"event": "uw_flow_cycle", "cycle": {i}, '
+                                              f'"timestamp": "{stamp(t)}", "ts": {int(t)}, '
+                                              f'"source": "uw_flow_daemon", "_ts": {int(t)}, '
+                                              f'"_dt": "{time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))}"}}\n'),
+        # stock-bot's pair per call sent: the daemon's attempt line and its UW client's line
+        "data/uw_api_quota.jsonl": lambda i, t: (
+            f'{{"ts": {int(t)}, "url": "{UW_BASE}/api/option-trades/flow-alerts", "params": {{}}, '
+            f'"source": "uw_flow_daemon"}}\n'
+            f'{{"ts": {int(t)}, "url": "{UW_BASE}/api/option-trades/flow-alerts", "params": {{}}, '
+            f'"source": "src/uw/uw_client", "endpoint_name": "default"}}\n'),
     }
     per_file = total_bytes // len(lines)
     for rel, make in lines.items():
@@ -146,7 +152,7 @@ def stamp_root(root: BotRoot, now: float, urls: dict[str, str], first: bool = Fa
     else:
         root.run_cycles(5, end=now)
         root.daemon_cycles(3, end=now)
-        root.quota_requests(20, end=now, every=30.0)
+        root.uw_calls(20, end=now, every=30.0)
         root.heartbeat()
         write_json(root.p("state/health.json"), {"overall_status": "OK", "timestamp": iso(now), "details": {},
                                                  "services": {"trading-bot": "OK", "uw-daemon": "OK"}})
@@ -154,9 +160,9 @@ def stamp_root(root: BotRoot, now: float, urls: dict[str, str], first: bool = Fa
     tickers = tuple(f"T{i:03d}" for i in range(600))
     data: dict[str, Any] = {t: ticker_entry(t, now, root.rng, trades=40) for t in tickers}
     data["_metadata"] = {"last_update": now, "updated_by": "uw_flow_daemon", "ticker_count": len(tickers)}
-    data["_market_tide"] = {"data": [{"net_call_premium": "1200000", "net_put_premium": "800000",
-                                      "timestamp": iso(now - 60)}]}
-    data["_top_net_impact"] = {"data": [{"ticker": t, "net_premium": "1000000"} for t in tickers[:5]]}
+    data["_market_tide"] = {"data": tide_point(now), "last_update": int(now)}
+    data["_top_net_impact"] = {"data": [{"ticker": t, "net_premium": "1000000.0"} for t in tickers[:5]],
+                               "last_update": int(now)}
     write_json(root.p("data/uw_flow_cache.json"), data)
 
 

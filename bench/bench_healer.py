@@ -6,6 +6,11 @@ loopback; 200 client threads released together each POST one delivery (a mix of 
 its duplicates, other firings of the same point inside the cooldown, unknown points and resolved
 notifications), for several rounds, while the point's action (a 30 s script) is running.
 Reported: acknowledgement latency p50/p95/p99/max, non-2xx answers and how many actions ran.
+
+Beside it, in the same run and under the same load, a minimal stdlib server (``http.server``,
+a thread per connection, reading the body and answering ``{}``) gives the floor the machine
+allows; the ratio of the two p99s is printed. The load comes from a separate process, so the
+client threads do not share the receiver's interpreter.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from exporter.sim.botroot import BotRoot
 
 CONCURRENCY = 200
 ROUNDS = 5
-TOKEN = "bench-token"  # noqa: S105
+TOKEN = "bench-token-0123456789abcdef"  # noqa: S105
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -85,6 +90,65 @@ def _round(port: int, rnd: int) -> list[tuple[float, int]]:
     return results
 
 
+def _rounds(port: int) -> list[tuple[float, int]]:
+    samples: list[tuple[float, int]] = []
+    for rnd in range(ROUNDS):
+        samples += _round(port, rnd)
+    return samples
+
+
+def _load(port: int) -> list[tuple[float, int]]:
+    """The rounds from a separate process (its own interpreter, its own GIL)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_rounds, port).result(timeout=600)
+
+
+MINIMAL_SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers(); self.wfile.write(b"OK\\n")
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
+class S(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the listen backlog is set at bind time: a class attribute, not after
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _wait_up(port: int, proc: subprocess.Popen[bytes], path: str = "/-/healthy") -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1] if len(values) > 1 else values[0]
 
@@ -108,31 +172,22 @@ def main() -> str:
                                  "heal", "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    conn.request("GET", "/-/healthy")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("the healer did not start") from None
-                    time.sleep(0.1)
+            _wait_up(port, proc)
             single = [_post(port, _body(1, 99))[0] for _ in range(50)]
-            samples: list[tuple[float, int]] = []
-            for rnd in range(ROUNDS):
-                samples += _round(port, rnd)
+            samples = _load(port)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", "/metrics")
             metrics = conn.getresponse().read().decode()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+        base_port = _free_port()
+        base = subprocess.Popen([sys.executable, "-c", MINIMAL_SERVER, str(base_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_up(base_port, base)
+            baseline = _load(base_port)
+        finally:
+            _stop(base)
         actions = len(runs.read_text().splitlines()) if runs.exists() else 0
     running = 'trading_healer_running{fp="FP-1.1"} 1.0' in metrics
     lat = [s * 1000 for s, _ in samples]
@@ -146,6 +201,7 @@ def main() -> str:
             skipped[reason] = skipped.get(reason, 0) + float(line.rsplit(" ", 1)[1])
     skip_text = ", ".join(f"{k} {int(v)}" for k, v in sorted(skipped.items()) if v)
     single_ms = [s * 1000 for s in single]
+    base_lat = [s * 1000 for s, _ in baseline]
     return "\n".join([
         f"Acknowledgement latency of `POST /alertmanager` (fresh connection per delivery, loopback), "
         f"{CONCURRENCY} concurrent deliveries released together, {ROUNDS} rounds "
@@ -156,8 +212,12 @@ def main() -> str:
         "|---|---|---|---|---|",
         f"| 200 concurrent | {_pct(lat, 50):.1f} ms | {_pct(lat, 95):.1f} ms | {_pct(lat, 99):.1f} ms | "
         f"{max(lat):.1f} ms |",
+        f"| minimal stdlib server, 200 concurrent | {_pct(base_lat, 50):.1f} ms | {_pct(base_lat, 95):.1f} ms | "
+        f"{_pct(base_lat, 99):.1f} ms | {max(base_lat):.1f} ms |",
         f"| one at a time (50) | {_pct(single_ms, 50):.1f} ms | {_pct(single_ms, 95):.1f} ms | "
         f"{_pct(single_ms, 99):.1f} ms | {max(single_ms):.1f} ms |",
+        "",
+        f"p99 ratio, receiver / minimal server: {_pct(lat, 99) / _pct(base_lat, 99):.2f}",
         "",
         f"Non-2xx answers or connection errors: {bad}. Actions run: {actions} (one alert, deduplicated). "
         f"Skipped by reason: {skip_text}.",

@@ -21,6 +21,9 @@ KILL_GRACE_SECONDS = 2.0
 OUTPUT_TAIL_BYTES = 400
 #: never handed to an action: the webhook token is the receiver's, not the action's
 SCRUBBED_ENV = ("TRADING_READINESS_HEALER_TOKEN",)
+#: set in every action's environment to its attempt's id: a receiver restarted after a crash
+#: finds the action's processes by it even when their process group was never recorded
+MARKER_ENV = "TRADING_READINESS_HEAL_ATTEMPT"
 
 
 @dataclass
@@ -47,13 +50,55 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+    pid it names one process, so a recorded pid reused by an unrelated process is never killed."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def group_alive(pgid: int) -> bool:
+    return _group_alive(pgid)
+
+
+def end_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds."""
+    _kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while _group_alive(pgid) and time.monotonic() < deadline + grace:
+        _kill_group(pgid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def find_marked(marker: str, proc: Path = Path("/proc")) -> int | None:
+    """The process group of a live process whose environment carries ``MARKER_ENV=marker``."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0"):
+                return os.getpgid(int(d.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return None
+
+
 def run_action(argv: tuple[str, ...], timeout: float, cwd: Path, environ: Mapping[str, str] | None = None,
-               groups: set[int] | None = None, on_start: Callable[[int], None] | None = None) -> ActionResult:
+               groups: set[int] | None = None, on_start: Callable[[int], None] | None = None,
+               marker: str | None = None) -> ActionResult:
     """Run ``argv`` in ``cwd`` (the bot root). Never raises for the action's own failures.
 
     ``on_start(pid)`` is called once the process exists (not when it could not be started).
     """
     env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in SCRUBBED_ENV}
+    if marker is not None:
+        env[MARKER_ENV] = marker
     started = time.monotonic()
     with tempfile.TemporaryFile() as out:
         try:

@@ -23,11 +23,20 @@ def iso(epoch: float) -> str:
 
 
 class AuditLog:
-    """Appends records with one ``write`` per line under a lock, so lines never interleave."""
+    """Appends records with one ``write`` per line under a lock, so lines never interleave.
+
+    Durability is a group commit: a record is on disk when ``append`` returns, but concurrent
+    appends share one ``fsync`` (the first caller to need one syncs everything written so far,
+    the others wait for it), so a burst of deliveries does not queue behind one fsync each.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
+        self._sync = threading.Condition()
+        self._written = 0  # records written (not yet necessarily synced)
+        self._synced = 0
+        self._syncing = False
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
@@ -36,9 +45,33 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)  # the record is what stops a restarted receiver from healing twice
             finally:
                 os.close(fd)
+            self._written += 1
+            mine = self._written
+        self._sync_up_to(mine)  # the record is what stops a restarted receiver from healing twice
+
+    def _sync_up_to(self, seq: int) -> None:
+        with self._sync:
+            while self._synced < seq:
+                if self._syncing:
+                    self._sync.wait()
+                    continue
+                self._syncing = True
+                with self.lock:
+                    target = self._written
+                self._sync.release()
+                try:
+                    fd = os.open(self.path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                finally:
+                    self._sync.acquire()
+                    self._syncing = False
+                    self._sync.notify_all()
+                self._synced = max(self._synced, target)
 
 
 def parse_lines(data: bytes) -> list[dict[str, Any]]:
@@ -116,5 +149,8 @@ def heal_status(audit_file: Path, since: float | None = None) -> dict[str, tuple
                     continue
                 fp, at = rec.get("fp"), rec.get("epoch")
                 if isinstance(fp, str) and isinstance(at, (int, float)):
-                    cache.latest[fp] = (float(at), rec.get("outcome") == "success")
+                    # an interrupted attempt counts as healed when the re-check proved it
+                    healed = rec.get("outcome") == "success" or (rec.get("outcome") == "interrupted"
+                                                                 and rec.get("verified") is True)
+                    cache.latest[fp] = (float(at), healed)
         return {fp: (True, ok) for fp, (at, ok) in cache.latest.items() if since is None or at >= since}

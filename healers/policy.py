@@ -22,9 +22,29 @@ DEFAULT_WINDOW = 3600.0
 
 #: reasons for trading_healer_skipped_total
 REASONS = ("duplicate", "cooldown", "gave_up", "no_healer", "unknown_fp", "dry_run", "resolved", "disabled", "busy",
-           "other_bot")
-#: outcomes for trading_healer_attempts_total
-OUTCOMES = ("success", "failed", "timeout", "unverified", "dry_run")
+           "other_bot", "leased")
+#: outcomes for trading_healer_attempts_total; ``interrupted``: the receiver died while the action ran
+#: and the restarted receiver ended it and re-checked the point
+OUTCOMES = ("success", "failed", "timeout", "unverified", "dry_run", "interrupted")
+
+#: A point's lifecycle. Every transition is listed here and made by :meth:`Policy.move`; every
+#: exit from a non-idle phase leads back to idle (the worker's ``finally``), so no exception,
+#: timeout or full disk can leave a point reserved for ever.
+PHASES = ("idle", "queued", "running", "verifying")
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "idle": frozenset({"queued"}),
+    # idle: the start record could not be written; verifying: a restarted receiver re-checks a
+    # point whose accepted action never started before it replays it
+    "queued": frozenset({"running", "verifying", "idle"}),
+    "running": frozenset({"verifying", "idle"}),
+    "verifying": frozenset({"idle"}),
+}
+#: beyond an action's timeout and verification: the kill grace and a margin for a loaded host
+STUCK_MARGIN_SECONDS = 10.0
+
+
+class TransitionError(RuntimeError):
+    """A phase change the state machine does not allow: a bug, reported, never silently applied."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,14 @@ class FpState:
     keys: dict[tuple[str, str], float] = field(default_factory=dict)
     attempts: deque[float] = field(default_factory=deque)
     gave_up: bool = False
-    running: bool = False
+    #: one of PHASES; ``since`` is when the point left idle (the stuck clock runs from there)
+    phase: str = "idle"
+    since: float | None = None
+    #: bumped by every reservation: a worker acts on the point only while it holds the current one
+    #: (a reservation released as stuck, then taken again, is not its any more)
+    gen: int = 0
+    #: what admit() changed, so a reservation whose start record failed can be undone
+    undo: tuple[float | None, dict[tuple[str, str], float], int, float | None] | None = None
 
 
 class Policy:
@@ -101,7 +128,7 @@ class Policy:
                 return "gave_up"
             if st.last_start is not None and now - st.last_start < spec.cooldown_seconds:
                 return "cooldown"
-            if st.running or spec.argv in self.argv_running:
+            if st.phase != "idle" or spec.argv in self.argv_running:
                 return "busy"
             shared = self.argv_last_start.get(spec.argv)
             if shared is not None and now - shared < spec.cooldown_seconds:
@@ -109,40 +136,105 @@ class Policy:
             if not dry_run and len(st.attempts) >= spec.max_attempts:
                 st.gave_up = True
                 return "gave_up"
+            st.undo = (st.last_start, dict(st.keys), len(st.attempts), self.argv_last_start.get(spec.argv))
             st.keys[key] = now
             st.last_start = now
             self.argv_last_start[spec.argv] = now
             if dry_run:
                 return "dry_run"
             st.attempts.append(now)
-            st.running = True
-            self.argv_running.add(spec.argv)
+            self._move(fp, st, "queued", now)
             return None
 
-    def finished(self, fp: str, success: bool) -> bool:
-        """Release the reservation; True when this failure used the last allowed attempt."""
+    def abort(self, fp: str) -> None:
+        """Undo the reservation admit() just made: its start record could not be written (a full
+        disk), so nothing ran and Alertmanager's retry must be admitted as if this never happened."""
         spec = self.specs[fp]
         with self.lock:
             st = self.state[fp]
-            st.running = False
-            self.argv_running.discard(spec.argv)
+            if st.undo is not None:
+                st.last_start, st.keys, n, shared = st.undo
+                while len(st.attempts) > n:
+                    st.attempts.pop()
+                if shared is None:
+                    self.argv_last_start.pop(spec.argv, None)
+                else:
+                    self.argv_last_start[spec.argv] = shared
+                st.undo = None
+            if st.phase != "idle":
+                self._move(fp, st, "idle", None)
+
+    def move(self, fp: str, phase: str, now: float | None = None, gen: int | None = None) -> bool:
+        """One allowed transition (TransitionError otherwise); False, and nothing changed, when
+        ``gen`` is given and is no longer the point's reservation."""
+        with self.lock:
+            st = self.state[fp]
+            if gen is not None and gen != st.gen:
+                return False
+            self._move(fp, st, phase, now)
+            return True
+
+    def generation(self, fp: str) -> int:
+        with self.lock:
+            return self.state[fp].gen
+
+    def _move(self, fp: str, st: FpState, phase: str, now: float | None) -> None:
+        if phase not in TRANSITIONS[st.phase]:
+            raise TransitionError(f"{fp}: {st.phase} -> {phase} is not a transition")
+        argv = self.specs[fp].argv
+        if phase == "idle":
+            st.since = None
+            self.argv_running.discard(argv)
+        elif st.phase == "idle":
+            st.since = now
+            st.gen += 1
+            self.argv_running.add(argv)
+        st.phase = phase
+        if phase != "queued":
+            st.undo = None
+
+    def finished(self, fp: str, success: bool, gen: int | None = None) -> bool:
+        """Back to idle from whatever phase the work reached (the worker's ``finally``); True when
+        this failure used the last allowed attempt. A stale ``gen`` changes nothing."""
+        spec = self.specs[fp]
+        with self.lock:
+            st = self.state[fp]
+            if gen is not None and gen != st.gen:
+                return False
+            if st.phase != "idle":
+                self._move(fp, st, "idle", None)
             if not success and len(st.attempts) >= spec.max_attempts:
                 st.gave_up = True
                 return True
             return False
 
-    def reset(self, fp: str) -> bool:
-        """A resolved alert: the point is healthy again, so it gets its full attempt budget.
+    def stuck_after(self, fp: str) -> float:
+        """Seconds out of idle after which a point counts as stuck: its action's timeout, its
+        verification, and a margin. A live worker always ends it before that."""
+        spec = self.specs[fp]
+        return spec.timeout_seconds + spec.verify_timeout_seconds + STUCK_MARGIN_SECONDS
+
+    def stuck(self, now: float) -> dict[str, bool]:
+        with self.lock:
+            return {fp: st.since is not None and now - st.since > self.stuck_after(fp) for fp, st in self.state.items()}
+
+    def reset(self, fp: str, now: float | None = None) -> bool:
+        """A resolved alert: the point is healthy again, so it gets its full attempt budget, and a
+        point stuck past its bound is released (an action still inside its timeout keeps the
+        point until it ends: clearing it would let a second copy start beside it).
 
         False when there was nothing to reset (repeated resolved notifications need no record).
         """
         with self.lock:
             st = self.state[fp]
-            if not st.attempts and not st.gave_up and not st.keys:
+            stuck = st.since is not None and now is not None and now - st.since > self.stuck_after(fp)
+            if not st.attempts and not st.gave_up and not st.keys and not stuck:
                 return False
             st.attempts.clear()
             st.gave_up = False
             st.keys.clear()
+            if stuck:
+                self._move(fp, st, "idle", None)
             return True
 
     def _expire(self, spec: HealerSpec, st: FpState, now: float) -> None:
@@ -180,5 +272,7 @@ class Policy:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self.lock:
-            return {fp: {"running": st.running, "gave_up": st.gave_up, "attempts_in_window": len(st.attempts),
-                         "last_start": st.last_start} for fp, st in self.state.items()}
+            # "running": not idle (queued, running or verifying), as before the phases were named
+            return {fp: {"running": st.phase != "idle", "phase": st.phase, "gave_up": st.gave_up,
+                         "attempts_in_window": len(st.attempts), "last_start": st.last_start}
+                    for fp, st in self.state.items()}

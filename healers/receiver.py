@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import hmac
 import json
 import os
 import queue
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -22,9 +24,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -32,7 +33,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from exporter.bot.botenv import BotEnv, Redactor
 from exporter.core.config import Config
 from exporter.core.config import load as load_config
+from exporter.serve.httpd import BoundedHTTPServer, Request, Response
 from healers import actions, audit
+from healers.lease import Lease, LeaseRefused, owner_alive
 from healers.policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
 
 TOKEN_ENV = "TRADING_READINESS_HEALER_TOKEN"  # noqa: S105  (a variable name, not a secret)
@@ -42,8 +45,31 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ALERTS = 1000
 RECENT = 200
 MAX_SOURCES = 16
+#: how often skipped deliveries and suppressed repeated lines are summarised on stderr
+SUMMARY_SECONDS = 60.0
+LOG_REPEAT_SECONDS = 60.0
 #: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
 OTHER_FP = "other"
+
+
+#: audit fields that are never redacted: what the policy restores from (a rewritten fingerprint
+#: or startsAt would make a restarted receiver heal the same alert again)
+IDENTITY_FIELDS = frozenset({"event", "time", "epoch", "fp", "fingerprint", "starts_at", "healer", "outcome"})
+#: the webhook token's floor: long enough not to be guessed, varied enough that it cannot be a
+#: word, a number or a piece of every JSON line (a token "1" would be redacted out of every number)
+MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_DISTINCT = 8
+
+
+def token_problem(token: str) -> str | None:
+    """Why a webhook token is refused, or None; never quotes the token."""
+    n, distinct = len(token), len(set(token))
+    if n < MIN_TOKEN_LENGTH:
+        return f"is {n} character{'' if n == 1 else 's'} long; it must have at least {MIN_TOKEN_LENGTH}"
+    if distinct < MIN_TOKEN_DISTINCT:
+        return (f"has {distinct} distinct character{'' if distinct == 1 else 's'}; it must have at least "
+                f"{MIN_TOKEN_DISTINCT} (e.g. openssl rand -hex 32)")
+    return None
 
 
 class BadRequest(ValueError):
@@ -166,6 +192,78 @@ def verify_point(config: Config, fp: str, timeout: float, interval: float, stop:
             return False, f"not OK within {timeout:g} s ({runs} evaluation(s)); last: {detail}"
 
 
+class _Held(threading.local):
+    gen: int | None = None
+
+
+def _walk_strings(value: Any, redact: Redactor) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _walk_strings(v, redact) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_walk_strings(v, redact) for v in value]
+    return value
+
+
+def owner_id(pid: int) -> str:
+    """``pid:start-ticks:nonce``: one receiver, never a later process that reuses the pid (and
+    not another receiver in the same process)."""
+    return f"{pid}:{actions.proc_start_time(pid)}:{secrets.token_hex(4)}"
+
+
+@dataclass
+class Orphan:
+    """A start record without an outcome whose receiver is gone."""
+
+    fp: str
+    fingerprint: str
+    starts_at: str
+    at: float
+    pgid: int | None = None
+    proc_start: int | None = None
+    spawned_at: float | None = None
+
+    owner: str = ""
+
+    def same_leader(self) -> bool:
+        """The recorded leader is still this process, or gone while its group lives on (a pgid is
+        never reused while its group has members)."""
+        now = actions.proc_start_time(self.pgid) if self.pgid is not None else None
+        return now is None or self.proc_start is None or now == self.proc_start
+
+
+def attempt_marker(owner: str, fp: str, fingerprint: str, starts_at: str) -> str:
+    """The attempt's id in its action's environment: a hash, so no alert data reaches the action."""
+    return hashlib.sha256(f"{owner}|{fp}|{fingerprint}|{starts_at}".encode()).hexdigest()[:24]
+
+
+def find_orphans(records: list[dict[str, Any]]) -> list[Orphan]:
+    """Starts (oldest first) with no later outcome, whose owner process is no longer alive."""
+    # one action per point at a time: the latest start of each point is the only one that can be open
+    open_: dict[str, tuple[Orphan, object]] = {}
+    for rec in records:
+        fp, at = rec.get("fp"), rec.get("epoch")
+        if not isinstance(fp, str) or not isinstance(at, (int, float)):
+            continue
+        fingerprint, starts_at = str(rec.get("fingerprint", "")), str(rec.get("starts_at", ""))
+        event = rec.get("event")
+        cur = open_.get(fp)
+        same = cur is not None and (cur[0].fingerprint, cur[0].starts_at) == (fingerprint, starts_at)
+        if event == "started":
+            owner = rec.get("owner")
+            open_[fp] = (Orphan(fp, fingerprint, starts_at, float(at), owner=str(owner or "")), owner)
+        elif event == "spawned" and cur is not None and same:
+            orphan = cur[0]
+            pgid, start = rec.get("pgid"), rec.get("proc_start")
+            orphan.pgid = pgid if isinstance(pgid, int) and pgid > 1 else None
+            orphan.proc_start = start if isinstance(start, int) else None
+            orphan.spawned_at = float(at)
+        elif event == "attempt" and same:
+            open_.pop(fp, None)
+    return [orphan for orphan, owner in open_.values() if not owner_alive(owner)]
+
+
 class Healer:
     """Admission, metrics, audit and workers; the HTTP layer is a thin wrapper around it."""
 
@@ -177,10 +275,22 @@ class Healer:
         self.policy = Policy(self.specs)
         self.audit = audit.AuditLog(config.resolve(config["healer"]["audit_file"]))
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
-        self.queue: queue.Queue[tuple[HealerSpec, Alert] | None] = queue.Queue()
+        self.queue: queue.Queue[tuple[HealerSpec, Alert] | Orphan | None] = queue.Queue()
+        #: this process, as written into its start records: a restarted receiver (or a peer sharing
+        #: the audit file) tells an orphan of a dead receiver from a live receiver's action
+        self.owner = owner_id(os.getpid())
+        self.lease = Lease(config.resolve(config["healer"]["lease_file"]), self.owner)
         self.stopping = threading.Event()
         self.groups: set[int] = set()
         self.log_lock = threading.Lock()
+        #: per worker thread: the point reservation (generation) its current item holds
+        self._held = _Held()
+        self._redactor_lock = threading.Lock()
+        self._redactor: Redactor | None = None
+        self._redactor_ident: tuple[int, ...] = ()
+        self._last_logged: dict[str, float] = {}
+        self._repeats: dict[str, int] = {}
+        self._skip_counts: dict[tuple[str, str], int] = {}
         #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
         self.sources: dict[str, int] = {}
         self.registry = CollectorRegistry()
@@ -193,6 +303,10 @@ class Healer:
         self.queued = Gauge("trading_healer_queued",
                             "1 while the point's accepted action waits for a free worker (healer.max_concurrent).",
                             ["fp"], registry=self.registry)
+        self.stuck = Gauge("trading_healer_stuck",
+                           "1 while the point has been queued, running or verifying for longer than its action's "
+                           "timeout plus its verification (and a margin): healing it is wedged.",
+                           ["fp"], registry=self.registry)
         self.gave_up = Gauge("trading_healer_gave_up",
                              "1 after max_attempts failed within window_seconds, until the alert resolves.",
                              ["fp"], registry=self.registry)
@@ -207,32 +321,95 @@ class Healer:
                 self.skipped.labels(fp, reason)
             self.running.labels(fp).set(0)
             self.queued.labels(fp).set(0)
+            self.stuck.labels(fp).set(0)
             self.gave_up.labels(fp).set(0)
         records = audit.read_tail(self.audit.path)
         self.policy.restore(records)
         for rec in records:
             if rec.get("event") == "attempt":
                 self.recent.appendleft(rec)
+        self.orphans = find_orphans(records)
         #: points whose give-up is recorded and exported (until their alert resolves)
         self.given_up: set[str] = {fp for fp, st in self.policy.snapshot().items() if st["gave_up"]}
         for fp in self.given_up:
             self.gave_up.labels(fp).set(1)
+        for orphan in self.orphans:
+            if orphan.fp in self.specs:
+                # held (busy) until the orphan is ended and the point re-checked
+                self.policy.move(orphan.fp, "queued", time.time())
+                self.queued.labels(orphan.fp).set(1)
+                self.queue.put(orphan)
         self.workers = [threading.Thread(target=self._worker, name=f"heal-worker-{i}", daemon=True)
                         for i in range(int(config["healer"]["max_concurrent"]))]
         if start_workers:
             for w in self.workers:
                 w.start()
+            threading.Thread(target=self._summariser, name="heal-log-summary", daemon=True).start()
 
     # logging ---------------------------------------------------------------------------------
+    def redactor(self) -> Redactor:
+        """The bot's secrets and the webhook token: an action's output (a ``set -x`` script, a tool
+        printing its config) and its argv may carry credentials. Rebuilt only when ``.env``
+        changes (its stat), not for every line."""
+        env_file = self.config.bot_root / ".env"
+        try:
+            st = env_file.stat()
+            ident: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except OSError:
+            ident = ()
+        with self._redactor_lock:
+            if self._redactor is None or ident != self._redactor_ident:
+                secrets = [*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])]
+                self._redactor, self._redactor_ident = Redactor(secrets), ident
+            return self._redactor
+
     def redact(self, text: str) -> str:
-        """The bot's secrets and the webhook token as ``***``: an action's output (a ``set -x``
-        script, a tool printing its config) and its argv may carry credentials."""
-        return Redactor([*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])])(text)
+        return self.redactor()(text)
+
+    def redact_record(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Every string of a record redacted before it is serialised, keys and structure untouched:
+        redacting serialised JSON rewrites its syntax whenever a secret is a substring of it (a
+        ``true``, a ``"fp"``). The identity fields are ours or Alertmanager's (ids, hashes, times)
+        and are what a restart dedupes on, so they are kept exactly."""
+        redact = self.redactor()
+        return {k: v if k in IDENTITY_FIELDS else _walk_strings(v, redact) for k, v in rec.items()}
 
     def log(self, msg: str) -> None:
+        """One line to stderr, redacted. A line identical to one written in the last
+        LOG_REPEAT_SECONDS is counted instead, and the count written by the next summary."""
         msg = self.redact(msg)
+        now = time.monotonic()
         with self.log_lock:
+            last = self._last_logged.get(msg)
+            if last is not None and now - last < LOG_REPEAT_SECONDS:
+                self._repeats[msg] = self._repeats.get(msg, 0) + 1
+                return
+            if len(self._last_logged) >= 1024:  # bounded: forget lines not seen for a while
+                self._last_logged = {m: t for m, t in self._last_logged.items() if now - t < LOG_REPEAT_SECONDS}
+            self._last_logged[msg] = now
             print(f"{audit.iso(time.time())} {msg}", file=sys.stderr, flush=True)
+
+    def summarise(self) -> None:
+        """The skips and suppressed repeats since the last summary, as at most two lines."""
+        with self.log_lock:
+            skips, self._skip_counts = self._skip_counts, {}
+            repeats, self._repeats = self._repeats, {}
+        stamp = audit.iso(time.time())
+        lines = []
+        if skips:
+            parts = ", ".join(f"{fp or '(no fp)'} {reason} {n}" for (fp, reason), n in sorted(skips.items()))
+            lines.append(f"{stamp} heal: skipped since the last summary: {parts}")
+        if repeats:
+            parts = "; ".join(f"{n}x {msg[:200]}" for msg, n in sorted(repeats.items(), key=lambda kv: -kv[1])[:10])
+            lines.append(f"{stamp} heal: repeated lines not written again: {parts}")
+        if lines:
+            with self.log_lock:
+                print("\n".join(lines), file=sys.stderr, flush=True)
+
+    def _summariser(self) -> None:
+        while not self.stopping.wait(SUMMARY_SECONDS):
+            with contextlib.suppress(Exception):
+                self.summarise()
 
     # requests --------------------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
@@ -264,10 +441,15 @@ class Healer:
         return fp if fp in self.config.catalog.points else OTHER_FP
 
     def _skip(self, fp: str | None, reason: str, alert: Alert) -> str:
-        self.skipped.labels(self._label(fp), reason).inc()
+        """A deliberate skip is a counter and a share of the periodic summary, never a line each:
+        a payload of a thousand alerts must not write a thousand lines."""
+        label = self._label(fp)
+        self.skipped.labels(label, reason).inc()
         if reason not in ("duplicate", "unknown_fp", "no_healer", "dry_run", "other_bot"):
-            self.log(f"heal {fp}: skipped ({reason}), alert {alert.fingerprint[:32]!r} "
-                     f"started {alert.starts_at[:40]!r}")
+            with self.log_lock:
+                key = (label, reason)
+                if key in self._skip_counts or len(self._skip_counts) < 256:
+                    self._skip_counts[key] = self._skip_counts.get(key, 0) + 1
         return reason
 
     def dispatch(self, alert: Alert) -> str:
@@ -285,7 +467,7 @@ class Healer:
         if spec is None:
             return self._skip(fp, "no_healer", alert)
         if alert.status == "resolved":
-            if self.policy.reset(fp):
+            if self.policy.reset(fp, time.time()):
                 self.given_up.discard(fp)
                 self.gave_up.labels(fp).set(0)
                 self._record({"event": "resolved", "fp": fp, "fingerprint": alert.fingerprint,
@@ -306,10 +488,29 @@ class Healer:
                      f"started {alert.starts_at[:40]!r})")
         if reason is not None:
             return self._skip(fp, reason, alert)
+        # this receiver would act; a peer receiver of the same bot may hold the point or have just healed it
+        try:
+            takeover = self.lease.acquire(fp, spec.argv, now, self.policy.stuck_after(fp), spec.cooldown_seconds)
+        except LeaseRefused as refused:
+            self.policy.abort(fp)
+            return self._skip(fp, refused.reason, alert)
+        except BaseException:
+            self.policy.abort(fp)  # the lease cannot be read or written: never act without it
+            raise
+        if takeover:
+            self.log(f"heal {fp}: {takeover}")
         # queued, not running: with every worker busy it waits; "running" is set when its process starts
+        try:
+            self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
+                          "starts_at": alert.starts_at, "argv": list(spec.argv), "owner": self.owner}, at=now)
+        except BaseException:
+            # without its start record a restart would not know the action ran: run nothing, undo
+            # the reservation, answer 5xx so Alertmanager retries once the fault (a full disk) is gone
+            self.policy.abort(fp)
+            with contextlib.suppress(Exception):
+                self.lease.release(fp, time.time(), ran=False)
+            raise
         self.queued.labels(fp).set(1)
-        self._record({"event": "started", "fp": fp, "healer": spec.name, "fingerprint": alert.fingerprint,
-                      "starts_at": alert.starts_at, "argv": list(spec.argv)}, at=now)
         self.queue.put((spec, alert))
         return "accepted"
 
@@ -317,7 +518,7 @@ class Healer:
     def _record(self, rec: dict[str, Any], at: float | None = None) -> None:
         at = time.time() if at is None else at
         rec = {"time": audit.iso(at), "epoch": round(at, 3), **rec}
-        rec = json.loads(self.redact(json.dumps(rec)))  # the audit and /api/heals
+        rec = self.redact_record(rec)  # the audit and /api/heals
         self.audit.append(rec)
         if rec["event"] == "attempt":
             self.recent.appendleft(rec)
@@ -342,27 +543,76 @@ class Healer:
             item = self.queue.get()
             if item is None:
                 return
-            spec, alert = item
+            if isinstance(item, Orphan):
+                spec = self.specs[item.fp]
+            else:
+                spec, alert = item
             self.queued.labels(spec.fp).set(0)
+            self._held.gen = self.policy.generation(spec.fp)
+            outcome = "failed"
             try:
-                self._heal(spec, alert)
-            except Exception as exc:  # a bug here must not leave the point reserved forever
-                self.log(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
-                self.policy.finished(spec.fp, False)
+                if isinstance(item, Orphan):
+                    outcome = self._recover(spec, item)
+                else:
+                    outcome = self._heal(spec, alert)
+            except Exception as exc:  # a bug or a full disk here must not leave the point reserved
+                self._log_error(f"heal {spec.fp}: internal error {type(exc).__name__}: {exc}")
+            finally:
                 self.running.labels(spec.fp).set(0)
+                try:  # only an entry this receiver owns is touched (a recovered orphan's is not)
+                    if self.policy.generation(spec.fp) == self._held.gen:  # not a newer reservation's
+                        self.lease.release(spec.fp, time.time(), ran=True)
+                except Exception as exc:  # it expires by itself; peers then take over
+                    self._log_error(f"heal {spec.fp}: cannot release the lease: {type(exc).__name__}: {exc}")
+                # every exit leads back to idle; the give-up is recorded once, by whoever sees it first
+                if self.policy.finished(spec.fp, outcome == "success", self._held.gen):
+                    try:
+                        self._gave_up(spec)
+                    except Exception as exc:
+                        self._log_error(f"heal {spec.fp}: cannot record the give-up: {type(exc).__name__}: {exc}")
 
-    def _started(self, spec: HealerSpec) -> None:
-        """The action's process exists: only now does the point read as running."""
-        self.running.labels(spec.fp).set(1)
-        self.log(f"heal {spec.fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
+    def _move(self, fp: str, phase: str) -> None:
+        """A transition made by this worker for the reservation it holds; nothing when that
+        reservation was released as stuck meanwhile (the point is no longer this worker's)."""
+        self.policy.move(fp, phase, gen=self._held.gen)
 
-    def _heal(self, spec: HealerSpec, alert: Alert) -> None:
+    def _log_error(self, msg: str) -> None:
+        with contextlib.suppress(Exception):
+            self.log(msg)
+
+    def _started(self, spec: HealerSpec, alert: Alert, pid: int) -> None:
+        """The action's process exists: only now does the point read as running. Its pid (the
+        leader of its own process group) and start time are recorded, so a receiver restarted
+        after a crash finds the orphan and ends it."""
+        try:
+            self._move(spec.fp, "running")
+            self.running.labels(spec.fp).set(1)
+            self.lease.update(spec.fp, time.time(), pgid=pid, proc_start=actions.proc_start_time(pid))
+            self._record({"event": "spawned", "fp": spec.fp, "fingerprint": alert.fingerprint,
+                          "starts_at": alert.starts_at, "pid": pid, "pgid": pid,
+                          "proc_start": actions.proc_start_time(pid), "timeout_seconds": spec.timeout_seconds,
+                          "owner": self.owner})
+            self.log(f"heal {spec.fp}: running {' '.join(spec.argv)} (timeout {spec.timeout_seconds:g} s)")
+        except Exception as exc:  # the action runs and ends at its timeout either way
+            self._log_error(f"heal {spec.fp}: cannot record the action's process: {type(exc).__name__}: {exc}")
+
+    def _heal(self, spec: HealerSpec, alert: Alert) -> str:
         started = time.time()
+        # it may have waited for a worker: the lease runs from now (and a peer may have taken it over)
+        if not self.lease.update(spec.fp, started, self.policy.stuck_after(spec.fp)):
+            lost = "not run: it waited for a worker past its lease, and another receiver took the point over"
+            self._record(self._attempt_record(spec, alert, started, None, 0.0, "failed", lost, None), at=started)
+            self.attempts.labels(spec.fp, "failed").inc()
+            self.log(f"heal {spec.fp}: {lost}")
+            return "failed"
         try:
             res = actions.run_action(spec.argv, spec.timeout_seconds, self.config.bot_root, groups=self.groups,
-                                     on_start=lambda pid: self._started(spec))
+                                     on_start=lambda pid: self._started(spec, alert, pid),
+                                     marker=attempt_marker(self.owner, spec.fp, alert.fingerprint, alert.starts_at))
         finally:
             self.running.labels(spec.fp).set(0)  # the process is gone; verification is not the action
+        if self.policy.snapshot()[spec.fp]["phase"] == "running":
+            self._move(spec.fp, "verifying")
         verification = None
         if res.timed_out:
             outcome = "timeout"
@@ -381,8 +631,89 @@ class Healer:
         self.attempts.labels(spec.fp, outcome).inc()
         self.log(f"heal {spec.fp}: {outcome} ({res.error or 'exit 0'}, {res.duration:.1f} s)"
                  + (f"; {verification}" if verification else ""))
-        if self.policy.finished(spec.fp, outcome == "success"):
-            self._gave_up(spec)
+        return outcome
+
+    def _recover(self, spec: HealerSpec, orphan: Orphan) -> str:
+        """A start recorded by a receiver that died before the outcome: wait for the orphaned
+        action until its own timeout, end its process group, re-check the point and record the
+        outcome as ``interrupted`` (verified or not). Returns "success" when the point is OK."""
+        pgid = orphan.pgid
+        if pgid is None:
+            # no process was recorded: its environment still names the attempt
+            pgid = orphan.pgid = actions.find_marked(
+                attempt_marker(orphan.owner, spec.fp, orphan.fingerprint, orphan.starts_at))
+            orphan.proc_start = None
+        if pgid is None:
+            return self._replay(spec, orphan)
+        self._move(spec.fp, "running")
+        if not actions.group_alive(pgid) or not orphan.same_leader():
+            how = f"its process group {pgid} had already ended"
+        else:
+            self.running.labels(spec.fp).set(1)
+            deadline = (orphan.spawned_at or orphan.at) + spec.timeout_seconds
+            self.log(f"heal {spec.fp}: found the action a stopped receiver started (process group {pgid}); "
+                     f"waiting for it until its timeout")
+            while actions.group_alive(pgid) and time.time() < deadline and not self.stopping.is_set():
+                time.sleep(0.1)
+            if actions.group_alive(pgid):
+                actions.end_group(pgid)
+                how = f"its process group {pgid} was still running at its timeout and was killed"
+            else:
+                how = f"its process group {pgid} ended by itself"
+            self.running.labels(spec.fp).set(0)
+        self._move(spec.fp, "verifying")
+        ok, verification = verify_point(self.config, spec.fp, spec.verify_timeout_seconds,
+                                        float(self.config["healer"]["verify_interval_seconds"]), self.stopping)
+        rec = {"event": "attempt", "fp": spec.fp, "healer": spec.name, "fingerprint": orphan.fingerprint,
+               "starts_at": orphan.starts_at, "argv": list(spec.argv), "exit_status": None,
+               "duration_seconds": round(time.time() - orphan.at, 3), "outcome": "interrupted",
+               "detail": f"the receiver stopped while the action ran; {how}", "verification": verification,
+               "verified": ok, "dry_run": False}
+        self._record(rec, at=orphan.at)
+        self.attempts.labels(spec.fp, "interrupted").inc()
+        self.log(f"heal {spec.fp}: interrupted ({how}); {'healed' if ok else 'not healed'}: {verification}")
+        return "success" if ok else "interrupted"
+
+    def _replay(self, spec: HealerSpec, orphan: Orphan) -> str:
+        """An accepted alert whose action never started (the receiver died while it was queued):
+        its start record is the journal entry. The point is checked once; when it is still not
+        OK the action runs now, as it would have, and its outcome closes the entry."""
+        self._move(spec.fp, "verifying")
+        ok, verification = verify_point(self.config, spec.fp, 0.0, 0.0, self.stopping)
+        alert = Alert("firing", spec.fp, orphan.fingerprint, orphan.starts_at)
+        if ok:
+            rec = self._attempt_record(spec, alert, orphan.at, None, 0.0, "interrupted",
+                                       "the receiver stopped before the action ran; the point is OK again, "
+                                       "so it was not run", verification)
+            self._record({**rec, "verified": True}, at=orphan.at)
+            self.attempts.labels(spec.fp, "interrupted").inc()
+            self.log(f"heal {spec.fp}: interrupted before its action ran; OK again, not run")
+            return "success"
+        self.log(f"heal {spec.fp}: the receiver stopped before this accepted action ran; running it now")
+        self.policy.finished(spec.fp, True, self._held.gen)  # verifying -> idle, then as if just queued
+        self.policy.move(spec.fp, "queued", time.time())
+        self._held.gen = self.policy.generation(spec.fp)
+        try:
+            self.lease.acquire(spec.fp, spec.argv, time.time(), self.policy.stuck_after(spec.fp), 0.0)
+        except LeaseRefused as refused:  # a peer receiver is healing it, or just did
+            rec = self._attempt_record(spec, alert, orphan.at, None, 0.0, "interrupted",
+                                       f"the receiver stopped before the action ran; not run here: {refused}",
+                                       verification)
+            self._record({**rec, "verified": False}, at=orphan.at)
+            self.attempts.labels(spec.fp, "interrupted").inc()
+            return "interrupted"
+        return self._heal(spec, alert)
+
+    def refresh(self, now: float | None = None) -> None:
+        """Gauges computed at scrape time: trading_healer_stuck."""
+        for fp, stuck in self.policy.stuck(time.time() if now is None else now).items():
+            self.stuck.labels(fp).set(1 if stuck else 0)
+
+    def lease_view(self) -> dict[str, Any] | str:
+        try:
+            return {fp: self.redact_record(e) for fp, e in self.lease.entries().items() if isinstance(e, dict)}
+        except OSError as exc:
+            return f"cannot read {self.lease.path}: {exc.strerror or exc}"
 
     def heals(self, limit: int = 50) -> list[dict[str, Any]]:
         return list(self.recent)[:max(0, limit)]
@@ -390,6 +721,8 @@ class Healer:
     def stop(self) -> None:
         """Stop workers and kill what is still running (its record says so)."""
         self.stopping.set()
+        with contextlib.suppress(Exception):
+            self.summarise()
         for pgid in list(self.groups):
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
@@ -397,88 +730,67 @@ class Healer:
             self.queue.put(None)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: HealerServer
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # a slow or stalled client cannot hold a thread for long
-    #: headers and body are two writes: with Nagle on, a keep-alive client (Alertmanager's Go
-    #: client reuses its connection) waits for a delayed ACK, ~40 ms per answer
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # decisions are logged by the healer; per-request lines would only add noise
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:  # an unread body: say so, or a keep-alive client reuses a dead socket
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, (json.dumps(obj) + "\n").encode())
-
-    def do_GET(self) -> None:  # noqa: N802
-        healer = self.server.healer
-        try:
-            url = urlsplit(self.path)
-            if url.path == "/metrics":
-                self._send(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
-            elif url.path == "/api/heals":
-                try:
-                    limit = int(parse_qs(url.query).get("limit", ["50"])[0])
-                except ValueError:
-                    self._json(400, {"error": "limit must be an integer"})
-                    return
-                self._json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
-                                 "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources)})
-            elif url.path == "/-/healthy":
-                self._send(200, b"OK\n", "text/plain")
-            else:
-                self._json(404, {"error": "not found"})
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        healer = self.server.healer
-        try:
-            if urlsplit(self.path).path != "/alertmanager":
-                self._json(404, {"error": "not found"})
-                return
-            if not healer.authorized(self.headers.get("Authorization")):
-                self.close_connection = True
-                self._json(401, {"error": "missing or wrong bearer token"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                self._json(400, {"error": "Content-Length is required"})
-                return
-            if length < 0 or length > MAX_BODY_BYTES:
-                self.close_connection = True  # the body is not read, so the connection cannot be reused
-                self._json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
-                return
-            body = self.rfile.read(length)
-            try:
-                status, obj = healer.handle_post(self.headers.get("Authorization"), body)
-            except Exception as exc:  # our own fault: 5xx, and the receiver keeps serving
-                healer.log(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
-                status, obj = 500, {"error": "internal error"}
-            self._json(status, obj)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True
+#: HTTP handler threads: decisions are in-memory and the audit write is one fsync, so a few suffice
+HTTP_WORKERS = 4
+#: open connections at most; idle ones give way to new clients beyond this
+MAX_CONNECTIONS = 512
+#: a slow or stalled client holds its connection for at most this long per request
+READ_TIMEOUT = 10.0
 
 
-class HealerServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512  # Alertmanager HA peers plus a burst of groups must not see refusals
+def _json(status: int, obj: Any, close: bool = False) -> Response:
+    return Response(status, (json.dumps(obj) + "\n").encode(), "application/json", close=close)
+
+
+class HealerServer(BoundedHTTPServer):
+    """The receiver's HTTP side: an asyncio acceptor (token and length are checked from the
+    request head, before any body is read) and a small fixed pool that decides and answers."""
 
     def __init__(self, addr: tuple[str, int], healer: Healer) -> None:
         self.healer = healer
-        super().__init__(addr, _Handler)
+        super().__init__(addr, self._handle, precheck=self._precheck, workers=HTTP_WORKERS,
+                         max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
+                         name="heal-http")
+
+    def _precheck(self, req: Request) -> Response | None:
+        if req.method != "POST":
+            return None
+        if req.path != "/alertmanager":
+            return _json(404, {"error": "not found"})
+        if not self.healer.authorized(req.headers.get("authorization")):
+            return _json(401, {"error": "missing or wrong bearer token"}, close=True)
+        raw = req.headers.get("content-length", "")
+        if not raw.strip().isdigit():
+            return _json(400, {"error": "Content-Length is required"}, close=True)
+        if int(raw) > MAX_BODY_BYTES:
+            return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
+        return None
+
+    def _handle(self, req: Request) -> Response:
+        healer = self.healer
+        if req.method == "POST":
+            try:
+                status, obj = healer.handle_post(req.headers.get("authorization"), req.body)
+            except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
+                healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
+                status, obj = 500, {"error": "internal error"}
+            return _json(status, obj)
+        if req.method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method not allowed"})
+        if req.path == "/metrics":
+            healer.refresh()
+            return Response(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
+        if req.path == "/api/heals":
+            try:
+                limit = int(parse_qs(req.query).get("limit", ["50"])[0])
+            except ValueError:
+                return _json(400, {"error": "limit must be an integer"})
+            return _json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
+                               "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
+                               "owner": healer.owner, "lease": healer.lease_view()})
+        if req.path == "/-/healthy":
+            return Response(200, b"OK\n", "text/plain")
+        return _json(404, {"error": "not found"})
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -496,10 +808,22 @@ def cli_heal(args: argparse.Namespace) -> int:
         print(f"error: {TOKEN_ENV} is not set; refusing to run healers for unauthenticated webhooks "
               "(set it, or pass --insecure-no-auth)", file=sys.stderr)
         return EXIT_USAGE
+    problem = token_problem(token) if token is not None else None
+    if problem is not None:
+        print(f"error: {TOKEN_ENV} {problem}; refusing to start", file=sys.stderr)
+        return EXIT_USAGE
     try:
         host, port = parse_listen(args.listen or config["healer"]["listen"])
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    lease_path = config.resolve(config["healer"]["lease_file"])
+    try:
+        # without the lease a second receiver of this bot could run the same action beside it
+        Lease(lease_path, "start-up check").entries()
+    except OSError as exc:
+        print(f"error: cannot use the heal lease file {lease_path} (key 'healer.lease_file'): "
+              f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     audit_path = config.resolve(config["healer"]["audit_file"])
     try:

@@ -33,6 +33,8 @@ CONFIG: dict[str, Any] = {
     "degraded_for": "5m",
     "stale_for": "1m",
     "healer_gave_up_for": "0s",
+    # trading_healer_stuck already waits out the action's timeout and verification: one scrape more
+    "healer_stuck_for": "1m",
     # A check is stale when its last run is older than stale_factor intervals plus the slack
     # (the slack covers a check's timeout and one scrape, so a 15 s check is not stale at 46 s).
     "stale_factor": 3,
@@ -48,6 +50,7 @@ CONFIG: dict[str, Any] = {
     "dashboard_url": "http://127.0.0.1:3000/d/trading-readiness-overview",
     "severity": {"blocked": "critical", "degraded": "warning", "fp_error": "critical", "fp_warn": "warning",
                  "exporter_down": "critical", "stale": "warning", "healer_gave_up": "warning",
+                 "healer_stuck": "warning",
                  "watchdog": "info"},
     "alertmanager": {
         "pager_url": "http://127.0.0.1:9095/pager",
@@ -272,6 +275,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
     stale_expr = joined(stale_expr, info, "category, healer")
     never_expr = joined(never_expr, info, "category, healer")
     gave_up = f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1'
+    stuck = f'trading_healer_stuck{{job="{cfg["healer_job"]}"}} == 1'
     return {
         "name": "trading-readiness-meta",
         "rules": [
@@ -333,6 +337,20 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "runbook_url": alert_runbook_url(cfg, "TradingHealerGaveUp"),
                     # what the point itself means and how to fix it
                     "fp_runbook_url": _runbook_template(cfg),
+                },
+            },
+            {
+                "alert": "TradingHealerStuck",
+                "expr": joined(stuck, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
+                "for": cfg["healer_stuck_for"],
+                "labels": {"severity": sev["healer_stuck"]},
+                "annotations": {
+                    "summary": "Healing {{ $labels.fp }} is stuck ({{ $labels.instance }})",
+                    "description": ("The healer has held {{ $labels.fp }} queued, running or verifying for longer "
+                                    "than its action's timeout plus its verification: every alert for it is "
+                                    "skipped as busy and nothing heals it. See the healer's log and "
+                                    "/api/heals (state); restarting the healer resolves what it had started."),
+                    "runbook_url": _runbook_template(cfg),
                 },
             },
             {
@@ -468,7 +486,8 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
         overrides["scrape_interval"] = scrape_interval
     if alert_for is not None:
         duration_seconds(alert_for)
-        for key in ("blocked_for", "degraded_for", "stale_for", "healer_gave_up_for", "failure_point_for"):
+        for key in ("blocked_for", "degraded_for", "stale_for", "healer_gave_up_for", "healer_stuck_for",
+                    "failure_point_for"):
             overrides[key] = alert_for
     down_for = max(duration_seconds(alert_for) if alert_for is not None
                    else duration_seconds(CONFIG["exporter_down_for"]), 2 * scrape)

@@ -9,7 +9,7 @@ import pytest
 
 from exporter.core.model import Readiness, Status
 from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
+from exporter.sim.botroot import BotRoot, write_json
 from exporter.sim.uw import FakeUW
 
 from .conftest import check_json, evaluate, market_at
@@ -177,3 +177,20 @@ def test_safe_mode_on_its_own(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
     sbot.p("state/kill_switch.json").write_text("{torn")
     r = evaluate(sbot.path, only=only, clock=market_at(alpaca, OPEN)).results["FP-3.10"]
     assert r.status is Status.ERROR and "unreadable" in r.outcome.message
+
+
+@pytest.mark.parametrize("value, halted", [
+    (True, True), (1, True), ("false", True), ("yes", True),  # any truthy value halts the bot
+    (False, False), (0, False), (None, False), ("", False),  # any falsy value is off to the bot
+])
+def test_kill_switch_follows_the_bots_truthiness(sbot: BotRoot, alpaca: FakeAlpaca, value: object,
+                                                 halted: bool) -> None:
+    """policy_variants.kill_switch_active halts on bool(data.get("enabled", False))."""
+    write_json(sbot.p("state/kill_switch.json"), {"enabled": value})
+    r = evaluate(sbot.path, only=["FP-3.10"], clock=market_at(alpaca, OPEN)).results["FP-3.10"]
+    assert r.status is (Status.ERROR if halted else Status.OK), r.outcome.message
+    if halted and value is not True:
+        assert "which the bot reads as on" in r.outcome.message
+    sbot.p("state/kill_switch.json").write_text("[true]")  # not an object: the bot fails closed
+    r = evaluate(sbot.path, only=["FP-3.10"], clock=market_at(alpaca, OPEN)).results["FP-3.10"]
+    assert r.status is Status.ERROR and "is not a JSON object" in r.outcome.message

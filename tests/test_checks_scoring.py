@@ -277,3 +277,25 @@ def test_threshold_file_invalid(sbot: BotRoot, alpaca: FakeAlpaca, content: str,
     sbot.p("state/uw_thresholds_hierarchical.json").unlink()
     r = run(sbot, "FP-2.7", alpaca)
     assert r.status is Status.OK and "ENTRY_THRESHOLD_BASE" in r.outcome.message
+
+
+def test_rate_limited_and_zeroed_blocks_are_not_enrichment(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
+    """After UW 429s the real daemon leaves `{"data": [], "_rate_limited": true}` blocks and a dark
+    pool zeroed to print_count 0, all with a fresh last_update; the flow summary and the tide copy
+    every ticker carries are not intel either."""
+    cache = json.loads(sbot.p("data/uw_flow_cache.json").read_text())
+    now = int(OPEN.timestamp())
+    for sym in [k for k in cache if not k.startswith("_")]:
+        entry = {k: v for k, v in cache[sym].items() if not isinstance(v, dict)}
+        entry.update(flow={"sentiment": "BULLISH", "total_premium": 1e6, "last_update": now},
+                     market_tide={"date": "2026-11-24", "net_call_premium": "1"},
+                     dark_pool={"sentiment": "NEUTRAL", "total_premium": 0, "print_count": 0, "last_update": now},
+                     etf_flow={"data": [], "_rate_limited": True}, calendar={})
+        cache[sym] = entry
+    sbot.p("data/uw_flow_cache.json").write_text(json.dumps(cache))
+    r = evaluate(sbot.path, only=["FP-2.4"], clock=market_at(alpaca, OPEN)).results["FP-2.4"]
+    assert r.status is Status.WARN and r.outcome.details["tickers_enriched"] == 0, r.outcome.message
+    cache[sym]["greeks"] = {"gamma": 0.12, "last_update": now}  # one real block on one ticker
+    sbot.p("data/uw_flow_cache.json").write_text(json.dumps(cache))
+    r = evaluate(sbot.path, only=["FP-2.4"], clock=market_at(alpaca, OPEN)).results["FP-2.4"]
+    assert r.outcome.details["tickers_enriched"] == 1

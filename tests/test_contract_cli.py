@@ -195,13 +195,13 @@ def test_serve_tls_files_that_cannot_be_loaded(tmp_path: Path) -> None:
 
 
 def test_heal_listen_must_be_host_port(tmp_path: Path) -> None:
-    env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests")
+    env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests-0123")
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "heal", "--listen", "9871", env=env))
     assert err == "error: --listen must be HOST:PORT, got '9871'"
 
 
 def test_heal_cannot_listen_on_a_taken_port(tmp_path: Path, taken_port: int) -> None:
-    env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests")
+    env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests-0123")
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "heal", "--listen", f"127.0.0.1:{taken_port}",
                                    env=env))
     assert err == f"error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"

@@ -200,7 +200,7 @@ class Stack:
                      tmp / f"{name}.log", "wb") for name in ("exporter", "healer", "prometheus")}
         self.exp_proc = self._start(base + ["serve", "--listen", f"127.0.0.1:{self.exporter}"], "exporter")
         self.heal_proc = self._start(base + ["heal", "--listen", f"127.0.0.1:{self.healer}"], "healer",
-                                     clean_env(TRADING_READINESS_HEALER_TOKEN="dash-token"))
+                                     clean_env(TRADING_READINESS_HEALER_TOKEN="dash-token-0123456789"))
         prom_cfg = tmp / "prometheus.yml"
         prom_cfg.write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -278,7 +278,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
     # The alert Alertmanager would send for FP-1.1, after the healer's zeroes were scraped once,
     # so increase() sees the attempt.
     reply = http_json(f"http://127.0.0.1:{stack.healer}/alertmanager", data=firing("FP-1.1"),
-                      headers={"Authorization": "Bearer dash-token", "Content-Type": "application/json"})
+                      headers={"Authorization": "Bearer dash-token-0123456789", "Content-Type": "application/json"})
     assert reply["decisions"] == ["accepted"], reply
     # Counters need two samples around the change; wait on that, never a fixed sleep.
     wait_for(lambda: stack.ready('trading_healer_gave_up{fp="FP-1.1"} == 1'), timeout=20,

@@ -54,7 +54,7 @@ class AM:
 
 
 @contextmanager
-def alertmanager(tmp: Path, name: str, healer_url: str, cluster_port: int | None = None,
+def alertmanager(tmp: Path, name: str, healer_url: str | list[str], cluster_port: int | None = None,
                  peer: int | None = None) -> Iterator[AM]:
     """One Alertmanager on a free loopback port routing everything to the healer; killed after."""
     d = tmp / name
@@ -65,9 +65,11 @@ def alertmanager(tmp: Path, name: str, healer_url: str, cluster_port: int | None
     cfg = {
         "route": {"receiver": "healer", "group_by": ["alertname", "fp"], "group_wait": "0s",
                   "group_interval": "1s", "repeat_interval": "1s"},
+        # several URLs: every receiver of an HA pair gets every notification
         "receivers": [{"name": "healer", "webhook_configs": [{
-            "url": healer_url + "/alertmanager", "send_resolved": True, "max_alerts": 0,
-            "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(cred)}}}]}],
+            "url": url + "/alertmanager", "send_resolved": True, "max_alerts": 0,
+            "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(cred)}}}
+            for url in ([healer_url] if isinstance(healer_url, str) else healer_url)]}],
     }
     (d / "am.yml").write_text(yaml.safe_dump(cfg))
     port = free_port()

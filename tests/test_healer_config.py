@@ -63,3 +63,16 @@ def test_heal_refuses_to_start_without_a_writable_audit_file(tmp_path: Path) -> 
     assert err.strip().splitlines() == [
         f"error: cannot use the heal audit file {hb.root / 'not_a_dir/heals.jsonl'} (key 'healer.audit_file'): "
         "File exists"]  # mkdir of the parent meets the file
+
+
+def test_heal_refuses_to_start_without_a_usable_lease_file(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    (hb.root / "not_a_dir").write_text("x")
+    f = tmp_path / "lease.yaml"
+    f.write_text("healer:\n  lease_file: not_a_dir/heal.lease\n")
+    proc = start_heal_cli(hb, f, free_port())
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: cannot use the heal lease file {hb.root / 'not_a_dir/heal.lease'} (key 'healer.lease_file'): "
+        "File exists"]

@@ -55,7 +55,7 @@ def test_promtool_check_rules_passes() -> None:
     r = promtool("check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
     # every catalog point has its two levels, plus the readiness, meta and recording rules
-    assert f"SUCCESS: {2 * len(load()) + 8} rules found" in r.stdout
+    assert f"SUCCESS: {2 * len(load()) + 9} rules found" in r.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -87,7 +87,7 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
     alerts = [r for g in groups for r in g["rules"] if "alert" in r]
     names = {a["alert"] for a in alerts}
     assert names == {"TradingBlocked", "TradingDegraded", "TradingFailurePoint", "TradingReadinessExporterDown",
-                     "TradingFailurePointStale", "TradingHealerGaveUp", "Watchdog"}
+                     "TradingFailurePointStale", "TradingHealerGaveUp", "TradingHealerStuck", "Watchdog"}
     docs = (REPO / "docs" / "FAILURE_POINTS.md").read_text()
     for a in alerts:
         assert a["labels"]["severity"] in ("critical", "warning", "info"), a["alert"]

@@ -15,9 +15,22 @@ from .context import Context
 from .readers import FileProblem, read_json
 from .values import number, record_time
 
-#: per-ticker keys that are flow data, not enrichment (everything else dict-valued is intel)
+#: per-ticker keys that are flow data, not enrichment (everything else dict-valued is intel):
+#: `flow` is the flow summary and `market_tide` the global tide copied into every ticker
 CORE_TICKER_KEYS = frozenset({"flow_trades", "sentiment", "conviction", "total_premium", "call_premium",
-                              "put_premium", "net_premium", "trade_count", "_last_update"})
+                              "put_premium", "net_premium", "trade_count", "_last_update", "flow",
+                              "market_tide"})
+
+
+def block_has_data(block: dict[str, Any]) -> bool:
+    """An intel block that carries data. The daemon re-stamps blocks whatever UW answered: after
+    a 429 or a limiter block a block is ``{"data": [], "_rate_limited": true}`` and the dark pool
+    is zeroed (``print_count`` 0) with a fresh ``last_update``; neither is data."""
+    if not block or block.get("_rate_limited") is True or block.get("_blocked") is True:
+        return False
+    if "data" in block and not block["data"]:
+        return False
+    return not ("print_count" in block and number(block["print_count"]) == 0)
 
 
 @dataclass
@@ -68,7 +81,7 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
         intel = [v for k, v in entry.items() if k not in CORE_TICKER_KEYS and isinstance(v, dict)]
         if intel:
             summary.tickers_with_intel_keys += 1
-            if any(intel):
+            if any(block_has_data(b) for b in intel):
                 summary.tickers_enriched += 1
     tide = raw.get("_market_tide")
     if isinstance(tide, (dict, list)):

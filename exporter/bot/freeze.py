@@ -69,14 +69,22 @@ def freeze_state(ctx: Context) -> tuple[list[str], dict[str, Any]]:
             blocking.append(f"kill switch unreadable: {exc} (treated as halted)")
             details["kill_switch"] = True
     else:
-        enabled = ks.get("enabled", False) if isinstance(ks, dict) else None
-        if enabled is True:
+        # the bot halts on bool(data.get("enabled", False)), and on any error reading it (a
+        # document that is not an object has no .get): policy_variants.kill_switch_active
+        if not isinstance(ks, dict):
+            blocking.append(f"kill switch file kill_switch.json is not a JSON object (got {json_type(ks)}; "
+                            "the bot fails closed: halted)")
+            details["kill_switch"] = True
+        elif ks.get("enabled", False) is True:
             blocking.append("kill switch enabled")
             details["kill_switch"] = True
-        elif enabled is not False:
-            what = "has no valid 'enabled' value" if isinstance(ks, dict) else "is not a JSON object"
-            blocking.append(f"kill switch file kill_switch.json {what} (treated as halted)")
+        elif ks.get("enabled", False):
+            blocking.append(f"kill switch file kill_switch.json has 'enabled': {json.dumps(ks['enabled'])}, "
+                            "which the bot reads as on (any truthy value halts)")
             details["kill_switch"] = True
+        elif ks.get("enabled", False) is not False:
+            details["kill_switch_note"] = (f"'enabled': {json.dumps(ks['enabled'])} is off to the bot "
+                                           "(a falsy value does not halt)")
     return blocking, details
 
 

@@ -78,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
         "dry_run": False,
         "max_concurrent": 2,
         "audit_file": "logs/trading_readiness_heals.jsonl",
+        #: receivers of one bot (an HA pair) take a point's lease here before acting: one action per fault
+        "lease_file": "state/trading_readiness_heal.lease",
         "verify_timeout_seconds": 120.0,
         "verify_interval_seconds": 5.0,
         #: labels an alert must carry for this healer to act on it, e.g. {instance: "bot-a:9870"}

@@ -906,6 +906,10 @@ class FakeAlpaca(SimServer):
         self.fill_market_orders = False
         #: When set, every new order is recorded and answered ``rejected`` with this reason.
         self.reject_orders: str | None = None
+        #: When set to (HTTP status, message), every new order is recorded in ``submitted_orders``
+        #: and refused with that status and ``{"code": ..., "message": ...}``, no order created
+        #: (403 ``40310000`` or 422 ``42210000``, as Alpaca refuses a submission).
+        self.refuse_orders: tuple[int, str] | None = None
         #: How far the broker's clock runs ahead of this host's (negative: behind), in seconds.
         self.clock_skew_seconds = 0.0
 
@@ -1206,6 +1210,11 @@ class FakeAlpaca(SimServer):
             assets = self._assets
             symbol = str(payload.get("symbol") or "").upper()
             asset = assets.get(symbol)
+            refuse = self.refuse_orders
+        if refuse is not None:
+            status_code, message = refuse
+            code = {403: 40310000, 422: 42210000}.get(status_code, status_code * 100000)
+            return _alpaca_error(status_code, code, message)
         if (
             account.get("status") != "ACTIVE"
             or account.get("trading_blocked")

@@ -12,10 +12,23 @@ sandbox writes), does one cycle every ``SANDBOX_BOT_INTERVAL`` seconds:
 4. applies the gates: freeze, kill switch and safe mode first (``freeze_active``), then per new
    cluster market closed, max positions, cooldown, score below ``MIN_EXEC_SCORE`` and the
    per-cycle cap, logging each refusal to ``state/blocked_trades.jsonl``;
-5. submits a market order to the broker for what passes;
-6. re-writes the cache with re-stamped ``_last_update`` per ticker -- exactly the habit that makes
+5. submits a market order to the broker for what passes (one ``logs/submit_order_called.jsonl``
+   line per submission, and ``trade_intent``/``entry_decision_made`` decision lines with
+   ``event_type`` and no ``msg`` in ``logs/run.jsonl``, as main.py mixes them in);
+6. when the broker refuses a submission (an HTTP error such as 403
+   ``{"code":40310000,"message":...}``), logs it as main.py does: a ``logs/orders.jsonl`` line
+   (``type: "order"``, ``action`` ``market_fail`` for an entry or ``scale_out_failed``, ``error``
+   = the broker's message, ISO ``ts``) and a ``state/execution_failures.jsonl`` line
+   (``timestamp``, ``symbol``, ``failure_type``, ``details.error``); a refused entry is tried
+   again next cycle;
+7. re-writes the cache with re-stamped ``_last_update`` per ticker -- exactly the habit that makes
    a dead daemon look fresh by file mtime (BOT.md);
-7. logs one ``complete`` line (or a ``cycle_error`` line) to ``logs/run.jsonl``.
+8. logs one ``complete`` line (or a ``cycle_error`` line) to ``logs/run.jsonl``; its ``orders``
+   counts entry orders only.
+
+It runs without ``state/signal_weights.json`` (built-in weights, like main.py on a fresh
+install). Like main.py in PAPER mode it refuses to start unless the broker URL is the paper host
+-- and, being a sandbox, unless it is a loopback address: it never talks to a remote broker.
 
 A cluster is a candidate once (keyed by ticker, direction and its newest alert), so a quiet
 market does not turn into a flood of cooldown refusals.
@@ -24,7 +37,10 @@ Fault flags in ``.sandbox/flags/`` (written by the sandbox): ``bot-no-clusters``
 filter keep nothing (cycles complete with 0 clusters); ``bot-cluster-errors`` makes cluster
 generation fail (a ``cycle_error`` line of stage ``clusters``, no ``complete`` line);
 ``bot-gate`` holds a block reason (``expectancy_blocked:<why>``, ``regime_gate``, ...) that
-refuses every cluster of every cycle, logged as the real bot logs each refusal.
+refuses every cluster of every cycle, logged as the real bot logs each refusal;
+``bot-scale-out`` makes it scale half of every held position out each cycle (``action:
+"scale_out"``, or ``scale_out_failed`` when the broker refuses), as main.py did on the recorded
+root whose broker refused every order.
 """
 
 from __future__ import annotations
@@ -38,11 +54,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from ..bot.botenv import BotEnv
-from .daemon import FLAGS, append, iso, orphaned, write_atomic
+from .daemon import FLAGS, append, orphaned, write_atomic
 
 CACHE = Path("data/uw_flow_cache.json")
 HEARTBEAT = Path("state/bot_heartbeat.json")
@@ -52,6 +69,11 @@ WEIGHTS = Path("state/signal_weights.json")
 FREEZES = Path("state/governor_freezes.json")
 SAFE_MODE = Path("state/health_safe_mode.flag")
 KILL_SWITCH = Path("state/kill_switch.json")
+ORDERS_LOG = Path("logs/orders.jsonl")
+EXECUTION_FAILURES = Path("state/execution_failures.jsonl")
+SUBMIT_LOG = Path("logs/submit_order_called.jsonl")
+PAPER_HOST = "paper-api.alpaca.markets"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MIN_PREMIUM = 100_000.0
 MAX_EXPIRY_DAYS = 7
 CLUSTER_WINDOW = 600.0
@@ -63,6 +85,29 @@ _stopping = False
 def _on_term(signum: int, frame: FrameType | None) -> None:
     global _stopping
     _stopping = True
+
+
+def iso(ts: float) -> str:
+    """main.py's ISO timestamps: ``2026-12-06T20:10:20.231287+00:00``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class BrokerRefused(RuntimeError):
+    """The broker answered an HTTP error; ``message`` is its ``message`` field."""
+
+    def __init__(self, what: str, status: int, message: str) -> None:
+        super().__init__(message)
+        self.what, self.status, self.message = what, status, message
+
+
+def refuse_url(mode: str, url: str) -> str | None:
+    """Why the bot will not start with this broker URL, or None."""
+    host = (urlsplit(url).hostname or "").lower()
+    if mode.upper() == "PAPER" and host != PAPER_HOST and host not in LOOPBACK:
+        return f"TRADING_MODE=PAPER but the Alpaca base URL {url} is not the paper host: refusing to run"
+    if host not in LOOPBACK:
+        return f"the sandbox bot talks to a loopback broker only, not {host or url!r}: refusing to run"
+    return None
 
 
 def _ts(value: Any) -> float | None:
@@ -120,6 +165,9 @@ def clusters_of(cache: dict[str, Any], now: float) -> list[dict[str, Any]]:
 class Bot:
     def __init__(self, env: BotEnv) -> None:
         self.base = (env.get("ALPACA_BASE_URL", "APCA_API_BASE_URL") or "https://paper-api.alpaca.markets").rstrip("/")
+        why = refuse_url(env.get("TRADING_MODE") or "PAPER", self.base)
+        if why is not None:
+            raise ValueError(why)
         self.headers = {"APCA-API-KEY-ID": env.get("ALPACA_KEY", "ALPACA_API_KEY", "APCA_API_KEY_ID") or "",
                         "APCA-API-SECRET-KEY": env.get("ALPACA_SECRET", "ALPACA_API_SECRET",
                                                        "APCA_API_SECRET_KEY") or ""}
@@ -133,13 +181,51 @@ class Bot:
         self.iter_count = 0
         self.seen: set[tuple[str, str, float]] = set()
         self.last_order: dict[str, float] = {}
+        self.market_open = False
 
     def broker(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         r = self.session.request(method, f"{self.base}/v2{path}", json=body, headers=self.headers,
                                  timeout=self.timeout)
         if r.status_code >= 400:
-            raise RuntimeError(f"alpaca {method} /v2{path}: HTTP {r.status_code}")
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            message = body.get("message") if isinstance(body, dict) else None
+            raise BrokerRefused(f"alpaca {method} /v2{path}: HTTP {r.status_code}", r.status_code,
+                                str(message) if message else f"HTTP {r.status_code}")
         return r.json()
+
+    def order_failed(self, now: float, action: str, symbol: str, error: str, **fields: Any) -> None:
+        """A refused submission, in main.py's two logs."""
+        append(ORDERS_LOG, {"ts": iso(now), "type": "order", "action": action, "symbol": symbol, **fields,
+                            "error": error, "strategy_id": "equity"})
+        details = {k: v for k, v in fields.items() if k in ("fraction", "side", "qty")}
+        append(EXECUTION_FAILURES, {"timestamp": iso(now), "symbol": symbol, "failure_type": action,
+                                    "details": {**details, "error": error}})
+
+    def submit(self, now: float, symbol: str, side: str, **amount: Any) -> Any:
+        append(SUBMIT_LOG, {"ts": time.time(), "msg": "SUBMIT_ORDER_CALLED", "symbol": symbol, "mode": "market",
+                            **{k: float(v) for k, v in amount.items()}, "side": side, "strategy_id": "equity"})
+        return self.broker("POST", "/orders", {"symbol": symbol, "side": side, "type": "market",
+                                               "time_in_force": "day", **amount})
+
+    def scale_out(self, now: float) -> None:
+        """Sell half of every held position (the ``bot-scale-out`` flag)."""
+        positions = self.broker("GET", "/positions")
+        for pos in positions if isinstance(positions, list) else []:
+            symbol, qty = str(pos.get("symbol")), abs(float(pos.get("qty") or 0))
+            half = round(qty / 2, 6)
+            if not half:
+                continue
+            side = "sell" if float(pos.get("qty") or 0) > 0 else "buy"
+            try:
+                self.submit(now, symbol, side, qty=str(half))
+            except BrokerRefused as exc:
+                self.order_failed(now, "scale_out_failed", symbol, exc.message, fraction=0.5)
+                continue
+            append(ORDERS_LOG, {"ts": iso(now), "type": "order", "action": "scale_out", "symbol": symbol,
+                                "qty": half, "fraction": 0.5, "strategy_id": "equity"})
 
     def gates_closed(self) -> list[str]:
         """Freezes, safe mode and the kill switch: any one blocks every candidate."""
@@ -179,33 +265,38 @@ class Bot:
         except FileNotFoundError:
             cache = {}
         except (OSError, json.JSONDecodeError) as exc:
-            append(RUN_LOG, {"ts": iso(now), "_ts": now, "msg": "cycle_error", "stage": "cache",
+            append(RUN_LOG, {"ts": iso(now), "_ts": int(now), "msg": "cycle_error", "stage": "cache",
                              "error": f"cannot read {CACHE}: {type(exc).__name__}"})
             return
         if not isinstance(cache, dict):
             cache = {}
         if (FLAGS / "bot-cluster-errors").exists():
-            append(RUN_LOG, {"ts": iso(now), "_ts": now, "msg": "cycle_error", "stage": "clusters",
+            append(RUN_LOG, {"ts": iso(now), "_ts": int(now), "msg": "cycle_error", "stage": "clusters",
                              "error": "cluster generation failed: KeyError 'created_at' in flow_trades"})
             self.restamp(cache, now)
             return
         clusters = [] if (FLAGS / "bot-no-clusters").exists() else clusters_of(cache, now)
         closed = self.gates_closed()
         orders = 0
-        record: dict[str, Any] = {"ts": iso(now), "_ts": now, "msg": "complete", "clusters": len(clusters)}
+        record: dict[str, Any] = {"ts": iso(now), "_ts": int(now), "msg": "complete", "clusters": len(clusters)}
         try:
             if closed:
                 record["freeze_active"] = True
                 record["freeze_reasons"] = closed
             else:
                 orders = self.decide(clusters, now)
+                if (FLAGS / "bot-scale-out").exists():
+                    self.scale_out(now)
         except (requests.RequestException, RuntimeError, ValueError) as exc:
-            append(RUN_LOG, {"ts": iso(now), "_ts": now, "msg": "cycle_error", "stage": "broker",
-                             "error": str(exc) if isinstance(exc, RuntimeError) else type(exc).__name__})
+            error = (exc.what if isinstance(exc, BrokerRefused) else str(exc) if isinstance(exc, RuntimeError)
+                     else type(exc).__name__)
+            append(RUN_LOG, {"ts": iso(now), "_ts": int(now), "msg": "cycle_error", "stage": "broker", "error": error})
             self.restamp(cache, now)
             return
         self.restamp(cache, now)
-        record["orders"] = orders
+        record.update(orders=orders, market_open=self.market_open, engine_status="ok", errors_this_cycle=[],
+                      metrics={"clusters": len(clusters), "orders": orders, "equity_orders": orders,
+                               "engine_status": "ok", "errors_this_cycle": []}, strategy_id="equity")
         append(RUN_LOG, record)
 
     def gate_flag(self) -> str | None:
@@ -229,6 +320,7 @@ class Bot:
         if not new:
             return 0
         clock = self.broker("GET", "/clock")
+        self.market_open = bool(clock.get("is_open"))
         positions = self.broker("GET", "/positions")
         held = len(positions) if isinstance(positions, list) else 0
         orders = 0
@@ -251,12 +343,18 @@ class Bot:
                                  "direction": c["direction"]})
                 continue
             side = "buy" if c["direction"] == "bullish" else "sell"
+            append(RUN_LOG, {"ts": iso(time.time()), "event_type": "trade_intent", "symbol": c["symbol"],
+                             "side": side, "score": score, "strategy_id": "equity"})
+            append(RUN_LOG, {"ts": iso(time.time()), "event_type": "entry_decision_made",
+                             "entry_intent_status": "OK", "symbol": c["symbol"], "side": side,
+                             "strategy_id": "equity"})
             try:
-                order = self.broker("POST", "/orders", {"symbol": c["symbol"], "notional": "1000", "side": side,
-                                                        "type": "market", "time_in_force": "day"})
-            except RuntimeError as exc:
-                append(BLOCKED, {"timestamp": iso(now), "symbol": c["symbol"], "reason": "order_validation_failed",
-                                 "score": score, "error": str(exc)})
+                order = self.submit(now, c["symbol"], side, notional="1000")
+            except BrokerRefused as exc:
+                self.order_failed(now, "market_fail", c["symbol"], exc.message, side=side,
+                                  error_details={"symbol": c["symbol"], "side": side, "error_type": "APIError",
+                                                 "error_message": exc.message, "status_code": exc.status})
+                self.seen.discard((c["symbol"], c["direction"], c["newest"]))  # tried again next cycle
                 continue
             if isinstance(order, dict) and order.get("status") == "rejected":
                 append(BLOCKED, {"timestamp": iso(now), "symbol": c["symbol"], "reason": "order_validation_failed",

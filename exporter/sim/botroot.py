@@ -2,6 +2,10 @@
 
 ``BotRoot.healthy()`` produces a root on which every check is OK (given running processes and
 loopback servers); the ``break_*``/setter methods reproduce each way BOT.md says it can fail.
+Files are written in the shapes stock-bot writes them (the recorded files of the bot's README):
+the cache's ``_market_tide`` is one point under ``data``, ``data/uw_api_quota.jsonl`` holds an
+attempt line and a sent line per call, ``state/uw_usage_state.json`` counts the calls sent,
+``logs/orders.jsonl`` and ``state/execution_failures.jsonl`` hold the bot's order outcomes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,24 @@ TICKERS = ("NVDA", "AAPL", "TSLA", "AMD", "MSFT", "META", "AMZN", "GOOGL", "SPY"
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def iso_bot(ts: float) -> str:
+    """main.py's ISO stamps (run, orders, execution failures): ``...+00:00``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def dt_text(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+UW_BASE = "https://api.unusualwhales.com"
+
+
+def tide_point(now: float) -> dict[str, Any]:
+    """One market-tide point as UW sends it (the daemon keeps the first of UW's list)."""
+    return {"date": datetime.fromtimestamp(now, UTC).date().isoformat(), "net_call_premium": "1200000.0000",
+            "net_put_premium": "-800000.0000", "net_volume": 23558, "timestamp": iso_bot(now - 300)}
 
 
 def write_json(path: Path, data: Any, atomic: bool = True) -> None:
@@ -54,12 +76,17 @@ def ticker_entry(symbol: str, now: float, rng: random.Random, trades: int = 4) -
         })
     calls = sum(int(str(t["total_premium"])) for t in flow if t["type"] == "call")
     puts = sum(int(str(t["total_premium"])) for t in flow if t["type"] == "put")
+    summary = {"sentiment": "BULLISH" if calls >= puts else "BEARISH", "conviction": round(rng.random(), 3),
+               "total_premium": calls + puts, "call_premium": calls, "put_premium": puts,
+               "net_premium": calls - puts, "trade_count": len(flow)}
+    notional = float(rng.randint(10**6, 10**8))
     return {
-        "flow_trades": flow, "sentiment": "BULLISH" if calls >= puts else "BEARISH",
-        "conviction": round(rng.random(), 3), "total_premium": calls + puts, "call_premium": calls,
-        "put_premium": puts, "net_premium": calls - puts, "trade_count": len(flow),
-        "dark_pool": {"volume": rng.randint(1000, 100000), "notional": rng.randint(10**6, 10**8)},
-        "insider": {}, "greeks": {"gamma_exposure": rng.random()}, "_last_update": now,
+        "market_tide": tide_point(now), "flow_trades": flow, **summary,
+        "flow": {**summary, "last_update": int(now)}, "_last_update": int(now),
+        "dark_pool": {"sentiment": summary["sentiment"], "total_premium": notional, "total_notional": notional,
+                      "total_notional_1h": round(notional / 4, 2), "print_count": rng.randint(5, 100),
+                      "last_update": int(now)},
+        "greeks": {"gamma_exposure": rng.random()}, "insider": {},
     }
 
 
@@ -109,9 +136,8 @@ class BotRoot:
             "timestamp": iso(self.now), "details": {}})
         self.run_cycles(5)
         self.daemon_cycles(5)
-        append_jsonl(self.p("data/uw_api_quota.jsonl"), [
-            {"ts": self.now - 30 * i, "url": "/api/option-trades/flow-alerts", "source": "uw_flow_daemon"}
-            for i in range(20, 0, -1)])
+        self.uw_calls(20, every=30.0)
+        self.order(at=self.now - 90)
         append_jsonl(self.p("state/blocked_trades.jsonl"), [
             {"timestamp": iso(self.now - 120), "symbol": "AMD", "reason": "score_below_min", "score": 1.4}])
         for script in ("main.py", "uw_flow_daemon.py", "deploy_supervisor.py"):
@@ -134,9 +160,9 @@ class BotRoot:
         data: dict[str, Any] = {t: ticker_entry(t, self.now, self.rng, trades) for t in tickers}
         data["_metadata"] = {"last_update": self.now if last_update is None else last_update,
                              "updated_by": "uw_flow_daemon", "ticker_count": len(tickers)}
-        data["_market_tide"] = {"data": [{"net_call_premium": "1200000", "net_put_premium": "800000",
-                                          "timestamp": iso(self.now)}]}
-        data["_top_net_impact"] = {"data": [{"ticker": t, "net_premium": "1000000"} for t in tickers[:5]]}
+        data["_market_tide"] = {"data": tide_point(self.now), "last_update": int(self.now)}
+        data["_top_net_impact"] = {"data": [{"ticker": t, "net_premium": "1000000.0"} for t in tickers[:5]],
+                                   "last_update": int(self.now)}
         if extra:
             data.update(extra)
         write_json(self.p("data/uw_flow_cache.json"), data)
@@ -160,15 +186,93 @@ class BotRoot:
     def run_cycles(self, n: int, clusters: int = 3, orders: int = 1, every: float = 60.0,
                    end: float | None = None, **extra: Any) -> None:
         end = self.now if end is None else end
-        append_jsonl(self.p("logs/run.jsonl"), [
-            {"ts": iso(end - every * i), "_ts": end - every * i, "msg": "complete", "clusters": clusters,
-             "orders": orders, **extra} for i in range(n - 1, -1, -1)])
+        lines: list[dict[str, Any]] = []
+        for i in range(n - 1, -1, -1):
+            t = end - every * i
+            if orders:  # main.py's decision lines: event_type, no msg or _ts
+                lines.append({"ts": iso_bot(t - 1), "event_type": "trade_intent", "symbol": "NVDA", "side": "buy",
+                              "score": 3.1, "strategy_id": "equity"})
+            lines.append({"ts": iso(t), "_ts": t, "msg": "complete", "clusters": clusters, "orders": orders,
+                          "market_open": True, "engine_status": "ok", "errors_this_cycle": [],
+                          "strategy_id": "equity", **extra})
+        append_jsonl(self.p("logs/run.jsonl"), lines)
 
     def daemon_cycles(self, n: int, every: float = 300.0, end: float | None = None, start_cycle: int = 1) -> None:
         end = self.now if end is None else end
         append_jsonl(self.p("logs/uw_daemon.jsonl"), [
-            {"event": "uw_flow_cycle", "cycle": start_cycle + k, "ts": end - every * (n - 1 - k),
-             "timestamp": iso(end - every * (n - 1 - k))} for k in range(n)])
+            {"event": "uw_flow_cycle", "cycle": start_cycle + k,
+             "timestamp": iso_bot(end - every * (n - 1 - k)), "ts": int(end - every * (n - 1 - k)),
+             "source": "uw_flow_daemon", "_ts": int(end - every * (n - 1 - k)),
+             "_dt": dt_text(end - every * (n - 1 - k))} for k in range(n)])
+
+    # --- the bot's UW client and order logs, as stock-bot writes them -------------------------
+    def uw_calls(self, n: int, end: float | None = None, every: float = 1.0, blocked: int = 0,
+                 path: str = "/api/option-trades/flow-alerts") -> None:
+        """``n`` UW calls sent by the daemon ending at ``end``: an attempt line and a sent line each
+        in data/uw_api_quota.jsonl, plus ``blocked`` attempts its limiter refused (attempt line
+        only); state/uw_usage_state.json counts the calls sent today (UTC)."""
+        end = self.now if end is None else end
+        lines: list[dict[str, Any]] = []
+        url = UW_BASE + path
+        for k in range(n):
+            t = int(end - every * (n - 1 - k))
+            lines.append({"ts": t, "url": url, "params": {}, "source": "uw_flow_daemon"})
+            lines.append({"ts": t, "url": url, "params": {}, "source": "src/uw/uw_client", "endpoint_name": "default"})
+        lines += [{"ts": int(end), "url": url, "params": {}, "source": "uw_flow_daemon"}] * blocked
+        append_jsonl(self.p("data/uw_api_quota.jsonl"), lines)
+        self.uw_usage(self.uw_usage_count() + n, at=end)
+
+    def uw_usage_count(self) -> int:
+        try:
+            data = json.loads(self.p("state/uw_usage_state.json").read_text())
+            return int(data["calls_today"]) if data.get("date") == datetime.fromtimestamp(
+                self.now, UTC).date().isoformat() else 0
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def uw_usage(self, calls_today: int, at: float | None = None, day: str | None = None,
+                 by_endpoint: dict[str, int] | None = None) -> None:
+        """state/uw_usage_state.json: ``date`` is the UTC day of ``at`` unless ``day`` is given."""
+        at = self.now if at is None else at
+        write_json(self.p("state/uw_usage_state.json"), {
+            "by_endpoint": by_endpoint if by_endpoint is not None else {"default": calls_today},
+            "calls_today": calls_today,
+            "date": day or datetime.fromtimestamp(at, UTC).date().isoformat(),
+            "minute_window": [at - 0.5 * k for k in range(min(calls_today, 5))][::-1]})
+
+    def uw_api_error(self, http_status: int = 429, kind: str = "rate_limit", at: float | None = None,
+                     path: str = "/api/option-trades/flow-alerts", body: Any = None,
+                     params: dict[str, Any] | None = None) -> None:
+        """One line of reports/uw_health/uw_api_errors.jsonl (``kind`` is ``uw_api_error_type``)."""
+        at = self.now if at is None else at
+        if body is None:
+            body = {"message": "Too Many Requests"} if http_status == 429 else {"data": []}
+        append_jsonl(self.p("reports/uw_health/uw_api_errors.jsonl"), [{
+            "ts": float(at), "http_status": http_status, "endpoint": UW_BASE + path,
+            "response_body_truncated": json.dumps(body)[:2000], "request_params": params or {},
+            "uw_api_error_type": kind, "caller": f"{self.path}/uw_flow_daemon.py:339:_get"}])
+
+    def order(self, symbol: str = "NVDA", side: str = "buy", at: float | None = None,
+              action: str = "submit_limit_filled", **extra: Any) -> None:
+        """A logs/orders.jsonl line for an order that went through."""
+        at = self.now if at is None else at
+        append_jsonl(self.p("logs/orders.jsonl"), [{
+            "ts": iso_bot(at), "type": "order", "action": action, "symbol": symbol, "side": side,
+            "limit_price": 100.0, "filled_price": 100.0, "attempt": 1, "strategy_id": "equity", **extra}])
+
+    def order_failure(self, symbol: str = "AAPL", action: str = "scale_out_failed", at: float | None = None,
+                      error: str = "orders refused by test server", **extra: Any) -> None:
+        """A refused submission, as main.py logs it: a logs/orders.jsonl line with ``error`` and a
+        state/execution_failures.jsonl line with ``details.error``."""
+        at = self.now if at is None else at
+        fields = {"fraction": 0.5} if action == "scale_out_failed" else {"side": "buy"}
+        fields.update(extra)
+        append_jsonl(self.p("logs/orders.jsonl"), [{
+            "ts": iso_bot(at), "type": "order", "action": action, "symbol": symbol, **fields, "error": error,
+            "strategy_id": "equity"}])
+        append_jsonl(self.p("state/execution_failures.jsonl"), [{
+            "timestamp": iso_bot(at), "symbol": symbol, "failure_type": action,
+            "details": {**fields, "error": error}}])
 
     # --- writers for the log-based points (quota, funnel, gates, stage errors) ----------------
     def cycles_with_blocks(self, n: int, blocked: dict[str, int] | None = None, clusters: int = 3,
@@ -205,7 +309,9 @@ class BotRoot:
         append_jsonl(self.p("logs/run.jsonl"), [{"ts": iso(at), "_ts": at, "msg": msg, "error": error, **extra}])
 
     def quota_requests(self, n: int, end: float | None = None, every: float = 1.0, **extra: Any) -> None:
-        """``n`` UW requests in data/uw_api_quota.jsonl ending at ``end`` (``status=429`` for a 429)."""
+        """``n`` one-line UW requests in data/uw_api_quota.jsonl ending at ``end`` (``status=429`` for
+        a 429): a shape of our own, not stock-bot's; ``uw_calls``, ``uw_usage`` and
+        ``uw_api_error`` write what the bot writes."""
         end = self.now if end is None else end
         append_jsonl(self.p("data/uw_api_quota.jsonl"), [
             {"ts": end - every * (n - 1 - k), "url": "/api/option-trades/flow-alerts", "source": "uw_flow_daemon",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .alpaca import CLOSED_ORDER_STATUSES, make_order, make_position
+from .alpaca import make_position
 from .botroot import BotRoot, write_json
 
 if TYPE_CHECKING:
@@ -136,41 +136,81 @@ def _stale_health(sb: Sandbox) -> None:
     sb.write_health(timestamp=time.time() - 20 * 60)  # its last report, before it hung
 
 
+#: what the broker answers to each submission while ``orders-rejected`` is active (the recorded
+#: root's broker refused every order with this status and body)
+REFUSAL = (403, "orders refused by the broker (sandbox)")
+#: the bot's two logs of refused submissions, and the field that dates each line
+_FAILURE_LOGS = (("logs/orders.jsonl", "ts"), ("state/execution_failures.jsonl", "timestamp"))
+
+
 def _orders_rejected(sb: Sandbox) -> None:
-    """The broker rejects new orders, and rejected the bot's last ones: enough to be most of the
-    closed orders of FP-4.4's 24 h window (at least three)."""
-    now = datetime.now(UTC)
-    day = now - timedelta(hours=24)
-    closed = [o for o in sb.alpaca.orders if o.get("status") in CLOSED_ORDER_STATUSES
-              and _when(o) >= day]
-    reason = "insufficient buying power for a short sale"
-    sb.alpaca.reject_orders = reason
-    symbols = ["TSLA", "NVDA", "AAPL", "AMD", "META"]
-    rejected = []
-    for i in range(max(3, len(closed) + 1)):
-        order = make_order(symbols[i % len(symbols)], None, "sell", status="rejected", notional=1000,
-                           submitted_at=now - timedelta(seconds=30 * (i + 1)))
-        order["reject_reason"] = reason
-        rejected.append(order)
-    sb.alpaca.orders = [*sb.alpaca.orders, *rejected]
+    """The broker refuses every submission (403 ``{"code":40310000,"message":...}``); the bot keeps
+    trying to scale out of its positions, as main.py did, and logs each refusal in
+    ``logs/orders.jsonl`` (``scale_out_failed``, ``market_fail`` for entries) and
+    ``state/execution_failures.jsonl``."""
+    sb.alpaca.refuse_orders = REFUSAL
+    _flag(sb, "bot-scale-out", True)
 
 
 def _orders_accepted_again(sb: Sandbox) -> None:
-    """The broker accepts orders again; the rejections are moved past FP-4.4's 24 h window, as a
-    day's wait would."""
-    sb.alpaca.reject_orders = None
-    then = datetime.now(UTC) - timedelta(hours=25)
-    aged = []
-    for o in sb.alpaca.orders:
-        if o.get("status") == "rejected" and _when(o) > then:
-            stamp = then.isoformat().replace("+00:00", "Z")
-            o = {**o, "submitted_at": stamp, "created_at": stamp, "updated_at": stamp, "failed_at": stamp}
-        aged.append(o)
-    sb.alpaca.orders = aged
+    """The broker accepts orders again; the bot's logged refusals are moved 25 hours back, past
+    FP-4.4's window, as a day's wait would (the logs are replaced, as a rotation would)."""
+    _flag(sb, "bot-scale-out", False)
+    time.sleep(0.3)  # let a cycle in flight log its last refusal before the logs are aged
+    sb.alpaca.refuse_orders = None
+    then = (datetime.now(UTC) - timedelta(hours=25)).isoformat()
+    for rel, key in _FAILURE_LOGS:
+        path = sb.root / rel
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        out = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                out.append(line)
+                continue
+            failed = isinstance(rec, dict) and (str(rec.get("action", "")).endswith(("_failed", "_fail"))
+                                                or "failure_type" in rec)
+            out.append(json.dumps({**rec, key: then}) if failed else line)
+        tmp = path.with_name(f".{path.name}.aged")
+        tmp.write_text("".join(f"{x}\n" for x in out), encoding="utf-8")
+        os.replace(tmp, path)
 
 
-def _when(order: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(str(order["submitted_at"]).replace("Z", "+00:00"))
+def _env_edit(name: str, value: str | None) -> Callable[[Sandbox], None]:
+    """Set (or with None remove) ``name`` in the bot's ``.env``, keeping the value it had."""
+    def apply(sb: Sandbox) -> None:
+        sb.stash.setdefault(f"env:{name}", _env_value(sb, name))
+        BotRoot(sb.root).set_env(**{name: value})
+
+    return apply
+
+
+def _env_restore(name: str) -> Callable[[Sandbox], None]:
+    def clear(sb: Sandbox) -> None:
+        key = f"env:{name}"
+        if key in sb.stash:
+            BotRoot(sb.root).set_env(**{name: sb.stash.pop(key)})
+
+    return clear
+
+
+def _env_value(sb: Sandbox, name: str) -> str | None:
+    from ..bot.botenv import parse_dotenv  # the exporter's own reading of .env
+
+    try:
+        return parse_dotenv((sb.root / ".env").read_text(encoding="utf-8")).get(name)
+    except OSError:
+        return None
+
+
+#: a live broker URL in .env: FP-3.9 judges its text; the sandbox's probes are pinned to the
+#: loopback broker (trading-readiness.yaml ``alpaca.base_url``) and the simulated bot refuses to
+#: start with it, so nothing connects to it
+LIVE_URL = "https://api.alpaca.markets"
 
 
 def _remove_main(sb: Sandbox) -> None:
@@ -234,7 +274,8 @@ def _alpaca(mode: str) -> Callable[[Sandbox], None]:
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("daemon-kill", "SIGKILL the UW daemon (a crash)", {"FP-1.1": "ERROR"},
           _kill_daemon, lambda sb: sb.restart_daemon(), healer="restart-daemon"),
-    Fault("daemon-hang", "SIGSTOP the UW daemon: alive, holding its lock, doing nothing", {"FP-1.3": "ERROR"},
+    Fault("daemon-hang", "SIGSTOP the UW daemon: alive, holding its lock, doing nothing (state T: FP-1.1 "
+          "calls it not running at once, before the cache goes stale)", {"FP-1.1": "ERROR"},
           lambda sb: _signal_daemon(sb, signal.SIGSTOP), lambda sb: _signal_daemon(sb, signal.SIGCONT),
           healer="restart-daemon"),
     Fault("daemon-stop-writing", "the daemon keeps cycling but stops writing the cache (the bot keeps "
@@ -248,7 +289,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("uw-empty", "UW answers 200 with empty data (what a daemon swallowing errors writes)",
           {"FP-1.9": "ERROR"}, _uw("empty"), _uw("ok")),
     Fault("uw-401", "UW rejects the token (401)", {"FP-1.5": "ERROR"}, _uw("401"), _uw("ok")),
-    Fault("uw-429", "UW answers 429: daily quota exhausted", {"FP-1.6": "ERROR"}, _uw("429"), _uw("ok"),
+    Fault("uw-429", "UW answers 429 to every request (quota exhausted): the daemon does not pause, it keeps "
+          "cycling and re-stamping the cache; reports/uw_health/uw_api_errors.jsonl gets rate_limit lines and "
+          "state/uw_usage_state.json counts each call once though the client retries it twice",
+          {"FP-1.6": "ERROR"}, _uw("429"), _uw("ok"),
           sticky="a 429 counts until the 20:00 America/New_York quota reset, as in production"),
     Fault("uw-down", "UW answers 500 to everything", {"FP-1.9": "ERROR"}, _uw("500"), _uw("ok")),
     Fault("broker-down", "Alpaca answers 500 to everything", {"FP-4.1": "ERROR"}, _alpaca("500"), _alpaca("ok")),
@@ -311,7 +355,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("uw-unreachable", "nothing listens on UW's address any more: connections are refused",
           {"FP-6.6": "ERROR"}, _uw_unreachable, _uw_reachable),
     # --- the broker ---
-    Fault("orders-rejected", "the broker rejects the bot's orders (most recent closed orders are rejected)",
+    Fault("orders-rejected", "the broker refuses every submission (403 {\"code\":40310000}): the bot's "
+          "scale-outs and entries fail, logged in logs/orders.jsonl and state/execution_failures.jsonl",
           {"FP-4.4": "ERROR"}, _orders_rejected, _orders_accepted_again),
     Fault("equity-floor", "account equity below the $2,000 floor", {"FP-4.10": "ERROR"},
           lambda sb: _account(sb, equity="1500.00", last_equity="1650.00", portfolio_value="1500.00"),
@@ -334,6 +379,14 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("weights-stale", "the learner last saved the adaptive weights five days ago", {"FP-2.6": "WARN"},
           lambda sb: BotRoot(sb.root, now=time.time() - 5 * 86400).write_weights(),
           lambda sb: BotRoot(sb.root).write_weights()),
+    # --- the bot's configuration (.env; the exporter re-reads an edited .env) ---
+    Fault("env-missing-var", "UW_API_KEY is removed from .env (a bad deploy or an edit)", {"FP-5.1": "ERROR"},
+          _env_edit("UW_API_KEY", None), _env_restore("UW_API_KEY")),
+    Fault("env-invalid-limit", "MAX_CONCURRENT_POSITIONS=-3 in .env", {"FP-5.2": "ERROR"},
+          _env_edit("MAX_CONCURRENT_POSITIONS", "-3"), _env_restore("MAX_CONCURRENT_POSITIONS")),
+    Fault("paper-live-url", f"TRADING_MODE=PAPER with the live broker URL {LIVE_URL} in .env (nothing connects "
+          "to it: the sandbox's probes stay on the loopback broker and its bot refuses to start with it)",
+          {"FP-3.9": "ERROR"}, _env_edit("ALPACA_BASE_URL", LIVE_URL), _env_restore("ALPACA_BASE_URL")),
     Fault("main-missing", "main.py is gone from the bot root (a bad deploy); the running bot lives on until "
           "its next restart", {"FP-5.4": "ERROR"}, _remove_main, _restore_main),
 ]}

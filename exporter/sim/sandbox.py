@@ -53,6 +53,9 @@ EXIT_UNKNOWN = 3
 TICKERS = ("NVDA", "TSLA", "AAPL", "MSFT", "AMZN", "META", "GOOGL", "AMD")
 #: Environment prefixes never passed to the simulated processes: the sandbox's .env is their truth,
 #: and a real key in the operator's shell must never be sent to a loopback fake (or anywhere).
+#: UW's daily quota in fast mode: production's 50 000 scaled by 100 (a daemon cycling every second
+#: spends it in days, not in an hour; FP-5.2 accepts up to 10 000 000)
+FAST_UW_DAILY_LIMIT = 50000 * 100
 _SCRUB = ("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN", "SANDBOX_")
 LAUNCHER = '''"""stock-bot stand-in written by `trading-readiness sandbox`: runs {module}."""
 import sys
@@ -77,8 +80,14 @@ def healer_argv(root: Path, action: str) -> list[str]:
     return [_python(), "-m", "exporter", "--bot-root", str(root), "sandbox", action]
 
 
-def sandbox_config(root: Path, fast: bool) -> dict[str, Any]:
-    """``trading-readiness.yaml`` for a sandbox: its healers, and short intervals in fast mode."""
+def sandbox_config(root: Path, fast: bool, alpaca_url: str | None = None,
+                   uw_url: str | None = None) -> dict[str, Any]:
+    """``trading-readiness.yaml`` for a sandbox: its healers, the loopback servers its probes use,
+    and short intervals in fast mode.
+
+    The probes are pinned to the loopback servers (``alpaca.base_url``, ``uw.base_url``) so that
+    a fault that writes a remote-looking URL into ``.env`` (``paper-live-url``) is judged from the
+    text by FP-3.9 while nothing in the sandbox connects to that host."""
     healer = {"timeout_seconds": 30, "cooldown_seconds": 5 if fast else 300, "max_attempts": 3,
               "window_seconds": 300 if fast else 3600}
     cfg: dict[str, Any] = {
@@ -89,10 +98,14 @@ def sandbox_config(root: Path, fast: bool) -> dict[str, Any]:
         },
         "healer": {"audit_file": "logs/trading_readiness_heals.jsonl"},
     }
+    if alpaca_url:
+        cfg["alpaca"] = {"base_url": alpaca_url}
+    if uw_url:
+        cfg["uw"] = {"base_url": uw_url}
     if fast:
         cfg["exporter"] = {"default_interval_seconds": 1}
         # broker answers are shared between checks for cache_seconds: scaled down with the checks
-        cfg["alpaca"] = {"cache_seconds": 0.5, "timeout_seconds": 2}
+        cfg.setdefault("alpaca", {}).update(cache_seconds=0.5, timeout_seconds=2)
         cfg["healer"].update(verify_timeout_seconds=30, verify_interval_seconds=1)
         # run-log windows scaled to a bot that cycles every second instead of every 60 s
         gate = {"params": {"cycles": 3, "min_candidates": 6}}
@@ -219,6 +232,9 @@ class Sandbox:
             # fast mode runs every check each second instead of every 15 s: the broker's 200
             # requests/minute budget scales with it, or the sandbox would rate-limit itself
             self.alpaca.rate_limit = 200 * 15
+            # the daemon cycles every second instead of every 300 s: UW's daily quota (and the
+            # bot's UW_DAILY_LIMIT) scale with it, or a fast sandbox would spend it in an hour
+            self.uw.daily_limit = FAST_UW_DAILY_LIMIT
         self.healthy_positions = list(self.alpaca.positions)
         self.healthy_account = dict(self.alpaca.account)
         for stale in (self.flags.glob("*") if self.flags.is_dir() else []):
@@ -231,7 +247,12 @@ class Sandbox:
                     SANDBOX_BOT_INTERVAL="1" if self.fast else "60",
                     SANDBOX_DAEMON_TIMEOUT="2" if self.fast else "10",
                     SANDBOX_BOT_TIMEOUT="2" if self.fast else "5",
-                    SANDBOX_DAEMON_429_PAUSE="5" if self.fast else None,
+                    # the UW client's retry delays (1 s, 2.5 s), its 120 calls/min cap and the
+                    # 600 s tide poll, scaled to a daemon that cycles every second
+                    SANDBOX_DAEMON_RETRY_DELAYS="0.02,0.05" if self.fast else None,
+                    UW_RATE_LIMIT_PER_MIN="36000" if self.fast else None,
+                    UW_DAILY_LIMIT=str(FAST_UW_DAILY_LIMIT) if self.fast else "50000",
+                    SANDBOX_DAEMON_TIDE_INTERVAL="5" if self.fast else None,
                     SANDBOX_TICKERS=",".join(self.tickers))
         self.max_positions = 16
         for script, module in (("uw_flow_daemon.py", "exporter.sim.daemon"), ("main.py", "exporter.sim.bot")):
@@ -240,7 +261,7 @@ class Sandbox:
             "# Written by `trading-readiness sandbox`: healers repair the simulated bot through the\n"
             "# sandbox's restart-daemon/restart-bot commands" + (", with short intervals (--fast).\n"
                                                                  if self.fast else ".\n")
-            + yaml.safe_dump(sandbox_config(self.root, self.fast), sort_keys=False))
+            + yaml.safe_dump(sandbox_config(self.root, self.fast, self.alpaca.url, self.uw.url), sort_keys=False))
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}

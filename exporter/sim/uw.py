@@ -353,7 +353,9 @@ class FakeUW(SimServer):
         }
 
     def _market_tide(self, query: dict[str, str], now: datetime) -> list[dict[str, Any]]:
-        """Cumulative 5-minute net premium for today's session so far, else the previous one."""
+        """Cumulative 5-minute net premium for today's session so far, else the previous one, newest
+        point first (stock-bot's daemon keeps only the first point; on the recorded root it was
+        the latest one, 5 minutes old)."""
         now_et = now.astimezone(ET)
         session = _latest_session(now_et)
         if session is None:
@@ -380,7 +382,7 @@ class FakeUW(SimServer):
                 }
             )
             at += timedelta(minutes=5)
-        return rows
+        return rows[::-1]
 
     def _top_net_impact(self, query: dict[str, str], now: datetime) -> list[dict[str, Any]]:
         limit = _int_param(query, "limit", 20, 100)

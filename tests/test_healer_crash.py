@@ -1,0 +1,181 @@
+"""A receiver killed with SIGKILL in the middle of a heal: the action it started is found by its
+recorded process group when the receiver comes back, ended, the point re-checked, and the
+attempt recorded as ``interrupted``; cooldowns and attempts survive as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+from healers.audit import heal_status
+
+from .conftest import wait_for
+from .test_healer_helpers import (
+    TOKEN,
+    HealBot,
+    alert,
+    free_port,
+    payload,
+    pid_alive,
+    receiver,
+    script,
+    start_heal_cli,
+    wait_idle,
+)
+
+AUDIT = "logs/trading_readiness_heals.jsonl"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def up(url: str, proc: subprocess.Popen[str]) -> bool:
+    assert proc.poll() is None, proc.communicate()
+    try:
+        return requests.get(url + "/-/healthy", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def start(hb: HealBot, cfg: Path) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    proc = start_heal_cli(hb, cfg, port)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: up(url, proc), timeout=20, what="the receiver")
+    return proc, url
+
+
+def test_kill_9_mid_action_the_restarted_receiver_ends_the_orphan_and_records_the_outcome(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    hb.break_weights()
+    # repairs at once, then hangs: the receiver dies while its action still runs
+    fix_then_hang = script(tmp_path / "fix_then_hang.sh", f"""
+        echo "$$" >> {hb.runs}
+        cp {hb.backup} {hb.weights}
+        while [ ! -e {tmp_path}/release ]; do sleep 0.05; done
+        : > {tmp_path}/finished
+    """)
+    cfg = hb.config({"FP-2.1": {"run": [str(fix_then_hang)], "timeout_seconds": 3, "cooldown_seconds": 300}})
+    first, url = start(hb, cfg)
+    try:
+        resp = requests.post(url + "/alertmanager", json=payload(alert("FP-2.1")), headers=HEADERS, timeout=5)
+        assert resp.json()["decisions"] == ["accepted"]
+        action = int(wait_for(lambda: hb.runs.exists() and hb.runs.read_text().split()[0], what="the action"))
+        wait_for(lambda: "spawned" in (hb.root / AUDIT).read_text(), what="the action's process record")
+        spawned = [json.loads(x) for x in (hb.root / AUDIT).read_text().splitlines()][-1]
+        assert spawned["event"] == "spawned" and spawned["pgid"] == action and spawned["proc_start"] > 0
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert pid_alive(action)  # its own process group outlived the receiver: an orphan
+    try:
+        second, url = start(hb, cfg)
+    except BaseException:
+        os.killpg(action, signal.SIGKILL)
+        raise
+    try:
+        wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], timeout=20,
+                 what="the interrupted attempt's record")
+        heal = requests.get(url + "/api/heals", timeout=5).json()["heals"][0]
+        assert heal["outcome"] == "interrupted" and heal["verified"] is True
+        assert heal["verification"].startswith("OK after")
+        assert f"process group {action} was still running at its timeout and was killed" in heal["detail"]
+        assert not pid_alive(action) and not (tmp_path / "finished").exists()
+        # the cooldown and the dedupe key survived the crash as before: no second run
+        same = requests.post(url + "/alertmanager", json=payload(alert("FP-2.1")), headers=HEADERS, timeout=5)
+        assert same.json()["decisions"] == ["duplicate"]
+        metrics = requests.get(url + "/metrics", timeout=5).text
+        assert 'trading_healer_attempts_total{fp="FP-2.1",outcome="interrupted"} 1.0' in metrics
+    finally:
+        second.terminate()
+        _out, err = second.communicate(timeout=15)
+        if pid_alive(action):  # never leave the orphan behind, whatever failed
+            os.killpg(action, signal.SIGKILL)
+    assert second.returncode == 0, err
+    assert hb.run_count() == 1
+    assert heal_status(hb.root / AUDIT) == {"FP-2.1": (True, True)}
+    events = [json.loads(x)["event"] for x in (hb.root / AUDIT).read_text().splitlines()]
+    assert events == ["started", "spawned", "attempt"]
+    # a third start finds nothing left to recover
+    third, url = start(hb, cfg)
+    third.terminate()
+    third.communicate(timeout=15)
+    assert len((hb.root / AUDIT).read_text().splitlines()) == 3
+
+
+def started(fp: str, fingerprint: str, owner: str, epoch: float = 1000.0) -> str:
+    return json.dumps({"event": "started", "fp": fp, "epoch": epoch, "fingerprint": fingerprint,
+                       "starts_at": "2026-11-25T10:00:00.000Z", "owner": owner}) + "\n"
+
+
+def dead_owner() -> str:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return f"{dead.pid}:123:deadbeef"
+
+
+def test_an_accepted_alert_whose_action_never_started_is_replayed_once(tmp_path: Path) -> None:
+    """The start record is the journal entry of an acknowledged alert: a receiver that died while
+    the action was queued left it unfinished, and the next start runs it (the point still fails),
+    or closes it without running (the point is OK again)."""
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300},
+                     "FP-2.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
+    audit = hb.root / AUDIT
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    owner = dead_owner()
+    live_peer = f"{os.getpid()}:{Path(f'/proc/{os.getpid()}/stat').read_text().rpartition(')')[2].split()[19]}:peer"
+    now = time.time()
+    audit.write_text(started("FP-1.1", "f1", owner, now) + started("FP-2.1", "f2", owner, now)
+                     # a live receiver sharing this audit file: its action is not an orphan
+                     + started("FP-1.3", "f3", live_peer, now))
+    with receiver(hb, cfg) as r:
+        wait_for(lambda: len(r.heals()) == 2, what="both entries closed")
+        wait_idle(r)
+        heals = {h["fp"]: h for h in r.heals()}
+        # FP-1.1 still fails (no daemon): its action ran now, as it would have
+        assert heals["FP-1.1"]["outcome"] == "unverified" and heals["FP-1.1"]["fingerprint"] == "f1"
+        # FP-2.1 is OK again (healthy weights): closed without running anything
+        assert heals["FP-2.1"]["outcome"] == "interrupted" and heals["FP-2.1"]["verified"] is True
+        assert "not run" in heals["FP-2.1"]["detail"]
+        assert r.metric("trading_healer_attempts_total", fp="FP-2.1", outcome="interrupted") == 1.0
+        assert all(st["phase"] == "idle" for st in r.healer.policy.snapshot().values())
+        # the replayed alert's redelivery is a duplicate: one action for it, not two
+        again = alert("FP-1.1", fingerprint="f1", starts_at="2026-11-25T10:00:00Z")
+        assert r.post(payload(again)).json()["decisions"] == ["duplicate"]
+    assert hb.run_count() == 1
+    with receiver(hb, cfg) as r:  # nothing is left open
+        time.sleep(0.5)
+        assert len(r.heals()) == 2
+
+
+def test_an_orphan_whose_process_was_never_recorded_is_found_by_its_environment(tmp_path: Path) -> None:
+    from healers.actions import MARKER_ENV
+    from healers.receiver import attempt_marker
+
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "timeout_seconds": 1, "cooldown_seconds": 300}},
+                    verify_timeout_seconds=0.3)
+    audit = hb.root / AUDIT
+    audit.parent.mkdir(parents=True, exist_ok=True)
+    owner = dead_owner()
+    audit.write_text(started("FP-1.1", "f1", owner, epoch=time.time()))
+    # the action a receiver spawned just before it died, with no spawned record
+    env = {**os.environ, MARKER_ENV: attempt_marker(owner, "FP-1.1", "f1", "2026-11-25T10:00:00.000Z")}
+    orphan = subprocess.Popen(["sleep", "600"], env=env, start_new_session=True)
+    try:
+        with receiver(hb, cfg) as r:
+            wait_for(lambda: r.heals(), what="the recovered attempt")
+            [heal] = r.heals()
+            assert heal["outcome"] == "interrupted" and heal["verified"] is False
+            assert f"process group {orphan.pid} was still running at its timeout and was killed" in heal["detail"]
+            assert orphan.wait(timeout=10) is not None
+    finally:
+        orphan.kill()
+    assert hb.run_count() == 0  # found and ended, not run a second time
