@@ -13,14 +13,14 @@ TEST_BINARIES := $(DEMO_BINARIES) docker-compose chromium
 
 .PHONY: test demo generate lint bench system-deps demo-deps venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sandbox/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's python3-venv"; rm -rf $(VENV); \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); \
 	  else echo "python3 -m venv failed -- install with: sudo apt-get install python3-venv"; exit 1; fi; }
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,sandbox]' -e ./sandbox
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,13 +46,13 @@ demo-deps:
 	$(call debian_deps,$(DEMO_BINARIES),$(DEMO_PACKAGES))
 
 test: system-deps $(STAMP)
-	$(VENV)/bin/ruff check exporter healers grafana rules tests bench examples
+	$(VENV)/bin/ruff check exporter healers grafana rules sandbox tests bench examples
 	$(VENV)/bin/lint-imports --no-cache
 	NO_SKIPPED_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check exporter healers grafana rules tests bench examples
-	$(VENV)/bin/mypy exporter healers grafana rules
+	$(VENV)/bin/ruff check exporter healers grafana rules sandbox tests bench examples
+	$(VENV)/bin/mypy exporter healers grafana rules sandbox
 	$(VENV)/bin/lint-imports --no-cache
 
 # Regenerates every committed artefact from the catalog; tests fail when these drift.
@@ -63,7 +63,7 @@ bench: system-deps $(STAMP)
 	$(PY) -m bench.run
 
 demo: demo-deps $(STAMP)
-	$(PY) -m exporter.demo
+	$(PY) -m sandbox.demo
 
 clean:
 	rm -rf $(VENV) test-artifacts .demo

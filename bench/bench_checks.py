@@ -43,7 +43,7 @@ from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
-from exporter.sim.botroot import UW_BASE, BotRoot, iso, ticker_entry, tide_point, write_json
+from sandbox.botroot import UW_BASE, BotRoot, iso, ticker_entry, tide_point, write_json
 
 IN_SESSION = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # Tuesday 11:00 ET, open since 09:30
 CLOSED = datetime(2026, 11, 24, 23, 0, tzinfo=UTC)  # the same Tuesday, 18:00 ET
@@ -57,8 +57,8 @@ LOGS = ("logs/run.jsonl", "state/blocked_trades.jsonl", "logs/uw_daemon.jsonl", 
 SERVERS = textwrap.dedent("""
     import json, signal, sys, time
     from datetime import UTC, datetime
-    from exporter.sim.alpaca import FakeAlpaca
-    from exporter.sim.uw import FakeUW
+    from sandbox.alpaca import FakeAlpaca
+    from sandbox.uw import FakeUW
     a, u = FakeAlpaca().start(), FakeUW().start()
     a.rate_limit = 10**9
     offset = [0.0]

@@ -24,8 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-from exporter.demo import drill
-from exporter.sim.stack import Stack, Timings
+from sandbox.demo import drill
+from sandbox.stack import Stack, Timings
 
 STEPS = (("fp", "failing point (exporter API)"), ("prometheus", "alert firing (Prometheus)"),
          ("alertmanager", "alert in Alertmanager"), ("heal", "heal started (healer)"),

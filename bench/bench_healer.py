@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from exporter.sim.botroot import BotRoot
+from sandbox.botroot import BotRoot
 
 CONCURRENCY = 200
 ROUNDS = 5

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import psutil
 
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 SCRAPERS = 50
 REQUESTS_PER_SCRAPER = 20

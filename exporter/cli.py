@@ -200,14 +200,20 @@ def catalog_json(cat: Any) -> dict[str, Any]:
     }
 
 
+#: commands whose code ships apart from the exporter's wheel: what to install for them
+OPTIONAL = {"sandbox": "the sandbox is not installed: pip install 'trading-readiness[sandbox]'"}
+
+
 def _delegate(module: str, func: str, args: argparse.Namespace) -> int:
+    """Run ``module.func``, imported by name: the CLI sits on top and loads a command's code only
+    when that command runs (the sandbox is an optional distribution the product never imports)."""
     import importlib
 
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise UsageError(f"'{args.command}' is not available in this build") from None
+        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+            raise UsageError(OPTIONAL.get(args.command, f"'{args.command}' is not available in this build")) from None
         raise
     return int(getattr(mod, func)(args))
 
@@ -220,7 +226,7 @@ COMMANDS = {
     "verify": _with_bot_root("exporter.tools.verify", "cli_verify"),
     "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.receiver", "cli_heal", a),
-    "sandbox": lambda a: _delegate("exporter.sim.sandbox", "cli_sandbox", a),
+    "sandbox": lambda a: _delegate("sandbox.sandbox", "cli_sandbox", a),
 }
 
 

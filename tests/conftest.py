@@ -19,9 +19,9 @@ from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Report
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

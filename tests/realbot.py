@@ -38,7 +38,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from exporter.sim.alpaca import ET, FakeAlpaca, SimResponse, make_order, make_position
+from sandbox.alpaca import ET, FakeAlpaca, SimResponse, make_order, make_position
 
 REPO = Path(__file__).resolve().parent.parent
 

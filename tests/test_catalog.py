@@ -8,9 +8,9 @@ import time
 from datetime import UTC, datetime
 
 from exporter.core.catalog import CATEGORIES, load
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
 from exporter.tools.render import catalog_markdown
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
 
 from .conftest import REPO, Procs, evaluate, run_cli
 

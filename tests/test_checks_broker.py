@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from exporter.core.model import Result, Status
-from exporter.sim.alpaca import FakeAlpaca, make_order, make_position
-from exporter.sim.botroot import BotRoot, append_jsonl, write_json
+from sandbox.alpaca import FakeAlpaca, make_order, make_position
+from sandbox.botroot import BotRoot, append_jsonl, write_json
 
 from .conftest import check_json, evaluate, market_at
 from .test_checks_data import observed

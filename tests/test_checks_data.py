@@ -24,9 +24,9 @@ from exporter.checks.data import last_quota_reset, next_quota_reset
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Result, Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 from .conftest import Procs, check_json, evaluate, market_at, wait_for
 

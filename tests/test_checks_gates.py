@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exporter.core.model import Readiness, Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot, write_json
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot, write_json
+from sandbox.uw import FakeUW
 
 from .conftest import check_json, evaluate, market_at
 from .test_checks_data import CLOSED, OPEN, observed, run

@@ -16,9 +16,9 @@ from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot, iso, write_json
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot, iso, write_json
+from sandbox.uw import FakeUW
 
 from .conftest import evaluate, market_at
 from .test_checks_data import CLOSED, OPEN, observed, run

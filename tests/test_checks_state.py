@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from exporter.core.model import Result, Status
-from exporter.sim.botroot import BotRoot
+from sandbox.botroot import BotRoot
 
 from .conftest import check_json, clean_env, evaluate
 

@@ -18,9 +18,9 @@ from exporter.checks.system import SCAN_TTL_SECONDS
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Result, Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot, iso, write_json
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot, iso, write_json
+from sandbox.uw import FakeUW
 
 from .conftest import Procs, check_json, evaluate, market_at
 
@@ -255,7 +255,7 @@ def test_clock_sync_auto_names_its_source(bot: BotRoot) -> None:
 ])
 def test_silence_outside_the_session_is_never_judged(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, when: datetime,
                                                      reason: str) -> None:
-    from exporter.sim.alpaca import make_order
+    from sandbox.alpaca import make_order
 
     # last cycle 5000 s ago and an order unworked for hours: an error in session
     root = BotRoot(tmp_path / "bot", now=when.timestamp() - 5000).healthy(alpaca.url, uw.url)

@@ -17,8 +17,8 @@ import pytest
 
 from exporter import cli
 from exporter.core.config import load as load_config
-from exporter.sim.botroot import BotRoot
 from exporter.tools.preflight import BotRootError, require_bot_root
+from sandbox.botroot import BotRoot
 from tests.conftest import clean_env, run_cli
 
 
@@ -247,3 +247,14 @@ def test_an_unreadable_bot_root_is_one_line(tmp_path: Path, monkeypatch: pytest.
     assert cli.main(["--bot-root", str(tmp_path), "config", "check"]) == 3
     out = capsys.readouterr()
     assert out.err == f"problem: bot root {tmp_path.resolve()} cannot be read: permission denied\n", out
+
+
+def test_sandbox_without_the_extra_is_one_line_and_exit_3() -> None:
+    """The exporter's wheel has no sandbox: the command names what to install, never a traceback."""
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['sandbox'] = None; "
+                        "from exporter.cli import main; raise SystemExit(main(['sandbox', 'status']))"],
+                       capture_output=True, text=True, timeout=60, env=clean_env())
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip().splitlines() == ["error: the sandbox is not installed: pip install 'trading-readiness[sandbox]'"]

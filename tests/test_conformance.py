@@ -30,7 +30,7 @@ from exporter.bot.context import Context
 from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
-from exporter.sim.uw import FakeUW
+from sandbox.uw import FakeUW
 
 from .conftest import Procs, clean_env, run_cli
 from .realbot import (

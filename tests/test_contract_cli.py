@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from exporter.core.model import Outcome, Report, Result
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
 from tests.conftest import Procs, clean_env, run_cli
 
 

@@ -24,8 +24,8 @@ import psutil
 import pytest
 import requests
 
-from exporter.sim import faults
-from exporter.sim.stack import Bot, Stack, Timings, find_binary, matches
+from sandbox import faults
+from sandbox.stack import Bot, Stack, Timings, find_binary, matches
 
 from .conftest import REPO, clean_env, wait_for
 
@@ -152,7 +152,7 @@ def test_two_bots_one_prometheus_an_alertmanager_pair_heal_only_the_broken_bot_o
 def test_make_demo_drill_ends_ready_and_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
     """The demo as the README runs it: the drill ends READY, the stack stays up, Ctrl-C stops it all."""
     work = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "exporter.demo", "--dir", str(work)], cwd=REPO, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.demo", "--dir", str(work)], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env())
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]

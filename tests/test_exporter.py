@@ -33,8 +33,8 @@ from exporter.core.model import Outcome, Status
 from exporter.serve.metrics import CORE, MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
 from exporter.serve.scheduler import Scheduler
 from exporter.serve.server import hash_password, make_server, verify_password
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
 
 from .conftest import REPO, Procs, clean_env, run_cli, wait_for
 from .prom import free_port, stop_process

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.core.config import load as load_config
-from exporter.sim.botroot import BotRoot
+from sandbox.botroot import BotRoot
 
 from .conftest import wait_for
 from .prom import PROMETHEUS, Prometheus

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from exporter.core.model import Readiness, Status
-from exporter.sim.alpaca import FakeAlpaca, make_position
-from exporter.sim.botroot import BotRoot, write_json
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca, make_position
+from sandbox.botroot import BotRoot, write_json
+from sandbox.uw import FakeUW
 
 from .conftest import Procs, check_json, clean_env, evaluate, run_cli, wait_for
 

@@ -20,8 +20,8 @@ import requests
 import yaml
 
 from exporter.core.config import load as load_config
-from exporter.sim.botroot import BotRoot
 from healers.receiver import Healer, HealerServer
+from sandbox.botroot import BotRoot
 
 from .prom import free_port as free_port  # re-exported for the healer tests
 

@@ -18,9 +18,9 @@ from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot, append_jsonl
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot, append_jsonl
+from sandbox.uw import FakeUW
 
 from .conftest import market_at
 

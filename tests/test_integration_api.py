@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from exporter.integration import ReadinessGate, ReadinessView
-from exporter.sim.botroot import BotRoot
+from sandbox.botroot import BotRoot
 
 from .conftest import REPO, Procs, clean_env, evaluate, wait_for
 from .test_premarket import serve_process

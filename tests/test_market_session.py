@@ -15,9 +15,9 @@ import pytest
 from exporter.bot.context import Context
 from exporter.core.config import load as load_config
 from exporter.core.model import Readiness, Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 from .conftest import evaluate, market_at
 

@@ -43,8 +43,8 @@ from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Result, Status
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 from .conftest import REPO, Procs, clean_env
 from .realbot import DAEMON_BEFORE_429, DAEMON_DURING_429, MAIN_END, Moment, RecordedAlpaca, build_root, force_open

@@ -24,9 +24,9 @@ from exporter.bot.market import NY
 from exporter.core.config import load as load_config
 from exporter.serve.premarket import PremarketSchedule, PremarketVerifier, calendar_opens
 from exporter.serve.scheduler import Scheduler
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
 from exporter.tools.verify import HISTORY, LATEST
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
 
 from .conftest import REPO, clean_env, wait_for
 from .prom import stop_process

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from exporter.sim.alpaca import FakeAlpaca, make_asset, make_position
-from exporter.sim.botroot import BotRoot
+from sandbox.alpaca import FakeAlpaca, make_asset, make_position
+from sandbox.botroot import BotRoot
 
 from .conftest import run_cli
 
@@ -123,7 +123,7 @@ def _entry_threshold_base(bot: BotRoot, alpaca: FakeAlpaca) -> None:
 
 
 def _cooldown_order(bot: BotRoot, alpaca: FakeAlpaca) -> None:
-    from exporter.sim.alpaca import make_order
+    from sandbox.alpaca import make_order
 
     alpaca.orders = [*alpaca.orders, make_order("SPY", 1, "buy", status="filled",
                                                 submitted_at=datetime.now(UTC))]

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from exporter.core.model import Report, Status
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 from .conftest import Procs, evaluate, market_at
 

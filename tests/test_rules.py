@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from exporter.core.catalog import load
-from exporter.sim.botroot import BotRoot
 from rules import generate as rulegen
+from sandbox.botroot import BotRoot
 
 from .conftest import Procs, wait_for
 from .prom import PROMETHEUS, Prometheus

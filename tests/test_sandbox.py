@@ -21,9 +21,9 @@ import requests
 
 from exporter.core.config import load as load_config
 from exporter.core.model import Status
-from exporter.sim import faults
-from exporter.sim.botroot import BotRoot
-from exporter.sim.sandbox import Sandbox, SandboxError, read_state
+from sandbox import faults
+from sandbox.botroot import BotRoot
+from sandbox.sandbox import Sandbox, SandboxError, read_state
 
 from .conftest import REPO, clean_env, evaluate, run_cli, wait_for
 
@@ -286,7 +286,7 @@ def test_the_bot_runs_without_adaptive_weights_like_a_fresh_install(sb: Sandbox)
 
 
 def test_the_sandbox_bot_refuses_a_paper_mode_live_url_and_any_remote_broker() -> None:
-    from exporter.sim.bot import refuse_url
+    from sandbox.bot import refuse_url
 
     assert refuse_url("PAPER", "http://127.0.0.1:8080") is None
     assert "not the paper host" in str(refuse_url("PAPER", faults.LIVE_URL))

@@ -25,9 +25,9 @@ from exporter.checks import registry
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Outcome
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
 
 from .conftest import REPO, clean_env, run_cli, wait_for
 from .prom import free_port, stop_process

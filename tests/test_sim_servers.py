@@ -22,8 +22,8 @@ from alpaca.trading.enums import AccountStatus, OrderStatus, QueryOrderStatus
 from alpaca.trading.models import Asset, Calendar, Clock, Order, Position, TradeAccount
 from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, MarketOrderRequest
 
-from exporter.sim.alpaca import ET, FakeAlpaca, make_order, market_clock
-from exporter.sim.uw import FakeUW
+from sandbox.alpaca import ET, FakeAlpaca, make_order, market_clock
+from sandbox.uw import FakeUW
 
 M = TypeVar("M")
 UW_AUTH = {"Authorization": "Bearer uw-test-token"}

@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from exporter.core.config import load as load_config
-from exporter.sim.botroot import BotRoot, iso, write_json
 from healers.audit import AuditLog
+from sandbox.botroot import BotRoot, iso, write_json
 
 from .conftest import REPO, Procs, wait_for
 from .test_exporter import SECRETS, Exporter, fast_config

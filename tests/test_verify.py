@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from exporter.sim.alpaca import FakeAlpaca
-from exporter.sim.botroot import BotRoot
 from exporter.tools.verify import PAUSE_ENV, validate_alerting
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
 
 from .conftest import REPO, Procs, clean_env, run_cli
 

@@ -58,7 +58,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..bot.botenv import BotEnv
+from exporter.bot.botenv import BotEnv
+
 from .daemon import FLAGS, append, orphaned, write_atomic
 
 CACHE = Path("data/uw_flow_cache.json")

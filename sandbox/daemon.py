@@ -62,7 +62,7 @@ from typing import IO, Any
 
 import requests
 
-from ..bot.botenv import BotEnv
+from exporter.bot.botenv import BotEnv
 
 LOCK = Path("state/uw_flow_daemon.lock")
 CACHE = Path("data/uw_flow_cache.json")
@@ -191,14 +191,16 @@ class UWClient:
         st = read_usage(now)
         st["minute_window"].append(now)
         st["calls_today"] = int(st.get("calls_today") or 0) + 1
-        by = st.get("by_endpoint") if isinstance(st.get("by_endpoint"), dict) else {}
+        raw_by = st.get("by_endpoint")
+        by: dict[str, Any] = raw_by if isinstance(raw_by, dict) else {}
         by[endpoint_name] = int(by.get(endpoint_name) or 0) + 1
         st["by_endpoint"] = by
         write_atomic(USAGE_STATE, st)
 
     def send(self, url: str, params: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """GET with the client's retries: 429 and 503 (and transport errors) are tried 3 times."""
-        status, body, headers = 0, {"data": []}, {}
+        status, headers = 0, {}
+        body: Any = {"data": []}
         for attempt in range(len(self.retry_delays) + 1):
             retry = False
             try:
@@ -274,7 +276,8 @@ class Daemon:
         return body.get("data", [])
 
     def ticker(self, t: str, now: float, tide_point: dict[str, Any]) -> dict[str, Any]:
-        before = self.last.get(t) if isinstance(self.last.get(t), dict) else {}
+        last = self.last.get(t)
+        before: dict[str, Any] = last if isinstance(last, dict) else {}
         got = self.get("/api/option-trades/flow-alerts", symbol=t, limit=100)
         if got is _RATE_LIMITED:
             flow = list(before.get("flow_trades") or [])  # the previous cycle's trades, re-stamped below

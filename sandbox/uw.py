@@ -24,7 +24,7 @@ from datetime import time as dtime
 from email.message import Message
 from typing import Any, ClassVar
 
-from exporter.sim.alpaca import _NONJSON_BODY, ET, REFERENCE_PRICES, SimResponse, SimServer, market_hours
+from sandbox.alpaca import _NONJSON_BODY, ET, REFERENCE_PRICES, SimResponse, SimServer, market_hours
 
 __all__ = ["DEFAULT_TICKERS", "FakeUW"]
 

@@ -2,7 +2,7 @@
 
 Why: a readiness tool is proven by breaking the thing it watches. Each fault here reproduces one
 way BOT.md says stock-bot fails -- on the real processes, files and loopback servers of a running
-:class:`~exporter.sim.sandbox.Sandbox` -- and names the failure point and status that must follow
+:class:`~sandbox.sandbox.Sandbox` -- and names the failure point and status that must follow
 (``expects``), so the end-to-end tests and the demo assert against the same table that the CLI and
 the admin endpoint list. ``healer`` names the sandbox healer that repairs it, when one is safe.
 """
@@ -199,7 +199,7 @@ def _env_restore(name: str) -> Callable[[Sandbox], None]:
 
 
 def _env_value(sb: Sandbox, name: str) -> str | None:
-    from ..bot.botenv import parse_dotenv  # the exporter's own reading of .env
+    from exporter.bot.botenv import parse_dotenv  # the exporter's own reading of .env
 
     try:
         return parse_dotenv((sb.root / ".env").read_text(encoding="utf-8")).get(name)
@@ -220,7 +220,7 @@ def _remove_main(sb: Sandbox) -> None:
 def _restore_main(sb: Sandbox) -> None:
     from .sandbox import LAUNCHER, REPO  # late: the sandbox imports this module
 
-    (sb.root / "main.py").write_text(LAUNCHER.format(module="exporter.sim.bot", repo=str(REPO)))
+    (sb.root / "main.py").write_text(LAUNCHER.format(module="sandbox.bot", repo=str(REPO)))
 
 
 def _healthy_thresholds(sb: Sandbox) -> None:

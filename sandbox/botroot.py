@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..bot.weights import ENTRY_COMPONENTS
+from exporter.bot.weights import ENTRY_COMPONENTS
 
 EXIT_COMPONENTS = ("time_decay", "profit_target", "stop_loss", "flow_reversal", "regime_shift",
                    "trailing", "volatility")

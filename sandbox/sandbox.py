@@ -6,8 +6,8 @@ UW subscription to see it. The sandbox runs, in one bot root:
 
 * FakeUW and FakeAlpaca (threads of this process, 127.0.0.1);
 * a real UW daemon process (``python uw_flow_daemon.py``, a launcher for
-  :mod:`exporter.sim.daemon`) and a real bot process (``python -u main.py`` for
-  :mod:`exporter.sim.bot`), each in its own process group so stopping kills everything;
+  :mod:`sandbox.daemon`) and a real bot process (``python -u main.py`` for
+  :mod:`sandbox.bot`), each in its own process group so stopping kills everything;
 * a supervisor thread in the role of ``deploy_supervisor.py`` that rewrites
   ``state/health.json`` (every 300 s, 1 s with ``--fast``);
 * an admin endpoint on 127.0.0.1: ``GET /faults``, ``POST|DELETE /faults/<name>``,
@@ -48,7 +48,7 @@ from .alpaca import ET, FakeAlpaca
 from .botroot import BotRoot, write_json
 from .uw import FakeUW
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EXIT_UNKNOWN = 3
 TICKERS = ("NVDA", "TSLA", "AAPL", "MSFT", "AMZN", "META", "GOOGL", "AMD")
 #: Environment prefixes never passed to the simulated processes: the sandbox's .env is their truth,
@@ -255,7 +255,7 @@ class Sandbox:
                     SANDBOX_DAEMON_TIDE_INTERVAL="5" if self.fast else None,
                     SANDBOX_TICKERS=",".join(self.tickers))
         self.max_positions = 16
-        for script, module in (("uw_flow_daemon.py", "exporter.sim.daemon"), ("main.py", "exporter.sim.bot")):
+        for script, module in (("uw_flow_daemon.py", "sandbox.daemon"), ("main.py", "sandbox.bot")):
             (self.root / script).write_text(LAUNCHER.format(module=module, repo=str(REPO)))
         self.config_file.write_text(
             "# Written by `trading-readiness sandbox`: healers repair the simulated bot through the\n"

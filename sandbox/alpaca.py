@@ -6,7 +6,7 @@ same error bodies -- and that can fail on demand the ways Alpaca really fails (a
 403 without a ``code``, rate limiting, hangs, an HTML maintenance page) without touching the
 network or a real account. Stdlib only, so it runs anywhere the exporter runs.
 
-The shared :class:`SimServer` base lives here (and :mod:`exporter.sim.uw` imports it) so that
+The shared :class:`SimServer` base lives here (and :mod:`sandbox.uw` imports it) so that
 both fakes inject faults, count requests and expose the ``/_admin/`` API identically.
 """
 
