@@ -31,10 +31,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter.bot.botenv import BotEnv, Redactor
+from exporter.core import audit
 from exporter.core.config import Config
 from exporter.core.config import load as load_config
 from exporter.serve.httpd import BoundedHTTPServer, Request, Response
-from healers import actions, audit
+from healers import actions
 from healers.lease import Lease, LeaseRefused, owner_alive
 from healers.policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
 

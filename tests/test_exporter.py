@@ -509,8 +509,8 @@ def test_a_missing_generator_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_self_healing_columns_come_from_the_healer_audit(bot: BotRoot) -> None:
-    """The healer's audit record (healers.audit) feeds self_healing_attempted/success in the API."""
-    audit = pytest.importorskip("healers.audit")
+    """The healer's audit record (exporter.core.audit) feeds self_healing_attempted/success in the API."""
+    audit = pytest.importorskip("exporter.core.audit")
     cfg = load_config(None, str(bot.path))
     log = audit.AuditLog(cfg.resolve(cfg["healer"]["audit_file"]))
     now = time.time()

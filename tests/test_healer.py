@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from exporter.core.audit import heal_status
 from exporter.core.config import ConfigError
 from exporter.core.config import load as load_config
-from healers.audit import heal_status
 
 from .conftest import wait_for
 from .test_healer_helpers import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from healers.audit import heal_status
+from exporter.core.audit import heal_status
 
 from .conftest import wait_for
 from .test_healer_helpers import (

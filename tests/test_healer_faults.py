@@ -223,7 +223,7 @@ def test_concurrent_audit_appends_share_fsyncs_and_every_line_lands(tmp_path: Pa
     import threading
     import time
 
-    from healers import audit
+    from exporter.core import audit
 
     calls = []
     real_fsync = os.fsync
@@ -252,7 +252,7 @@ def test_concurrent_audit_appends_share_fsyncs_and_every_line_lands(tmp_path: Pa
 
 
 def test_an_append_that_cannot_reach_the_disk_raises(tmp_path: Path) -> None:
-    from healers import audit
+    from exporter.core import audit
 
     with tiny_tmpfs(tmp_path / "disk") as disk:
         log = audit.AuditLog(disk / "heals.jsonl")

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from exporter.core.audit import AuditLog
 from exporter.core.config import load as load_config
-from healers.audit import AuditLog
 from sandbox.botroot import BotRoot, iso, write_json
 
 from .conftest import REPO, Procs, wait_for

@@ -16,23 +16,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..bot import funnel as funnel_mod
 from ..bot.context import Context
 from ..checks import registry
+from ..core.audit import heal_status
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
 from ..core.engine import Engine
 from ..core.model import Report, Result, Status
 from .readiness_log import ReadinessLog
-
-try:
-    from healers.audit import heal_status
-except ImportError:  # the healer package is optional for the exporter
-    heal_status = None  # type: ignore[assignment]
-
-try:
-    from ..bot import funnel as funnel_mod
-except ImportError:
-    funnel_mod = None  # type: ignore[assignment]
 
 log = logging.getLogger("trading_readiness.exporter")
 
@@ -226,11 +218,10 @@ class Scheduler:
         try:
             with self._lock:
                 engine, ctx, config, known = self.engine, self.ctx, self.config, dict(self._latest)
-            if heal_status is not None:
-                try:
-                    engine.healing = heal_status(config.resolve(config["healer"]["audit_file"]))
-                except Exception as exc:  # the healer's record is optional context, never fatal
-                    log.warning("cannot read the healer audit file: %s", ctx.redact(str(exc)))
+            try:
+                engine.healing = heal_status(config.resolve(config["healer"]["audit_file"]))
+            except Exception as exc:  # the healer's record is optional context, never fatal
+                log.warning("cannot read the healer audit file: %s", ctx.redact(str(exc)))
             results = engine.run(ids, known=known)
             fun = self._compute_funnel(ctx)
         except Exception as exc:  # defensive: the scheduler thread must survive anything

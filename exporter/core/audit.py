@@ -1,8 +1,16 @@
-"""The heal audit: one JSON object per line, appended, never rewritten.
+"""The heal audit file (``healer.audit_file``): one JSON object per line, appended, never rewritten.
 
-It is the receiver's memory across restarts (cooldowns, attempt windows, dedupe keys) and the
-exporter's source for ``self_healing_attempted/success``. A torn last line (a crash mid-write)
-is skipped, never fatal: losing one record must not stop healing or the exporter.
+This module owns the format; the healer writes it and the exporter reads it, and neither
+imports the other. It is the receiver's memory across restarts (cooldowns, attempt windows,
+dedupe keys) and the exporter's source for ``self_healing_attempted/success``. A torn last line
+(a crash mid-write) is skipped, never fatal: losing one record must not stop healing or the
+exporter.
+
+Every record has ``event`` and ``fp``; the healer also writes ``time`` (ISO UTC) and ``epoch``.
+The exporter reads only ``event: "attempt"`` records: ``fp``, ``epoch`` (seconds) and
+``outcome`` (``success``, ``failed``, ``timeout``, ``unverified``; ``dry_run`` counts as no
+attempt). The other events (``started``, ``spawned``, ``resolved``, ``gave_up``) are the
+healer's own bookkeeping.
 """
 
 from __future__ import annotations
