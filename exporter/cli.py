@@ -226,7 +226,7 @@ COMMANDS = {
     "verify": _with_bot_root("exporter.tools.verify", "cli_verify"),
     "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.receiver", "cli_heal", a),
-    "sandbox": lambda a: _delegate("sandbox.sandbox", "cli_sandbox", a),
+    "sandbox": lambda a: _delegate("sandbox.cli", "cli_sandbox", a),
 }
 
 

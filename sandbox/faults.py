@@ -18,13 +18,42 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from .alpaca import make_position
+from .alpaca import FakeAlpaca
+from .base import LAUNCHER, REPO, SandboxError
 from .botroot import BotRoot, write_json
+from .factories import make_position
+from .uw import FakeUW
 
-if TYPE_CHECKING:
-    from .sandbox import Sandbox
+
+class Sandbox(Protocol):
+    """What a fault acts on: the running sandbox (:class:`sandbox.sandbox.Sandbox`), seen through
+    the parts faults use, so this module does not import the orchestration that imports it."""
+
+    root: Path
+    alpaca: FakeAlpaca
+    uw: FakeUW
+    daemon_proc: subprocess.Popen[bytes] | None
+    bot_proc: subprocess.Popen[bytes] | None
+    max_positions: int
+    healthy_positions: list[dict[str, Any]]
+    healthy_account: dict[str, Any]
+    stash: dict[str, Any]
+
+    @property
+    def flags(self) -> Path: ...
+
+    def restart_daemon(self, wait: float = 15.0) -> str: ...
+
+    def restart_bot(self) -> str: ...
+
+    def spawn_duplicate_daemon(self) -> None: ...
+
+    def stop_duplicate_daemon(self) -> None: ...
+
+    def write_health(self, timestamp: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -218,7 +247,6 @@ def _remove_main(sb: Sandbox) -> None:
 
 
 def _restore_main(sb: Sandbox) -> None:
-    from .sandbox import LAUNCHER, REPO  # late: the sandbox imports this module
 
     (sb.root / "main.py").write_text(LAUNCHER.format(module="sandbox.bot", repo=str(REPO)))
 
@@ -235,7 +263,6 @@ def _uw_reachable(sb: Sandbox) -> None:
     try:
         sb.uw.start()  # the same port again
     except (OSError, RuntimeError) as exc:
-        from .sandbox import SandboxError  # late: the sandbox imports this module
 
         if "already started" not in str(exc):
             raise SandboxError(f"cannot listen on {sb.uw.host}:{sb.uw.port} again: {exc}") from None

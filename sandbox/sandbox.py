@@ -24,109 +24,34 @@ market orders at once, as a paper account does.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import psutil
-import requests
 import yaml
 
+from . import admin
 from . import faults as faults_mod
-from .alpaca import ET, FakeAlpaca
+from .alpaca import FakeAlpaca
+from .base import LAUNCHER, REPO, SandboxError
 from .botroot import BotRoot, write_json
+from .nyse import ET
+from .settings import FAST_UW_DAILY_LIMIT, python, sandbox_config
 from .uw import FakeUW
 
-REPO = Path(__file__).resolve().parents[1]
 EXIT_UNKNOWN = 3
 TICKERS = ("NVDA", "TSLA", "AAPL", "MSFT", "AMZN", "META", "GOOGL", "AMD")
-#: Environment prefixes never passed to the simulated processes: the sandbox's .env is their truth,
-#: and a real key in the operator's shell must never be sent to a loopback fake (or anywhere).
-#: UW's daily quota in fast mode: production's 50 000 scaled by 100 (a daemon cycling every second
-#: spends it in days, not in an hour; FP-5.2 accepts up to 10 000 000)
-FAST_UW_DAILY_LIMIT = 50000 * 100
 _SCRUB = ("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN", "SANDBOX_")
-LAUNCHER = '''"""stock-bot stand-in written by `trading-readiness sandbox`: runs {module}."""
-import sys
-
-sys.path.insert(0, {repo!r})
-from {module} import main  # noqa: E402
-
-raise SystemExit(main())
-'''
-
-
-class SandboxError(Exception):
-    """Something the operator must fix (port in use, sandbox already running, ...): one line."""
-
-
-def _python() -> str:
-    return sys.executable
-
-
-def healer_argv(root: Path, action: str) -> list[str]:
-    """The argv a healer runs to repair the sandbox: no shell, absolute interpreter path."""
-    return [_python(), "-m", "exporter", "--bot-root", str(root), "sandbox", action]
-
-
-def sandbox_config(root: Path, fast: bool, alpaca_url: str | None = None,
-                   uw_url: str | None = None) -> dict[str, Any]:
-    """``trading-readiness.yaml`` for a sandbox: its healers, the loopback servers its probes use,
-    and short intervals in fast mode.
-
-    The probes are pinned to the loopback servers (``alpaca.base_url``, ``uw.base_url``) so that
-    a fault that writes a remote-looking URL into ``.env`` (``paper-live-url``) is judged from the
-    text by FP-3.9 while nothing in the sandbox connects to that host."""
-    healer = {"timeout_seconds": 30, "cooldown_seconds": 5 if fast else 300, "max_attempts": 3,
-              "window_seconds": 300 if fast else 3600}
-    cfg: dict[str, Any] = {
-        "healers": {
-            "FP-1.1": {"run": healer_argv(root, "restart-daemon"), **healer},
-            "FP-1.3": {"run": healer_argv(root, "restart-daemon"), **healer},
-            "FP-6.1": {"run": healer_argv(root, "restart-bot"), **healer},
-        },
-        "healer": {"audit_file": "logs/trading_readiness_heals.jsonl"},
-    }
-    if alpaca_url:
-        cfg["alpaca"] = {"base_url": alpaca_url}
-    if uw_url:
-        cfg["uw"] = {"base_url": uw_url}
-    if fast:
-        cfg["exporter"] = {"default_interval_seconds": 1}
-        # broker answers are shared between checks for cache_seconds: scaled down with the checks
-        cfg.setdefault("alpaca", {}).update(cache_seconds=0.5, timeout_seconds=2)
-        cfg["healer"].update(verify_timeout_seconds=30, verify_interval_seconds=1)
-        # run-log windows scaled to a bot that cycles every second instead of every 60 s
-        gate = {"params": {"cycles": 3, "min_candidates": 6}}
-        cfg["checks"] = {
-            # freshness limits scaled to a daemon that cycles every second instead of every 300 s
-            "FP-1.3": {"params": {"open_warn_seconds": 5, "open_error_seconds": 8, "closed_warn_seconds": 30}},
-            "FP-1.10": {"params": {"open_warn_seconds": 5, "closed_warn_seconds": 30}},
-            "FP-1.5": {"interval_seconds": 2},
-            "FP-1.7": {"params": {"cycles": 3}},
-            "FP-1.8": {"params": {"cycles": 3, "same_cycle_seconds": 0.5}},
-            "FP-1.11": {"interval_seconds": 1, "params": {"grace_seconds": 3}},
-            "FP-3.3": gate, "FP-3.4": gate, "FP-3.5": gate, "FP-3.6": gate, "FP-3.7": gate,
-            # points whose catalog interval is 60 s, checked as often as the rest
-            "FP-4.4": {"interval_seconds": 1},
-            "FP-4.9": {"interval_seconds": 1},
-            "FP-6.6": {"interval_seconds": 1},
-            "FP-6.7": {"interval_seconds": 1},
-            # liveness scaled to a bot that cycles every second instead of every 60 s
-            "FP-6.3": {"params": {"warn_seconds": 5, "error_seconds": 8}},
-        }
-    return cfg
 
 
 class Sandbox:
@@ -185,7 +110,7 @@ class Sandbox:
     def start(self, wait: float = 30.0) -> Sandbox:
         """Write the bot root, start servers and processes, and wait for the first daemon cycle."""
         running = read_state(self.root)
-        if running and _alive(running.get("pid")) and running.get("pid") != os.getpid():
+        if running and pid_alive(running.get("pid")) and running.get("pid") != os.getpid():
             raise SandboxError(f"a sandbox (pid {running['pid']}) is already running in {self.root}")
         self.root.mkdir(parents=True, exist_ok=True)
         try:
@@ -270,7 +195,7 @@ class Sandbox:
 
     def _spawn(self, script: str, name: str, unbuffered: bool = False,
                extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        argv = [_python(), "-u", script] if unbuffered else [_python(), script]
+        argv = [python(), "-u", script] if unbuffered else [python(), script]
         out = open(self.control / f"{name}.out", "ab")  # noqa: SIM115 - the child owns it after Popen
         # the children run in their own sessions (so a fault can signal one group); if the sandbox
         # itself is SIGKILLed they notice the parent is gone and exit instead of running on
@@ -472,63 +397,10 @@ class Sandbox:
 
     # --- admin endpoint ------------------------------------------------------------------------
     def _serve_admin(self) -> None:
-        sandbox = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: Any) -> None:
-                data = json.dumps(body, indent=2).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _handle(self, method: str) -> None:
-                path = self.path.split("?", 1)[0].rstrip("/")
-                try:
-                    if method == "GET" and path == "/faults":
-                        self._send(200, {"active": sorted(sandbox.active),
-                                         "faults": [f.to_json() for f in faults_mod.FAULTS.values()]})
-                    elif method == "GET" and path in ("", "/state"):
-                        self._send(200, sandbox.state())
-                    elif path.startswith("/faults/") and method in ("POST", "DELETE"):
-                        name = path.removeprefix("/faults/")
-                        if name not in faults_mod.FAULTS:
-                            self._send(404, {"error": f"unknown fault {name!r}"})
-                            return
-                        f = sandbox.fault(name) if method == "POST" else sandbox.clear(name)
-                        self._send(200, {"fault": f.to_json(), "active": sorted(sandbox.active)})
-                    elif method == "POST" and path == "/restart-daemon":
-                        self._send(200, {"message": sandbox.restart_daemon()})
-                    elif method == "POST" and path == "/restart-bot":
-                        self._send(200, {"message": sandbox.restart_bot()})
-                    else:
-                        self._send(404, {"error": f"no route {method} {path or '/'}"})
-                except SandboxError as exc:
-                    self._send(500, {"error": str(exc)})
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
-
-        try:
-            self._admin = ThreadingHTTPServer(("127.0.0.1", self.admin_port), Handler)
-        except OSError as exc:
-            raise SandboxError(f"cannot listen on 127.0.0.1:{self.admin_port}: {exc.strerror or exc}") from None
-        self._admin.daemon_threads = True
-        threading.Thread(target=self._admin.serve_forever, name="sandbox-admin", daemon=True).start()
-
+        self._admin = admin.serve(self, self.admin_port)
 
 # --- helpers -----------------------------------------------------------------------------------
-def _alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
     return isinstance(pid, int) and psutil.pid_exists(pid)
 
 
@@ -570,139 +442,3 @@ def read_state(root: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-# --- CLI ---------------------------------------------------------------------------------------
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(f"{self.prog}: {message}")
-
-
-CLIENT_COMMANDS = ("fault", "clear", "faults", "restart-daemon", "restart-bot", "status")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="trading-readiness sandbox", description="a simulated stock-bot on loopback",
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="while it runs (from another shell, same --dir):\n"
-                       "  sandbox faults                  list the faults (* = active)\n"
-                       "  sandbox fault NAME | clear NAME inject or clear one\n"
-                       "  sandbox restart-daemon          the healer action for FP-1.1/FP-1.3 (idempotent)\n"
-                       "  sandbox restart-bot             the healer action for FP-6.1 (idempotent)\n"
-                       "  sandbox status                  ports, pids and active faults as JSON")
-    p.add_argument("--dir", help="the sandbox bot root (default: --bot-root, else ./sandbox-bot)")
-    p.add_argument("--alpaca-port", type=int, default=0, help="FakeAlpaca port (default: a free one)")
-    p.add_argument("--uw-port", type=int, default=0, help="FakeUW port (default: a free one)")
-    p.add_argument("--admin-port", type=int, default=0, help="admin endpoint port (default: a free one)")
-    p.add_argument("--fast", action="store_true", help="1 s daemon and bot cycles, 1 s checks, short limits")
-    p.add_argument("--market", choices=("open", "closed", "real"), default="open",
-                   help="simulated market session (default: open, so session checks are judged now)")
-    return p
-
-
-def _client_parser(command: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"trading-readiness sandbox {command}")
-    if command in ("fault", "clear"):
-        p.add_argument("name", help="a fault name (see `sandbox faults`)")
-    p.add_argument("--dir", help="the sandbox bot root (default: --bot-root, else ./sandbox-bot)")
-    return p
-
-
-def _root(opt: str | None, args: argparse.Namespace) -> Path:
-    return Path(opt or getattr(args, "bot_root", None) or "sandbox-bot").resolve()
-
-
-def _client(command: str, rest: list[str], args: argparse.Namespace) -> int:
-    opts = _client_parser(command).parse_args(rest)
-    root = _root(opts.dir, args)
-    if command == "faults" and read_state(root) is None:
-        for f in faults_mod.FAULTS.values():  # listing needs no running sandbox
-            print(f"{f.name:<20} {f.summary}")
-        return 0
-    state = read_state(root)
-    if not state or not state.get("admin_url") or not _alive(state.get("pid")):
-        raise _UsageError(f"no sandbox is running in {root} (start one with `trading-readiness sandbox "
-                          f"--dir {root}`)")
-    url = state["admin_url"]
-    method, path = {
-        "fault": ("POST", f"/faults/{getattr(opts, 'name', '')}"),
-        "clear": ("DELETE", f"/faults/{getattr(opts, 'name', '')}"),
-        "faults": ("GET", "/faults"), "status": ("GET", "/state"),
-        "restart-daemon": ("POST", "/restart-daemon"), "restart-bot": ("POST", "/restart-bot"),
-    }[command]
-    try:
-        r = requests.request(method, url + path, timeout=30)
-        body = r.json()
-    except (requests.RequestException, ValueError) as exc:
-        raise _UsageError(f"the sandbox admin endpoint {url} did not answer: {type(exc).__name__}") from None
-    if r.status_code != 200:
-        print(f"error: {body.get('error', r.status_code)}", file=sys.stderr)
-        return 1 if command.startswith("restart") else EXIT_UNKNOWN
-    if command == "faults":
-        active = set(body["active"])
-        for f in body["faults"]:
-            print(f"{'*' if f['name'] in active else ' '} {f['name']:<20} {f['summary']}")
-    elif command == "status":
-        print(json.dumps(body, indent=2))
-    elif command in ("fault", "clear"):
-        f = body["fault"]
-        verb = "injected" if command == "fault" else "cleared"
-        expects = ", ".join(f"{fp} {st}" for fp, st in f["expects"].items())
-        print(f"{verb} {f['name']}: {f['summary']}" + (f" (expect {expects})" if command == "fault" else ""))
-        if command == "clear" and f.get("sticky"):
-            print(f"note: {f['sticky']}")
-    else:
-        print(body["message"])
-    return 0
-
-
-def _run(rest: list[str], args: argparse.Namespace) -> int:
-    opts = _parser().parse_args(rest)
-    for name in ("alpaca_port", "uw_port", "admin_port"):
-        if not 0 <= getattr(opts, name) < 65536:
-            raise _UsageError(f"--{name.replace('_', '-')} must be a port number (0-65535)")
-    sb = Sandbox(_root(opts.dir, args), fast=opts.fast, alpaca_port=opts.alpaca_port, uw_port=opts.uw_port,
-                 admin_port=opts.admin_port, market=opts.market)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    sb.start()
-    try:
-        s = sb.state()
-        print(f"sandbox bot root: {sb.root}\n"
-              f"  FakeAlpaca      {s['alpaca_url']}\n"
-              f"  FakeUW          {s['uw_url']}\n"
-              f"  admin           {s['admin_url']}  (GET /faults, POST|DELETE /faults/<name>)\n"
-              f"  uw daemon pid   {s['daemon_pid']}   bot pid {s['bot_pid']}\n"
-              f"  config          {sb.config_file}\n"
-              f"watch it:  trading-readiness --bot-root {sb.root} check\n"
-              f"break it:  trading-readiness sandbox fault daemon-kill --dir {sb.root}\n"
-              f"Ctrl-C stops everything.", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        sb.stop()
-    print("sandbox stopped", flush=True)
-    return 0
-
-
-def cli_sandbox(args: argparse.Namespace) -> int:
-    """Entry point for ``trading-readiness sandbox``; exit 3 with one line on bad usage."""
-    rest = list(getattr(args, "rest", None) or [])
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    try:
-        if rest and rest[0] in CLIENT_COMMANDS:
-            return _client(rest[0], rest[1:], args)
-        return _run(rest, args)
-    except (_UsageError, SandboxError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN

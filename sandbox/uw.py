@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import random
 import re
-import uuid
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
 from email.message import Message
 from typing import Any, ClassVar
 
-from sandbox.alpaca import _NONJSON_BODY, ET, REFERENCE_PRICES, SimResponse, SimServer, market_hours
+from sandbox import contracts
+from sandbox.nyse import ET
+from sandbox.simserver import NONJSON_BODY, SimResponse, SimServer
 
 __all__ = ["DEFAULT_TICKERS", "FakeUW"]
 
@@ -49,7 +49,6 @@ _HOT_TICKERS = 3
 _ALERT_SLOT = 300  # seconds
 _ALERT_SLOTS = 12  # one hour of alerts
 _TRADE_SLOT = 60
-_ID_NAMESPACE = uuid.UUID("0b7f4a8e-5d1c-4f3a-8e62-9c4d2a1b7e35")
 _TICKER_RE = re.compile(r"[A-Z][A-Z0-9.]{0,9}")
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/api/option-trades/flow-alerts"), "_flow_alerts"),
@@ -62,46 +61,6 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
 
 class _BadRequest(ValueError):
     """A query parameter UW would reject with 422."""
-
-
-def _rng(*parts: object) -> random.Random:
-    """Seeded per ticker and slot so the same instant always yields the same data."""
-    return random.Random(":".join(str(p) for p in parts))
-
-
-def _uid(*parts: object) -> str:
-    return str(uuid.uuid5(_ID_NAMESPACE, ":".join(str(p) for p in parts)))
-
-
-def _iso_z(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _price_of(ticker: str) -> float:
-    """Reference price, or a stable made-up one for tickers the table does not know."""
-    known = REFERENCE_PRICES.get(ticker)
-    return known if known is not None else 20.0 + zlib.crc32(ticker.encode()) % 400
-
-
-def _strike(price: float, otm: float, call: bool) -> float:
-    step = 5.0 if price >= 200 else 2.5 if price >= 50 else 1.0
-    raw = price * (1 + otm if call else 1 - otm)
-    return max(step, round(raw / step) * step)
-
-
-def _occ(ticker: str, expiry: date, call: bool, strike: float) -> str:
-    """OCC option symbol, e.g. ``NVDA261127C00180000``."""
-    return f"{ticker}{expiry:%y%m%d}{'C' if call else 'P'}{round(strike * 1000):08d}"
-
-
-def _next_friday(day: date) -> date:
-    return day + timedelta(days=(4 - day.weekday()) % 7)
-
-
-def _monthly(day: date) -> date:
-    """Third Friday of next month: the standard monthly expiry."""
-    first = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
-    return _next_friday(first) + timedelta(days=14)
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:
@@ -229,7 +188,7 @@ class FakeUW(SimServer):
                 headers["x-uw-daily-req-count"] = str(max(self._daily_count, self.daily_limit))
             return SimResponse.of_json(429, {"message": "daily request limit hit"}, headers)
         if kind == "nonjson":
-            return SimResponse(200, _NONJSON_BODY, "text/html; charset=utf-8")
+            return SimResponse(200, NONJSON_BODY, "text/html; charset=utf-8")
         return SimResponse.of_json(500, {"message": "Internal Server Error"})
 
     def _route(self, method: str, path: str, query: dict[str, str], body: bytes, mode: str) -> SimResponse:
@@ -280,11 +239,11 @@ class FakeUW(SimServer):
     def _alerts_for(self, ticker: str, now: datetime) -> list[dict[str, Any]]:
         hot = self._hot(ticker)
         current = int(now.timestamp()) // _ALERT_SLOT * _ALERT_SLOT
-        day_rng = _rng("bias", ticker, now.astimezone(ET).date())
+        day_rng = contracts.rng("bias", ticker, now.astimezone(ET).date())
         bullish = day_rng.random() < 0.6
         alerts: list[dict[str, Any]] = []
         for slot in range(current - (_ALERT_SLOTS - 1) * _ALERT_SLOT, current + 1, _ALERT_SLOT):
-            rng = _rng("alert", ticker, slot)
+            rng = contracts.rng("alert", ticker, slot)
             if hot:
                 count, call = 3, bullish
             elif rng.random() < 0.35:
@@ -300,11 +259,11 @@ class FakeUW(SimServer):
     def _alert(
         self, ticker: str, slot: int, index: int, created: datetime, call: bool, hot: bool, rng: random.Random
     ) -> dict[str, Any]:
-        underlying = _price_of(ticker) * (1 + rng.uniform(-0.004, 0.004))
+        underlying = contracts.price_of(ticker) * (1 + rng.uniform(-0.004, 0.004))
         today = created.astimezone(ET).date()
         short_dated = hot or rng.random() < 0.4
-        expiry = _next_friday(today) if short_dated else _monthly(today)
-        strike = _strike(underlying, rng.uniform(0.0, 0.06), call)
+        expiry = contracts.next_friday(today) if short_dated else contracts.monthly(today)
+        strike = contracts.strike(underlying, rng.uniform(0.0, 0.06), call)
         option_price = round(rng.uniform(0.6, 9.5), 2)
         premium = rng.uniform(120_000, 900_000) if hot else rng.uniform(25_000, 450_000)
         size = max(1, int(premium / (option_price * 100)))
@@ -322,14 +281,14 @@ class FakeUW(SimServer):
         )
         start_ms = int(created.timestamp() * 1000) - rng.randint(500, 45_000)
         return {
-            "id": _uid("alert", ticker, slot, index),
+            "id": contracts.uid("alert", ticker, slot, index),
             "ticker": ticker,
             "type": "call" if call else "put",
-            "option_chain": _occ(ticker, expiry, call, strike),
+            "option_chain": contracts.occ(ticker, expiry, call, strike),
             "strike": f"{strike:g}",
             "expiry": expiry.isoformat(),
             "expiry_count": 1,
-            "created_at": _iso_z(created),
+            "created_at": contracts.iso_z(created),
             "start_time": start_ms,
             "end_time": int(created.timestamp() * 1000),
             "alert_rule": rule,
@@ -357,13 +316,13 @@ class FakeUW(SimServer):
         point first (stock-bot's daemon keeps only the first point; on the recorded root it was
         the latest one, 5 minutes old)."""
         now_et = now.astimezone(ET)
-        session = _latest_session(now_et)
+        session = contracts.latest_session(now_et)
         if session is None:
             return []
         open_at, close_at = session
         day = open_at.date()
         end = min(now_et, close_at)
-        rng = _rng("tide", day)
+        rng = contracts.rng("tide", day)
         calls = puts = 0.0
         volume = 0
         rows: list[dict[str, Any]] = []
@@ -392,7 +351,7 @@ class FakeUW(SimServer):
             tickers = list(self._tickers)
         rows = []
         for ticker in tickers:
-            rng = _rng("impact", ticker, bucket)
+            rng = contracts.rng("impact", ticker, bucket)
             call_premium = rng.uniform(2e6, 90e6)
             put_premium = rng.uniform(2e6, 70e6)
             if self._hot(ticker):
@@ -427,15 +386,15 @@ class FakeUW(SimServer):
             return []
         trades = []
         for slot in self._recent_slots(now, limit + 1):
-            rng = _rng("trade", ticker, slot)
+            rng = contracts.rng("trade", ticker, slot)
             executed = datetime.fromtimestamp(slot + rng.uniform(0, _TRADE_SLOT), UTC)
             if executed > now:
                 continue
             call = rng.random() < 0.55
-            underlying = _price_of(ticker) * (1 + rng.uniform(-0.004, 0.004))
+            underlying = contracts.price_of(ticker) * (1 + rng.uniform(-0.004, 0.004))
             today = executed.astimezone(ET).date()
-            expiry = _next_friday(today) if rng.random() < 0.5 else _monthly(today)
-            strike = _strike(underlying, rng.uniform(0.0, 0.08), call)
+            expiry = contracts.next_friday(today) if rng.random() < 0.5 else contracts.monthly(today)
+            strike = contracts.strike(underlying, rng.uniform(0.0, 0.08), call)
             price = round(rng.uniform(0.3, 12.0), 2)
             size = rng.choice([1, 2, 5, 10, 20, 25, 50, 100, 250])
             spread = max(0.01, round(price * 0.02, 2))
@@ -443,13 +402,13 @@ class FakeUW(SimServer):
             volume = rng.randint(size, 40_000)
             trades.append(
                 {
-                    "id": _uid("trade", ticker, slot),
+                    "id": contracts.uid("trade", ticker, slot),
                     "underlying_symbol": ticker,
-                    "option_chain_id": _occ(ticker, expiry, call, strike),
+                    "option_chain_id": contracts.occ(ticker, expiry, call, strike),
                     "option_type": "call" if call else "put",
                     "strike": f"{strike:g}",
                     "expiry": expiry.isoformat(),
-                    "executed_at": _iso_z(executed),
+                    "executed_at": contracts.iso_z(executed),
                     "price": f"{price:.2f}",
                     "size": size,
                     "premium": f"{price * size * 100:.2f}",
@@ -477,16 +436,16 @@ class FakeUW(SimServer):
             return []
         prints = []
         for slot in self._recent_slots(now, limit + 1):
-            rng = _rng("darkpool", ticker, slot)
+            rng = contracts.rng("darkpool", ticker, slot)
             executed = datetime.fromtimestamp(slot + rng.uniform(0, _TRADE_SLOT), UTC)
             if executed > now:
                 continue
-            price = _price_of(ticker) * (1 + rng.uniform(-0.003, 0.003))
+            price = contracts.price_of(ticker) * (1 + rng.uniform(-0.003, 0.003))
             size = rng.choice([100, 200, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000])
             prints.append(
                 {
                     "ticker": ticker,
-                    "executed_at": _iso_z(executed),
+                    "executed_at": contracts.iso_z(executed),
                     "price": f"{price:.4f}",
                     "size": size,
                     "premium": f"{price * size:.2f}",
@@ -507,14 +466,3 @@ class FakeUW(SimServer):
         return prints[:limit]
 
 
-def _latest_session(now_et: datetime) -> tuple[datetime, datetime] | None:
-    """Today's regular session if it has begun, else the most recent earlier one."""
-    day = now_et.date()
-    for _ in range(15):
-        hours = market_hours(day)
-        if hours is not None:
-            open_at, close_at = (datetime.combine(day, dtime.fromisoformat(h), tzinfo=ET) for h in hours)
-            if open_at <= now_et:
-                return open_at, close_at
-        day -= timedelta(days=1)
-    return None

@@ -38,7 +38,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sandbox.alpaca import ET, FakeAlpaca, SimResponse, make_order, make_position
+from sandbox.alpaca import FakeAlpaca
+from sandbox.factories import make_order, make_position
+from sandbox.nyse import ET
+from sandbox.simserver import SimResponse
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from exporter.core.model import Result, Status
-from sandbox.alpaca import FakeAlpaca, make_order, make_position
+from sandbox.alpaca import FakeAlpaca
 from sandbox.botroot import BotRoot, append_jsonl, write_json
+from sandbox.factories import make_order, make_position
 
 from .conftest import check_json, evaluate, market_at
 from .test_checks_data import observed

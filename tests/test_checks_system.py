@@ -255,7 +255,7 @@ def test_clock_sync_auto_names_its_source(bot: BotRoot) -> None:
 ])
 def test_silence_outside_the_session_is_never_judged(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, when: datetime,
                                                      reason: str) -> None:
-    from sandbox.alpaca import make_order
+    from sandbox.factories import make_order
 
     # last cycle 5000 s ago and an order unworked for hours: an error in session
     root = BotRoot(tmp_path / "bot", now=when.timestamp() - 5000).healthy(alpaca.url, uw.url)

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from exporter.core.model import Readiness, Status
-from sandbox.alpaca import FakeAlpaca, make_position
+from sandbox.alpaca import FakeAlpaca
 from sandbox.botroot import BotRoot, write_json
+from sandbox.factories import make_position
 from sandbox.uw import FakeUW
 
 from .conftest import Procs, check_json, clean_env, evaluate, run_cli, wait_for

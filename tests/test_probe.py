@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from sandbox.alpaca import FakeAlpaca, make_asset, make_position
+from sandbox.alpaca import FakeAlpaca
 from sandbox.botroot import BotRoot
+from sandbox.factories import make_asset, make_position
 
 from .conftest import run_cli
 
@@ -123,7 +124,7 @@ def _entry_threshold_base(bot: BotRoot, alpaca: FakeAlpaca) -> None:
 
 
 def _cooldown_order(bot: BotRoot, alpaca: FakeAlpaca) -> None:
-    from sandbox.alpaca import make_order
+    from sandbox.factories import make_order
 
     alpaca.orders = [*alpaca.orders, make_order("SPY", 1, "buy", status="filled",
                                                 submitted_at=datetime.now(UTC))]

@@ -22,7 +22,9 @@ from alpaca.trading.enums import AccountStatus, OrderStatus, QueryOrderStatus
 from alpaca.trading.models import Asset, Calendar, Clock, Order, Position, TradeAccount
 from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, MarketOrderRequest
 
-from sandbox.alpaca import ET, FakeAlpaca, make_order, market_clock
+from sandbox.alpaca import FakeAlpaca
+from sandbox.factories import make_order
+from sandbox.nyse import ET, market_clock
 from sandbox.uw import FakeUW
 
 M = TypeVar("M")
