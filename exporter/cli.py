@@ -225,7 +225,7 @@ COMMANDS = {
     "probe": _with_bot_root("exporter.tools.probe", "cli_probe"),
     "verify": _with_bot_root("exporter.tools.verify", "cli_verify"),
     "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
-    "heal": lambda a: _delegate("healers.receiver", "cli_heal", a),
+    "heal": lambda a: _delegate("healers.server", "cli_heal", a),
     "sandbox": lambda a: _delegate("sandbox.cli", "cli_sandbox", a),
 }
 

@@ -8,42 +8,28 @@ success is recorded only when the failure point is OK again when re-evaluated by
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import hashlib
 import hmac
-import json
 import os
 import queue
-import re
-import secrets
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter.bot.botenv import BotEnv, Redactor
 from exporter.core import audit
 from exporter.core.config import Config
-from exporter.core.config import load as load_config
-from exporter.serve.httpd import BoundedHTTPServer, Request, Response
 from healers import actions
-from healers.lease import Lease, LeaseRefused, owner_alive
-from healers.policy import OUTCOMES, REASONS, HealerSpec, Policy, specs_from_config
+from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, parse_payload
+from healers.lease import Lease, LeaseRefused
+from healers.metrics import HealerMetrics
+from healers.orphans import Orphan, attempt_marker, find_orphans, owner_id
+from healers.policy import HealerSpec, Policy, specs_from_config
+from healers.verify import verify_point
 
-TOKEN_ENV = "TRADING_READINESS_HEALER_TOKEN"  # noqa: S105  (a variable name, not a secret)
-EXIT_USAGE = 3
-#: a v4 payload of a few hundred alerts is well under this; anything bigger is not Alertmanager
-MAX_BODY_BYTES = 1024 * 1024
-MAX_ALERTS = 1000
 RECENT = 200
 MAX_SOURCES = 16
 #: how often skipped deliveries and suppressed repeated lines are summarised on stderr
@@ -56,141 +42,6 @@ OTHER_FP = "other"
 #: audit fields that are never redacted: what the policy restores from (a rewritten fingerprint
 #: or startsAt would make a restarted receiver heal the same alert again)
 IDENTITY_FIELDS = frozenset({"event", "time", "epoch", "fp", "fingerprint", "starts_at", "healer", "outcome"})
-#: the webhook token's floor: long enough not to be guessed, varied enough that it cannot be a
-#: word, a number or a piece of every JSON line (a token "1" would be redacted out of every number)
-MIN_TOKEN_LENGTH = 16
-MIN_TOKEN_DISTINCT = 8
-
-
-def token_problem(token: str) -> str | None:
-    """Why a webhook token is refused, or None; never quotes the token."""
-    n, distinct = len(token), len(set(token))
-    if n < MIN_TOKEN_LENGTH:
-        return f"is {n} character{'' if n == 1 else 's'} long; it must have at least {MIN_TOKEN_LENGTH}"
-    if distinct < MIN_TOKEN_DISTINCT:
-        return (f"has {distinct} distinct character{'' if distinct == 1 else 's'}; it must have at least "
-                f"{MIN_TOKEN_DISTINCT} (e.g. openssl rand -hex 32)")
-    return None
-
-
-class BadRequest(ValueError):
-    """The body is not an Alertmanager v4 payload; the message names what is wrong."""
-
-
-@dataclass(frozen=True)
-class Alert:
-    status: str
-    fp: str | None
-    fingerprint: str
-    starts_at: str
-    #: the alert's labels, only ever compared with healer.match_labels (never used as data)
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-def _str_map(value: Any, where: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise BadRequest(f"{where} must be an object of strings")
-    return value
-
-
-_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
-
-
-def canonical_time(value: str) -> str:
-    """startsAt as a UTC instant in milliseconds, so one alert is one dedupe key however it is spelled.
-
-    Alertmanager's webhook writes nanoseconds and often a local offset, its v2 API milliseconds
-    in UTC; a string compare would treat the same firing as a new one and heal it again. A value
-    that is not RFC 3339 is kept (bounded) and only ever compared, never parsed further.
-    """
-    m = _RFC3339.fullmatch(value.strip())
-    if m is None:
-        return value[:64]
-    try:
-        dt = datetime.fromisoformat(f"{m[1]}.{(m[2] or '0')[:6].ljust(6, '0')}{'+00:00' if m[3] == 'Z' else m[3]}")
-        return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    except (ValueError, OverflowError):  # month 13, or an offset that leaves year 1
-        return value[:64]
-
-
-def parse_payload(body: bytes) -> tuple[list[Alert], str]:
-    """Validate a webhook v4 body and return its alerts and the sending Alertmanager's
-    externalURL; BadRequest for anything else."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    if data.get("version") != "4":
-        raise BadRequest(f"unsupported payload version {str(data.get('version'))[:20]!r} (expected \"4\")")
-    if data.get("status") not in ("firing", "resolved"):
-        raise BadRequest("'status' must be \"firing\" or \"resolved\"")
-    raw = data.get("alerts")
-    if not isinstance(raw, list):
-        raise BadRequest("'alerts' must be a list")
-    if len(raw) > MAX_ALERTS:
-        raise BadRequest(f"more than {MAX_ALERTS} alerts in one payload")
-    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
-        if key in data:
-            _str_map(data[key], f"'{key}'")
-    out: list[Alert] = []
-    for i, a in enumerate(raw):
-        where = f"alerts[{i}]"
-        if not isinstance(a, dict):
-            raise BadRequest(f"{where} must be an object")
-        status = a.get("status")
-        if status not in ("firing", "resolved"):
-            raise BadRequest(f"{where}.status must be \"firing\" or \"resolved\"")
-        labels = _str_map(a.get("labels"), f"{where}.labels")
-        if "annotations" in a:
-            _str_map(a["annotations"], f"{where}.annotations")
-        for key in ("startsAt", "endsAt", "fingerprint", "generatorURL"):
-            if key in a and not isinstance(a[key], str):
-                raise BadRequest(f"{where}.{key} must be a string")
-        fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
-        out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", "")),
-                         tuple(sorted(labels.items()))))
-    url = data.get("externalURL")
-    return out, url[:100] if isinstance(url, str) else ""
-
-
-def transitive_deps(config: Config, fp: str) -> list[str]:
-    seen: list[str] = []
-    todo = [fp]
-    while todo:
-        cur = todo.pop()
-        if cur in seen:
-            continue
-        seen.append(cur)
-        todo.extend(config.catalog[cur].depends_on)
-    return seen
-
-
-def verify_point(config: Config, fp: str, timeout: float, interval: float, stop: threading.Event) -> tuple[bool, str]:
-    """Re-evaluate ``fp`` (and what it depends on) until it is OK or ``timeout`` passes."""
-    from exporter.bot.context import Context
-    from exporter.checks import registry
-    from exporter.core.engine import Engine
-
-    deadline = time.monotonic() + timeout
-    detail = "not evaluated"
-    runs = 0
-    while True:
-        runs += 1
-        try:
-            # a fresh context each time: nothing cached from before the action may vouch for it
-            result = Engine(Context(config), registry()).run(transitive_deps(config, fp)).get(fp)
-            if result is None:
-                detail = "the engine returned no result"
-            else:
-                detail = f"{result.status.name}: {result.outcome.message}"[:300]
-                if result.status.name == "OK":
-                    return True, f"OK after {runs} evaluation(s): {result.outcome.message}"[:300]
-        except Exception as exc:  # verification must end in a recorded outcome, never a dead worker
-            detail = f"evaluation raised {type(exc).__name__}: {exc}"[:300]
-        if time.monotonic() + interval > deadline or stop.wait(interval):
-            return False, f"not OK within {timeout:g} s ({runs} evaluation(s)); last: {detail}"
 
 
 class _Held(threading.local):
@@ -205,64 +56,6 @@ def _walk_strings(value: Any, redact: Redactor) -> Any:
     if isinstance(value, (list, tuple)):
         return [_walk_strings(v, redact) for v in value]
     return value
-
-
-def owner_id(pid: int) -> str:
-    """``pid:start-ticks:nonce``: one receiver, never a later process that reuses the pid (and
-    not another receiver in the same process)."""
-    return f"{pid}:{actions.proc_start_time(pid)}:{secrets.token_hex(4)}"
-
-
-@dataclass
-class Orphan:
-    """A start record without an outcome whose receiver is gone."""
-
-    fp: str
-    fingerprint: str
-    starts_at: str
-    at: float
-    pgid: int | None = None
-    proc_start: int | None = None
-    spawned_at: float | None = None
-
-    owner: str = ""
-
-    def same_leader(self) -> bool:
-        """The recorded leader is still this process, or gone while its group lives on (a pgid is
-        never reused while its group has members)."""
-        now = actions.proc_start_time(self.pgid) if self.pgid is not None else None
-        return now is None or self.proc_start is None or now == self.proc_start
-
-
-def attempt_marker(owner: str, fp: str, fingerprint: str, starts_at: str) -> str:
-    """The attempt's id in its action's environment: a hash, so no alert data reaches the action."""
-    return hashlib.sha256(f"{owner}|{fp}|{fingerprint}|{starts_at}".encode()).hexdigest()[:24]
-
-
-def find_orphans(records: list[dict[str, Any]]) -> list[Orphan]:
-    """Starts (oldest first) with no later outcome, whose owner process is no longer alive."""
-    # one action per point at a time: the latest start of each point is the only one that can be open
-    open_: dict[str, tuple[Orphan, object]] = {}
-    for rec in records:
-        fp, at = rec.get("fp"), rec.get("epoch")
-        if not isinstance(fp, str) or not isinstance(at, (int, float)):
-            continue
-        fingerprint, starts_at = str(rec.get("fingerprint", "")), str(rec.get("starts_at", ""))
-        event = rec.get("event")
-        cur = open_.get(fp)
-        same = cur is not None and (cur[0].fingerprint, cur[0].starts_at) == (fingerprint, starts_at)
-        if event == "started":
-            owner = rec.get("owner")
-            open_[fp] = (Orphan(fp, fingerprint, starts_at, float(at), owner=str(owner or "")), owner)
-        elif event == "spawned" and cur is not None and same:
-            orphan = cur[0]
-            pgid, start = rec.get("pgid"), rec.get("proc_start")
-            orphan.pgid = pgid if isinstance(pgid, int) and pgid > 1 else None
-            orphan.proc_start = start if isinstance(start, int) else None
-            orphan.spawned_at = float(at)
-        elif event == "attempt" and same:
-            open_.pop(fp, None)
-    return [orphan for orphan, owner in open_.values() if not owner_alive(owner)]
 
 
 class Healer:
@@ -294,36 +87,10 @@ class Healer:
         self._skip_counts: dict[tuple[str, str], int] = {}
         #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
         self.sources: dict[str, int] = {}
-        self.registry = CollectorRegistry()
-        self.attempts = Counter("trading_healer_attempts", "Healer actions run, by outcome.",
-                                ["fp", "outcome"], registry=self.registry)
-        self.skipped = Counter("trading_healer_skipped", "Alerts deliberately not healed, by reason.",
-                               ["fp", "reason"], registry=self.registry)
-        self.running = Gauge("trading_healer_running", "1 while the failure point's action process runs.",
-                             ["fp"], registry=self.registry)
-        self.queued = Gauge("trading_healer_queued",
-                            "1 while the point's accepted action waits for a free worker (healer.max_concurrent).",
-                            ["fp"], registry=self.registry)
-        self.stuck = Gauge("trading_healer_stuck",
-                           "1 while the point has been queued, running or verifying for longer than its action's "
-                           "timeout plus its verification (and a margin): healing it is wedged.",
-                           ["fp"], registry=self.registry)
-        self.gave_up = Gauge("trading_healer_gave_up",
-                             "1 after max_attempts failed within window_seconds, until the alert resolves.",
-                             ["fp"], registry=self.registry)
-        # static facts for the rules: TradingHealerGaveUp carries the point's category and healer
-        self.info = Gauge("trading_healer_info", "A failure point this healer may heal (category, healer name); "
-                          "always 1.", ["fp", "category", "healer"], registry=self.registry)
-        for fp, spec in self.specs.items():
-            self.info.labels(fp, config.catalog[fp].category, spec.name).set(1)
-            for outcome in OUTCOMES:
-                self.attempts.labels(fp, outcome)
-            for reason in REASONS:
-                self.skipped.labels(fp, reason)
-            self.running.labels(fp).set(0)
-            self.queued.labels(fp).set(0)
-            self.stuck.labels(fp).set(0)
-            self.gave_up.labels(fp).set(0)
+        metrics = HealerMetrics(config, self.specs)
+        self.registry, self.attempts, self.skipped = metrics.registry, metrics.attempts, metrics.skipped
+        self.running, self.queued, self.stuck = metrics.running, metrics.queued, metrics.stuck
+        self.gave_up, self.info = metrics.gave_up, metrics.info
         records = audit.read_tail(self.audit.path)
         self.policy.restore(records)
         for rec in records:
@@ -731,135 +498,3 @@ class Healer:
             self.queue.put(None)
 
 
-#: HTTP handler threads: decisions are in-memory and the audit write is one fsync, so a few suffice
-HTTP_WORKERS = 4
-#: open connections at most; idle ones give way to new clients beyond this
-MAX_CONNECTIONS = 512
-#: a slow or stalled client holds its connection for at most this long per request
-READ_TIMEOUT = 10.0
-
-
-def _json(status: int, obj: Any, close: bool = False) -> Response:
-    return Response(status, (json.dumps(obj) + "\n").encode(), "application/json", close=close)
-
-
-class HealerServer(BoundedHTTPServer):
-    """The receiver's HTTP side: an asyncio acceptor (token and length are checked from the
-    request head, before any body is read) and a small fixed pool that decides and answers."""
-
-    def __init__(self, addr: tuple[str, int], healer: Healer) -> None:
-        self.healer = healer
-        super().__init__(addr, self._handle, precheck=self._precheck, workers=HTTP_WORKERS,
-                         max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
-                         name="heal-http")
-
-    def _precheck(self, req: Request) -> Response | None:
-        if req.method != "POST":
-            return None
-        if req.path != "/alertmanager":
-            return _json(404, {"error": "not found"})
-        if not self.healer.authorized(req.headers.get("authorization")):
-            return _json(401, {"error": "missing or wrong bearer token"}, close=True)
-        raw = req.headers.get("content-length", "")
-        if not raw.strip().isdigit():
-            return _json(400, {"error": "Content-Length is required"}, close=True)
-        if int(raw) > MAX_BODY_BYTES:
-            return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
-        return None
-
-    def _handle(self, req: Request) -> Response:
-        healer = self.healer
-        if req.method == "POST":
-            try:
-                status, obj = healer.handle_post(req.headers.get("authorization"), req.body)
-            except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
-                healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
-                status, obj = 500, {"error": "internal error"}
-            return _json(status, obj)
-        if req.method not in ("GET", "HEAD"):
-            return _json(405, {"error": "method not allowed"})
-        if req.path == "/metrics":
-            healer.refresh()
-            return Response(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
-        if req.path == "/api/heals":
-            try:
-                limit = int(parse_qs(req.query).get("limit", ["50"])[0])
-            except ValueError:
-                return _json(400, {"error": "limit must be an integer"})
-            return _json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
-                               "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
-                               "owner": healer.owner, "lease": healer.lease_view()})
-        if req.path == "/-/healthy":
-            return Response(200, b"OK\n", "text/plain")
-        return _json(404, {"error": "not found"})
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--listen must be HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def cli_heal(args: argparse.Namespace) -> int:
-    """Run the receiver until SIGTERM/SIGINT. Exit 3 for a usage or start-up problem."""
-    config = load_config(args.config, args.bot_root)
-    token = os.environ.get(TOKEN_ENV, "").strip() or None
-    if token is None and not args.insecure_no_auth:
-        print(f"error: {TOKEN_ENV} is not set; refusing to run healers for unauthenticated webhooks "
-              "(set it, or pass --insecure-no-auth)", file=sys.stderr)
-        return EXIT_USAGE
-    problem = token_problem(token) if token is not None else None
-    if problem is not None:
-        print(f"error: {TOKEN_ENV} {problem}; refusing to start", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        host, port = parse_listen(args.listen or config["healer"]["listen"])
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    lease_path = config.resolve(config["healer"]["lease_file"])
-    try:
-        # without the lease a second receiver of this bot could run the same action beside it
-        Lease(lease_path, "start-up check").entries()
-    except OSError as exc:
-        print(f"error: cannot use the heal lease file {lease_path} (key 'healer.lease_file'): "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    audit_path = config.resolve(config["healer"]["audit_file"])
-    try:
-        # without its audit the receiver forgets what it did and would heal twice after a restart
-        audit_path.parent.mkdir(parents=True, exist_ok=True)
-        with audit_path.open("ab"):
-            pass
-        healer = Healer(config, None if args.insecure_no_auth and token is None else token, dry_run=args.dry_run)
-    except OSError as exc:
-        print(f"error: cannot use the heal audit file {audit_path} (key 'healer.audit_file'): "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        server = HealerServer((host, port), healer)
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        healer.stop()
-        return EXIT_USAGE
-    enabled = sorted(fp for fp, s in healer.specs.items() if s.enabled)
-    if healer.token is None:
-        healer.log(f"WARNING: authentication is OFF (--insecure-no-auth): any process that can reach "
-                   f"{host}:{server.server_address[1]} can make this healer run its actions; set {TOKEN_ENV} instead")
-    healer.log(f"healer listening on http://{host}:{server.server_address[1]} "
-               f"(healers for {', '.join(enabled) or 'nothing'}; dry run: {'yes' if healer.dry_run else 'no'}; "
-               f"auth: {'bearer token' if healer.token else 'NONE (--insecure-no-auth)'}; "
-               f"audit: {healer.audit.path})")
-
-    def _stop(signum: int, frame: Any) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    finally:
-        healer.stop()
-        server.server_close()
-    return 0

@@ -258,7 +258,7 @@ def test_heal_status_reads_incrementally_and_survives_torn_lines(tmp_path: Path)
 
 
 def test_starts_at_is_one_instant_however_alertmanager_spells_it() -> None:
-    from healers.receiver import canonical_time
+    from healers.alerts import canonical_time
 
     # the webhook writes nanoseconds (sometimes a local offset), the v2 API milliseconds in UTC
     assert canonical_time("2026-11-25T10:33:32.800123456Z") == "2026-11-25T10:33:32.800Z"

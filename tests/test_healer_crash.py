@@ -157,7 +157,7 @@ def test_an_accepted_alert_whose_action_never_started_is_replayed_once(tmp_path:
 
 def test_an_orphan_whose_process_was_never_recorded_is_found_by_its_environment(tmp_path: Path) -> None:
     from healers.actions import MARKER_ENV
-    from healers.receiver import attempt_marker
+    from healers.orphans import attempt_marker
 
     hb = HealBot(tmp_path)
     cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "timeout_seconds": 1, "cooldown_seconds": 300}},

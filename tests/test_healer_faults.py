@@ -159,7 +159,7 @@ def test_a_stuck_point_is_exported(tmp_path: Path) -> None:
 
 
 def HealerAlert(fp: str) -> object:  # noqa: N802
-    from healers.receiver import parse_payload
+    from healers.alerts import parse_payload
 
     return parse_payload(json.dumps(payload(alert(fp))).encode())[0][0]
 

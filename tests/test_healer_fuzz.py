@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from exporter.core.config import Config
-from healers.receiver import MAX_ALERTS, MAX_BODY_BYTES
+from healers.alerts import MAX_ALERTS, MAX_BODY_BYTES
 
 from .test_healer_helpers import TOKEN, HealBot, alert, payload, receiver, script, wait_idle
 

@@ -20,7 +20,8 @@ import requests
 import yaml
 
 from exporter.core.config import load as load_config
-from healers.receiver import Healer, HealerServer
+from healers.receiver import Healer
+from healers.server import HealerServer
 from sandbox.botroot import BotRoot
 
 from .prom import free_port as free_port  # re-exported for the healer tests

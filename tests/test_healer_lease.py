@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from healers.lease import Lease, LeaseRefused, owner_alive
-from healers.receiver import owner_id
+from healers.orphans import owner_id
 
 from .conftest import wait_for
 from .test_healer_alertmanager import AM_BIN, alertmanager, now_iso

@@ -1,0 +1,97 @@
+"""The Alertmanager webhook payload (version 4), parsed strictly: a malformed body is a 400, never
+a guess, and no label value goes further than a dictionary lookup."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+#: a v4 payload of a few hundred alerts is well under this; anything bigger is not Alertmanager
+MAX_BODY_BYTES = 1024 * 1024
+
+
+MAX_ALERTS = 1000
+
+
+class BadRequest(ValueError):
+    """The body is not an Alertmanager v4 payload; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str
+    fp: str | None
+    fingerprint: str
+    starts_at: str
+    #: the alert's labels, only ever compared with healer.match_labels (never used as data)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def _str_map(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise BadRequest(f"{where} must be an object of strings")
+    return value
+
+
+def canonical_time(value: str) -> str:
+    """startsAt as a UTC instant in milliseconds, so one alert is one dedupe key however it is spelled.
+
+    Alertmanager's webhook writes nanoseconds and often a local offset, its v2 API milliseconds
+    in UTC; a string compare would treat the same firing as a new one and heal it again. A value
+    that is not RFC 3339 is kept (bounded) and only ever compared, never parsed further.
+    """
+    m = _RFC3339.fullmatch(value.strip())
+    if m is None:
+        return value[:64]
+    try:
+        dt = datetime.fromisoformat(f"{m[1]}.{(m[2] or '0')[:6].ljust(6, '0')}{'+00:00' if m[3] == 'Z' else m[3]}")
+        return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError):  # month 13, or an offset that leaves year 1
+        return value[:64]
+
+
+def parse_payload(body: bytes) -> tuple[list[Alert], str]:
+    """Validate a webhook v4 body and return its alerts and the sending Alertmanager's
+    externalURL; BadRequest for anything else."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    if data.get("version") != "4":
+        raise BadRequest(f"unsupported payload version {str(data.get('version'))[:20]!r} (expected \"4\")")
+    if data.get("status") not in ("firing", "resolved"):
+        raise BadRequest("'status' must be \"firing\" or \"resolved\"")
+    raw = data.get("alerts")
+    if not isinstance(raw, list):
+        raise BadRequest("'alerts' must be a list")
+    if len(raw) > MAX_ALERTS:
+        raise BadRequest(f"more than {MAX_ALERTS} alerts in one payload")
+    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+        if key in data:
+            _str_map(data[key], f"'{key}'")
+    out: list[Alert] = []
+    for i, a in enumerate(raw):
+        where = f"alerts[{i}]"
+        if not isinstance(a, dict):
+            raise BadRequest(f"{where} must be an object")
+        status = a.get("status")
+        if status not in ("firing", "resolved"):
+            raise BadRequest(f"{where}.status must be \"firing\" or \"resolved\"")
+        labels = _str_map(a.get("labels"), f"{where}.labels")
+        if "annotations" in a:
+            _str_map(a["annotations"], f"{where}.annotations")
+        for key in ("startsAt", "endsAt", "fingerprint", "generatorURL"):
+            if key in a and not isinstance(a[key], str):
+                raise BadRequest(f"{where}.{key} must be a string")
+        fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
+        out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", "")),
+                         tuple(sorted(labels.items()))))
+    url = data.get("externalURL")
+    return out, url[:100] if isinstance(url, str) else ""

@@ -1,0 +1,184 @@
+"""`trading-readiness heal`: the receiver's bounded HTTP side (``POST /alertmanager``, ``/metrics``,
+``/api/heals``) and its command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+from urllib.parse import parse_qs
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from exporter.core.config import load as load_config
+from exporter.serve.httpd import BoundedHTTPServer, Request, Response
+from healers.alerts import MAX_BODY_BYTES
+from healers.lease import Lease
+from healers.receiver import Healer
+
+TOKEN_ENV = "TRADING_READINESS_HEALER_TOKEN"  # noqa: S105  (a variable name, not a secret)
+
+
+EXIT_USAGE = 3
+
+
+#: the webhook token's floor: long enough not to be guessed, varied enough that it cannot be a
+#: word, a number or a piece of every JSON line (a token "1" would be redacted out of every number)
+MIN_TOKEN_LENGTH = 16
+
+
+MIN_TOKEN_DISTINCT = 8
+
+
+def token_problem(token: str) -> str | None:
+    """Why a webhook token is refused, or None; never quotes the token."""
+    n, distinct = len(token), len(set(token))
+    if n < MIN_TOKEN_LENGTH:
+        return f"is {n} character{'' if n == 1 else 's'} long; it must have at least {MIN_TOKEN_LENGTH}"
+    if distinct < MIN_TOKEN_DISTINCT:
+        return (f"has {distinct} distinct character{'' if distinct == 1 else 's'}; it must have at least "
+                f"{MIN_TOKEN_DISTINCT} (e.g. openssl rand -hex 32)")
+    return None
+
+
+#: HTTP handler threads: decisions are in-memory and the audit write is one fsync, so a few suffice
+HTTP_WORKERS = 4
+
+
+#: open connections at most; idle ones give way to new clients beyond this
+MAX_CONNECTIONS = 512
+
+
+#: a slow or stalled client holds its connection for at most this long per request
+READ_TIMEOUT = 10.0
+
+
+def _json(status: int, obj: Any, close: bool = False) -> Response:
+    return Response(status, (json.dumps(obj) + "\n").encode(), "application/json", close=close)
+
+
+class HealerServer(BoundedHTTPServer):
+    """The receiver's HTTP side: an asyncio acceptor (token and length are checked from the
+    request head, before any body is read) and a small fixed pool that decides and answers."""
+
+    def __init__(self, addr: tuple[str, int], healer: Healer) -> None:
+        self.healer = healer
+        super().__init__(addr, self._handle, precheck=self._precheck, workers=HTTP_WORKERS,
+                         max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
+                         name="heal-http")
+
+    def _precheck(self, req: Request) -> Response | None:
+        if req.method != "POST":
+            return None
+        if req.path != "/alertmanager":
+            return _json(404, {"error": "not found"})
+        if not self.healer.authorized(req.headers.get("authorization")):
+            return _json(401, {"error": "missing or wrong bearer token"}, close=True)
+        raw = req.headers.get("content-length", "")
+        if not raw.strip().isdigit():
+            return _json(400, {"error": "Content-Length is required"}, close=True)
+        if int(raw) > MAX_BODY_BYTES:
+            return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
+        return None
+
+    def _handle(self, req: Request) -> Response:
+        healer = self.healer
+        if req.method == "POST":
+            try:
+                status, obj = healer.handle_post(req.headers.get("authorization"), req.body)
+            except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
+                healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
+                status, obj = 500, {"error": "internal error"}
+            return _json(status, obj)
+        if req.method not in ("GET", "HEAD"):
+            return _json(405, {"error": "method not allowed"})
+        if req.path == "/metrics":
+            healer.refresh()
+            return Response(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
+        if req.path == "/api/heals":
+            try:
+                limit = int(parse_qs(req.query).get("limit", ["50"])[0])
+            except ValueError:
+                return _json(400, {"error": "limit must be an integer"})
+            return _json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
+                               "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
+                               "owner": healer.owner, "lease": healer.lease_view()})
+        if req.path == "/-/healthy":
+            return Response(200, b"OK\n", "text/plain")
+        return _json(404, {"error": "not found"})
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--listen must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def cli_heal(args: argparse.Namespace) -> int:
+    """Run the receiver until SIGTERM/SIGINT. Exit 3 for a usage or start-up problem."""
+    config = load_config(args.config, args.bot_root)
+    token = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token is None and not args.insecure_no_auth:
+        print(f"error: {TOKEN_ENV} is not set; refusing to run healers for unauthenticated webhooks "
+              "(set it, or pass --insecure-no-auth)", file=sys.stderr)
+        return EXIT_USAGE
+    problem = token_problem(token) if token is not None else None
+    if problem is not None:
+        print(f"error: {TOKEN_ENV} {problem}; refusing to start", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        host, port = parse_listen(args.listen or config["healer"]["listen"])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    lease_path = config.resolve(config["healer"]["lease_file"])
+    try:
+        # without the lease a second receiver of this bot could run the same action beside it
+        Lease(lease_path, "start-up check").entries()
+    except OSError as exc:
+        print(f"error: cannot use the heal lease file {lease_path} (key 'healer.lease_file'): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    audit_path = config.resolve(config["healer"]["audit_file"])
+    try:
+        # without its audit the receiver forgets what it did and would heal twice after a restart
+        audit_path.parent.mkdir(parents=True, exist_ok=True)
+        with audit_path.open("ab"):
+            pass
+        healer = Healer(config, None if args.insecure_no_auth and token is None else token, dry_run=args.dry_run)
+    except OSError as exc:
+        print(f"error: cannot use the heal audit file {audit_path} (key 'healer.audit_file'): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        server = HealerServer((host, port), healer)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        healer.stop()
+        return EXIT_USAGE
+    enabled = sorted(fp for fp, s in healer.specs.items() if s.enabled)
+    if healer.token is None:
+        healer.log(f"WARNING: authentication is OFF (--insecure-no-auth): any process that can reach "
+                   f"{host}:{server.server_address[1]} can make this healer run its actions; set {TOKEN_ENV} instead")
+    healer.log(f"healer listening on http://{host}:{server.server_address[1]} "
+               f"(healers for {', '.join(enabled) or 'nothing'}; dry run: {'yes' if healer.dry_run else 'no'}; "
+               f"auth: {'bearer token' if healer.token else 'NONE (--insecure-no-auth)'}; "
+               f"audit: {healer.audit.path})")
+
+    def _stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        healer.stop()
+        server.server_close()
+    return 0
