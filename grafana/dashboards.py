@@ -51,7 +51,7 @@ from grafana._panels import (
     target,
     value_mappings,
 )
-from rules.generate import CONFIG
+from rules.config import CONFIG
 
 EXPORTER_JOB: str = CONFIG["exporter_job"]
 HEALER_JOB: str = CONFIG["healer_job"]
