@@ -60,19 +60,20 @@ import requests
 
 from exporter.bot.botenv import BotEnv
 
+from . import layout
 from .daemon import FLAGS, append, orphaned, write_atomic
 
-CACHE = Path("data/uw_flow_cache.json")
-HEARTBEAT = Path("state/bot_heartbeat.json")
-RUN_LOG = Path("logs/run.jsonl")
-BLOCKED = Path("state/blocked_trades.jsonl")
-WEIGHTS = Path("state/signal_weights.json")
-FREEZES = Path("state/governor_freezes.json")
-SAFE_MODE = Path("state/health_safe_mode.flag")
-KILL_SWITCH = Path("state/kill_switch.json")
-ORDERS_LOG = Path("logs/orders.jsonl")
-EXECUTION_FAILURES = Path("state/execution_failures.jsonl")
-SUBMIT_LOG = Path("logs/submit_order_called.jsonl")
+CACHE = layout.UW_CACHE
+HEARTBEAT = layout.HEARTBEAT
+RUN_LOG = layout.RUN_LOG
+BLOCKED = layout.BLOCKED_TRADES
+WEIGHTS = layout.WEIGHTS
+FREEZES = layout.GOVERNOR_FREEZES
+SAFE_MODE = layout.SAFE_MODE_FLAG
+KILL_SWITCH = layout.KILL_SWITCH
+ORDERS_LOG = layout.ORDERS_LOG
+EXECUTION_FAILURES = layout.EXECUTION_FAILURES
+SUBMIT_LOG = layout.SUBMIT_ORDER_LOG
 PAPER_HOST = "paper-api.alpaca.markets"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 MIN_PREMIUM = 100_000.0

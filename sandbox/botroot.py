@@ -20,6 +20,8 @@ from typing import Any
 
 from exporter.bot.weights import ENTRY_COMPONENTS
 
+from . import layout
+
 EXIT_COMPONENTS = ("time_decay", "profit_target", "stop_loss", "flow_reversal", "regime_shift",
                    "trailing", "volatility")
 TICKERS = ("NVDA", "AAPL", "TSLA", "AMD", "MSFT", "META", "AMZN", "GOOGL", "SPY", "QQQ", "NFLX", "AVGO")
@@ -106,7 +108,7 @@ class BotRoot:
         for d in ("data", "state", "logs"):
             (self.path / d).mkdir(parents=True, exist_ok=True)
 
-    def p(self, rel: str) -> Path:
+    def p(self, rel: str | Path) -> Path:
         return self.path / rel
 
     # --- the healthy layout ------------------------------------------------------------------
@@ -124,21 +126,21 @@ class BotRoot:
         self.write_env(env)
         self.write_cache(tickers)
         self.write_weights()
-        write_json(self.p("state/governor_freezes.json"), {"performance_freeze": False,
+        write_json(self.p(layout.GOVERNOR_FREEZES), {"performance_freeze": False,
                                                            "performance_freeze_reason": ""})
-        write_json(self.p("state/kill_switch.json"), {"enabled": False})
-        write_json(self.p("state/self_healing_threshold.json"),
+        write_json(self.p(layout.KILL_SWITCH), {"enabled": False})
+        write_json(self.p(layout.SELF_HEALING_THRESHOLD),
                    {"adjustment": 0.0, "activated_at": None, "consecutive_losses": 0})
-        write_json(self.p("state/uw_thresholds_hierarchical.json"), {"default": 2.7, "symbols": {"NVDA": 2.9}})
+        write_json(self.p(layout.THRESHOLDS), {"default": 2.7, "symbols": {"NVDA": 2.9}})
         self.heartbeat()
-        write_json(self.p("state/health.json"), {
+        write_json(self.p(layout.SUPERVISOR_HEALTH), {
             "overall_status": "OK", "services": {"trading-bot": "OK", "uw-daemon": "OK"},
             "timestamp": iso(self.now), "details": {}})
         self.run_cycles(5)
         self.daemon_cycles(5)
         self.uw_calls(20, every=30.0)
         self.order(at=self.now - 90)
-        append_jsonl(self.p("state/blocked_trades.jsonl"), [
+        append_jsonl(self.p(layout.BLOCKED_TRADES), [
             {"timestamp": iso(self.now - 120), "symbol": "AMD", "reason": "score_below_min", "score": 1.4}])
         for script in ("main.py", "uw_flow_daemon.py", "deploy_supervisor.py"):
             self.p(script).write_text("# stock-bot placeholder\n")
@@ -165,7 +167,7 @@ class BotRoot:
                                    "last_update": int(self.now)}
         if extra:
             data.update(extra)
-        write_json(self.p("data/uw_flow_cache.json"), data)
+        write_json(self.p(layout.UW_CACHE), data)
         return data
 
     def write_weights(self, bands: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -176,11 +178,11 @@ class BotRoot:
             "learner": {"updates": 42, "last_trade_id": "t-1"},
             "saved_at": self.now,
         }
-        write_json(self.p("state/signal_weights.json"), data)
+        write_json(self.p(layout.WEIGHTS), data)
         return data
 
     def heartbeat(self, ts: float | None = None, iter_count: int = 100) -> None:
-        write_json(self.p("state/bot_heartbeat.json"),
+        write_json(self.p(layout.HEARTBEAT),
                    {"last_heartbeat_ts": self.now if ts is None else ts, "iter_count": iter_count, "running": True})
 
     def run_cycles(self, n: int, clusters: int = 3, orders: int = 1, every: float = 60.0,
@@ -195,11 +197,11 @@ class BotRoot:
             lines.append({"ts": iso(t), "_ts": t, "msg": "complete", "clusters": clusters, "orders": orders,
                           "market_open": True, "engine_status": "ok", "errors_this_cycle": [],
                           "strategy_id": "equity", **extra})
-        append_jsonl(self.p("logs/run.jsonl"), lines)
+        append_jsonl(self.p(layout.RUN_LOG), lines)
 
     def daemon_cycles(self, n: int, every: float = 300.0, end: float | None = None, start_cycle: int = 1) -> None:
         end = self.now if end is None else end
-        append_jsonl(self.p("logs/uw_daemon.jsonl"), [
+        append_jsonl(self.p(layout.DAEMON_LOG), [
             {"event": "uw_flow_cycle", "cycle": start_cycle + k,
              "timestamp": iso_bot(end - every * (n - 1 - k)), "ts": int(end - every * (n - 1 - k)),
              "source": "uw_flow_daemon", "_ts": int(end - every * (n - 1 - k)),
@@ -219,12 +221,12 @@ class BotRoot:
             lines.append({"ts": t, "url": url, "params": {}, "source": "uw_flow_daemon"})
             lines.append({"ts": t, "url": url, "params": {}, "source": "src/uw/uw_client", "endpoint_name": "default"})
         lines += [{"ts": int(end), "url": url, "params": {}, "source": "uw_flow_daemon"}] * blocked
-        append_jsonl(self.p("data/uw_api_quota.jsonl"), lines)
+        append_jsonl(self.p(layout.QUOTA_LOG), lines)
         self.uw_usage(self.uw_usage_count() + n, at=end)
 
     def uw_usage_count(self) -> int:
         try:
-            data = json.loads(self.p("state/uw_usage_state.json").read_text())
+            data = json.loads(self.p(layout.UW_USAGE_STATE).read_text())
             return int(data["calls_today"]) if data.get("date") == datetime.fromtimestamp(
                 self.now, UTC).date().isoformat() else 0
         except (OSError, ValueError, KeyError, TypeError):
@@ -234,7 +236,7 @@ class BotRoot:
                  by_endpoint: dict[str, int] | None = None) -> None:
         """state/uw_usage_state.json: ``date`` is the UTC day of ``at`` unless ``day`` is given."""
         at = self.now if at is None else at
-        write_json(self.p("state/uw_usage_state.json"), {
+        write_json(self.p(layout.UW_USAGE_STATE), {
             "by_endpoint": by_endpoint if by_endpoint is not None else {"default": calls_today},
             "calls_today": calls_today,
             "date": day or datetime.fromtimestamp(at, UTC).date().isoformat(),
@@ -247,7 +249,7 @@ class BotRoot:
         at = self.now if at is None else at
         if body is None:
             body = {"message": "Too Many Requests"} if http_status == 429 else {"data": []}
-        append_jsonl(self.p("reports/uw_health/uw_api_errors.jsonl"), [{
+        append_jsonl(self.p(layout.UW_ERRORS_LOG), [{
             "ts": float(at), "http_status": http_status, "endpoint": UW_BASE + path,
             "response_body_truncated": json.dumps(body)[:2000], "request_params": params or {},
             "uw_api_error_type": kind, "caller": f"{self.path}/uw_flow_daemon.py:339:_get"}])
@@ -256,7 +258,7 @@ class BotRoot:
               action: str = "submit_limit_filled", **extra: Any) -> None:
         """A logs/orders.jsonl line for an order that went through."""
         at = self.now if at is None else at
-        append_jsonl(self.p("logs/orders.jsonl"), [{
+        append_jsonl(self.p(layout.ORDERS_LOG), [{
             "ts": iso_bot(at), "type": "order", "action": action, "symbol": symbol, "side": side,
             "limit_price": 100.0, "filled_price": 100.0, "attempt": 1, "strategy_id": "equity", **extra}])
 
@@ -267,10 +269,10 @@ class BotRoot:
         at = self.now if at is None else at
         fields = {"fraction": 0.5} if action == "scale_out_failed" else {"side": "buy"}
         fields.update(extra)
-        append_jsonl(self.p("logs/orders.jsonl"), [{
+        append_jsonl(self.p(layout.ORDERS_LOG), [{
             "ts": iso_bot(at), "type": "order", "action": action, "symbol": symbol, **fields, "error": error,
             "strategy_id": "equity"}])
-        append_jsonl(self.p("state/execution_failures.jsonl"), [{
+        append_jsonl(self.p(layout.EXECUTION_FAILURES), [{
             "timestamp": iso_bot(at), "symbol": symbol, "failure_type": action,
             "details": {**fields, "error": error}}])
 
@@ -294,50 +296,50 @@ class BotRoot:
                                    "score": score})
             runs.append({"ts": iso(t), "_ts": t, "msg": "complete", "clusters": clusters, "orders": orders, **extra})
         if blocks:
-            append_jsonl(self.p("state/blocked_trades.jsonl"), blocks)
-        append_jsonl(self.p("logs/run.jsonl"), runs)
+            append_jsonl(self.p(layout.BLOCKED_TRADES), blocks)
+        append_jsonl(self.p(layout.RUN_LOG), runs)
 
     def block(self, reason: str, at: float | None = None, symbol: str = "AMD", score: Any = 1.4,
               **extra: Any) -> None:
         at = self.now if at is None else at
-        append_jsonl(self.p("state/blocked_trades.jsonl"),
+        append_jsonl(self.p(layout.BLOCKED_TRADES),
                      [{"timestamp": iso(at), "symbol": symbol, "reason": reason, "score": score, **extra}])
 
     def run_error(self, error: Any, at: float | None = None, msg: str = "cycle_error", **extra: Any) -> None:
         """A failed cycle as main.py logs it: no "complete" line, an ``error`` instead."""
         at = self.now if at is None else at
-        append_jsonl(self.p("logs/run.jsonl"), [{"ts": iso(at), "_ts": at, "msg": msg, "error": error, **extra}])
+        append_jsonl(self.p(layout.RUN_LOG), [{"ts": iso(at), "_ts": at, "msg": msg, "error": error, **extra}])
 
     def quota_requests(self, n: int, end: float | None = None, every: float = 1.0, **extra: Any) -> None:
         """``n`` one-line UW requests in data/uw_api_quota.jsonl ending at ``end`` (``status=429`` for
         a 429): a shape of our own, not stock-bot's; ``uw_calls``, ``uw_usage`` and
         ``uw_api_error`` write what the bot writes."""
         end = self.now if end is None else end
-        append_jsonl(self.p("data/uw_api_quota.jsonl"), [
+        append_jsonl(self.p(layout.QUOTA_LOG), [
             {"ts": end - every * (n - 1 - k), "url": "/api/option-trades/flow-alerts", "source": "uw_flow_daemon",
              **extra} for k in range(n)])
 
     def self_healing(self, adjustment: float = 0.5, activated_at: float | None = None, losses: int = 3) -> None:
-        write_json(self.p("state/self_healing_threshold.json"),
+        write_json(self.p(layout.SELF_HEALING_THRESHOLD),
                    {"adjustment": adjustment, "activated_at": activated_at, "consecutive_losses": losses})
 
     def thresholds(self, data: Any) -> None:
-        write_json(self.p("state/uw_thresholds_hierarchical.json"), data)
+        write_json(self.p(layout.THRESHOLDS), data)
 
     # --- the ways it fails -------------------------------------------------------------------
     def freeze(self, key: str = "max_drawdown_exceeded", as_object: bool = True, reason: str = "drawdown 8%") -> None:
-        path = self.p("state/governor_freezes.json")
+        path = self.p(layout.GOVERNOR_FREEZES)
         data = json.loads(path.read_text()) if path.exists() else {}
         data[key] = {"active": True, "reason": reason, "timestamp": iso(self.now)} if as_object else True
         write_json(path, data)
 
     def safe_mode(self) -> None:
-        self.p("state/health_safe_mode.flag").write_text("set by health monitor\n")
+        self.p(layout.SAFE_MODE_FLAG).write_text("set by health monitor\n")
 
     def kill_switch(self, enabled: bool = True) -> None:
-        write_json(self.p("state/kill_switch.json"), {"enabled": enabled})
+        write_json(self.p(layout.KILL_SWITCH), {"enabled": enabled})
 
-    def torn(self, rel: str) -> None:
+    def torn(self, rel: str | Path) -> None:
         """Leave a half-written JSON file, as a non-atomic writer interrupted mid-write does."""
         path = self.p(rel)
         text = path.read_text() if path.exists() else '{"a": 1, "b": [1, 2, 3]}'

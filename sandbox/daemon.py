@@ -64,13 +64,15 @@ import requests
 
 from exporter.bot.botenv import BotEnv
 
-LOCK = Path("state/uw_flow_daemon.lock")
-CACHE = Path("data/uw_flow_cache.json")
-DAEMON_LOG = Path("logs/uw_daemon.jsonl")
-QUOTA_LOG = Path("data/uw_api_quota.jsonl")
-USAGE_STATE = Path("state/uw_usage_state.json")
-ERRORS_LOG = Path("reports/uw_health/uw_api_errors.jsonl")
-CACHE_LOG = Path("data/uw_flow_cache.log.jsonl")
+from . import layout
+
+LOCK = layout.DAEMON_LOCK
+CACHE = layout.UW_CACHE
+DAEMON_LOG = layout.DAEMON_LOG
+QUOTA_LOG = layout.QUOTA_LOG
+USAGE_STATE = layout.UW_USAGE_STATE
+ERRORS_LOG = layout.UW_ERRORS_LOG
+CACHE_LOG = layout.UW_CACHE_LOG
 FLAGS = Path(".sandbox/flags")
 DEFAULT_TICKERS = ("NVDA", "TSLA", "AAPL", "MSFT", "AMZN", "META", "GOOGL", "AMD")
 #: Keys of a ticker block that are not intel blocks (BOT.md); everything else is enrichment.

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import layout
 from .alpaca import FakeAlpaca
 from .base import LAUNCHER, REPO, SandboxError
 from .botroot import BotRoot, write_json
@@ -112,7 +113,7 @@ def _kill_bot(sb: Sandbox) -> None:
 
 def _stale_cache(sb: Sandbox) -> None:
     _flag(sb, "daemon-stop-writing", True)
-    path = sb.root / "data/uw_flow_cache.json"
+    path = sb.root / layout.UW_CACHE
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -127,7 +128,7 @@ def _torn_cache(sb: Sandbox) -> None:
     _flag(sb, "daemon-stop-writing", True)
     _flag(sb, "bot-stop-writing-cache", True)
     time.sleep(0.3)  # let a write already in flight land before tearing the file
-    BotRoot(sb.root).torn("data/uw_flow_cache.json")
+    BotRoot(sb.root).torn(layout.UW_CACHE)
 
 
 def _clear_torn_cache(sb: Sandbox) -> None:
@@ -169,7 +170,7 @@ def _stale_health(sb: Sandbox) -> None:
 #: root's broker refused every order with this status and body)
 REFUSAL = (403, "orders refused by the broker (sandbox)")
 #: the bot's two logs of refused submissions, and the field that dates each line
-_FAILURE_LOGS = (("logs/orders.jsonl", "ts"), ("state/execution_failures.jsonl", "timestamp"))
+_FAILURE_LOGS = ((layout.ORDERS_LOG, "ts"), (layout.EXECUTION_FAILURES, "timestamp"))
 
 
 def _orders_rejected(sb: Sandbox) -> None:
@@ -287,7 +288,7 @@ def _restore_account(sb: Sandbox) -> None:
 
 
 def _clear_freeze(sb: Sandbox) -> None:
-    write_json(sb.root / "state/governor_freezes.json", {"performance_freeze": False, "performance_freeze_reason": ""})
+    write_json(sb.root / layout.GOVERNOR_FREEZES, {"performance_freeze": False, "performance_freeze_reason": ""})
 
 
 def _uw(mode: str) -> Callable[[Sandbox], None]:
@@ -340,9 +341,9 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           lambda sb: BotRoot(sb.root).kill_switch(True), lambda sb: BotRoot(sb.root).kill_switch(False)),
     Fault("safe-mode", "the health monitor's safe-mode flag exists", {"FP-3.11": "ERROR"},
           lambda sb: BotRoot(sb.root).safe_mode(),
-          lambda sb: (sb.root / "state/health_safe_mode.flag").unlink(missing_ok=True)),
+          lambda sb: (sb.root / layout.SAFE_MODE_FLAG).unlink(missing_ok=True)),
     Fault("torn-weights", "a half-written adaptive-weights file", {"FP-2.1": "ERROR"},
-          lambda sb: BotRoot(sb.root).torn("state/signal_weights.json"), lambda sb: BotRoot(sb.root).write_weights()),
+          lambda sb: BotRoot(sb.root).torn(layout.WEIGHTS), lambda sb: BotRoot(sb.root).write_weights()),
     Fault("threshold-raised", "the self-healing threshold adjustment is active", {"FP-3.8": "WARN"},
           lambda sb: BotRoot(sb.root).self_healing(0.5, activated_at=time.time()),
           lambda sb: BotRoot(sb.root).self_healing(0.0, activated_at=None, losses=0)),
@@ -398,7 +399,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           {"FP-6.7": "ERROR"}, _stale_health, _supervisor("supervisor-stop-writing", False)),
     # --- state and files ---
     Fault("torn-state", "a half-written state/self_healing_threshold.json", {"FP-5.3": "ERROR"},
-          lambda sb: BotRoot(sb.root).torn("state/self_healing_threshold.json"),
+          lambda sb: BotRoot(sb.root).torn(layout.SELF_HEALING_THRESHOLD),
           lambda sb: BotRoot(sb.root).self_healing(0.0, activated_at=None, losses=0)),
     Fault("bad-thresholds", "the per-symbol entry thresholds hold a NaN", {"FP-2.7": "ERROR"},
           lambda sb: BotRoot(sb.root).thresholds({"default": 2.7, "symbols": {"NVDA": float("nan")}}),

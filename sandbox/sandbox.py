@@ -40,7 +40,7 @@ from typing import Any
 import psutil
 import yaml
 
-from . import admin
+from . import admin, layout
 from . import faults as faults_mod
 from .alpaca import FakeAlpaca
 from .base import LAUNCHER, REPO, SandboxError
@@ -257,7 +257,7 @@ class Sandbox:
         if proc is None or proc.poll() is not None:
             return False
         try:
-            return f"pid={proc.pid} " in (self.root / "state/uw_flow_daemon.lock").read_text()
+            return f"pid={proc.pid} " in (self.root / layout.DAEMON_LOCK).read_text()
         except OSError:
             return False
 
@@ -358,7 +358,7 @@ class Sandbox:
             details["heartbeat-keeper"] = "gave up after 5 failures in 10 min"
         overall = ("FAILED" if "FAILED" in services.values()
                    else "OK" if set(services.values()) == {"OK"} else "DEGRADED")
-        write_json(self.root / "state/health.json", {
+        write_json(self.root / layout.SUPERVISOR_HEALTH, {
             "overall_status": overall, "services": services,
             "timestamp": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z"), "details": details})
 
@@ -423,7 +423,7 @@ def _stop_group(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> Non
 
 def _cache_updated_since(root: Path, since: float) -> bool:
     try:
-        meta = json.loads((root / "data/uw_flow_cache.json").read_text()).get("_metadata", {})
+        meta = json.loads((root / layout.UW_CACHE).read_text()).get("_metadata", {})
         return float(meta.get("last_update", 0)) >= since
     except (OSError, ValueError, TypeError, AttributeError):
         return False
@@ -431,7 +431,7 @@ def _cache_updated_since(root: Path, since: float) -> bool:
 
 def _heartbeat_since(root: Path, since: float) -> bool:
     try:
-        return float(json.loads((root / "state/bot_heartbeat.json").read_text())["last_heartbeat_ts"]) >= since
+        return float(json.loads((root / layout.HEARTBEAT).read_text())["last_heartbeat_ts"]) >= since
     except (OSError, ValueError, TypeError, KeyError):
         return False
 

@@ -34,6 +34,7 @@ from typing import Any
 import requests
 import yaml
 
+from . import layout
 from .sandbox import Sandbox
 from .stackconfig import prometheus_config, route_healers
 
@@ -202,7 +203,7 @@ class Bot:
 
     def audit(self) -> list[dict[str, Any]]:
         """The healer's audit file (one JSON record per line)."""
-        path = self.root / "logs/trading_readiness_heals.jsonl"
+        path = self.root / layout.HEAL_AUDIT
         try:
             lines = path.read_text().splitlines()
         except OSError:
