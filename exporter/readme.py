@@ -98,7 +98,7 @@ def _default(value: object) -> str:
 
 
 #: Sections whose value is a mapping chosen by the user, shown as one row (not key by key).
-_OPAQUE = ("checks", "healers", "exporter.basic_auth_users", "healer.match_labels")
+_OPAQUE = ("checks", "healers", "actions", "exporter.basic_auth_users", "healer.match_labels")
 
 
 def config_rows(data: dict[str, object] | None = None, prefix: str = "") -> list[tuple[str, str]]:
@@ -108,7 +108,7 @@ def config_rows(data: dict[str, object] | None = None, prefix: str = "") -> list
         dotted = prefix + key
         if isinstance(value, dict) and dotted not in _OPAQUE and value:
             out += config_rows(value, dotted + ".")
-        elif dotted == "healers" and isinstance(value, dict):
+        elif dotted in ("healers", "actions") and isinstance(value, dict):
             out.append((dotted, "built-in entries for " + ", ".join(sorted(value)) + " (see healers.md)"))
         else:
             out.append((dotted, _default(value)))

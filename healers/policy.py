@@ -68,6 +68,8 @@ def specs_from_config(config: Config) -> dict[str, HealerSpec]:
         point = config.catalog.points.get(fp)
         if point is None or point.healer is None:
             continue  # config validation refuses these; never heal them even if it did not
+        # a named action (``action: restart-uw-daemon``) stands for its argv under ``actions``
+        spec = {**config["actions"].get(spec["action"], {}), **spec} if "action" in spec else spec
         if "systemd_restart" in spec:
             argv: tuple[str, ...] = ("systemctl", "restart", str(spec["systemd_restart"]))
         else:

@@ -76,3 +76,28 @@ def test_heal_refuses_to_start_without_a_usable_lease_file(tmp_path: Path) -> No
     assert err.strip().splitlines() == [
         f"error: cannot use the heal lease file {hb.root / 'not_a_dir/heal.lease'} (key 'healer.lease_file'): "
         "File exists"]
+
+
+def test_healers_are_the_named_actions_the_catalog_references(tmp_path: Path) -> None:
+    """The catalog's ``healer:`` names an action; ``actions`` says what it runs, once for every point."""
+    from exporter.core.catalog import load as load_catalog
+    from exporter.core.config import DEFAULTS
+
+    assert {p.healer for p in load_catalog() if p.healer} <= set(DEFAULTS["actions"])
+    f = tmp_path / "tr.yaml"
+    f.write_text("actions:\n  restart-bot: {run: [/bin/true]}\nhealers:\n  FP-6.1: {action: restart-bot}\n")
+    specs = specs_from_config(load(str(f), str(tmp_path)))
+    assert specs["FP-6.1"].argv == ("/bin/true",) and specs["FP-6.1"].name == "restart-bot"
+    assert specs["FP-1.1"].argv == specs["FP-1.3"].argv == ("systemctl", "restart", "uw-flow-daemon.service")
+    for text, message in [
+        ("healers:\n  FP-6.1: {action: restart-uw-daemon}\n",
+         "key 'healers.FP-6.1.action' in {f} must be 'restart-bot', the healer the catalog names for FP-6.1"),
+        ("healers:\n  FP-6.1: {action: reboot}\n",
+         "key 'healers.FP-6.1.action' in {f} names no action under 'actions' (restart-uw-daemon, restart-bot, "
+         "reinit-weights)"),
+        ("actions:\n  restart-bot: {}\n", "'actions.restart-bot' in {f} needs exactly one of 'run' or 'systemd_restart'"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load(str(f), str(tmp_path))
+        assert str(err.value) == message.format(f=f)

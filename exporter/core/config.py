@@ -94,11 +94,19 @@ DEFAULTS: dict[str, Any] = {
     #: often a disk or path problem as a stuck daemon, and configs written before it would
     #: silently inherit a restart of the host's real unit.
     #: FP-2.1's initialiser is bot-specific, so it ships disabled with the argv to confirm.
+    #: A point's entry names its action (``action: restart-uw-daemon``, one of ``actions``) or
+    #: gives its own ``run``/``systemd_restart``.
     "healers": {
-        "FP-1.1": {"systemd_restart": "uw-flow-daemon.service"},
-        "FP-1.3": {"systemd_restart": "uw-flow-daemon.service"},
-        "FP-2.1": {"run": ["venv/bin/python", "-m", "adaptive_signal_optimizer", "--init-weights"],
-                   "enabled": False},
+        "FP-1.1": {"action": "restart-uw-daemon"},
+        "FP-1.3": {"action": "restart-uw-daemon"},
+        "FP-2.1": {"action": "reinit-weights", "enabled": False},
+    },
+    #: The named actions the catalog's ``healer:`` names stand for (exactly one of ``run``, an
+    #: argv, or ``systemd_restart``, a unit). A user entry for a name replaces the built-in one.
+    "actions": {
+        "restart-uw-daemon": {"systemd_restart": "uw-flow-daemon.service"},
+        "restart-bot": {"systemd_restart": "stock-bot.service"},
+        "reinit-weights": {"run": ["venv/bin/python", "-m", "adaptive_signal_optimizer", "--init-weights"]},
     },
     "probe": {"adapter": None, "symbol": "SPY", "score": None, "notional": 1000.0},
     #: what `verify` validates with promtool/amtool: the files this bot's Prometheus and
@@ -127,6 +135,7 @@ CHECK_KEYS: dict[str, type | tuple[type, ...]] = {
 HEALER_KEYS: dict[str, type | tuple[type, ...]] = {
     "run": list,
     "systemd_restart": str,
+    "action": str,
     "timeout_seconds": (int, float),
     "cooldown_seconds": (int, float),
     "max_attempts": int,
@@ -207,8 +216,8 @@ def _merge(defaults: dict[str, Any], user: Any, prefix: str, src: str, problems:
         return out
     for key, value in user.items():
         dotted = f"{prefix}{key}"
-        if prefix == "" and key == "healers" and isinstance(value, dict):
-            out[key] = {**defaults[key], **value}  # per point: the user's entry replaces the built-in one
+        if prefix == "" and key in ("healers", "actions") and isinstance(value, dict):
+            out[key] = {**defaults[key], **value}  # per point or name: the user's entry replaces the built-in one
             continue
         if prefix == "" and key in ("checks", "healers"):
             out[key] = value
@@ -281,7 +290,36 @@ def _param_type(default: Any) -> type | tuple[type, ...]:
     return type(default)
 
 
+def _validate_actions(data: dict[str, Any], src: str, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The named actions that are well formed (each problem reported once, here)."""
+    actions = data.get("actions")
+    if not isinstance(actions, dict):
+        problems.append(f"'actions' in {src} must be a mapping of action names")
+        data["actions"] = {}
+        return {}
+    good: dict[str, dict[str, Any]] = {}
+    for name, spec in actions.items():
+        where = f"actions.{name}"
+        if not isinstance(spec, dict):
+            problems.append(f"'{where}' in {src} must be a mapping")
+            continue
+        unknown = [k for k in spec if k not in ("run", "systemd_restart")]
+        if unknown:
+            problems.append(f"unknown key '{where}.{unknown[0]}' in {src}")
+        elif ("run" in spec) == ("systemd_restart" in spec):
+            problems.append(f"'{where}' in {src} needs exactly one of 'run' or 'systemd_restart'")
+        elif "run" in spec and not (isinstance(spec["run"], list) and spec["run"]
+                                    and all(isinstance(a, str) and a for a in spec["run"])):
+            problems.append(f"key '{where}.run' in {src} must be a non-empty list of strings (an argv, no shell)")
+        elif "systemd_restart" in spec and not (isinstance(spec["systemd_restart"], str) and spec["systemd_restart"]):
+            problems.append(f"key '{where}.systemd_restart' in {src} must be a unit name")
+        else:
+            good[str(name)] = spec
+    return good
+
+
 def _validate_healers(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, problems: list[str]) -> None:
+    actions = _validate_actions(data, src, problems)
     healers = data.get("healers")
     if not isinstance(healers, dict):
         problems.append(f"'healers' in {src} must be a mapping of failure-point ids")
@@ -300,6 +338,19 @@ def _validate_healers(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, 
                 problems.append(f"unknown key '{where}.{key}' in {src}")
             elif not _is(value, HEALER_KEYS[key]):
                 problems.append(f"key '{where}.{key}' in {src} must be {_type_name(HEALER_KEYS[key])}")
+        action = spec.get("action")
+        if isinstance(action, str):
+            if "run" in spec or "systemd_restart" in spec:
+                problems.append(f"'{where}' in {src} names action '{action}' and its own 'run' or 'systemd_restart'")
+                continue
+            if action not in actions:
+                problems.append(f"key '{where}.action' in {src} names no action under 'actions' ({', '.join(actions)})")
+                continue
+            if fp in cat.points and cat[fp].healer is not None and action != cat[fp].healer:
+                problems.append(f"key '{where}.action' in {src} must be '{cat[fp].healer}', the healer the catalog "
+                                f"names for {fp}")
+                continue
+            spec = {**actions[action], **spec}
         has_run, has_unit = "run" in spec, "systemd_restart" in spec
         for key in ("timeout_seconds", "cooldown_seconds", "window_seconds", "verify_timeout_seconds"):
             value = spec.get(key)
