@@ -173,6 +173,22 @@ REFUSAL = (403, "orders refused by the broker (sandbox)")
 _FAILURE_LOGS = ((layout.ORDERS_LOG, "ts"), (layout.EXECUTION_FAILURES, "timestamp"))
 
 
+def _bot_iterations(sb: Sandbox) -> int:
+    try:
+        beat = json.loads((sb.root / "state/bot_heartbeat.json").read_text(encoding="utf-8"))
+        return int(beat.get("iter_count", 0)) if isinstance(beat, dict) else 0
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def _wait_for_next_cycle(sb: Sandbox, timeout: float) -> None:
+    """Until the bot has started two cycles from now: the one in flight is over, a new one began."""
+    first = _bot_iterations(sb)
+    deadline = time.monotonic() + timeout
+    while _bot_iterations(sb) < first + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _orders_rejected(sb: Sandbox) -> None:
     """The broker refuses every submission (403 ``{"code":40310000,"message":...}``); the bot keeps
     trying to scale out of its positions, as main.py did, and logs each refusal in
@@ -185,9 +201,11 @@ def _orders_rejected(sb: Sandbox) -> None:
 def _orders_accepted_again(sb: Sandbox) -> None:
     """The broker accepts orders again; the bot's logged refusals are moved 25 hours back, past
     FP-4.4's window, as a day's wait would (the logs are replaced, as a rotation would)."""
-    _flag(sb, "bot-scale-out", False)
-    time.sleep(0.3)  # let a cycle in flight log its last refusal before the logs are aged
     sb.alpaca.refuse_orders = None
+    _flag(sb, "bot-scale-out", False)
+    # a cycle in flight may still log refusals it met before the broker turned: age the logs only
+    # once a cycle has started after the change (the bot stamps its heartbeat as a cycle starts)
+    _wait_for_next_cycle(sb, timeout=2 * (1.0 if sb.fast else 60.0) + 5.0)
     then = (datetime.now(UTC) - timedelta(hours=25)).isoformat()
     for rel, key in _FAILURE_LOGS:
         path = sb.root / rel

@@ -64,6 +64,21 @@ def test_rotation_starts_the_new_file_from_its_beginning(tmp_path: Path) -> None
     _lines(log, 100, 2)
     assert [r["i"] for r in tail.poll()] == [100, 101]
     assert tail.generation == 1
+    # what is kept is the current file's records only: a long-lived reader (the exporter) says what
+    # a fresh one (a restarted exporter, `check`) says about the same file
+    assert [r["i"] for r in tail.kept()] == [100, 101] == [r["i"] for r in JsonlTail(log).snapshot()[0]]
+
+
+def test_a_replaced_file_of_the_same_size_is_read_anew(tmp_path: Path) -> None:
+    """A log rewritten and swapped in (os.replace), its lines edited in place: new inode, same size."""
+    log = tmp_path / "orders.jsonl"
+    _lines(log, 10, 3)
+    tail = JsonlTail(log)
+    assert [r["i"] for r in tail.poll()] == [10, 11, 12]
+    edited = tmp_path / ".orders.jsonl.tmp"
+    _lines(edited, 20, 3)
+    os.replace(edited, log)
+    assert [r["i"] for r in tail.snapshot()[0]] == [20, 21, 22]
 
 
 def test_truncation_in_place_is_detected(tmp_path: Path) -> None:

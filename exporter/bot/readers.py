@@ -216,10 +216,13 @@ class JsonlTail:
                     s.head = head
             skip_partial_first = False
             if restart:
-                # new file (rotation) or truncated in place: start again
+                # new file (rotation, a replaced file) or truncated in place: start again, and
+                # forget the old file's records, so a long-lived reader says what a fresh one
+                # (a restarted exporter, a one-shot `check`) says about the same file
                 first = s.inode == -1
                 if not first:
                     self.generation += 1
+                    self.records.clear()
                 s.inode, s.partial = st.st_ino, b""
                 s.offset = max(0, st.st_size - self.initial_bytes) if first else 0
                 fh.seek(0)
