@@ -34,6 +34,7 @@ class Sandbox(Protocol):
     the parts faults use, so this module does not import the orchestration that imports it."""
 
     root: Path
+    fast: bool
     alpaca: FakeAlpaca
     uw: FakeUW
     daemon_proc: subprocess.Popen[bytes] | None
@@ -175,7 +176,7 @@ _FAILURE_LOGS = ((layout.ORDERS_LOG, "ts"), (layout.EXECUTION_FAILURES, "timesta
 
 def _bot_iterations(sb: Sandbox) -> int:
     try:
-        beat = json.loads((sb.root / "state/bot_heartbeat.json").read_text(encoding="utf-8"))
+        beat = json.loads((sb.root / layout.HEARTBEAT).read_text(encoding="utf-8"))
         return int(beat.get("iter_count", 0)) if isinstance(beat, dict) else 0
     except (OSError, ValueError, TypeError):
         return 0
