@@ -179,7 +179,7 @@ def other_bots(bot_root: Path, daemon_script: str, bot_script: str,
     found: list[OtherBot] = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            cmdline = proc.info["cmdline"] or []
+            cmdline = proc.info.get("cmdline") or []
             if not any(daemon_script in a or bot_script in a for a in cmdline):
                 continue
             try:
@@ -201,7 +201,7 @@ def find_script_processes(bot_root: Path, script: str) -> list[Match]:
     matches: list[Match] = []
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         try:
-            cmdline = proc.info["cmdline"] or []
+            cmdline = proc.info.get("cmdline") or []
             if not cmdline or not any(script in a for a in cmdline):
                 continue
             try:
@@ -212,7 +212,9 @@ def find_script_processes(bot_root: Path, script: str) -> list[Match]:
             if status == psutil.STATUS_ZOMBIE:
                 continue
             if runs_script(cmdline, cwd, bot_root, script):
-                matches.append(Match(proc.pid, cmdline, proc.info["create_time"] or 0.0, status=status))
+                # not proc.info: psutil shares one Process object per pid between concurrent
+                # process_iter() calls, and another check's scan may have replaced its info meanwhile
+                matches.append(Match(proc.pid, cmdline, proc.create_time() or 0.0, status=status))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return sorted(matches, key=lambda m: m.create_time)
