@@ -15,7 +15,10 @@ has to:
   for the new one (a flood of idle sockets cannot lock out a real client), and only when every
   connection is busy is the new one refused with 503;
 - an optional ``precheck`` that answers from the request head alone (authentication, length),
-  so an unauthenticated client's body is never read.
+  so an unauthenticated client's body is never read;
+- optional TLS (an ``ssl.SSLContext``): the handshake is bounded by the read timeout too, and a
+  client that fails it (plain HTTP on the TLS port) costs one closed connection;
+- ``HEAD`` answers carry the headers of the ``GET`` answer (its Content-Length) without its body.
 
 Handlers are plain functions ``(Request) -> Response`` run on the pool; they may block.
 The exporter must not import ``healers``; this module imports nothing of either.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -77,8 +81,10 @@ class BoundedHTTPServer:
 
     def __init__(self, addr: tuple[str, int], handler: Handler, *, precheck: Precheck | None = None,
                  workers: int = 4, max_body: int = 1024 * 1024, read_timeout: float = 10.0,
-                 max_connections: int = 512, backlog: int = 512, name: str = "httpd") -> None:
+                 max_connections: int = 512, backlog: int = 512, name: str = "httpd",
+                 tls: ssl.SSLContext | None = None, listen: bool = True) -> None:
         self.handler = handler
+        self.tls = tls
         self.precheck = precheck
         self.max_body = max_body
         self.read_timeout = read_timeout
@@ -90,7 +96,8 @@ class BoundedHTTPServer:
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind(addr)
-            self.socket.listen(backlog)
+            if listen:
+                self.socket.listen(backlog)
         except OSError:
             self.socket.close()
             raise
@@ -104,6 +111,11 @@ class BoundedHTTPServer:
         self.dropped = 0  # connections closed at the cap (idle ones dropped, busy-cap refusals)
 
     # lifecycle ---------------------------------------------------------------------------------
+    def server_activate(self) -> None:
+        """Start listening when the constructor was told not to (the port is held meanwhile, so a
+        busy one fails at once, while clients are refused until now)."""
+        self.socket.listen(self.backlog)
+
     def serve_forever(self, poll_interval: float = 0.5) -> None:  # noqa: ARG002  (socketserver's signature)
         try:
             asyncio.run(self._serve())
@@ -127,7 +139,8 @@ class BoundedHTTPServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         # asyncio listens again on the socket with its own backlog (100 unless told): keep ours
-        server = await asyncio.start_server(self._client, sock=self.socket, limit=MAX_HEAD_BYTES, backlog=self.backlog)
+        server = await asyncio.start_server(self._client, sock=self.socket, limit=MAX_HEAD_BYTES, backlog=self.backlog,
+                                            ssl=self.tls, ssl_handshake_timeout=self.read_timeout if self.tls else None)
         self._started.set()
         try:
             await self._stop.wait()
@@ -223,15 +236,16 @@ class BoundedHTTPServer:
             resp = Response(500, b"internal error\n")
         assert resp is not None
         keep = keep_alive and not resp.close
-        await self._send(writer, resp, keep)
+        await self._send(writer, resp, keep, head_only=req.method == "HEAD")
         return keep
 
     async def _run(self, fn: Callable[[Request], Response | None], req: Request) -> Response | None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, fn, req)
 
-    async def _send(self, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool) -> None:
-        writer.write(_encode(resp, keep_alive))
+    async def _send(self, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool,
+                    head_only: bool = False) -> None:
+        writer.write(_encode(resp, keep_alive, head_only))
         await asyncio.wait_for(writer.drain(), self.read_timeout)
 
 
@@ -259,7 +273,7 @@ def _parse_head(head: bytes) -> tuple[Request | None, str]:
         return None, ""
 
 
-def _encode(resp: Response, keep_alive: bool) -> bytes:
+def _encode(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
     try:
         reason = HTTPStatus(resp.status).phrase
     except ValueError:
@@ -269,4 +283,4 @@ def _encode(resp: Response, keep_alive: bool) -> bytes:
     lines += [f"{k}: {v}" for k, v in resp.headers.items()]
     if not keep_alive:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + resp.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (b"" if head_only else resp.body)

@@ -25,7 +25,6 @@ import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
@@ -34,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .. import __version__
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
+from .httpd import BoundedHTTPServer, Request, Response
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
 from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound
@@ -91,12 +91,25 @@ def status_page() -> bytes:
     return resources.files("exporter.serve").joinpath("status_page.html").read_bytes()
 
 
-class ExporterServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+#: handler threads: every answer is built from the scheduler's snapshot (the exposition cached per
+#: state change), so a few serve any number of scrapers; basic auth's hash is the costliest step
+HTTP_WORKERS = 4
+#: open connections at most; idle ones give way to new clients beyond this
+MAX_CONNECTIONS = 512
+#: a client that opens a connection and sends nothing (or a byte at a time) holds it this long
+READ_TIMEOUT = 10.0
+#: POST bodies (/-/reload takes none) are read and dropped up to this size, refused above it
+MAX_BODY_BYTES = 65536
+SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
-    def __init__(self, address: tuple[str, int], scheduler: Scheduler, listen: bool = True) -> None:
+
+class ExporterServer(BoundedHTTPServer):
+    """The exporter's HTTP side on the bounded server: connections are coroutines on one acceptor
+    thread, answers come from a fixed pool, so thousands of idle or slow clients cost no thread
+    each and a scrape is still answered among them."""
+
+    def __init__(self, address: tuple[str, int], scheduler: Scheduler, listen: bool = True,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.scheduler = scheduler
         #: the failure points and the exporter's health: built from the scheduler's snapshot
         self.core_registry = make_registry(scheduler)
@@ -105,14 +118,9 @@ class ExporterServer(ThreadingHTTPServer):
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None
-        super().__init__(address, Handler, bind_and_activate=False)
-        try:
-            self.server_bind()
-            if listen:
-                self.server_activate()
-        except BaseException:
-            self.server_close()
-            raise
+        super().__init__(address, self._handle, precheck=self._authorize, workers=HTTP_WORKERS,
+                         max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
+                         backlog=128, name="exporter-http", tls=tls, listen=listen)
 
     def metrics_body(self) -> bytes:
         """The full exposition: the cached core plus every collector in ``self.registry``."""
@@ -141,42 +149,13 @@ class ExporterServer(ThreadingHTTPServer):
             self._metrics_cache = (generation, body)
             return body
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client that vanished or sent garbage is its problem; one log line, never a traceback
-        exc = sys.exc_info()[1]
-        log.warning("request from %s failed: %s", client_address[0] if client_address else "?",
-                    type(exc).__name__ if exc else "unknown error")
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: ExporterServer
-    server_version = f"trading-readiness/{__version__}"
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that opens a connection and never sends must not hold a thread forever
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        pass  # access logs would be noise at one scrape per second
-
-    def _send(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _text(self, code: int, text: str) -> None:
-        self._send(code, (text + "\n").encode(), "text/plain; charset=utf-8")
-
-    def _authorized(self) -> bool:
-        users: dict[str, str] = self.server.scheduler.config["exporter"]["basic_auth_users"] or {}
+    # requests ----------------------------------------------------------------------------------
+    def _authorize(self, req: Request) -> Response | None:
+        """Basic auth from the request head, before any body is read; None lets the request in."""
+        users: dict[str, str] = self.scheduler.config["exporter"]["basic_auth_users"] or {}
         if not users:
-            return True
-        header = self.headers.get("Authorization", "")
+            return None
+        header = req.headers.get("authorization", "")
         if header.startswith("Basic "):
             try:
                 user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
@@ -186,55 +165,51 @@ class Handler(BaseHTTPRequestHandler):
             # verify against a dummy hash for unknown users so timing does not reveal user names
             ok = verify_password(password, stored or _DUMMY_HASH)
             if stored and ok:
-                return True
-        self._send(401, b"unauthorized\n", "text/plain; charset=utf-8",
-                   {"WWW-Authenticate": 'Basic realm="trading-readiness"'})
-        return False
+                return None
+        return _text(401, "unauthorized", {"WWW-Authenticate": 'Basic realm="trading-readiness"'})
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
+    def _handle(self, req: Request) -> Response:
+        if req.method in ("GET", "HEAD"):
+            return self._get(req.path)
+        if req.method == "POST":
+            return self._post(req.path)
+        return _text(405 if req.path in ("/", "/metrics", "/api/failure_points") else 404, "not allowed")
 
-    def do_GET(self) -> None:
-        if not self._authorized():
-            return
-        path = self.path.split("?", 1)[0]
-        sched = self.server.scheduler
-        redact = sched.ctx.redact
+    def _get(self, path: str) -> Response:
+        sched = self.scheduler
         if path == "/metrics":
-            self._send(200, self.server.metrics_body(), CONTENT_TYPE_LATEST)
-        elif path == "/api/failure_points":
-            body = redact(json.dumps(sched.api_json())).encode()
-            self._send(200, body, "application/json")
-        elif path in ("/", "/index.html"):
-            self._send(200, self.server.page, "text/html; charset=utf-8")
-        elif path == "/-/healthy":
-            self._text(200, "OK")
-        elif path == "/-/ready":
+            return _answer(200, self.metrics_body(), CONTENT_TYPE_LATEST)
+        if path == "/api/failure_points":
+            return _answer(200, sched.ctx.redact(json.dumps(sched.api_json())).encode(), "application/json")
+        if path in ("/", "/index.html"):
+            return _answer(200, self.page, "text/html; charset=utf-8")
+        if path == "/-/healthy":
+            return _text(200, "OK")
+        if path == "/-/ready":
             snap = sched.snapshot()
             if snap.ready:
-                self._text(200, "ready")
-            else:
-                pending = len([fp for fp in snap.enabled if fp not in snap.results])
-                self._text(503, f"not ready: {pending} of {len(snap.enabled)} checks have not run yet")
-        else:
-            self._text(404, "not found (try /, /metrics, /api/failure_points, /-/healthy, /-/ready)")
+                return _text(200, "ready")
+            pending = len([fp for fp in snap.enabled if fp not in snap.results])
+            return _text(503, f"not ready: {pending} of {len(snap.enabled)} checks have not run yet")
+        return _text(404, "not found (try /, /metrics, /api/failure_points, /-/healthy, /-/ready)")
 
-    def do_POST(self) -> None:
-        if not self._authorized():
-            return
-        path = self.path.split("?", 1)[0]
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= 65536:
-            self.rfile.read(int(length))
+    def _post(self, path: str) -> Response:
         if path == "/-/reload":
-            if self.server.scheduler.reload():
-                self._text(200, "config reloaded")
-            else:
-                self._text(500, "config reload failed; the running config is kept (see the exporter log)")
-        else:
-            self._text(405 if path in ("/", "/metrics", "/api/failure_points") else 404, "not allowed")
+            if self.scheduler.reload():
+                return _text(200, "config reloaded")
+            return _text(500, "config reload failed; the running config is kept (see the exporter log)")
+        return _text(405 if path in ("/", "/metrics", "/api/failure_points") else 404, "not allowed")
 
 
+def _answer(code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> Response:
+    return Response(code, body, ctype, {"Server": SERVER_NAME, **SECURITY_HEADERS, **(extra or {})})
+
+
+def _text(code: int, text: str, extra: dict[str, str] | None = None) -> Response:
+    return _answer(code, (text + "\n").encode(), "text/plain; charset=utf-8", extra)
+
+
+SERVER_NAME = f"trading-readiness/{__version__}"
 _DUMMY_HASH = hash_password("not a password", salt=b"0" * 16)
 
 
@@ -256,10 +231,7 @@ def make_server(scheduler: Scheduler, listen: str, accept: bool = True) -> Expor
     if problems:
         raise ConfigError(problems)
     host, port = parse_listen(listen)
-    try:
-        server = ExporterServer((host, port), scheduler, listen=accept)
-    except OSError as exc:
-        raise ConfigError([f"cannot listen on {listen}: {exc.strerror or exc}"]) from None
+    tls: ssl.SSLContext | None = None
     cert, key = cfg["exporter"]["tls_cert_file"], cfg["exporter"]["tls_key_file"]
     if cert and key:
         try:
@@ -267,10 +239,12 @@ def make_server(scheduler: Scheduler, listen: str, accept: bool = True) -> Expor
             tls.minimum_version = ssl.TLSVersion.TLSv1_2
             tls.load_cert_chain(str(cfg.resolve(cert)), str(cfg.resolve(key)))
         except (OSError, ssl.SSLError) as exc:
-            server.server_close()
             raise ConfigError([f"exporter.tls_cert_file/tls_key_file in {cfg.source} cannot be loaded: "
                                f"{getattr(exc, 'strerror', None) or exc}"]) from None
-        server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    try:
+        server = ExporterServer((host, port), scheduler, listen=accept, tls=tls)
+    except OSError as exc:
+        raise ConfigError([f"cannot listen on {listen}: {exc.strerror or exc}"]) from None
     return server
 
 
