@@ -59,7 +59,8 @@ CONFIG: dict[str, Any] = {
         "group_interval": "5m",
         "repeat_interval": "4h",
         "pager_repeat_interval": "1h",
-        "healer_group_wait": "10s",
+        # healing needs no batching: one alert per group (fp, instance) goes out at once
+        "healer_group_wait": "0s",
         "healer_group_interval": "1m",
         "healer_repeat_interval": "5m",
         "heartbeat_interval": "1m",

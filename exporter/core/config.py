@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
         #: receivers of one bot (an HA pair) take a point's lease here before acting: one action per fault
         "lease_file": "state/trading_readiness_heal.lease",
         "verify_timeout_seconds": 120.0,
-        "verify_interval_seconds": 5.0,
+        "verify_interval_seconds": 1.0,
         #: labels an alert must carry for this healer to act on it, e.g. {instance: "bot-a:9870"}
         #: when one Alertmanager serves several bots; an alert of another bot is skipped
         "match_labels": {},

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..core.config import load as load_config
 from ..core.engine import Engine
 from ..core.model import Report, Result, Status
 from .readiness_log import ReadinessLog
+from .watch import Watcher, pids_of
 
 log = logging.getLogger("trading_readiness.exporter")
 
@@ -44,6 +45,13 @@ def exporter_config_problems(config: Config) -> list[str]:
             problems.append(f"exporter.basic_auth_users.{user} in {config.source} is not a pbkdf2_sha256 hash "
                             "(make one with: python -m exporter.serve.server hash-password)")
     return problems
+
+
+#: after a watched process exits, its point is checked this often until it is OK again (a
+#: supervisor's restart is seen within a second, not at the next interval) ...
+FOLLOW_UP_INTERVAL_SECONDS = 1.0
+#: ... for at most this long; then its own interval again
+FOLLOW_UP_SECONDS = 30.0
 
 
 #: added to the longest chain of check timeouts: the funnel and the healer record are read after
@@ -118,6 +126,12 @@ class Scheduler:
         self._last_reload = time.time()
         self._funnel: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
+        #: points asked for again while their batch ran (they run once more right after it)
+        self._again: set[str] = set()
+        #: point -> until when it is re-checked every FOLLOW_UP_INTERVAL_SECONDS while not OK
+        self._follow: dict[str, float] = {}
+        #: process exits and finished heals trigger re-checks (see exporter/serve/watch.py)
+        self.watcher = Watcher(self.recheck, self._audit_path(config))
         #: bumped on every change a scrape could see, so the server can reuse an exposition
         self.generation = 0
         self.readiness_log = ReadinessLog(config.path("readiness_log"))
@@ -162,7 +176,16 @@ class Scheduler:
             self._next_due = {fp: now for fp in enabled}
             self.readiness_log.path = config.path("readiness_log")
             self.generation += 1
+        if hasattr(self, "watcher"):
+            self.watcher.set_audit_file(self._audit_path(config))
         self._wake.set()
+
+    @staticmethod
+    def _audit_path(config: Config) -> Any:
+        try:
+            return config.resolve(config["healer"]["audit_file"])
+        except (KeyError, TypeError):
+            return None
 
     def reload(self) -> bool:
         """Re-read the config; a bad one keeps the running config and says so (gauge and log)."""
@@ -190,11 +213,39 @@ class Scheduler:
     def start(self) -> Scheduler:
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
+        self.watcher.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.watcher.stop()
+
+    def recheck(self, fps: Iterable[str], why: str = "asked") -> list[str]:
+        """Run ``fps`` and every point depending on them now instead of at their next interval;
+        returns the points scheduled. A point whose check is running runs again right after it.
+        Each keeps being checked every FOLLOW_UP_INTERVAL_SECONDS while it is not OK, for at most
+        FOLLOW_UP_SECONDS: what follows an exit (a restart) is seen as soon as it happens."""
+        now = time.monotonic()
+        with self._lock:
+            catalog, enabled = self.config.catalog, set(self.enabled)
+            todo, targets = [fp for fp in fps if fp in enabled], []
+            while todo:
+                fp = todo.pop()
+                if fp in targets:
+                    continue
+                targets.append(fp)
+                todo.extend(d for d in catalog.dependents(fp) if d in enabled)
+            for fp in targets:
+                if fp in self._inflight:
+                    self._again.add(fp)
+                else:
+                    self._next_due[fp] = now
+                self._follow[fp] = now + FOLLOW_UP_SECONDS
+        if targets:
+            log.info("re-checking %s now: %s", ", ".join(sorted(targets)), why)
+            self._wake.set()
+        return targets
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -239,6 +290,15 @@ class Scheduler:
                 self._inflight.discard(fp)
                 if fp in self.intervals:
                     self._next_due[fp] = started + self.intervals[fp] if now < started + self.intervals[fp] else now
+                    result = results.get(fp)
+                    follow = self._follow.get(fp)
+                    if fp in self._again:
+                        self._again.discard(fp)
+                        self._next_due[fp] = now
+                    elif follow is not None and (now >= follow or (result is not None and result.status is Status.OK)):
+                        del self._follow[fp]
+                    elif follow is not None:
+                        self._next_due[fp] = min(self._next_due[fp], now + FOLLOW_UP_INTERVAL_SECONDS)
             self._cycle_duration = duration
             if fun is not None:
                 self._funnel = fun
@@ -250,6 +310,9 @@ class Scheduler:
         for fp, r in results.items():
             if is_check_fault(r):
                 log.warning("%s check fault: %s", fp, r.outcome.message)
+            if engine is self.engine:
+                # an OK point's processes are watched: their exit re-checks it at once
+                self.watcher.watch(fp, pids_of(r.outcome.details) if r.status is Status.OK else ())
         with self._lock:
             # after the batch's own log lines, so a waiter's next line ("serving") follows them
             if engine is self.engine:
