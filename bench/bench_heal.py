@@ -112,7 +112,7 @@ def table(runs: list[dict[str, float]], others: set[str]) -> str:
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--drills", type=int, default=10)
-    args = p.parse_args(argv)
+    args = p.parse_args([] if argv is None else argv)  # bench/run.py calls main() with its own argv
     load = os.getloadavg()
     runs, others = run(args.drills)
     return (f"Drill: SIGKILL the sandbox's UW daemon ({FP}) at the default settings; {args.drills} drills; "
@@ -120,4 +120,6 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    print(main())
+    import sys
+
+    print(main(sys.argv[1:]))
