@@ -8,7 +8,8 @@ has to:
 
 - HTTP/1.1 keep-alive (and HTTP/1.0 with ``Connection: keep-alive``); bodies by
   ``Content-Length`` only (``Transfer-Encoding`` is refused with 411 before anything is read);
-- a body cap (413 before the body is read) and a header cap (431);
+- a body cap (413 before the body is read), a header cap (431: too large or too many lines), a
+  request-line cap (414) and 501 for a method it does not implement (only GET, HEAD and POST);
 - a read timeout per request: the request head and the body must each arrive within it, so a
   client sending a byte at a time holds a coroutine for at most that long;
 - a connection cap: at the cap, the connection waiting longest for its request head is dropped
@@ -39,6 +40,11 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+#: a request line longer than this is refused with 414 (http.server's limit), more header lines with 431
+MAX_LINE_BYTES = 65536
+MAX_HEADERS = 100
+#: the methods served; any other (PUT, an unknown word, a lower-case "get") is 501 Not Implemented
+METHODS = frozenset({"GET", "HEAD", "POST"})
 
 
 @dataclass
@@ -190,9 +196,9 @@ class BoundedHTTPServer:
         conn.waiting = True
         self._conns.move_to_end(id(conn))
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.read_timeout)
-        except asyncio.LimitOverrunError:
-            await self._send(writer, Response(431, b"request head too large\n", close=True), False)
+            head = await asyncio.wait_for(_read_head(reader), self.read_timeout)
+        except _HeadRefused as exc:
+            await self._send(writer, exc.response, False)
             return False
         except (asyncio.IncompleteReadError, TimeoutError):
             return False
@@ -200,6 +206,9 @@ class BoundedHTTPServer:
         req, version = _parse_head(head)
         if req is None:
             await self._send(writer, Response(400, b"malformed request\n", close=True), False)
+            return False
+        if req.method not in METHODS:
+            await self._send(writer, Response(501, b"not implemented\n", close=True), False)
             return False
         connection = req.headers.get("connection", "").lower()
         keep_alive = (version == "HTTP/1.1" and "close" not in connection) or (
@@ -247,6 +256,34 @@ class BoundedHTTPServer:
                     head_only: bool = False) -> None:
         writer.write(_encode(resp, keep_alive, head_only))
         await asyncio.wait_for(writer.drain(), self.read_timeout)
+
+
+class _HeadRefused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """The request line and header lines up to the blank line, within the line, count and size caps."""
+    try:
+        lines = [await reader.readuntil(b"\r\n")]
+    except asyncio.LimitOverrunError:
+        raise _HeadRefused(Response(414, b"request line too long\n", close=True)) from None
+    if len(lines[0]) > MAX_LINE_BYTES:
+        raise _HeadRefused(Response(414, b"request line too long\n", close=True))
+    size = len(lines[0])
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            raise _HeadRefused(Response(431, b"request head too large\n", close=True)) from None
+        size += len(line)
+        if size > MAX_HEAD_BYTES or len(lines) > MAX_HEADERS:
+            raise _HeadRefused(Response(431, b"request head too large\n", close=True))
+        lines.append(line)
+        if line == b"\r\n":
+            break
+    return b"".join(lines)
 
 
 def _parse_head(head: bytes) -> tuple[Request | None, str]:

@@ -118,7 +118,7 @@ class ExporterServer(BoundedHTTPServer):
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None
-        super().__init__(address, self._handle, precheck=self._authorize, workers=HTTP_WORKERS,
+        super().__init__(address, self._handle, precheck=self._precheck, workers=HTTP_WORKERS,
                          max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
                          backlog=128, name="exporter-http", tls=tls, listen=listen)
 
@@ -150,6 +150,14 @@ class ExporterServer(BoundedHTTPServer):
             return body
 
     # requests ----------------------------------------------------------------------------------
+    def _precheck(self, req: Request) -> Response | None:
+        """From the request head: authentication, then a POST to a path that takes none is
+        answered (405/404) without reading its body, however long it says it is."""
+        refused = self._authorize(req)
+        if refused is None and req.method == "POST" and req.path != "/-/reload":
+            refused = self._handle(req)
+        return refused
+
     def _authorize(self, req: Request) -> Response | None:
         """Basic auth from the request head, before any body is read; None lets the request in."""
         users: dict[str, str] = self.scheduler.config["exporter"]["basic_auth_users"] or {}

@@ -37,7 +37,8 @@ MAX_WATCHED = 64
 #: an audit file grown by more than this between two ticks is read from its new end only
 MAX_AUDIT_READ = 1024 * 1024
 
-Recheck = Callable[[Iterable[str], str], None]
+#: the scheduler's re-check: the points to run again and why (what it returns is not used here)
+Recheck = Callable[[Iterable[str], str], object]
 
 
 def pids_of(details: Mapping[str, Any]) -> list[int]:
