@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..core import audit
+from ..bot.readers import FileProblem, JsonlTail
 
 log = logging.getLogger("trading_readiness.exporter")
 
@@ -61,9 +61,9 @@ class Watcher:
         self._wake_r = self._wake_w = -1  # a pipe that wakes the thread's poll; made by start()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._audit_ident: tuple[int, int] | None = None
-        self._audit_offset = 0
-        self._audit_partial = b""
+        #: the heal audit, followed by the bot layer's incremental JSONL reader (rotation,
+        #: truncation and partial last lines handled there)
+        self._audit_tail: JsonlTail | None = None
         #: how many events triggered a re-check (exported for the curious; tests read it)
         self.exits = 0
         self.heals = 0
@@ -84,7 +84,8 @@ class Watcher:
     def set_audit_file(self, path: Path | None) -> None:
         with self._lock:
             if path != self.audit_file:
-                self.audit_file, self._audit_ident = path, None
+                # another file: what it already holds counts as new, as for a file created later
+                self.audit_file, self._audit_tail = path, _audit_tail(path, from_end=False)
 
     def start(self) -> Watcher:
         self._wake_r, self._wake_w = os.pipe()
@@ -203,44 +204,34 @@ class Watcher:
 
     # the heal audit ----------------------------------------------------------------------------
     def _prime_audit(self) -> None:
-        """Start at the audit file's current end: only heals finished from now on re-check."""
+        """Start at the audit file's current end: only heals finished from now on re-check. A
+        file that does not exist yet is read from its start once it appears."""
         path = self.audit_file
-        if path is None:
-            return
-        try:
-            st = path.stat()
-        except OSError:
-            self._audit_ident, self._audit_offset = None, 0
-            return
-        self._audit_ident, self._audit_offset, self._audit_partial = (st.st_dev, st.st_ino), st.st_size, b""
+        self._audit_tail = _audit_tail(path, from_end=path is not None and path.exists())
+        self._read_audit(prime=True)
 
-    def _read_audit(self) -> None:
-        path = self.audit_file
-        if path is None:
+    def _read_audit(self, prime: bool = False) -> None:
+        tail = self._audit_tail
+        if tail is None:
             return
         try:
-            st = path.stat()
-        except OSError:
+            records = tail.poll()
+        except FileProblem:  # not there yet, unreadable, or nothing but garbage: nothing finished
             return
-        ident = (st.st_dev, st.st_ino)
-        if self._audit_ident != ident or st.st_size < self._audit_offset:
-            # created, replaced or truncated since the last look: its records are all new
-            self._audit_ident, self._audit_offset, self._audit_partial = ident, 0, b""
-        if st.st_size <= self._audit_offset:
+        if prime:
             return
-        start = max(self._audit_offset, st.st_size - MAX_AUDIT_READ)
-        try:
-            with path.open("rb") as fh:
-                fh.seek(start)
-                data = fh.read(st.st_size - start)
-        except OSError:
-            return
-        self._audit_offset = start + len(data)
-        data = self._audit_partial + data
-        complete, _, self._audit_partial = data.rpartition(b"\n")
         # the audit's format is the core's (exporter.core.audit), shared with the healer
-        fps = {rec["fp"] for rec in audit.parse_lines(complete)
+        fps = {rec["fp"] for rec in records
                if rec.get("event") == "attempt" and isinstance(rec.get("fp"), str) and rec.get("outcome") != "dry_run"}
         if fps:
             self.heals += 1
             self.recheck(sorted(fps), "a heal finished")
+
+
+def _audit_tail(path: Path | None, from_end: bool) -> JsonlTail | None:
+    """A reader of the heal audit: a poll reads at most MAX_AUDIT_READ (a bigger backlog is read
+    from its end) and keeps every record of it."""
+    if path is None:
+        return None
+    return JsonlTail(path, keep=MAX_AUDIT_READ // 64, initial_bytes=0 if from_end else 4 << 20,
+                     max_read_bytes=MAX_AUDIT_READ)
