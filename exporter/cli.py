@@ -201,7 +201,7 @@ def catalog_json(cat: Any) -> dict[str, Any]:
 
 
 #: commands whose code ships apart from the exporter's wheel: what to install for them
-OPTIONAL = {"sandbox": "the sandbox is not installed: from a checkout, pip install './sandbox'"}
+OPTIONAL = {"sandbox": "the sandbox is not installed: from a checkout, pip install '.[sandbox]'"}
 
 
 def _delegate(module: str, func: str, args: argparse.Namespace) -> int:
