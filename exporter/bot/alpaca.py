@@ -21,6 +21,27 @@ def account(ctx: Context) -> dict[str, Any]:
     return data
 
 
+def account_or_failure(ctx: Context) -> dict[str, Any] | Outcome:
+    """The account, or the outcome of failing to read it (``broker_failed``)."""
+    try:
+        return account(ctx)
+    except BrokerError as exc:
+        return broker_failed(exc, "read the account", ctx)
+
+
+def positions_or_failure(ctx: Context) -> list[Any] | Outcome:
+    """The open positions, or the outcome of failing to list them (``broker_failed``, or ERROR for
+    an answer that is not a list)."""
+    try:
+        raw = ctx.broker_get("/positions")
+    except BrokerError as exc:
+        # a 429, an outage or bad credentials is another point's alert, not a second critical here
+        return broker_failed(exc, "list positions", ctx)
+    if not isinstance(raw, list):
+        return Outcome.error("Alpaca /v2/positions did not return a list")
+    return raw
+
+
 def error_owner(exc: BrokerError) -> str | None:
     """The point that reports this failed request (the catalog's ``broker_errors: owners``), if any."""
     return catalog.load().broker_errors.owners.get(exc.kind)
