@@ -12,10 +12,11 @@ from ..bot.alpaca import positions_or_failure
 from ..bot.botenv import ALPACA_URL_VARS
 from ..bot.context import Context
 from ..bot.freeze import freeze_state
+from ..bot.orders import dry_run_orders
 from ..bot.readers import FileProblem
 from ..bot.values import load_state_json, number
 from ..core.engine import check
-from ..core.model import Outcome, iso_utc
+from ..core.model import Outcome, Status, iso_utc
 
 
 @check("FP-3.1")
@@ -229,3 +230,31 @@ def kill_switch_off(ctx: Context, p: dict[str, Any]) -> Outcome:
 @check("FP-3.11")
 def safe_mode_off(ctx: Context, p: dict[str, Any]) -> Outcome:
     return _flag_set(ctx, "safe mode", "trading_safe_mode_active", "no safe-mode flag")
+
+
+@check("FP-3.12")
+def orders_reach_broker(ctx: Context, p: dict[str, Any]) -> Outcome:
+    """The audit guard answers every order with a mock (or refuses it): the bot looks busy and
+    trades nothing."""
+    switches = [f"{name}={ctx.env.values[name]} (from {ctx.env.source[name]})"
+                for name in ("AUDIT_MODE", "AUDIT_DRY_RUN") if ctx.env.flag(name)]
+    problems: list[str] = []
+    runs = dry_run_orders(ctx, ctx.now() - float(p["window_seconds"]), problems)
+    details: dict[str, Any] = {"switches": switches, "dry_run_orders": runs.count,
+                               "newest_dry_run": iso_utc(runs.newest_mock) if runs.newest_mock else None}
+    if switches:
+        what = ("entries are mocks and every other order is refused" if ctx.env.flag("AUDIT_MODE")
+                else "every order is a mock")
+        out = Outcome.error(f"audit guard on: {', '.join(switches)}: {what}, nothing reaches Alpaca", **details)
+    elif runs.count and runs.newest_mock is not None and (runs.newest_real is None
+                                                           or runs.newest_mock > runs.newest_real):
+        out = Outcome.error(f"the bot's latest orders are audit dry-run mocks ({runs.count} in the last "
+                            f"{float(p['window_seconds']):g} s, newest {runs.newest_mock_symbol} at "
+                            f"{iso_utc(runs.newest_mock)}): AUDIT_MODE/AUDIT_DRY_RUN is set where the bot runs",
+                            **details)
+    elif problems:
+        return Outcome.warn(f"cannot tell whether orders are mocks: {'; '.join(problems)}",
+                            **details).observe("trading_orders_dry_run", None)
+    else:
+        out = Outcome.ok("AUDIT_MODE and AUDIT_DRY_RUN off; no dry-run order logged recently", **details)
+    return out.observe("trading_orders_dry_run", 1 if out.status is Status.ERROR else 0)
