@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml setup.py sandbox/pyproject.toml
 	$(PIP) install --quiet -e '.[test,sandbox]'
 	@# the [sandbox] extra installs ./sandbox; made editable too, so an edit there needs no reinstall
 	$(PIP) install --quiet --no-deps -e ./sandbox
+	@rm -rf sandbox/build  # setuptools' output from building the extra's (non-editable) sandbox in place
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -68,4 +69,4 @@ demo: demo-deps $(STAMP)
 	$(PY) -m sandbox.demo
 
 clean:
-	rm -rf $(VENV) test-artifacts .demo
+	rm -rf $(VENV) test-artifacts .demo build sandbox/build
