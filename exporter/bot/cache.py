@@ -15,6 +15,7 @@ reason a torn file is not, are exactly ``json``'s.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,13 @@ def tide_points(tide: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
     return [x for x in data if isinstance(x, dict) and x]
 
 
+#: every parse of the cache runs on this one long-lived thread. The checks run on new threads
+#: each cycle, and glibc gives threads their own malloc arenas, each keeping the last multi-MB
+#: read buffer it freed: parsed wherever a check happens to run, the cache made the exporter's
+#: RSS grow by its size every few rewrites, up to one copy per arena.
+_PARSER = ThreadPoolExecutor(1, thread_name_prefix="uw-cache-parse")
+
+
 def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSummary:
     """The cache, parsed with torn-read retries and only when (inode, size, mtime) changed."""
     path = ctx.path("uw_cache")
@@ -188,7 +196,7 @@ def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSu
         raw = read_json(p, retries, delay, decode)
         return summarise(raw, p.stat().st_size, p)
 
-    return ctx.files.get(path, parse)  # type: ignore[no-any-return]
+    return ctx.files.get(path, lambda p: _PARSER.submit(parse, p).result())  # type: ignore[no-any-return]
 
 
 def require_cache(ctx: Context) -> CacheSummary:
