@@ -20,7 +20,8 @@ from sandbox.botroot import UW_BASE, BotRoot, iso, ticker_entry, tide_point, wri
 
 LOGS = ("logs/run.jsonl", "state/blocked_trades.jsonl", "logs/uw_daemon.jsonl", "data/uw_api_quota.jsonl")
 
-#: the fake broker and UW, in their own process; stdin takes {"offset": s, "calendar": [...]|null}
+#: the fake broker and UW, in their own process; stdin takes {"offset": s, "calendar": [...]|null,
+#: "mode": the broker's fault mode ("ok", "hang", ...)}
 SERVERS = textwrap.dedent("""
     import json, signal, sys, time
     from datetime import UTC, datetime
@@ -36,6 +37,8 @@ SERVERS = textwrap.dedent("""
         cmd = json.loads(line)
         offset[0] = float(cmd.get("offset", 0.0))
         a.calendar = cmd.get("calendar")
+        if "mode" in cmd:
+            a.set_mode(cmd["mode"])
         print("ok", flush=True)
 """)
 
@@ -79,6 +82,14 @@ class Servers:
         self.offset = 0.0 if when is None else when.timestamp() - time.time()
         stdin, stdout = self._io()
         stdin.write(json.dumps({"offset": self.offset, "calendar": calendar}) + "\n")
+        stdin.flush()
+        assert stdout.readline().strip() == "ok"
+
+    def broker_mode(self, mode: str) -> None:
+        """Every broker call answers in ``mode`` ("hang": waits for the caller's timeout), on the real clock."""
+        self.offset = 0.0
+        stdin, stdout = self._io()
+        stdin.write(json.dumps({"mode": mode}) + "\n")
         stdin.flush()
         assert stdout.readline().strip() == "ok"
 
