@@ -46,8 +46,9 @@ def token_problem(token: str) -> str | None:
     return None
 
 
-#: HTTP handler threads: decisions are in-memory and the audit write is one fsync, so a few suffice
-HTTP_WORKERS = 4
+#: HTTP handler threads: a request validates its body and waits for the journal's shared fsync,
+#: so a handful keep one fsync's worth of deliveries in flight each time
+HTTP_WORKERS = 8
 
 
 #: open connections at most; idle ones give way to new clients beyond this
@@ -64,7 +65,8 @@ def _json(status: int, obj: Any, close: bool = False) -> Response:
 
 class HealerServer(BoundedHTTPServer):
     """The receiver's HTTP side: an asyncio acceptor (token and length are checked from the
-    request head, before any body is read) and a small fixed pool that decides and answers."""
+    request head, before any body is read) and a small fixed pool that validates, journals and
+    answers; the decisions are the dispatcher's."""
 
     def __init__(self, addr: tuple[str, int], healer: Healer) -> None:
         self.healer = healer
@@ -101,11 +103,17 @@ class HealerServer(BoundedHTTPServer):
             healer.refresh()
             return Response(200, generate_latest(healer.registry), CONTENT_TYPE_LATEST)
         if req.path == "/api/heals":
+            query = parse_qs(req.query)
             try:
-                limit = int(parse_qs(req.query).get("limit", ["50"])[0])
+                limit = int(query.get("limit", ["50"])[0])
+                seq = int(query["delivery"][0]) if "delivery" in query else None
             except ValueError:
-                return _json(400, {"error": "limit must be an integer"})
+                return _json(400, {"error": "limit and delivery must be integers"})
+            if seq is not None:
+                found = healer.delivery_views(seq)
+                return _json(200, found[0]) if found else _json(404, {"error": f"no recent delivery {seq}"})
             return _json(200, {"heals": healer.heals(limit), "dry_run": healer.dry_run,
+                               "deliveries": healer.delivery_views(), "backlog": healer.journal.pending_alerts,
                                "state": healer.policy.snapshot(), "deliveries_by_alertmanager": dict(healer.sources),
                                "owner": healer.owner, "lease": healer.lease_view()})
         if req.path == "/-/healthy":
@@ -153,7 +161,7 @@ def cli_heal(args: argparse.Namespace) -> int:
             pass
         healer = Healer(config, None if args.insecure_no_auth and token is None else token, dry_run=args.dry_run)
     except OSError as exc:
-        print(f"error: cannot use the heal audit file {audit_path} (key 'healer.audit_file'): "
+        print(f"error: cannot use the heal audit file {audit_path} or its journal (key 'healer.audit_file'): "
               f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -79,7 +79,7 @@ def test_full_disk_under_the_audit_answers_5xx_and_never_wedges_the_point(tmp_pa
             assert r.metric("trading_healer_stuck", fp="FP-1.1") == 0.0
             # the disk is freed: Alertmanager's retry of the same alert is admitted (not busy, not duplicate)
             filler.unlink()
-            assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+            assert r.deliver(payload(alert("FP-1.1"))) == ["accepted"]
             wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
                      what="the outcome once the disk has room")
             assert hb.run_count() == 1
@@ -93,7 +93,7 @@ def test_full_disk_while_the_action_runs_still_returns_the_point_to_idle(tmp_pat
         cfg = hb.config({"FP-1.1": {"run": [str(hb.block), "one"], "cooldown_seconds": 0.2}},
                         audit_file=str(disk / "heals.jsonl"), verify_timeout_seconds=0.3)
         with receiver(hb, cfg) as r:
-            assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+            assert r.deliver(payload(alert("FP-1.1"))) == ["accepted"]
             wait_for(lambda: hb.started() == {"one"}, what="the action")
             filler = fill(disk)
             hb.release("one")  # its outcome cannot be written
@@ -101,9 +101,9 @@ def test_full_disk_while_the_action_runs_still_returns_the_point_to_idle(tmp_pat
             assert r.healer.policy.snapshot()["FP-1.1"]["phase"] == "idle"
             filler.unlink()
             # the alert resolves, breaks again: a new attempt starts (nothing left it busy)
-            assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+            assert r.deliver(payload(alert("FP-1.1", status="resolved"))) == ["resolved"]
             later = alert("FP-1.1", starts_at="2026-11-25T11:00:00Z")
-            assert r.post(payload(later)).json()["decisions"] == ["accepted"]
+            assert r.deliver(payload(later)) == ["accepted"]
             wait_idle(r)
         assert hb.run_count() == 2
 
@@ -196,7 +196,7 @@ def test_secrets_that_are_pieces_of_json_never_break_or_leak_into_the_audit(tmp_
     """)
     cfg = hb.config({"FP-1.1": {"run": [str(loud)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
     with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
-        assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert("FP-1.1")), token=JSONISH_TOKEN) == ["accepted"]
         wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
                  what="the outcome")
         api = r.heals()
@@ -214,7 +214,7 @@ def test_secrets_that_are_pieces_of_json_never_break_or_leak_into_the_audit(tmp_
                     assert secret not in json.dumps(value), (secret, key)
     # what a restart dedupes on survived redaction: the same alert is a duplicate, not a second heal
     with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
-        assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["duplicate"]
+        assert r.deliver(payload(alert("FP-1.1")), token=JSONISH_TOKEN) == ["duplicate"]
     assert hb.run_count() == 1
 
 

@@ -95,7 +95,7 @@ def test_a_thousand_alert_payload_writes_a_bounded_number_of_log_lines(tmp_path:
         capfd.readouterr()
         alerts = [alert("FP-1.1", fingerprint=f"{i:016x}", starts_at=f"2026-11-25T10:{i % 60:02d}:00Z")
                   for i in range(1000)]
-        decisions = r.post(payload(*alerts)).json()["decisions"]
+        decisions = r.deliver(payload(*alerts))
         assert decisions[0] == "accepted" and set(decisions[1:]) <= {"busy", "cooldown"}
         wait_idle(r)
         lines = capfd.readouterr().err.splitlines()
