@@ -18,10 +18,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import queue
+import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,10 @@ MAX_PENDING_ALERTS = 100_000
 #: decided deliveries kept for ``/api/heals`` (their per-alert decisions)
 RECENT_DELIVERIES = 100
 #: deliveries decided together: their audit records share one fsync
-BATCH = 64
+BATCH = 256
+#: deciding waits for a pause in the deliveries this long, and for no longer than COLLECT_SECONDS
+QUIET_SECONDS = 0.02
+COLLECT_SECONDS = 0.5
 #: a delivery whose decision failed (its start record could not be written) is tried again after this
 RETRY_SECONDS = 5.0
 #: receivers of one bot running at once, each with its own journal
@@ -97,6 +105,18 @@ def _decode(rec: dict[str, Any]) -> Delivery | None:
         return None  # not a delivery line of ours
 
 
+def _run_now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _complete(futures: list[Future[None]], failed: OSError | None) -> None:
+    for fut in futures:
+        if failed is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(failed)
+
+
 def journal_path(audit_file: Path, slot: int = 0) -> Path:
     """``logs/trading_readiness_heals.jsonl`` -> ``logs/trading_readiness_heals.journal`` (slot 0),
     ``...journal.1`` (slot 1): one per receiver of the bot running at once."""
@@ -122,6 +142,12 @@ class Journal(audit.AuditLog):
         self._alerts: dict[int, int] = {}
         self._next = 1
         self._fd: int | None = None  # holds the slot's flock
+        #: written, waiting for the flusher's fsync
+        self._waiting: list[tuple[int, bytes, Future[None]]] = []
+        self._flush = threading.Condition(self.lock)
+        #: how the flusher hands a synced batch's completion over: to the thread waiting for them
+        #: (an event loop's ``call_soon_threadsafe``: one hand-off per batch, not one per delivery)
+        self.completer: Callable[[Callable[[], None]], object] = _run_now
 
     def _take_slot(self) -> None:
         for slot in range(MAX_SLOTS):
@@ -139,9 +165,12 @@ class Journal(audit.AuditLog):
         raise OSError(errno.EBUSY, f"all {MAX_SLOTS} journal slots next to {self.audit_file} are in use")
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Release the slot (what waits for an fsync still gets it); the flusher ends."""
+        with self._flush:
+            fd, self._fd = self._fd, None
+            self._flush.notify()
+        if fd is not None:
+            os.close(fd)
 
     def recover(self) -> list[Delivery]:
         """Take a journal slot and return the undecided deliveries a previous receiver
@@ -165,26 +194,52 @@ class Journal(audit.AuditLog):
             for d in out:
                 self._hold(d.seq, _encode(d), len(d.alerts))
             self._rewrite()
+        threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
         return out
 
-    def append(self, delivery: Delivery, sync: bool = True) -> None:  # type: ignore[override]
-        """Number the delivery and write it; on disk when this returns (concurrent appends share
-        one ``fsync``). InboxFull when too many alerts already wait."""
+    def submit(self, delivery: Delivery) -> Future[None]:
+        """Number the delivery and hand it to the flusher thread; the Future completes once it is
+        on disk. The flusher writes everything handed to it in one ``write`` and one ``fsync`` (a
+        group commit), so no request waits on the disk by itself, and the caller never touches
+        it. InboxFull when too many alerts already wait."""
+        synced: Future[None] = Future()
         with self.lock:
             if self.pending_alerts + len(delivery.alerts) > MAX_PENDING_ALERTS:
                 raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
             delivery.seq = self._next
             self._next += 1
             line = _encode(delivery)
-            mine = self._write_line(line)
             self._hold(delivery.seq, line, len(delivery.alerts))
-        if sync:
-            try:
-                self._sync_up_to(mine)
-            except BaseException:
+            self._waiting.append((delivery.seq, line, synced))
+            self._flush.notify()
+        return synced
+
+    def _flusher(self) -> None:
+        while True:
+            with self._flush:
+                while not self._waiting and self._fd is not None:
+                    self._flush.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+                try:
+                    self._write_line(b"".join(line for _, line, _ in batch))
+                    failed: OSError | None = None
+                except OSError as exc:  # a full disk: nothing of the batch is acknowledged
+                    failed = exc
+            if failed is None:
+                try:
+                    fd = os.open(self.path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    failed = exc
+            if failed is not None:
                 with contextlib.suppress(OSError):
-                    self.done([delivery.seq])  # never answered 2xx: Alertmanager sends it again
-                raise
+                    self.done([seq for seq, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
+            self.completer(functools.partial(_complete, [fut for _, _, fut in batch], failed))
 
     def _hold(self, seq: int, line: bytes, n: int) -> None:
         self.pending[seq] = line
@@ -287,9 +342,12 @@ class Intake(Logbook):
                 if first is None:
                     return
                 batch = [first]
-                while len(batch) < BATCH:
+                # a burst is acknowledged first and decided after: deciding starts once no
+                # delivery came for QUIET_SECONDS (at most COLLECT_SECONDS after the first)
+                deadline = time.monotonic() + COLLECT_SECONDS
+                while len(batch) < BATCH and (wait := min(QUIET_SECONDS, deadline - time.monotonic())) > 0:
                     try:
-                        nxt = self.inbox.get_nowait()
+                        nxt = self.inbox.get(timeout=wait)
                     except queue.Empty:
                         break
                     if nxt is None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from exporter.core import audit
@@ -104,10 +105,12 @@ class Healer(Intake):
         given = (header or "").encode("utf-8", "replace")
         return hmac.compare_digest(given, expected)
 
-    def handle_post(self, auth: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Authorise, validate and journal one delivery, then answer: the decisions are the
-        dispatcher's (``/api/heals?delivery=N``). Never raises for bad input; an OSError (the
-        journal cannot be written) is the caller's 5xx, and Alertmanager sends it again."""
+    def handle_post(self, auth: str | None, body: bytes
+                    ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]]:
+        """Authorise, validate and journal one delivery; the answer (a Future once the delivery
+        is written) completes when the journal's shared fsync has it on disk. The decisions are
+        the dispatcher's (``/api/heals?delivery=N``). Never raises for bad input; an OSError
+        (the journal cannot be written) is the caller's 5xx, and Alertmanager sends it again."""
         if not self.authorized(auth):
             return 401, {"error": "missing or wrong bearer token"}
         if len(body) > MAX_BODY_BYTES:
@@ -121,12 +124,22 @@ class Healer(Intake):
                 self.sources[source] = self.sources.get(source, 0) + 1
         delivery = Delivery(time.time(), source, alerts)
         try:
-            self.journal.append(delivery)  # on disk (a shared fsync) before the answer
+            synced = self.journal.submit(delivery)
         except InboxFull as exc:
             return 503, {"error": f"too busy: {exc}"}
-        self._track(delivery)
-        self.inbox.put(delivery)
-        return 200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"}
+        answer: Future[tuple[int, dict[str, Any]]] = Future()
+
+        def on_disk(f: Future[None]) -> None:  # the journal's fsync covers it: acknowledge, then decide
+            if f.exception() is not None:
+                self._log_error(f"cannot journal a delivery: {f.exception()}")
+                answer.set_result((500, {"error": "internal error: the delivery could not be journaled"}))
+                return
+            self._track(delivery)
+            self.inbox.put(delivery)
+            answer.set_result((200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"}))
+
+        synced.add_done_callback(on_disk)
+        return answer
 
     def decide(self, batch: list[Delivery]) -> None:
         """Every alert of the batch decided; the records written for it synced once; the accepted
@@ -136,6 +149,7 @@ class Healer(Intake):
         self._held.batch = True
         try:
             for d in batch:
+                time.sleep(0)  # the GIL goes to the event loop if it waits: answers before decisions
                 for i, a in enumerate(d.alerts):
                     if d.decisions[i] is not None:
                         continue

@@ -354,7 +354,8 @@ def test_the_answer_does_not_wait_for_the_action(tmp_path: Path) -> None:
         assert resp.status_code == 200 and decisions(r.url, resp.json()["delivery"]) == ["accepted"]
         wait_for(lambda: hb.started() == {"one"}, what="the action to start")
         assert not (tmp_path / "release.one").exists() and hb.done() == set()
-        assert r.metric("trading_healer_running", fp="FP-1.1") == 1.0
+        # the script may write its start file before the receiver has noted its process
+        wait_for(lambda: r.metric("trading_healer_running", fp="FP-1.1") == 1.0, what="running 1")
         assert r.metric("trading_healer_queued", fp="FP-1.1") == 0.0
         assert r.heals() == []  # no attempt recorded while it runs
         # and deliveries keep being answered while it runs

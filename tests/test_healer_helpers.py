@@ -144,6 +144,8 @@ class Running:
         text = requests.get(self.url + "/metrics", timeout=5).text
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
+            if not labels and line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
             if line.startswith(name + "{"):
                 got = line[len(name) + 1:line.index("}")]
                 if ",".join(sorted(got.split(","))) == want:
