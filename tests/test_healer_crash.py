@@ -17,6 +17,8 @@ from pathlib import Path
 import requests
 
 from exporter.core.audit import heal_status
+from healers.alerts import Alert
+from healers.inbox import COMPACT_BYTES, Delivery, Journal
 
 from .conftest import wait_for
 from .test_healer_helpers import (
@@ -230,3 +232,31 @@ def test_kill_9_right_after_the_answer_the_journaled_delivery_is_decided_and_run
     assert hb.run_count() == 1
     events = [json.loads(x)["event"] for x in (hb.root / AUDIT).read_text().splitlines()]
     assert events == ["started", "spawned", "attempt"]
+
+
+def test_the_journal_stays_bounded_and_a_live_receivers_journal_is_its_own(tmp_path: Path) -> None:
+    audit_file = tmp_path / "logs/heals.jsonl"
+    journal = Journal(audit_file)
+    assert journal.recover() == []
+    peer = Journal(audit_file)  # a second receiver of the bot, running beside it
+    assert peer.recover() == [] and peer.path != journal.path
+    waiting = Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", "f0", "2026-11-25T10:00:00.000Z")])
+    journal.submit(waiting).result(timeout=10)
+    big = [Alert("firing", "FP-9.9", f"{i:016x}", "2026-11-25T10:00:00.000Z", (("fp", "FP-9.9"),))
+           for i in range(1000)]
+    largest = 0
+    for _ in range(40):  # about 4 MB of deliveries through the journal while the first one waits
+        d = Delivery(time.time(), "http://am", big)
+        journal.submit(d).result(timeout=10)
+        journal.done([d.seq])
+        largest = max(largest, journal.path.stat().st_size)
+    one = len(journal.pending[waiting.seq]) + len(json.dumps({"done": [1]}))
+    assert largest <= COMPACT_BYTES + 2 * 120_000 and journal.path.stat().st_size <= COMPACT_BYTES + one
+    journal.close()
+    again = Journal(audit_file)  # the first receiver's slot is free again: its journal is adopted
+    [left] = again.recover()
+    assert again.path == journal.path and (left.seq, left.alerts, left.replayed) == (waiting.seq, waiting.alerts, True)
+    again.done([left.seq])
+    assert again.path.stat().st_size == 0
+    again.close()
+    peer.close()
