@@ -229,11 +229,7 @@ class Journal(audit.AuditLog):
                     failed = exc
             if failed is None:
                 try:
-                    fd = os.open(self.path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    audit.fsync_path(self.path)
                 except OSError as exc:
                     failed = exc
             if failed is not None:
@@ -280,11 +276,7 @@ class Journal(audit.AuditLog):
         except BaseException:
             os.close(fd)
             raise
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        audit.fsync_path(self.path.parent)
         old, self._fd = self._fd, fd
         if old is not None:
             os.close(old)

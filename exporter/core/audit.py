@@ -87,16 +87,21 @@ class AuditLog:
                     target = self._written
                 self._sync.release()
                 try:
-                    fd = os.open(self.path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_path(self.path)
                 finally:
                     self._sync.acquire()
                     self._syncing = False
                     self._sync.notify_all()
                 self._synced = max(self._synced, target)
+
+
+def fsync_path(path: Path) -> None:
+    """What was written to ``path`` (a file, or a directory's entries) is on disk when this returns."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def parse_lines(data: bytes) -> list[dict[str, Any]]:
