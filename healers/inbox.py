@@ -47,6 +47,7 @@ RECENT_DELIVERIES = 100
 #: deliveries decided together: their audit records share one fsync
 BATCH = 256
 #: deciding waits for a pause in the deliveries this long, and for no longer than COLLECT_SECONDS
+#: (per batch, and again for each of its deliveries while new ones keep arriving)
 QUIET_SECONDS = 0.02
 COLLECT_SECONDS = 0.5
 #: a delivery whose decision failed (its start record could not be written) is tried again after this
@@ -292,6 +293,7 @@ class Intake(Logbook):
         self.inbox: queue.Queue[Delivery | None] = queue.Queue()
         self.deliveries: OrderedDict[int, Delivery] = OrderedDict()
         self._retry: list[Delivery] = []
+        self.last_arrival = 0.0  # monotonic
 
     def replay_journal(self) -> None:
         """Take this receiver's journal and queue what a stopped receiver left undecided in it."""
@@ -306,7 +308,14 @@ class Intake(Logbook):
     def decide(self, batch: list[Delivery]) -> None:
         raise NotImplementedError
 
+    def yield_to_intake(self, deadline: float) -> None:
+        """Deciding gives way while deliveries are arriving (their answers come first), until
+        ``deadline`` (monotonic): under a steady stream decisions are delayed, never starved."""
+        while (quiet := time.monotonic() - self.last_arrival) < QUIET_SECONDS and time.monotonic() < deadline:
+            time.sleep(QUIET_SECONDS - quiet)
+
     def _track(self, delivery: Delivery) -> None:
+        self.last_arrival = time.monotonic()
         with self.log_lock:
             self.deliveries[delivery.seq] = delivery
             while len(self.deliveries) > RECENT_DELIVERIES:

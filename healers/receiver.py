@@ -26,7 +26,7 @@ from exporter.core import audit
 from exporter.core.config import Config
 from healers import actions
 from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, parse_payload
-from healers.inbox import RETRY_SECONDS, Delivery, InboxFull, Intake
+from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Delivery, InboxFull, Intake
 from healers.lease import Lease, LeaseRefused
 from healers.metrics import HealerMetrics
 from healers.orphans import Orphan, attempt_marker, find_orphans, owner_id
@@ -147,9 +147,11 @@ class Healer(Intake):
         alert whose start record cannot be written stays undecided and is tried again later."""
         ready: list[tuple[Delivery, int, HealerSpec, Alert]] = []
         self._held.batch = True
+        deadline = time.monotonic() + COLLECT_SECONDS
         try:
             for d in batch:
-                time.sleep(0)  # the GIL goes to the event loop if it waits: answers before decisions
+                self.yield_to_intake(deadline)  # answers before decisions
+                time.sleep(0)  # and the GIL to the event loop if it waits
                 for i, a in enumerate(d.alerts):
                     if d.decisions[i] is not None:
                         continue
