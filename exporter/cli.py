@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "the network or spending UW quota; exit 0 if fine, else 3 with one line per problem")
     _add_globals(cc, in_command=True)
 
+    gen = command("generate", "write the Prometheus, Alertmanager and target files of a fleet of bots")
+    gen.add_argument("--fleet", metavar="FILE", required=True, help="the fleet inventory (bots, shards, the "
+                     "central VictoriaMetrics, the Alertmanager peers; see examples/fleet.yaml)")
+    gen.add_argument("--out", metavar="DIR", help="where to write the files (default: the current directory)")
+
     sb = sub.add_parser("sandbox", help="run a simulated bot environment on loopback (its own options: "
                         "trading-readiness sandbox --help)")
     sb.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -227,6 +232,7 @@ COMMANDS = {
     "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.server", "cli_heal", a),
     "sandbox": lambda a: _delegate("sandbox.cli", "cli_sandbox", a),
+    "generate": lambda a: _delegate("rules.fleetgen", "cli_generate", a),
 }
 
 
@@ -255,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.rest = sandbox_rest
         if not args.command:
             raise UsageError("trading-readiness: a COMMAND is required (check, probe, verify, serve, heal, "
-                             "catalog, config, sandbox); see --help")
+                             "catalog, config, generate, sandbox); see --help")
         return int(COMMANDS[args.command](args))
     except UsageError as exc:
         # an argument may contain a line break; the error stays one line
