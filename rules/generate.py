@@ -16,7 +16,7 @@ from typing import Any
 from exporter.core.catalog import Catalog, FailurePoint, load
 
 from .alertmanager import alertmanager_config, render_alertmanager
-from .config import CONFIG, DOCS_BASE_URL, HEADER, config, dump, duration_seconds, validate
+from .config import CONFIG, DOCS_BASE_URL, HEADER, POINT_LABELS, config, dump, duration_seconds, validate
 
 __all__ = ["ALERTMANAGER_FILE", "ALERTMANAGER_PATH", "CONFIG", "DOCS_BASE_URL", "RULES_FILE", "RULES_PATH",
            "alertmanager_config", "artefacts", "config", "duration_seconds", "render_alertmanager", "render_rules",
@@ -36,24 +36,53 @@ def _sel(cfg: dict[str, Any], **extra: str) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
+def per_bot(cfg: dict[str, Any]) -> str:
+    """The aggregation clause that leaves one series per bot: ``without`` the point labels, so
+    every target label survives, or ``by`` the configured ``group_by``."""
+    if cfg["group_by"]:
+        return f"by ({', '.join(cfg['group_by'])})"
+    return f"without ({', '.join(POINT_LABELS)})"
+
+
+def on_bot(cfg: dict[str, Any]) -> str:
+    """Vector matching of a per-point (or per-bot) series with a per-bot one: the bot's labels."""
+    if cfg["group_by"]:
+        return f"on ({', '.join(cfg['group_by'])})"
+    return f"ignoring ({', '.join(POINT_LABELS)})"
+
+
+def on_point(cfg: dict[str, Any]) -> str:
+    """Vector matching of two per-point series: the bot's labels and ``fp``, whatever else they carry."""
+    if cfg["group_by"]:
+        return f"on ({', '.join([*cfg['group_by'], 'fp'])})"
+    return f"ignoring ({', '.join(label for label in POINT_LABELS if label != 'fp')})"
+
+
+def bot_name(cfg: dict[str, Any]) -> str:
+    """Template text naming the bot: its bot label, else its instance."""
+    return f"{{{{ or $labels.{cfg['bot_label']} $labels.instance }}}}"
+
+
 def readiness_expr(cfg: dict[str, Any]) -> str:
-    """PromQL for trading:readiness:status, mirroring exporter.core.model.verdict per (job, instance).
+    """PromQL for trading:readiness:status, mirroring exporter.core.model.verdict per bot.
 
     BLOCKED (2) if any point is ERROR; else DEGRADED (1) if the number of WARN points exceeds the
     exporter's own trading_readiness_max_warnings; else READY (0). SKIPPED (-1) is neither.
-    ``== bool`` keeps a 0 for every instance, so READY is an explicit 0 and not a missing series.
+    ``== bool`` keeps a 0 for every bot, so READY is an explicit 0 and not a missing series. A
+    bot is one set of target labels (see ``per_bot``): two bots behind one job never share a verdict.
     """
     status = f"trading_failure_point_status{_sel(cfg)}"
     max_warnings = f"trading_readiness_max_warnings{_sel(cfg)}"
     default = int(cfg["default_max_warnings"])
+    by, on = per_bot(cfg), on_bot(cfg)
     return (
         "clamp_max(\n"
-        f"    2 * (max by (job, instance) ({status}) == bool 2)\n"
+        f"    2 * (max {by} ({status}) == bool 2)\n"
         "  +\n"
-        f"    (sum by (job, instance) ({status} == bool 1)\n"
-        "      > bool on (job, instance)\n"
-        f"    (max by (job, instance) ({max_warnings})\n"
-        f"      or on (job, instance) (0 * count by (job, instance) ({status}) + {default}))),\n"
+        f"    (sum {by} ({status} == bool 1)\n"
+        f"      > bool {on}\n"
+        f"    (max {by} ({max_warnings})\n"
+        f"      or {on} (0 * count {by} ({status}) + {default}))),\n"
         "  2\n"
         ")"
     )
@@ -73,6 +102,7 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recording rule and the alerts that read it: one group, so they evaluate in order."""
     sev = cfg["severity"]
     dash = cfg["dashboard_url"]
+    name = bot_name(cfg)
     return {
         "name": "trading-readiness",
         "rules": [
@@ -83,8 +113,8 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["blocked_for"],
                 "labels": {"severity": sev["blocked"]},
                 "annotations": {
-                    "summary": "Trading is BLOCKED on {{ $labels.instance }}",
-                    "description": ("At least one failure point is ERROR on {{ $labels.instance }}, so the bot "
+                    "summary": "Trading is BLOCKED on " + name,
+                    "description": ("At least one failure point is ERROR on " + name + ", so the bot "
                                     "will not trade. The TradingFailurePoint alerts with severity critical name "
                                     "the points; `trading-readiness check` explains each one."),
                     "runbook_url": alert_runbook_url(cfg, "TradingBlocked"),
@@ -97,8 +127,8 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["degraded_for"],
                 "labels": {"severity": sev["degraded"]},
                 "annotations": {
-                    "summary": "Trading is DEGRADED on {{ $labels.instance }}",
-                    "description": ("More failure points are WARN on {{ $labels.instance }} than "
+                    "summary": "Trading is DEGRADED on " + name,
+                    "description": ("More failure points are WARN on " + name + " than "
                                     "readiness.max_warnings allows; the bot still trades, but some signals or "
                                     "orders are being lost. The TradingFailurePoint warnings name the points."),
                     "runbook_url": alert_runbook_url(cfg, "TradingDegraded"),
@@ -109,14 +139,15 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def joined(expr: str, info: str, labels: str) -> str:
-    """``expr`` with ``labels`` joined from the info series ``info``.
+def joined(cfg: dict[str, Any], expr: str, info: str, labels: str) -> str:
+    """``expr`` with ``labels`` joined from the info series ``info`` of the same bot and point.
 
-    ``or on (job, instance, fp)`` keeps the result when the info series is missing: a point
-    that fails must alert even if its labels cannot be looked up.
+    The ``or`` keeps the result when the info series is missing: a point that fails must alert
+    even if its labels cannot be looked up.
     """
-    return (f"({expr})\n  * on (job, instance, fp) group_left ({labels}) {info}\n"
-            f"or on (job, instance, fp)\n  ({expr})")
+    on = on_point(cfg)
+    return (f"({expr})\n  * {on} group_left ({labels}) {info}\n"
+            f"or {on}\n  ({expr})")
 
 
 def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, Any]]:
@@ -133,11 +164,11 @@ def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, 
             text = f"{p.id} reports {level}."
         rules.append({
             "alert": "TradingFailurePoint",
-            "expr": joined(f"{status} == {value}", info, "healer"),
+            "expr": joined(cfg, f"{status} == {value}", info, "healer"),
             "for": for_,
             "labels": {"severity": severity, "fp": p.id, "category": p.category},
             "annotations": {
-                "summary": f"{p.id} {p.name}: {level} on {{{{ $labels.instance }}}}",
+                "summary": f"{p.id} {p.name}: {level} on {bot_name(cfg)}",
                 # The healer named is the one this exporter has configured (the label), not the
                 # catalog's suggestion: the page must not promise a healer that is not running.
                 "description": (f"{p.detects} {text} "
@@ -154,23 +185,25 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """Alerts about the monitoring itself: a silent exporter must never look like READY."""
     sev = cfg["severity"]
     job = cfg["exporter_job"]
+    name = bot_name(cfg)
     last = f"trading_failure_point_last_check_timestamp_seconds{_sel(cfg)}"
     interval = f"trading_failure_point_interval_seconds{_sel(cfg)}"
     threshold = f"({cfg['stale_factor']} * {interval} + {float(cfg['stale_slack_seconds']):g})"
-    stale_expr = f"(time() - {last})\n  > on (job, instance, fp)\n  {threshold}"
+    point, bot = on_point(cfg), on_bot(cfg)
+    stale_expr = f"(time() - {last})\n  > {point}\n  {threshold}"
     # A point the exporter schedules (it has an interval) but has never finished checking since
     # it (re)loaded its config: its status is not an old result but none at all. The value is the
     # time since the load, so the threshold is the same as for a stale point.
     loaded = f"trading_exporter_config_last_reload_timestamp_seconds{_sel(cfg)}"
-    never_expr = (f"(\n  0 * ({interval} unless on (job, instance, fp) {last})\n"
-                  f"  + on (job, instance) group_left ()\n  (time() - {loaded})\n)\n"
-                  f"  > on (job, instance, fp)\n  {threshold}")
+    never_expr = (f"(\n  0 * ({interval} unless {point} {last})\n"
+                  f"  + {bot} group_left ()\n  (time() - {loaded})\n)\n"
+                  f"  > {point}\n  {threshold}")
     stale_text = (", more than " + str(cfg["stale_factor"]) + " check intervals (plus "
                   + f"{float(cfg['stale_slack_seconds']):g}" + " s)")
     # the stale and gave-up alerts carry the point's category and healer like TradingFailurePoint
     info = f"trading_failure_point_info{_sel(cfg)}"
-    stale_expr = joined(stale_expr, info, "category, healer")
-    never_expr = joined(never_expr, info, "category, healer")
+    stale_expr = joined(cfg, stale_expr, info, "category, healer")
+    never_expr = joined(cfg, never_expr, info, "category, healer")
     gave_up = f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1'
     stuck = f'trading_healer_stuck{{job="{cfg["healer_job"]}"}} == 1'
     return {
@@ -182,7 +215,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["exporter_down_for"],
                 "labels": {"severity": sev["exporter_down"]},
                 "annotations": {
-                    "summary": "The trading-readiness exporter is not being scraped ({{ $labels.instance }})",
+                    "summary": "The trading-readiness exporter is not being scraped (" + name + ")",
                     "description": ("Prometheus cannot scrape the trading-readiness exporter (or has no target "
                                     "for it). Readiness is unknown: no alert about the bot can fire until it is "
                                     "back. Check `systemctl status trading-readiness` and the listen address."),
@@ -195,7 +228,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["stale_for"],
                 "labels": {"severity": sev["stale"], "reason": "old_result"},
                 "annotations": {
-                    "summary": "{{ $labels.fp }} has not been checked recently on {{ $labels.instance }}",
+                    "summary": "{{ $labels.fp }} has not been checked recently on " + name,
                     "description": ("{{ $labels.fp }} was last checked {{ $value | humanizeDuration }} ago"
                                     + stale_text + ". Its status is an old result, not the present: the check "
                                     "is hung or the exporter's scheduler stopped."),
@@ -210,7 +243,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["stale_for"],
                 "labels": {"severity": sev["stale"], "reason": "never_checked"},
                 "annotations": {
-                    "summary": "{{ $labels.fp }} has never been checked on {{ $labels.instance }}",
+                    "summary": "{{ $labels.fp }} has never been checked on " + name,
                     "description": ("The exporter loaded its config {{ $value | humanizeDuration }} ago"
                                     + stale_text + ", and {{ $labels.fp }} has no result yet: it exports no "
                                     "status, so it cannot block or degrade readiness. The check is hung or "
@@ -222,11 +255,11 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "alert": "TradingHealerGaveUp",
-                "expr": joined(gave_up, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
+                "expr": joined(cfg, gave_up, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
                 "for": cfg["healer_gave_up_for"],
                 "labels": {"severity": sev["healer_gave_up"]},
                 "annotations": {
-                    "summary": "The healer gave up on {{ $labels.fp }} ({{ $labels.instance }})",
+                    "summary": "The healer gave up on {{ $labels.fp }} (" + name + ")",
                     "description": ("The healer ran its action for {{ $labels.fp }} max_attempts times in its "
                                     "window without fixing it and will not try again until the alert resolves (the "
                                     "point is OK again), which restores its attempts. A human must fix the cause; "
@@ -238,11 +271,11 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "alert": "TradingHealerStuck",
-                "expr": joined(stuck, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
+                "expr": joined(cfg, stuck, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
                 "for": cfg["healer_stuck_for"],
                 "labels": {"severity": sev["healer_stuck"]},
                 "annotations": {
-                    "summary": "Healing {{ $labels.fp }} is stuck ({{ $labels.instance }})",
+                    "summary": "Healing {{ $labels.fp }} is stuck (" + name + ")",
                     "description": ("The healer has held {{ $labels.fp }} queued, running or verifying for longer "
                                     "than its action's timeout plus its verification: every alert for it is "
                                     "skipped as busy and nothing heals it. See the healer's log and "
