@@ -260,23 +260,30 @@ class Stack:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Stack:
-        prometheus = find_binary(PROMETHEUS)
-        alertmanager = find_binary(*ALERTMANAGER_NAMES)
-        if prometheus is None or alertmanager is None:
-            raise StackError("prometheus and prometheus-alertmanager are needed (Debian: apt-get install "
-                             "prometheus prometheus-alertmanager)")
+        binaries = self._binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.sink = Sink()
-            for name in self.bots:
-                self._start_bot(name)
-            self._start_alertmanagers(alertmanager)
-            self._start_prometheus(prometheus)
+            self._launch(binaries)
             self._wait_up(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _binaries(self) -> dict[str, str]:
+        """The servers' executables by role; a StackError names the Debian packages missing."""
+        found = {"prometheus": find_binary(PROMETHEUS), "alertmanager": find_binary(*ALERTMANAGER_NAMES)}
+        if None in found.values():
+            raise StackError("prometheus and prometheus-alertmanager are needed (Debian: apt-get install "
+                             "prometheus prometheus-alertmanager)")
+        return {k: str(v) for k, v in found.items()}
+
+    def _launch(self, binaries: dict[str, str]) -> None:
+        for name in self.bots:
+            self._start_bot(name)
+        self._start_alertmanagers(binaries["alertmanager"])
+        self._start_prometheus(binaries["prometheus"])
 
     def stop(self) -> None:
         """Stop Prometheus, Alertmanager, exporters, healers and sandboxes; safe to call twice."""

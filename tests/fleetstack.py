@@ -27,11 +27,8 @@ from rules.fleet import Fleet, hashmod
 from rules.fleetgen import generate
 from rules.generate import stack_overrides
 from sandbox.stack import (
-    ALERTMANAGER_NAMES,
     HTTP_TIMEOUT,
-    PROMETHEUS,
     Proc,
-    Sink,
     Stack,
     StackError,
     find_binary,
@@ -85,31 +82,22 @@ class FleetStack(Stack):
         self._ports: dict[str, tuple[int, int]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def start(self, timeout: float = 90.0) -> FleetStack:
-        binaries = {name: find_binary(*names) for name, names in (
-            ("prometheus", (PROMETHEUS,)), ("alertmanager", ALERTMANAGER_NAMES),
-            ("victoria-metrics", (VICTORIA_METRICS,)))}
-        missing = [name for name, path in binaries.items() if path is None]
-        if missing:
-            raise StackError(f"{', '.join(missing)} needed (Debian: apt-get install prometheus "
-                             "prometheus-alertmanager victoria-metrics)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.sink = Sink()
-            self._ports = {name: self._balanced_ports(i) for i, name in enumerate(self.bots)}
-            # the sandboxes start side by side: each waits for its simulated daemon's first cycle
-            with ThreadPoolExecutor(len(self.bots)) as pool:
-                list(pool.map(self._start_bot, self.bots))
-            self.running.sort(key=lambda b: list(self.bots).index(b.name))
-            self._generate()
-            self.vm = self._spawn("victoria-metrics", self._vm_argv(str(binaries["victoria-metrics"])))
-            self._start_alertmanagers(str(binaries["alertmanager"]))
-            self._start_prometheus(str(binaries["prometheus"]))
-            self._wait_up(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def _binaries(self) -> dict[str, str]:
+        found = find_binary(VICTORIA_METRICS)
+        if found is None:
+            raise StackError("victoria-metrics is needed (Debian: apt-get install victoria-metrics)")
+        return {**super()._binaries(), "victoria-metrics": found}
+
+    def _launch(self, binaries: dict[str, str]) -> None:
+        self._ports = {name: self._balanced_ports(i) for i, name in enumerate(self.bots)}
+        # the sandboxes start side by side: each waits for its simulated daemon's first cycle
+        with ThreadPoolExecutor(len(self.bots)) as pool:
+            list(pool.map(self._start_bot, self.bots))
+        self.running.sort(key=lambda b: list(self.bots).index(b.name))
+        self._generate()
+        self.vm = self._spawn("victoria-metrics", self._vm_argv(binaries["victoria-metrics"]))
+        self._start_alertmanagers(binaries["alertmanager"])
+        self._start_prometheus(binaries["prometheus"])
 
     def stop(self) -> None:
         """Everything the stack started, side by side (each process group gets its own grace)."""

@@ -41,7 +41,7 @@ TIMINGS = Timings(scrape="2s", evaluation="1s", alert_for="0s", notify="1s")
 def fleet(tmp_path: Path) -> Iterator[FleetStack]:
     st = FleetStack(tmp_path, bots=BOTS, shards=2, alertmanagers=2, timings=TIMINGS)
     try:
-        st.start()
+        st.start(timeout=90)
         wait_for(lambda: all(b.readiness() == "READY" for b in st.running) and st.live(), timeout=60,
                  every=0.5, what="every bot READY, recorded on its shard, the Watchdog in both Alertmanagers")
         yield st
