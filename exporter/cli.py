@@ -109,10 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "the network or spending UW quota; exit 0 if fine, else 3 with one line per problem")
     _add_globals(cc, in_command=True)
 
-    gen = command("generate", "write the Prometheus, Alertmanager and target files of a fleet of bots")
-    gen.add_argument("--fleet", metavar="FILE", required=True, help="the fleet inventory (bots, shards, the "
-                     "central VictoriaMetrics, the Alertmanager peers; see examples/fleet.yaml)")
-    gen.add_argument("--out", metavar="DIR", help="where to write the files (default: the current directory)")
+    gen = sub.add_parser("generate", help="render the Prometheus rules, the Alertmanager config and the Grafana "
+                         "dashboards from a mixin config (docs/configuration.md#mixin-config)",
+                         description="render the Prometheus rules, the Alertmanager config and the Grafana "
+                         "dashboards from a mixin config (docs/configuration.md#mixin-config); exit 3 naming the "
+                         "key of a bad config, writing nothing")
+    gen.add_argument("--config", dest="mixin", metavar="FILE", help="the mixin config, a YAML file of overrides "
+                     "(default: none, the built-in defaults: what this repository commits)")
+    gen.add_argument("--out", metavar="DIR", default=".", help="where to write rules/, alertmanager/ and grafana/ "
+                     "(with --fleet: also prometheus/, targets/) (default: the current directory)")
+    gen.add_argument("--fleet", metavar="FILE", help="a fleet inventory (bots, shards, the central VictoriaMetrics, "
+                     "the Alertmanager peers; examples/fleet.yaml): also write the shards' Prometheus configs, the "
+                     "file_sd targets and per-bot healer routes (default: none, a single Prometheus)")
 
     sb = sub.add_parser("sandbox", help="run a simulated bot environment on loopback (its own options: "
                         "trading-readiness sandbox --help)")
@@ -231,8 +239,8 @@ COMMANDS = {
     "verify": _with_bot_root("exporter.tools.verify", "cli_verify"),
     "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.server", "cli_heal", a),
+    "generate": lambda a: _delegate("rules.fleetgen" if a.fleet else "rules.render", "cli_generate", a),
     "sandbox": lambda a: _delegate("sandbox.cli", "cli_sandbox", a),
-    "generate": lambda a: _delegate("rules.fleetgen", "cli_generate", a),
 }
 
 

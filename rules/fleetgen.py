@@ -10,7 +10,12 @@
 * ``alertmanager/alertmanager.yml``: pages and tickets as usual, and each bot's healable alerts
   to that bot's own healer only (matched on ``bot``), with that bot's token *file*;
 * ``alertmanager/peer-<i>.args``: the clustering flags of each Alertmanager, as an
-  ``ARGS="..."`` line for Debian's ``/etc/default/prometheus-alertmanager``.
+  ``ARGS="..."`` line for Debian's ``/etc/default/prometheus-alertmanager``;
+* ``grafana/``: the dashboards (the fleet dashboard among them), for a Grafana whose Prometheus
+  data source is the central VictoriaMetrics.
+
+``--config MIXIN`` (the mixin config, docs/configuration.md) sets what the rules, routes and
+dashboards are rendered with, as for ``generate`` without ``--fleet``.
 
 Nothing is written unless the whole inventory is valid.
 """
@@ -25,8 +30,10 @@ from typing import Any
 
 import yaml
 
+from grafana.dashboards import artefacts as dashboard_artefacts
+
 from .alertmanager import alertmanager_config
-from .config import CONFIG, dump, duration_seconds
+from .config import CONFIG, ConfigError, config, dump, duration_seconds, load_config
 from .fleet import Fleet, FleetBot, FleetError, load
 from .generate import RULES_FILE, render_rules
 
@@ -109,7 +116,7 @@ def peer_args(fleet: Fleet, index: int) -> str:
 def render(fleet: Fleet, overrides: dict[str, Any] | None = None) -> dict[str, str]:
     """{relative path: text} of every file the fleet needs."""
     overrides = dict(overrides or {})
-    if fleet.scrape_interval and "scrape_interval" not in overrides:
+    if fleet.scrape_interval:  # the rules are written for the interval the shards scrape at
         overrides["scrape_interval"] = fleet.scrape_interval
     cfg = {**CONFIG, **overrides}
     out = {f"targets/{role}s.json": json.dumps(file_sd(fleet, role), indent=2) + "\n"
@@ -118,6 +125,8 @@ def render(fleet: Fleet, overrides: dict[str, Any] | None = None) -> dict[str, s
         out[f"prometheus/shard-{shard}.yml"] = NOTE + yaml.safe_dump(shard_config(fleet, shard, cfg), sort_keys=False)
     out[f"rules/{RULES_FILE}"] = render_rules(**overrides)
     out["alertmanager/alertmanager.yml"] = NOTE + dump(fleet_alertmanager(fleet, overrides))
+    # the dashboards (the fleet dashboard among them) for a Grafana reading VictoriaMetrics
+    out.update(dashboard_artefacts(config(**overrides)))
     for i in range(len(fleet.alertmanagers)):
         out[f"alertmanager/peer-{i}.args"] = (
             "# /etc/default/prometheus-alertmanager on Alertmanager " + str(i) + " of the fleet's cluster\n"
@@ -150,13 +159,20 @@ def summary(fleet: Fleet) -> list[str]:
     return lines
 
 
-def cli_generate(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> int:
-    """``generate --fleet FILE --out DIR``: exit 0 when written, 3 with one line when not."""
+def cli_generate(args: argparse.Namespace) -> int:
+    """``generate --fleet FILE [--config MIXIN] --out DIR``: exit 0 when written, 3 with one line when not."""
     out = Path(args.out or ".")
     try:
+        overrides = load_config(Path(args.mixin)) if getattr(args, "mixin", None) else None
         fleet = generate(args.fleet, out, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}".replace("\n", " "), file=sys.stderr)
+        return EXIT_UNKNOWN
     except FleetError as exc:
         print(f"fleet error: {exc}".replace("\n", " "), file=sys.stderr)
+        return EXIT_UNKNOWN
+    except (ValueError, KeyError) as exc:  # the rules refuse the fleet's scrape interval with the mixin's for:
+        print(f"fleet error: {args.fleet}: {exc}".replace("\n", " "), file=sys.stderr)
         return EXIT_UNKNOWN
     except OSError as exc:
         print(f"error: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)

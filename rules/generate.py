@@ -16,7 +16,8 @@ from typing import Any
 from exporter.core.catalog import Catalog, FailurePoint, load
 
 from .alertmanager import alertmanager_config, render_alertmanager
-from .config import CONFIG, DOCS_BASE_URL, HEADER, POINT_LABELS, config, dump, duration_seconds, validate
+from .config import CONFIG, DOCS_BASE_URL, HEADER, config, dump, duration_seconds, validate
+from .labels import bot_name, on_bot, on_point, per_bot
 
 __all__ = ["ALERTMANAGER_FILE", "ALERTMANAGER_PATH", "CONFIG", "DOCS_BASE_URL", "RULES_FILE", "RULES_PATH",
            "alertmanager_config", "artefacts", "config", "duration_seconds", "render_alertmanager", "render_rules",
@@ -27,40 +28,29 @@ RULES_PATH = "rules/trading-readiness.rules.yml"
 ALERTMANAGER_PATH = "alertmanager/alertmanager.yml"
 
 
+#: the uid of the overview dashboard (grafana/dashboards.py) that alerts link to
+OVERVIEW_UID = "trading-readiness-overview"
+
+
 def runbook_url(cfg: dict[str, Any], p: FailurePoint) -> str:
-    return f"{cfg['runbook_base_url']}#{p.anchor}"
+    """The point's section of the catalog (docs/FAILURE_POINTS.md) below the runbook base."""
+    return f"{points_runbook(cfg)}#{p.anchor}"
+
+
+def points_runbook(cfg: dict[str, Any]) -> str:
+    return f"{cfg['runbook_base_url'].rstrip('/')}/FAILURE_POINTS.md"
+
+
+def dashboard_url(cfg: dict[str, Any]) -> str:
+    """The overview dashboard, filtered to the alert's bot when the alert has a bot label."""
+    bot = cfg["bot_label"]
+    return (f"{cfg['grafana_url'].rstrip('/')}/d/{OVERVIEW_UID}"
+            f"{{{{ with $labels.{bot} }}}}?var-{bot}={{{{ . | urlquery }}}}{{{{ end }}}}")
 
 
 def _sel(cfg: dict[str, Any], **extra: str) -> str:
     labels = {"job": cfg["exporter_job"], **extra}
     return "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-
-
-def per_bot(cfg: dict[str, Any]) -> str:
-    """The aggregation clause that leaves one series per bot: ``without`` the point labels, so
-    every target label survives, or ``by`` the configured ``group_by``."""
-    if cfg["group_by"]:
-        return f"by ({', '.join(cfg['group_by'])})"
-    return f"without ({', '.join(POINT_LABELS)})"
-
-
-def on_bot(cfg: dict[str, Any]) -> str:
-    """Vector matching of a per-point (or per-bot) series with a per-bot one: the bot's labels."""
-    if cfg["group_by"]:
-        return f"on ({', '.join(cfg['group_by'])})"
-    return f"ignoring ({', '.join(POINT_LABELS)})"
-
-
-def on_point(cfg: dict[str, Any]) -> str:
-    """Vector matching of two per-point series: the bot's labels and ``fp``, whatever else they carry."""
-    if cfg["group_by"]:
-        return f"on ({', '.join([*cfg['group_by'], 'fp'])})"
-    return f"ignoring ({', '.join(label for label in POINT_LABELS if label != 'fp')})"
-
-
-def bot_name(cfg: dict[str, Any]) -> str:
-    """Template text naming the bot: its bot label, else its instance."""
-    return f"{{{{ or $labels.{cfg['bot_label']} $labels.instance }}}}"
 
 
 def readiness_expr(cfg: dict[str, Any]) -> str:
@@ -90,18 +80,18 @@ def readiness_expr(cfg: dict[str, Any]) -> str:
 
 def _runbook_template(cfg: dict[str, Any]) -> str:
     # The anchor is derived from the fp label exactly as FailurePoint.anchor derives it.
-    return cfg["runbook_base_url"] + '#{{ $labels.fp | toLower | reReplaceAll "\\\\." "" }}'
+    return points_runbook(cfg) + '#{{ $labels.fp | toLower | reReplaceAll "\\\\." "" }}'
 
 
 def alert_runbook_url(cfg: dict[str, Any], alert: str) -> str:
     """The section of docs/runbooks.md for ``alert`` (GitHub's anchor of a heading is its lower case)."""
-    return f"{cfg['alerts_runbook_base_url']}#{alert.lower()}"
+    return f"{cfg['runbook_base_url'].rstrip('/')}/runbooks.md#{alert.lower()}"
 
 
 def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recording rule and the alerts that read it: one group, so they evaluate in order."""
     sev = cfg["severity"]
-    dash = cfg["dashboard_url"]
+    dash = dashboard_url(cfg)
     name = bot_name(cfg)
     return {
         "name": "trading-readiness",
@@ -153,7 +143,7 @@ def joined(cfg: dict[str, Any], expr: str, info: str, labels: str) -> str:
 def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, Any]]:
     """One alert per level of one point; the healer label is joined from trading_failure_point_info."""
     sev = cfg["severity"]
-    for_ = cfg["failure_point_for"] or p.alert_for
+    for_ = cfg["point_for"].get(p.id) or cfg["failure_point_for"] or p.alert_for
     status = f"trading_failure_point_status{_sel(cfg, fp=p.id)}"
     info = f"trading_failure_point_info{_sel(cfg, fp=p.id)}"
     rules = []
@@ -392,6 +382,8 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def artefacts() -> dict[str, str]:
-    """{relative path: text} for exporter.generate (`make generate`) and the drift tests."""
-    return {RULES_PATH: render_rules(), ALERTMANAGER_PATH: render_alertmanager()}
+def artefacts(cfg: dict[str, Any] | None = None) -> dict[str, str]:
+    """{relative path: text} for the mixin config ``cfg`` (default: CONFIG, what `make generate`
+    commits and the drift tests compare)."""
+    overrides = cfg or {}
+    return {RULES_PATH: render_rules(**overrides), ALERTMANAGER_PATH: render_alertmanager(**overrides)}

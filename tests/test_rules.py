@@ -120,7 +120,7 @@ def _fp_alert(p: Any, inst: str, severity: str, level: str, healer: str, target:
         "summary": f"{p.id} {p.name}: {level} on {target.get('bot', inst)}",
         "description": (f"{p.detects} {text} The reason is in /api/failure_points and "
                         f"`trading-readiness check --only {p.id}`.{tail}"),
-        "runbook_url": f"{rulegen.CONFIG['runbook_base_url']}#{p.anchor}"}}
+        "runbook_url": f"{rulegen.CONFIG['runbook_base_url']}/FAILURE_POINTS.md#{p.anchor}"}}
 
 
 def test_every_failure_point_alert_fires_with_its_labels_and_annotations(tmp_path: Path) -> None:
