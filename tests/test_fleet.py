@@ -171,3 +171,21 @@ def test_hashmod_spreads_addresses_over_every_shard() -> None:
     # the shards' real targets are compared with it in tests/test_fleet_e2e.py
     assert hashmod("a", 1) == 0
     assert {hashmod(f"127.0.0.1:{p}", 3) for p in range(9000, 9100)} == {0, 1, 2}
+
+
+def test_fleet_rules_routes_and_dashboards_follow_the_mixin_config(tmp_path: Path) -> None:
+    mixin = tmp_path / "mixin.yaml"
+    mixin.write_text("blocked_for: 2m\n")
+    inv = tmp_path / "fleet.yaml"
+    inv.write_text(EXAMPLE.read_text())
+    out = tmp_path / "out"
+    r = run_cli("generate", "--config", str(mixin), "--fleet", str(inv), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    groups = yaml.safe_load((out / "rules" / "trading-readiness.rules.yml").read_text())["groups"]
+    blocked = [x for g in groups for x in g["rules"] if x.get("alert") == "TradingBlocked"]
+    assert [x["for"] for x in blocked] == ["2m"]
+    assert (out / "grafana" / "dashboards" / "trading-readiness-fleet.json").exists()
+    mixin.write_text("blocked_four: 2m\n")
+    r = run_cli("generate", "--config", str(mixin), "--fleet", str(inv), "--out", str(tmp_path / "other"))
+    assert r.returncode == 3 and "blocked_four" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "other").exists()
