@@ -264,15 +264,14 @@ class FleetStack(Stack):
 
 
 def dashboard_queries(repo: Path) -> list[str]:
-    """The fleet dashboard's PromQL with its variables set to "every bot" (``$bot`` -> ``.*``), or the
-    readiness-by-bot query while no fleet dashboard exists."""
+    """The fleet dashboard's PromQL with its variables set to "every bot" (``$bot`` -> ``.*``)."""
     exprs: list[str] = []
     for path in sorted((repo / "grafana" / "dashboards").glob("*fleet*.json")):
         panels = json.loads(path.read_text()).get("panels", [])
         for panel in [*panels, *(p for row in panels for p in row.get("panels", []))]:
             exprs += [t["expr"] for t in panel.get("targets", []) if t.get("expr")]
     if not exprs:
-        return ["max by (bot, env) (trading:readiness:status)"]
+        raise FileNotFoundError(f"no fleet dashboard with queries in {repo / 'grafana' / 'dashboards'}")
     subst = {"${bot:regex}": ".*", "${env:regex}": ".*", "$bot": ".*", "$env": ".*", "$__rate_interval": "1m",
              "$__interval": "1m", "$__range": "5m"}
     out = []
