@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import resource
 import subprocess
@@ -184,6 +185,7 @@ def measure(n: int, exporter: str, healer: str) -> dict[str, Any]:
             elapsed = time.monotonic() - t0
             cpu = {k: (sum(p.cpu_times()[:2]) - cpu0[k]) / elapsed for k, p in procs.items()}
             rss = {k: p.memory_info().rss for k, p in procs.items()}
+            load = os.getloadavg()[0]  # other work on the machine stretches every wall-clock figure
             texts = [own_metrics(u) for u in fleet.shard_urls]
             rw = [(scalar(t, "prometheus_remote_storage_bytes_total") - b) / elapsed
                   for t, b in zip(texts, rw0, strict=True)]
@@ -201,7 +203,7 @@ def measure(n: int, exporter: str, healer: str) -> dict[str, Any]:
             "scrape_ms": scrape_ms, "shard_cpu": shard_cpu, "rule_cpu": rule_cpu,
             "rule_seconds_max": max(rules), "missed": missed,
             "shard_rss": sum(rss[f"shard-{i}"] for i in range(SHARDS)),
-            "rw_bytes": sum(rw), "vm_cpu": cpu["vm"], "vm_rss": rss["vm"]}
+            "rw_bytes": sum(rw), "vm_cpu": cpu["vm"], "vm_rss": rss["vm"], "load": load}
 
 
 def keeps_up(row: dict[str, Any]) -> bool:
@@ -259,14 +261,14 @@ def main() -> str:
         "",
         "| bots | series/bot | samples/scrape (exporter + healer) | scrape ms | shards CPU (cores) |"
         " rules (wall/interval) | rule cycle max (s) | missed cycles | shards RSS (MiB) |"
-        " remote_write B/s per bot | VM CPU | VM RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " remote_write B/s per bot | VM CPU | VM RSS (MiB) | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['n']:,} | {r['series_per_bot']:.0f} | {r['samples']:.0f} + {r['healer_samples']:.0f} | "
                      f"{r['scrape_ms']:.1f} | {r['shard_cpu']:.3f} | {r['rule_cpu']:.3f} | "
                      f"{r['rule_seconds_max']:.3f} | {r['missed']:.0f} | {r['shard_rss'] / 2**20:.0f} | "
                      f"{r['rw_bytes'] / r['n']:.0f} | "
-                     f"{r['vm_cpu']:.3f} | {r['vm_rss'] / 2**20:.0f} |")
+                     f"{r['vm_cpu']:.3f} | {r['vm_rss'] / 2**20:.0f} | {r['load']:.1f} |")
     lines += ["", *capacity(rows)]
     return "\n".join(lines)
