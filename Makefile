@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # What `make demo` runs (Debian's Prometheus and Alertmanager with promtool/amtool); `make test`
-# also needs docker-compose (the compose file is validated) and Chromium (the status page is driven).
+# also needs docker-compose (the compose file is validated), Chromium (the status page is driven) and
+# VictoriaMetrics (the fleet test stores the shards' remote_write centrally; vmalert checks the rules).
 DEMO_PACKAGES := prometheus prometheus-alertmanager
 DEMO_BINARIES := prometheus promtool prometheus-alertmanager amtool
-TEST_PACKAGES := $(DEMO_PACKAGES) docker-compose chromium
-TEST_BINARIES := $(DEMO_BINARIES) docker-compose chromium
+TEST_PACKAGES := $(DEMO_PACKAGES) docker-compose chromium victoria-metrics
+TEST_BINARIES := $(DEMO_BINARIES) docker-compose chromium victoria-metrics vmagent vmalert
 
 .PHONY: test demo generate lint bench system-deps demo-deps venv clean
 
