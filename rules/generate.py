@@ -23,7 +23,7 @@ from .labels import bot_name, on_bot, on_point, per_bot
 
 __all__ = ["ALERTMANAGER_FILE", "ALERTMANAGER_PATH", "CONFIG", "DOCS_BASE_URL", "RULES_FILE", "RULES_PATH",
            "alertmanager_config", "artefacts", "config", "duration_seconds", "render_alertmanager", "render_rules",
-           "render_stack", "rule_groups", "validate"]
+           "render_stack", "rule_groups", "stack_overrides", "validate"]
 
 
 RULES_PATH = "rules/trading-readiness.rules.yml"
@@ -325,6 +325,25 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
     its group/repeat intervals (to the value given). With ``out_dir`` the files are written
     there as ``trading-readiness.rules.yml`` and ``alertmanager.yml``.
     """
+    overrides = stack_overrides(scrape_interval=scrape_interval, alert_for=alert_for,
+                                webhook_base_url=webhook_base_url, healer_url=healer_url,
+                                healer_token_file=healer_token_file, notify_interval=notify_interval,
+                                stale_slack_seconds=stale_slack_seconds)
+    cat = catalog or load()
+    out = {RULES_FILE: render_rules(cat, **overrides), ALERTMANAGER_FILE: render_alertmanager(cat, **overrides)}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in out.items():
+            (out_dir / name).write_text(text)
+    return out
+
+
+def stack_overrides(*, scrape_interval: str | None = None, alert_for: str | None = None,
+                    webhook_base_url: str | None = None, healer_url: str | None = None,
+                    healer_token_file: str | Path | None = None, notify_interval: str | None = None,
+                    stale_slack_seconds: float | None = None) -> dict[str, Any]:
+    """The rule-config overrides of a demo or test stack (see :func:`render_stack` for each one);
+    the fleet generator takes the same ones."""
     overrides: dict[str, Any] = {}
     am: dict[str, Any] = {}
     scrape = duration_seconds(scrape_interval) if scrape_interval else duration_seconds(CONFIG["scrape_interval"])
@@ -355,13 +374,7 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
             am[key] = notify_interval
     if am:
         overrides["alertmanager"] = am
-    cat = catalog or load()
-    out = {RULES_FILE: render_rules(cat, **overrides), ALERTMANAGER_FILE: render_alertmanager(cat, **overrides)}
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in out.items():
-            (out_dir / name).write_text(text)
-    return out
+    return overrides
 
 
 def _duration(seconds: float) -> str:
