@@ -40,7 +40,7 @@ def prometheus(exporter: str, healer: str, alertmanagers: list[str], rules_glob:
         # every Alertmanager of a cluster gets every alert; the peers deduplicate notifications
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]},
         "scrape_configs": [
-            # one target per bot: add the other bots' exporters here (rules aggregate by instance)
+            # one target per bot: add the other bots' exporters here, each labelled with its bot (and env)
             {"job_name": RULES["exporter_job"], "static_configs": [{"targets": [exporter]}]},
             {"job_name": RULES["healer_job"], "static_configs": [{"targets": [healer]}]},
         ],
