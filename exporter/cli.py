@@ -214,7 +214,7 @@ def catalog_json(cat: Any) -> dict[str, Any]:
 
 
 #: commands whose code ships apart from the exporter's wheel: what to install for them
-OPTIONAL = {"sandbox": "the sandbox is not installed: from a checkout, pip install './sandbox'"}
+OPTIONAL = {"sandbox": "the sandbox is not installed: from a checkout, pip install '.[sandbox]'"}
 
 
 def _delegate(module: str, func: str, args: argparse.Namespace) -> int:
@@ -271,18 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("trading-readiness: a COMMAND is required (check, probe, verify, serve, heal, "
                              "catalog, config, generate, sandbox); see --help")
         return int(COMMANDS[args.command](args))
-    except UsageError as exc:
+    except (UsageError, BotRootError) as exc:
         # an argument may contain a line break; the error stays one line
         print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return EXIT_UNKNOWN
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN
-    except BotRootError as exc:
-        print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
-        return EXIT_UNKNOWN
-    except CatalogError as exc:
-        print(f"catalog error: {exc}", file=sys.stderr)
+    except (ConfigError, CatalogError) as exc:
+        print(f"{'config' if isinstance(exc, ConfigError) else 'catalog'} error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     except KeyboardInterrupt:
         return EXIT_UNKNOWN

@@ -50,6 +50,8 @@ def fleet(s: Scope) -> Dashboard:
             field_mappings("readiness", READINESS, "readiness"),
             {"matcher": {"id": "byName", "options": "last heal"},
              "properties": [{"id": "unit", "value": "dateTimeFromNow"}]},
+            # increase() extrapolates: a single attempt reads 1.02
+            {"matcher": {"id": "byName", "options": "heals in range"}, "properties": [{"id": "decimals", "value": 0}]},
             field_link(s.bot, "Overview of ${__value.raw}",
                        f"/d/{UIDS['overview']}?var-bot=${{__value.raw}}&${{__url_time_range}}"
                        "&${datasource:queryparam}"),

@@ -1,11 +1,13 @@
 """Prometheus rules and the example Alertmanager configuration, generated from the catalog.
 
 Hand-written rules drift from the catalog; untested rules page at 3 a.m. or never. Everything
-that varies (selectors, durations, severities, URLs) sits in ``CONFIG`` (``rules/config.py``),
-in the style of the kubernetes mixins; the failure points themselves come from
-``exporter/catalog.yaml``.
+that varies (selectors, the labels that identify a bot, durations, severities, URLs) is a key of
+the mixin config (``CONFIG`` in ``rules/config.py`` holds the defaults, a YAML file overrides
+them), in the style of the kubernetes mixins; the failure points themselves come from
+``exporter/catalog.yaml``. Every rule keeps the bot's target labels (``rules/labels.py``).
 ``make generate`` writes ``rules/trading-readiness.rules.yml`` and
-``alertmanager/alertmanager.yml``; tests run promtool/amtool on them and fail on drift.
+``alertmanager/alertmanager.yml`` for the defaults, ``trading-readiness generate`` for any
+config; tests run promtool/amtool on them and fail on drift.
 """
 
 from __future__ import annotations

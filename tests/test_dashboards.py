@@ -315,7 +315,10 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
     # so increase() sees the attempt.
     reply = http_json(f"http://127.0.0.1:{stack.healer}/alertmanager", data=firing("FP-1.1"),
                       headers={"Authorization": "Bearer dash-token-0123456789", "Content-Type": "application/json"})
-    assert reply["decisions"] == ["accepted"], reply
+    assert reply["state"] == "queued" and reply["alerts"] == 1, reply
+    decided = wait_for(lambda: (v := http_json(f"http://127.0.0.1:{stack.healer}/api/heals?delivery={reply['delivery']}"))
+                       ["state"] == "decided" and v, timeout=10, what="the healer's decision", every=0.1)
+    assert decided["decisions"] == ["accepted"], decided
     # Counters need two samples around the change; wait on that, never a fixed sleep.
     wait_for(lambda: stack.ready('trading_healer_gave_up{fp="FP-1.1"} == 1'), timeout=20,
              what=f"the healer giving up on FP-1.1; healer log: {stack.log('healer')}", every=0.2)

@@ -158,6 +158,35 @@ def runs_script(cmdline: list[str], cwd: str | None, bot_root: Path, script: str
     return path is not None and path == (bot_root.resolve() / script).resolve()
 
 
+def mentioning(*names: str, proc_root: Path = Path("/proc")) -> list[psutil.Process]:
+    """The processes whose command line contains one of ``names``, each its own psutil object.
+
+    Several points scan the process table every cycle. psutil builds a Process and reads its
+    files for every process of the host (about 9 ms for 100 processes); reading the raw
+    command lines from /proc and building objects only for those that mention a name costs a
+    tenth of that. The raw bytes contain a name whenever one of psutil's arguments does, so the
+    callers' own tests on ``cmdline()`` decide exactly as before. Without /proc: psutil's scan.
+    """
+    needles = [os.fsencode(n) for n in names]
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return list(psutil.process_iter())
+    found: list[psutil.Process] = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc_root}/{entry}/cmdline", "rb") as fh:
+                raw = fh.read()
+            if any(n in raw for n in needles):
+                # a fresh object: psutil shares one per pid between concurrent process_iter() scans
+                found.append(psutil.Process(int(entry)))
+        except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 @dataclass
 class OtherBot:
     root: Path
@@ -177,9 +206,9 @@ def other_bots(bot_root: Path, daemon_script: str, bot_script: str,
     """
     root = bot_root.resolve()
     found: list[OtherBot] = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in mentioning(daemon_script, bot_script):
         try:
-            cmdline = proc.info.get("cmdline") or []
+            cmdline = proc.cmdline()
             if not any(daemon_script in a or bot_script in a for a in cmdline):
                 continue
             try:
@@ -199,9 +228,9 @@ def other_bots(bot_root: Path, daemon_script: str, bot_script: str,
 
 def find_script_processes(bot_root: Path, script: str) -> list[Match]:
     matches: list[Match] = []
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+    for proc in mentioning(script):
         try:
-            cmdline = proc.info.get("cmdline") or []
+            cmdline = proc.cmdline()
             if not cmdline or not any(script in a for a in cmdline):
                 continue
             try:
@@ -212,8 +241,6 @@ def find_script_processes(bot_root: Path, script: str) -> list[Match]:
             if status == psutil.STATUS_ZOMBIE:
                 continue
             if runs_script(cmdline, cwd, bot_root, script):
-                # not proc.info: psutil shares one Process object per pid between concurrent
-                # process_iter() calls, and another check's scan may have replaced its info meanwhile
                 matches.append(Match(proc.pid, cmdline, proc.create_time() or 0.0, status=status))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -4,7 +4,8 @@
   half-written file: it is read again before it is called corrupt.
 - JSONL logs grow without bound: they are read incrementally from the last offset, rotation and
   truncation are detected by inode and size, and a partial last line waits for the next read.
-- The multi-MB cache is re-parsed only when its (inode, size, mtime_ns) changed.
+- The multi-MB cache is re-parsed only when its (inode, size, mtime_ns) changed, once however
+  many checks ask for it at the same moment.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ class FileProblem(Exception):
         super().__init__(message)
 
 
-def read_json(path: Path, retries: int = 3, delay: float = 0.2) -> Any:
-    """Parse a JSON file, re-reading a torn file up to ``retries`` times before giving up."""
+def read_json(path: Path, retries: int = 3, delay: float = 0.2,
+              decode: Callable[[bytes], Any] = json.loads) -> Any:
+    """Parse a JSON file, re-reading a torn file up to ``retries`` times before giving up.
+
+    ``decode`` turns the bytes into a value and raises ValueError (or UnicodeDecodeError) with
+    ``json.loads``'s reason when they are not JSON (a partial decoder of a large file).
+    """
     last_error = ""
     for attempt in range(max(1, retries)):
         try:
@@ -45,7 +51,7 @@ def read_json(path: Path, retries: int = 3, delay: float = 0.2) -> Any:
             kind = "empty"
         else:
             try:
-                return json.loads(raw)
+                return decode(raw)
             except (ValueError, UnicodeDecodeError) as exc:
                 kind = "corrupt"
                 last_error = f"{path.name} is not valid JSON ({_short(exc)})"
@@ -61,8 +67,9 @@ def _short(exc: Exception) -> str:
 
 @dataclass
 class _Parsed:
-    key: tuple[int, int, int]
-    value: Any
+    key: tuple[int, int, int] | None = None
+    value: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ChangedFileCache:
@@ -80,22 +87,29 @@ class ChangedFileCache:
         self.parses = 0
 
     def get(self, path: Path, parse: Callable[[Path], Any], kind: str = "") -> Any:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise FileProblem("missing", path, f"{path.name} does not exist") from None
-        except OSError as exc:
-            raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            hit = self._cache.get((path, kind))
-            if hit and hit.key == key:
-                return hit.value
-        value = parse(path)
+            slot = self._cache.setdefault((path, kind), _Parsed())
+        # one parse per version of the file: the checks that ask for it at the same moment
+        # (several run concurrently) wait for the parse in flight instead of each parsing it
+        with slot.lock:
+            key = _identity(path)
+            if slot.key == key:
+                return slot.value
+            value = parse(path)
+            slot.key, slot.value = key, value
         with self._lock:
             self.parses += 1
-            self._cache[(path, kind)] = _Parsed(key, value)
         return value
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileProblem("missing", path, f"{path.name} does not exist") from None
+    except OSError as exc:
+        raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass

@@ -1,0 +1,188 @@
+"""The UW cache's partial decoder gives exactly what ``json.loads`` gave: the same summary of every
+cache, the same reason for every file that is not JSON, one parse however many checks ask.
+
+The caches are the real bot's (``shared/realbot``), as it wrote them (``indent=2``), and a
+production-size one built from their tickers; torn and damaged copies of them are judged by
+both decoders.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.bot.cache import decode, summarise
+from exporter.bot.readers import ChangedFileCache, FileProblem, read_json
+from exporter.core.model import Status
+from sandbox.alpaca import FakeAlpaca
+from sandbox.botroot import BotRoot
+from sandbox.uw import FakeUW
+
+from .conftest import evaluate, market_at
+from .realbot import realbot_dir
+
+OPEN = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # Tuesday 11:00 ET
+
+
+def real_cache(which: str) -> bytes:
+    return (realbot_dir() / which / "data" / "uw_flow_cache.json").read_bytes()
+
+
+def production_size(copies: int = 60) -> bytes:
+    """The daemon's recorded tickers copied under new names until the file is several MB."""
+    real = json.loads(real_cache("daemon"))
+    out = {k: v for k, v in real.items() if k.startswith("_")}
+    for i in range(copies):
+        for sym, entry in real.items():
+            if not sym.startswith("_"):
+                out[f"{sym}{i}"] = entry
+    return json.dumps(out, indent=2).encode()
+
+
+def judged(decoder: Any, raw: bytes) -> tuple[str, Any]:
+    """What a decoder makes of the bytes: the summary, or the exception's type and reason."""
+    try:
+        return "ok", summarise(decoder(raw), len(raw), Path("uw_flow_cache.json"))
+    except (ValueError, RecursionError, FileProblem) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("which", ["daemon", "main"])
+def test_real_caches_summarise_as_with_json(which: str) -> None:
+    raw = real_cache(which)
+    fast, slow = judged(decode, raw), judged(json.loads, raw)
+    assert fast == slow and fast[0] == "ok"
+    s = fast[1]
+    # the recorded facts (realbot README): 5 tickers kept, the 429-zeroed blocks still count
+    assert s.symbols == ["AAPL", "LOW", "MSFT", "NVDA", "SPY"] and s.tide_points == 1
+    assert s.metadata["ticker_count"] == 53
+
+
+def test_production_size_cache_summarises_as_with_json() -> None:
+    raw = production_size()
+    assert len(raw) > 8_000_000
+    fast, slow = judged(decode, raw), judged(json.loads, raw)
+    assert fast == slow and fast[0] == "ok"
+    assert len(fast[1].symbols) == 300 and fast[1].total_trades == 60 * 160
+
+
+def test_torn_and_damaged_caches_fail_with_jsons_reason() -> None:
+    """Cut short, a byte replaced, a run of bytes lost: accepted or refused alike, same reason."""
+    raw = real_cache("daemon")
+    rng = random.Random(16)
+    refused = 0
+    for i in range(1500):
+        data = bytearray(raw)
+        pos = rng.randrange(len(data))
+        if i % 3 == 0:
+            del data[pos:]
+        elif i % 3 == 1:
+            data[pos] = rng.randrange(256)
+        else:
+            del data[pos:pos + rng.randrange(1, 64)]
+        fast, slow = judged(decode, bytes(data)), judged(json.loads, bytes(data))
+        assert fast == slow, (i, pos)
+        refused += fast[0] != "ok"
+    assert 500 < refused < 1500  # both kinds of outcome were compared
+
+
+@pytest.mark.parametrize("text", [
+    b'{"A": {"flow_trades": ["\xff"]}}',  # not UTF-8 inside a trade the fast decoder skips
+    b'{"A": {"conviction": NaN, "flow_trades": [Infinity]}}',  # json.loads accepts these
+    b'\xef\xbb\xbf{"A": {"trade_count": 3}}',  # a BOM
+    b'{"A": {"trade_count": 1e400}, "_metadata": {"last_update": 123456789012345678901234567890}}',
+    b'{"A": {"flow_trades": ["\\ud800"]}}',  # a lone surrogate
+    b'{"A": {"flow_trades": [' + b"[" * 3000 + b"]" * 3000 + b"]}}",  # too deep for either
+    '{"A": {"trade_count": 2}}'.encode("utf-16"),
+    b'["A"]', b"", b"  ", b'{"A": 1} trailing', b'{"A": {"flow_trades": [1,]}}',
+])
+def test_edge_cases_are_judged_as_by_json(text: bytes) -> None:
+    assert judged(decode, text) == judged(json.loads, text)
+
+
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
+_json = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                      st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                     max_leaves=12)
+_block = st.one_of(_json, st.fixed_dictionaries({}, optional={
+    "data": _json, "_rate_limited": _json, "_blocked": _json, "print_count": _json, "last_update": _json}))
+_ticker = st.one_of(_json, st.dictionaries(
+    st.sampled_from(["flow_trades", "trade_count", "flow", "market_tide", "dark_pool", "greeks", "etf_flow",
+                     "_last_update", "sentiment", "insider"]), _block, max_size=6))
+_tide = st.one_of(_json, st.fixed_dictionaries({}, optional={"data": _json, "last_update": _json}),
+                  st.lists(st.dictionaries(st.sampled_from(["timestamp", "ts", "date", "net_volume"]),
+                                           st.one_of(_scalar, st.just("2026-11-24T16:00:00Z")), max_size=3),
+                           max_size=3))
+_cache = st.fixed_dictionaries({}, optional={"_metadata": _json, "_market_tide": _tide}).flatmap(
+    lambda g: st.dictionaries(st.sampled_from(["NVDA", "AAPL", "SPY", "_top_net_impact"]), _ticker,
+                              max_size=4).map(lambda t: {**t, **g}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_cache, st.booleans())
+def test_any_cache_shape_summarises_as_with_json(cache: dict[str, Any], indent: bool) -> None:
+    raw = json.dumps(cache, indent=2 if indent else None).encode()
+    assert judged(decode, raw) == judged(json.loads, raw)
+
+
+def test_concurrent_readers_share_one_parse(tmp_path: Path) -> None:
+    """Checks that ask for a changed file at the same moment wait for one parse, not one each."""
+    path = tmp_path / "uw_flow_cache.json"
+    path.write_bytes(production_size(copies=4))
+    files = ChangedFileCache()
+    entered = threading.Event()
+    release = threading.Event()
+
+    def parse(p: Path) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return read_json(p, 3, 0.2, decode)
+
+    start = threading.Barrier(8)
+    got: list[Any] = []
+
+    def reader() -> None:
+        start.wait()
+        got.append(files.get(path, parse))
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert entered.wait(30)
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert len(got) == 8 and all(g is got[0] for g in got)
+    assert files.parses == 1
+
+
+def test_checks_judge_a_production_cache_and_its_torn_copy(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW) -> None:
+    """Through the real checks: the recorded tickers at production size are judged, and the same
+    file cut short fails FP-1.2 with json's reason, its dependents skipped, as before."""
+    root = BotRoot(tmp_path / "bot", now=OPEN.timestamp()).healthy(alpaca.url, uw.url)
+    cache = json.loads(production_size(copies=40))
+    cache["_metadata"]["last_update"] = OPEN.timestamp() - 30
+    path = root.p("data/uw_flow_cache.json")
+    path.write_text(json.dumps(cache, indent=2))
+    only = ["FP-1.2", "FP-1.3", "FP-1.4", "FP-1.9"]
+    rep = evaluate(root.path, only=only, clock=market_at(alpaca, OPEN), isolated=False)
+    assert rep.results["FP-1.2"].status is Status.OK
+    assert rep.results["FP-1.2"].outcome.message.endswith("200 symbols, 3 global keys")
+    assert rep.results["FP-1.9"].outcome.details["tickers_with_trades"] == 160
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(FileProblem) as before:
+        read_json(path, 3, 0.0)  # json.loads's verdict on the torn file
+    rep = evaluate(root.path, only=only, clock=market_at(alpaca, OPEN), isolated=False)
+    assert rep.results["FP-1.2"].status is Status.ERROR
+    assert rep.results["FP-1.2"].outcome.message == str(before.value)
+    assert "is not valid JSON (" in str(before.value)
+    assert {rep.results[fp].outcome.message for fp in only[1:]} == {"depends on FP-1.2"}
