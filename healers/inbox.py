@@ -91,8 +91,11 @@ class Delivery:
         return out
 
 
-def _encode(d: Delivery) -> bytes:
-    alerts = [[a.status, a.fp, a.fingerprint, a.starts_at, [list(kv) for kv in a.labels]] for a in d.alerts]
+def _encode(d: Delivery, keep: frozenset[str]) -> bytes:
+    """One journal line; of the labels only those named in ``keep`` (what healer.match_labels
+    compares), never annotations: the journal holds what deciding needs, nothing more."""
+    alerts = [[a.status, a.fp, a.fingerprint, a.starts_at, [list(kv) for kv in a.labels if kv[0] in keep]]
+              for a in d.alerts]
     return (json.dumps({"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": alerts},
                        separators=(",", ":")) + "\n").encode()
 
@@ -143,6 +146,8 @@ class Journal(audit.AuditLog):
         self._alerts: dict[int, int] = {}
         self._next = 1
         self._fd: int | None = None  # holds the slot's flock
+        #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
+        self.keep_labels: frozenset[str] = frozenset()
         #: written, waiting for the flusher's fsync
         self._waiting: list[tuple[int, bytes, Future[None]]] = []
         self._flush = threading.Condition(self.lock)
@@ -193,7 +198,7 @@ class Journal(audit.AuditLog):
         with self.lock:
             self._next = max([*found, *done, 0]) + 1
             for d in out:
-                self._hold(d.seq, _encode(d), len(d.alerts))
+                self._hold(d.seq, _encode(d, self.keep_labels), len(d.alerts))
             self._rewrite()
         threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
         return out
@@ -209,7 +214,7 @@ class Journal(audit.AuditLog):
                 raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
             delivery.seq = self._next
             self._next += 1
-            line = _encode(delivery)
+            line = _encode(delivery, self.keep_labels)
             self._hold(delivery.seq, line, len(delivery.alerts))
             self._waiting.append((delivery.seq, line, synced))
             self._flush.notify()
@@ -290,6 +295,7 @@ class Intake(Logbook):
     def __init__(self, config: Config, token: str | None) -> None:
         super().__init__(config, token)
         self.journal = Journal(config.resolve(config["healer"]["audit_file"]))
+        self.journal.keep_labels = frozenset(config["healer"]["match_labels"] or {})
         self.inbox: queue.Queue[Delivery | None] = queue.Queue()
         self.deliveries: OrderedDict[int, Delivery] = OrderedDict()
         self._retry: list[Delivery] = []

@@ -200,7 +200,7 @@ def test_kill_9_right_after_the_answer_the_journaled_delivery_is_decided_and_run
             assert resp.status_code == 200 and resp.json()["state"] == "queued", resp.text
             metrics = requests.get(url + "/metrics", timeout=5).text
             assert "trading_healer_backlog 1.0" in metrics
-            assert '"FP-2.1"' in journal.read_text()
+            assert '"FP-2.1"' in journal.read_text() and "TradingFailurePoint" not in journal.read_text()
             first.send_signal(signal.SIGKILL)
             first.communicate(timeout=10)
     finally:
