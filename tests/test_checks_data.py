@@ -341,7 +341,7 @@ def test_healthy_root_is_all_ok(tmp_path: Path, alpaca: FakeAlpaca, uw: FakeUW, 
     allowed = {Status.OK} if when is OPEN else {Status.OK, Status.SKIPPED}
     bad = {fp: (r.status.name, r.outcome.message) for fp, r in rep.results.items() if r.status not in allowed}
     assert not bad, bad
-    assert len(rep.results) == len(mine) == 29
+    assert len(rep.results) == len(mine) == 30  # FP-3.12 (orders reach the broker) is the 30th point of categories 1-3
 
 
 def test_missing_run_log_is_one_warning_not_nine(sbot: BotRoot, alpaca: FakeAlpaca) -> None:
