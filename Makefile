@@ -5,22 +5,26 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # What `make demo` runs (Debian's Prometheus and Alertmanager with promtool/amtool); `make test`
-# also needs docker-compose (the compose file is validated) and Chromium (the status page is driven).
+# also needs docker-compose (the compose file is validated), Chromium (the status page is driven) and
+# VictoriaMetrics (the fleet test stores the shards' remote_write centrally; vmalert checks the rules).
 DEMO_PACKAGES := prometheus prometheus-alertmanager
 DEMO_BINARIES := prometheus promtool prometheus-alertmanager amtool
-TEST_PACKAGES := $(DEMO_PACKAGES) docker-compose chromium
-TEST_BINARIES := $(DEMO_BINARIES) docker-compose chromium
+TEST_PACKAGES := $(DEMO_PACKAGES) docker-compose chromium victoria-metrics
+TEST_BINARIES := $(DEMO_BINARIES) docker-compose chromium victoria-metrics vmagent vmalert
 
 .PHONY: test demo generate lint bench system-deps demo-deps venv clean
 
-$(STAMP): pyproject.toml sandbox/pyproject.toml
+$(STAMP): pyproject.toml setup.py sandbox/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's python3-venv"; rm -rf $(VENV); \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); \
 	  else echo "python3 -m venv failed -- install with: sudo apt-get install python3-venv"; exit 1; fi; }
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test,sandbox]' -e ./sandbox
+	$(PIP) install --quiet -e '.[test,sandbox]'
+	@# the [sandbox] extra installs ./sandbox; made editable too, so an edit there needs no reinstall
+	$(PIP) install --quiet --no-deps -e ./sandbox
+	@rm -rf sandbox/build  # setuptools' output from building the extra's (non-editable) sandbox in place
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -66,4 +70,4 @@ demo: demo-deps $(STAMP)
 	$(PY) -m sandbox.demo
 
 clean:
-	rm -rf $(VENV) test-artifacts .demo
+	rm -rf $(VENV) test-artifacts .demo build sandbox/build

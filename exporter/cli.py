@@ -109,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "the network or spending UW quota; exit 0 if fine, else 3 with one line per problem")
     _add_globals(cc, in_command=True)
 
+    gen = sub.add_parser("generate", help="render the Prometheus rules, the Alertmanager config and the Grafana "
+                         "dashboards from a mixin config (docs/configuration.md#mixin-config)",
+                         description="render the Prometheus rules, the Alertmanager config and the Grafana "
+                         "dashboards from a mixin config (docs/configuration.md#mixin-config); exit 3 naming the "
+                         "key of a bad config, writing nothing")
+    gen.add_argument("--config", dest="mixin", metavar="FILE", help="the mixin config, a YAML file of overrides "
+                     "(default: none, the built-in defaults: what this repository commits)")
+    gen.add_argument("--out", metavar="DIR", default=".", help="where to write rules/, alertmanager/ and grafana/ "
+                     "(with --fleet: also prometheus/, targets/) (default: the current directory)")
+    gen.add_argument("--fleet", metavar="FILE", help="a fleet inventory (bots, shards, the central VictoriaMetrics, "
+                     "the Alertmanager peers; examples/fleet.yaml): also write the shards' Prometheus configs, the "
+                     "file_sd targets and per-bot healer routes (default: none, a single Prometheus)")
+
     sb = sub.add_parser("sandbox", help="run a simulated bot environment on loopback (its own options: "
                         "trading-readiness sandbox --help)")
     sb.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -201,7 +214,7 @@ def catalog_json(cat: Any) -> dict[str, Any]:
 
 
 #: commands whose code ships apart from the exporter's wheel: what to install for them
-OPTIONAL = {"sandbox": "the sandbox is not installed: from a checkout, pip install './sandbox'"}
+OPTIONAL = {"sandbox": "the sandbox is not installed: from a checkout, pip install '.[sandbox]'"}
 
 
 def _delegate(module: str, func: str, args: argparse.Namespace) -> int:
@@ -226,6 +239,7 @@ COMMANDS = {
     "verify": _with_bot_root("exporter.tools.verify", "cli_verify"),
     "serve": _with_bot_root("exporter.serve.server", "cli_serve"),
     "heal": lambda a: _delegate("healers.server", "cli_heal", a),
+    "generate": lambda a: _delegate("rules.fleetgen" if a.fleet else "rules.render", "cli_generate", a),
     "sandbox": lambda a: _delegate("sandbox.cli", "cli_sandbox", a),
 }
 
@@ -255,20 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.rest = sandbox_rest
         if not args.command:
             raise UsageError("trading-readiness: a COMMAND is required (check, probe, verify, serve, heal, "
-                             "catalog, config, sandbox); see --help")
+                             "catalog, config, generate, sandbox); see --help")
         return int(COMMANDS[args.command](args))
-    except UsageError as exc:
+    except (UsageError, BotRootError) as exc:
         # an argument may contain a line break; the error stays one line
         print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         return EXIT_UNKNOWN
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN
-    except BotRootError as exc:
-        print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
-        return EXIT_UNKNOWN
-    except CatalogError as exc:
-        print(f"catalog error: {exc}", file=sys.stderr)
+    except (ConfigError, CatalogError) as exc:
+        print(f"{'config' if isinstance(exc, ConfigError) else 'catalog'} error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
     except KeyboardInterrupt:
         return EXIT_UNKNOWN

@@ -100,32 +100,31 @@ class Decision:
         return f"{what}: {self.readiness} via {self.source}" + (f" - {'; '.join(self.reasons)}" if self.reasons else "")
 
 
-class _TrackedHTTP(urllib.request.HTTPHandler):
+class _Tracking:
+    """Keeps every connection a handler opens in ``conns`` (so a deadline can cut them off)."""
+
     def __init__(self, conns: list[http.client.HTTPConnection]) -> None:
         super().__init__()
         self.conns = conns
 
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+    def _connect(self, cls: type[http.client.HTTPConnection]) -> Callable[..., http.client.HTTPConnection]:
         def connect(host: str, **kw: Any) -> http.client.HTTPConnection:
-            conn = http.client.HTTPConnection(host, **kw)
+            conn = cls(host, **kw)
             self.conns.append(conn)
             return conn
 
-        return self.do_open(connect, req)
+        return connect
 
 
-class _TrackedHTTPS(urllib.request.HTTPSHandler):
-    def __init__(self, conns: list[http.client.HTTPConnection]) -> None:
-        super().__init__()
-        self.conns = conns
+class _TrackedHTTP(_Tracking, urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._connect(http.client.HTTPConnection), req)
 
+
+class _TrackedHTTPS(_Tracking, urllib.request.HTTPSHandler):
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        def connect(host: str, **kw: Any) -> http.client.HTTPSConnection:
-            conn = http.client.HTTPSConnection(host, **kw)
-            self.conns.append(conn)
-            return conn
-
-        return self.do_open(connect, req, context=self._context)  # type: ignore[attr-defined]
+        return self.do_open(self._connect(http.client.HTTPSConnection), req,
+                            context=self._context)  # type: ignore[attr-defined]
 
 
 def _read_within(req: urllib.request.Request, timeout: float) -> bytes:

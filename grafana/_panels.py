@@ -46,13 +46,21 @@ def datasource_variable() -> Template:
                     refresh=1, default="")
 
 
-def instance_variable(name: str, label: str, metric: str, job: str) -> Template:
-    """A multi-value instance picker fed by one always-present series of ``job``.
+def instance_variable(name: str, label: str, metric: str, job: str, bots: str = "") -> Template:
+    """A multi-value instance picker fed by one always-present series of ``job``, limited to the
+    bots the ``bots`` matchers select.
 
     ``allValue`` is ``.*`` so the regex matchers in every query match all instances when
     "All" is chosen (Grafana would otherwise build an alternation of the values it knows).
     """
-    return Template(name=name, label=label, query=f'label_values({metric}{{job="{job}"}}, instance)',
+    scope = f", {bots}" if bots else ""
+    return label_variable(name, label, f'{metric}{{job="{job}"{scope}}}', "instance")
+
+
+def label_variable(name: str, label: str, series: str, label_name: str) -> Template:
+    """A multi-value picker of the values of ``label_name`` on ``series``; "All" is ``.*``, which
+    also matches series without the label (a single bot scraped without a bot label)."""
+    return Template(name=name, label=label, query=f"label_values({series}, {label_name})",
                     dataSource=DATASOURCE, includeAll=True, multi=True, allValue=".*", refresh=2,
                     default="$__all")
 

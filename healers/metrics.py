@@ -31,6 +31,9 @@ class HealerMetrics:
         self.gave_up = Gauge("trading_healer_gave_up",
                              "1 after max_attempts failed within window_seconds, until the alert resolves.",
                              ["fp"], registry=self.registry)
+        self.backlog = Gauge("trading_healer_backlog",
+                             "Alerts acknowledged (journaled) and not yet decided by the dispatcher.",
+                             registry=self.registry)
         # static facts for the rules: TradingHealerGaveUp carries the point's category and healer
         self.info = Gauge("trading_healer_info", "A failure point this healer may heal (category, healer name); "
                           "always 1.", ["fp", "category", "healer"], registry=self.registry)

@@ -1,9 +1,11 @@
 """`trading-readiness heal`: the Alertmanager webhook receiver.
 
 Alertmanager delivers at least once (HA peers both notify, repeats every repeat_interval), so a
-naive receiver restarts things several times. Here every alert is admitted by the policy (dedupe,
-cooldown, attempt window, single flight), acknowledged at once, and healed by a worker thread;
-success is recorded only when the failure point is OK again when re-evaluated by the engine.
+naive receiver restarts things several times. Here a delivery is acknowledged once it is a valid
+payload and on disk in the journal (healers.inbox); the dispatcher thread then admits every alert
+by the policy (dedupe, cooldown, attempt window, single flight), records the decisions (a batch of
+audit records shares one fsync) and hands accepted actions to the worker threads; success is
+recorded only when the failure point is OK again when re-evaluated by the engine.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import hmac
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
-from exporter.bot.botenv import BotEnv, Redactor
 from exporter.core import audit
 from exporter.core.config import Config
 from healers import actions
 from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, parse_payload
+from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Delivery, InboxFull, Intake
 from healers.lease import Lease, LeaseRefused
 from healers.metrics import HealerMetrics
 from healers.orphans import Orphan, attempt_marker, find_orphans, owner_id
@@ -32,38 +35,21 @@ from healers.verify import verify_point
 
 RECENT = 200
 MAX_SOURCES = 16
-#: how often skipped deliveries and suppressed repeated lines are summarised on stderr
-SUMMARY_SECONDS = 60.0
-LOG_REPEAT_SECONDS = 60.0
 #: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
 OTHER_FP = "other"
 
 
-#: audit fields that are never redacted: what the policy restores from (a rewritten fingerprint
-#: or startsAt would make a restarted receiver heal the same alert again)
-IDENTITY_FIELDS = frozenset({"event", "time", "epoch", "fp", "fingerprint", "starts_at", "healer", "outcome"})
-
-
 class _Held(threading.local):
     gen: int | None = None
+    #: the dispatcher is deciding a batch: records are synced once, at its end
+    batch: bool = False
 
 
-def _walk_strings(value: Any, redact: Redactor) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _walk_strings(v, redact) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_walk_strings(v, redact) for v in value]
-    return value
-
-
-class Healer:
-    """Admission, metrics, audit and workers; the HTTP layer is a thin wrapper around it."""
+class Healer(Intake):
+    """Intake, admission, metrics, audit and workers; the HTTP layer is a thin wrapper around it."""
 
     def __init__(self, config: Config, token: str | None, dry_run: bool = False, start_workers: bool = True) -> None:
-        self.config = config
-        self.token = token
+        super().__init__(config, token)
         self.dry_run = dry_run or bool(config["healer"]["dry_run"])
         self.specs: dict[str, HealerSpec] = specs_from_config(config)
         self.policy = Policy(self.specs)
@@ -74,23 +60,16 @@ class Healer:
         #: the audit file) tells an orphan of a dead receiver from a live receiver's action
         self.owner = owner_id(os.getpid())
         self.lease = Lease(config.resolve(config["healer"]["lease_file"]), self.owner)
-        self.stopping = threading.Event()
         self.groups: set[int] = set()
-        self.log_lock = threading.Lock()
         #: per worker thread: the point reservation (generation) its current item holds
         self._held = _Held()
-        self._redactor_lock = threading.Lock()
-        self._redactor: Redactor | None = None
-        self._redactor_ident: tuple[int, ...] = ()
-        self._last_logged: dict[str, float] = {}
-        self._repeats: dict[str, int] = {}
-        self._skip_counts: dict[tuple[str, str], int] = {}
         #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
         self.sources: dict[str, int] = {}
         metrics = HealerMetrics(config, self.specs)
         self.registry, self.attempts, self.skipped = metrics.registry, metrics.attempts, metrics.skipped
         self.running, self.queued, self.stuck = metrics.running, metrics.queued, metrics.stuck
         self.gave_up, self.info = metrics.gave_up, metrics.info
+        metrics.backlog.set_function(lambda: self.journal.pending_alerts)
         records = audit.read_tail(self.audit.path)
         self.policy.restore(records)
         for rec in records:
@@ -107,77 +86,16 @@ class Healer:
                 self.policy.move(orphan.fp, "queued", time.time())
                 self.queued.labels(orphan.fp).set(1)
                 self.queue.put(orphan)
+        # what a stopped receiver acknowledged and never decided: decided now, before anything new
+        self.replay_journal()
         self.workers = [threading.Thread(target=self._worker, name=f"heal-worker-{i}", daemon=True)
                         for i in range(int(config["healer"]["max_concurrent"]))]
+        self.dispatcher = threading.Thread(target=self._dispatch_loop, name="heal-dispatcher", daemon=True)
         if start_workers:
             for w in self.workers:
                 w.start()
+            self.dispatcher.start()
             threading.Thread(target=self._summariser, name="heal-log-summary", daemon=True).start()
-
-    # logging ---------------------------------------------------------------------------------
-    def redactor(self) -> Redactor:
-        """The bot's secrets and the webhook token: an action's output (a ``set -x`` script, a tool
-        printing its config) and its argv may carry credentials. Rebuilt only when ``.env``
-        changes (its stat), not for every line."""
-        env_file = self.config.bot_root / ".env"
-        try:
-            st = env_file.stat()
-            ident: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        except OSError:
-            ident = ()
-        with self._redactor_lock:
-            if self._redactor is None or ident != self._redactor_ident:
-                secrets = [*BotEnv.load(self.config.bot_root).secrets(), *([self.token] if self.token else [])]
-                self._redactor, self._redactor_ident = Redactor(secrets), ident
-            return self._redactor
-
-    def redact(self, text: str) -> str:
-        return self.redactor()(text)
-
-    def redact_record(self, rec: dict[str, Any]) -> dict[str, Any]:
-        """Every string of a record redacted before it is serialised, keys and structure untouched:
-        redacting serialised JSON rewrites its syntax whenever a secret is a substring of it (a
-        ``true``, a ``"fp"``). The identity fields are ours or Alertmanager's (ids, hashes, times)
-        and are what a restart dedupes on, so they are kept exactly."""
-        redact = self.redactor()
-        return {k: v if k in IDENTITY_FIELDS else _walk_strings(v, redact) for k, v in rec.items()}
-
-    def log(self, msg: str) -> None:
-        """One line to stderr, redacted. A line identical to one written in the last
-        LOG_REPEAT_SECONDS is counted instead, and the count written by the next summary."""
-        msg = self.redact(msg)
-        now = time.monotonic()
-        with self.log_lock:
-            last = self._last_logged.get(msg)
-            if last is not None and now - last < LOG_REPEAT_SECONDS:
-                self._repeats[msg] = self._repeats.get(msg, 0) + 1
-                return
-            if len(self._last_logged) >= 1024:  # bounded: forget lines not seen for a while
-                self._last_logged = {m: t for m, t in self._last_logged.items() if now - t < LOG_REPEAT_SECONDS}
-            self._last_logged[msg] = now
-            print(f"{audit.iso(time.time())} {msg}", file=sys.stderr, flush=True)
-
-    def summarise(self) -> None:
-        """The skips and suppressed repeats since the last summary, as at most two lines."""
-        with self.log_lock:
-            skips, self._skip_counts = self._skip_counts, {}
-            repeats, self._repeats = self._repeats, {}
-        stamp = audit.iso(time.time())
-        lines = []
-        if skips:
-            parts = ", ".join(f"{fp or '(no fp)'} {reason} {n}" for (fp, reason), n in sorted(skips.items()))
-            lines.append(f"{stamp} heal: skipped since the last summary: {parts}")
-        if repeats:
-            parts = "; ".join(f"{n}x {msg[:200]}" for msg, n in sorted(repeats.items(), key=lambda kv: -kv[1])[:10])
-            lines.append(f"{stamp} heal: repeated lines not written again: {parts}")
-        if lines:
-            with self.log_lock:
-                print("\n".join(lines), file=sys.stderr, flush=True)
-
-    def _summariser(self) -> None:
-        while not self.stopping.wait(SUMMARY_SECONDS):
-            with contextlib.suppress(Exception):
-                self.summarise()
 
     # requests --------------------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
@@ -187,8 +105,12 @@ class Healer:
         given = (header or "").encode("utf-8", "replace")
         return hmac.compare_digest(given, expected)
 
-    def handle_post(self, auth: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Authorise, parse and dispatch one delivery; never raises for bad input."""
+    def handle_post(self, auth: str | None, body: bytes
+                    ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]]:
+        """Authorise, validate and journal one delivery; the answer (a Future once the delivery
+        is written) completes when the journal's shared fsync has it on disk. The decisions are
+        the dispatcher's (``/api/heals?delivery=N``). Never raises for bad input; an OSError
+        (the journal cannot be written) is the caller's 5xx, and Alertmanager sends it again."""
         if not self.authorized(auth):
             return 401, {"error": "missing or wrong bearer token"}
         if len(body) > MAX_BODY_BYTES:
@@ -200,8 +122,65 @@ class Healer:
         with self.log_lock:
             if source in self.sources or len(self.sources) < MAX_SOURCES:
                 self.sources[source] = self.sources.get(source, 0) + 1
-        decisions = [self.dispatch(a) for a in alerts]
-        return 200, {"accepted": sum(1 for d in decisions if d == "accepted"), "decisions": decisions}
+        delivery = Delivery(time.time(), source, alerts)
+        try:
+            synced = self.journal.submit(delivery)
+        except InboxFull as exc:
+            return 503, {"error": f"too busy: {exc}"}
+        answer: Future[tuple[int, dict[str, Any]]] = Future()
+
+        def on_disk(f: Future[None]) -> None:  # the journal's fsync covers it: acknowledge, then decide
+            if f.exception() is not None:
+                self._log_error(f"cannot journal a delivery: {f.exception()}")
+                answer.set_result((500, {"error": "internal error: the delivery could not be journaled"}))
+                return
+            self._track(delivery)
+            self.inbox.put(delivery)
+            answer.set_result((200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"}))
+
+        synced.add_done_callback(on_disk)
+        return answer
+
+    def decide(self, batch: list[Delivery]) -> None:
+        """Every alert of the batch decided; the records written for it synced once; the accepted
+        actions queued only then (their start is on disk); the journal told what is decided. An
+        alert whose start record cannot be written stays undecided and is tried again later."""
+        ready: list[tuple[Delivery, int, HealerSpec, Alert]] = []
+        self._held.batch = True
+        deadline = time.monotonic() + COLLECT_SECONDS
+        try:
+            for d in batch:
+                self.yield_to_intake(deadline)  # answers before decisions
+                time.sleep(0)  # and the GIL to the event loop if it waits
+                for i, a in enumerate(d.alerts):
+                    if d.decisions[i] is not None:
+                        continue
+
+                    def hand(spec: HealerSpec, alert: Alert, d: Delivery = d, i: int = i) -> None:
+                        ready.append((d, i, spec, alert))
+
+                    try:
+                        d.decisions[i] = self.dispatch(a, hand)
+                    except Exception as exc:
+                        self._log_error(f"heal {self._label(a.fp)}: cannot decide an alert, trying again in "
+                                        f"{RETRY_SECONDS:g} s: {type(exc).__name__}: {exc}")
+        finally:
+            self._held.batch = False
+        try:
+            self.audit.sync()
+        except Exception as exc:
+            self._log_error(f"heal: cannot sync the audit, trying again in {RETRY_SECONDS:g} s: {exc}")
+            for d, i, spec, _alert in ready:  # nothing runs without its start on disk
+                d.decisions[i] = None
+                self.policy.abort(spec.fp)
+                with contextlib.suppress(Exception):
+                    self.lease.release(spec.fp, time.time(), ran=False)
+            ready = []
+        for _d, _i, spec, alert in ready:
+            self.queued.labels(spec.fp).set(1)
+            self.queue.put((spec, alert))
+        self.journal.done([d.seq for d in batch if d.decided()])
+        self._retry += [d for d in batch if not d.decided() and d not in self._retry]
 
     def _label(self, fp: str | None) -> str:
         if fp is None:
@@ -220,8 +199,10 @@ class Healer:
                     self._skip_counts[key] = self._skip_counts.get(key, 0) + 1
         return reason
 
-    def dispatch(self, alert: Alert) -> str:
-        """Decide one alert: 'accepted' (queued) or the skip reason. Exact-match lookup only."""
+    def dispatch(self, alert: Alert, ready: Callable[[HealerSpec, Alert], None] | None = None) -> str:
+        """Decide one alert: 'accepted' or the skip reason. Exact-match lookup only. An accepted
+        action is queued at once (its start record synced), or, with ``ready``, handed to it
+        (``ready(spec, alert)``) to queue once the batch's records are synced."""
         fp = alert.fp
         match: dict[str, str] = self.config["healer"]["match_labels"] or {}
         if match:
@@ -273,11 +254,14 @@ class Healer:
                           "starts_at": alert.starts_at, "argv": list(spec.argv), "owner": self.owner}, at=now)
         except BaseException:
             # without its start record a restart would not know the action ran: run nothing, undo
-            # the reservation, answer 5xx so Alertmanager retries once the fault (a full disk) is gone
+            # the reservation; the alert is decided again later, once the fault (a full disk) is gone
             self.policy.abort(fp)
             with contextlib.suppress(Exception):
                 self.lease.release(fp, time.time(), ran=False)
             raise
+        if ready is not None:
+            ready(spec, alert)
+            return "accepted"
         self.queued.labels(fp).set(1)
         self.queue.put((spec, alert))
         return "accepted"
@@ -287,7 +271,7 @@ class Healer:
         at = time.time() if at is None else at
         rec = {"time": audit.iso(at), "epoch": round(at, 3), **rec}
         rec = self.redact_record(rec)  # the audit and /api/heals
-        self.audit.append(rec)
+        self.audit.append(rec, sync=not self._held.batch)
         if rec["event"] == "attempt":
             self.recent.appendleft(rec)
 
@@ -343,10 +327,6 @@ class Healer:
         """A transition made by this worker for the reservation it holds; nothing when that
         reservation was released as stuck meanwhile (the point is no longer this worker's)."""
         self.policy.move(fp, phase, gen=self._held.gen)
-
-    def _log_error(self, msg: str) -> None:
-        with contextlib.suppress(Exception):
-            self.log(msg)
 
     def _started(self, spec: HealerSpec, alert: Alert, pid: int) -> None:
         """The action's process exists: only now does the point read as running. Its pid (the
@@ -496,5 +476,9 @@ class Healer:
                 os.killpg(pgid, signal.SIGKILL)
         for _ in self.workers:
             self.queue.put(None)
+        self.inbox.put(None)
+        if self.dispatcher.is_alive():
+            self.dispatcher.join(timeout=5)
+        self.journal.close()
 
 

@@ -17,10 +17,14 @@ def alertmanager_config(cat: Catalog | None = None, **overrides: Any) -> dict[st
     cfg = config(**overrides)
     cat = cat or load()
     am = cfg["alertmanager"]
+    # A bot is its target, or its bot and env labels when several bots share one instance (a
+    # label a target lacks is empty on both sides, so equal); a configured group_by names the
+    # bot's labels instead. One bot's BLOCKED never silences another bot's DEGRADED.
+    bot = list(cfg["group_by"] or ["job", "instance", cfg["bot_label"], cfg["env_label"]])
     inhibit: list[dict[str, Any]] = [{
         "source_matchers": ['alertname="TradingBlocked"'],
         "target_matchers": ['alertname="TradingDegraded"'],
-        "equal": ["job", "instance"],
+        "equal": list(bot),
     }]
     # The root cause pages; the points that depend on it would only repeat it.
     for p in cat:
@@ -30,7 +34,7 @@ def alertmanager_config(cat: Catalog | None = None, **overrides: Any) -> dict[st
                 "source_matchers": ['alertname="TradingFailurePoint"', f'fp="{p.id}"', 'severity="critical"'],
                 "target_matchers": ['alertname="TradingFailurePoint"',
                                     "fp=~\"" + "|".join(re.escape(d) for d in dependents) + '"'],
-                "equal": ["job", "instance"],
+                "equal": list(bot),
             })
 
     def webhook(name: str, url: str, **extra: Any) -> dict[str, Any]:
@@ -40,7 +44,7 @@ def alertmanager_config(cat: Catalog | None = None, **overrides: Any) -> dict[st
         "global": {"resolve_timeout": "5m"},
         "route": {
             "receiver": "ticket",
-            "group_by": ["alertname", "fp", "job", "instance"],
+            "group_by": ["alertname", "fp", *bot],
             "group_wait": am["group_wait"],
             "group_interval": am["group_interval"],
             "repeat_interval": am["repeat_interval"],

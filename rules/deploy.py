@@ -31,15 +31,16 @@ SECRET_FILE = "/run/secrets/healer_token"  # noqa: S105
 EVALUATION_INTERVAL = "5s"
 
 
-def prometheus(exporter: str, healer: str, alertmanager: str, rules_glob: str, note: str) -> str:
+def prometheus(exporter: str, healer: str, alertmanagers: list[str], rules_glob: str, note: str) -> str:
     """One Prometheus config: job names and intervals are the ones the rules are written for."""
     cfg: dict[str, Any] = {
         "global": {"scrape_interval": RULES["scrape_interval"], "evaluation_interval": EVALUATION_INTERVAL,
                    "scrape_timeout": "10s"},
         "rule_files": [rules_glob],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        # every Alertmanager of a cluster gets every alert; the peers deduplicate notifications
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]},
         "scrape_configs": [
-            # one target per bot: add the other bots' exporters here (rules aggregate by instance)
+            # one target per bot: add the other bots' exporters here, each labelled with its bot (and env)
             {"job_name": RULES["exporter_job"], "static_configs": [{"targets": [exporter]}]},
             {"job_name": RULES["healer_job"], "static_configs": [{"targets": [healer]}]},
         ],
@@ -60,13 +61,14 @@ def artefacts() -> dict[str, str]:
     """{relative path: text} for exporter.generate and the drift test."""
     return {
         "deploy/prometheus.yml": prometheus(
-            f"127.0.0.1:{EXPORTER_PORT}", f"127.0.0.1:{HEALER_PORT}", "127.0.0.1:9093",
+            f"127.0.0.1:{EXPORTER_PORT}", f"127.0.0.1:{HEALER_PORT}", ["127.0.0.1:9093"],
             "/etc/prometheus/rules/*.yml",
             "# Host deployment (systemd units in deploy/): copy to /etc/prometheus/prometheus.yml and\n"
             "# rules/trading-readiness.rules.yml to /etc/prometheus/rules/.\n"),
         "deploy/compose/prometheus.yml": prometheus(
-            f"exporter:{EXPORTER_PORT}", f"healer:{HEALER_PORT}", "alertmanager:9093",
+            f"exporter:{EXPORTER_PORT}", f"healer:{HEALER_PORT}", ["alertmanager:9093", "alertmanager-2:9093"],
             "/etc/prometheus/rules/*.yml",
-            "# docker-compose deployment: services reach each other by name on the compose network.\n"),
+            "# docker-compose deployment: services reach each other by name on the compose network; the\n"
+            "# two Alertmanagers are one cluster.\n"),
         "deploy/compose/alertmanager.yml": compose_alertmanager(),
     }

@@ -1,11 +1,13 @@
 """Prometheus rules and the example Alertmanager configuration, generated from the catalog.
 
 Hand-written rules drift from the catalog; untested rules page at 3 a.m. or never. Everything
-that varies (selectors, durations, severities, URLs) sits in ``CONFIG`` (``rules/config.py``),
-in the style of the kubernetes mixins; the failure points themselves come from
-``exporter/catalog.yaml``.
+that varies (selectors, the labels that identify a bot, durations, severities, URLs) is a key of
+the mixin config (``CONFIG`` in ``rules/config.py`` holds the defaults, a YAML file overrides
+them), in the style of the kubernetes mixins; the failure points themselves come from
+``exporter/catalog.yaml``. Every rule keeps the bot's target labels (``rules/labels.py``).
 ``make generate`` writes ``rules/trading-readiness.rules.yml`` and
-``alertmanager/alertmanager.yml``; tests run promtool/amtool on them and fail on drift.
+``alertmanager/alertmanager.yml`` for the defaults, ``trading-readiness generate`` for any
+config; tests run promtool/amtool on them and fail on drift.
 """
 
 from __future__ import annotations
@@ -17,18 +19,35 @@ from exporter.core.catalog import Catalog, FailurePoint, load
 
 from .alertmanager import alertmanager_config, render_alertmanager
 from .config import CONFIG, DOCS_BASE_URL, HEADER, config, dump, duration_seconds, validate
+from .labels import bot_name, on_bot, on_point, per_bot
 
 __all__ = ["ALERTMANAGER_FILE", "ALERTMANAGER_PATH", "CONFIG", "DOCS_BASE_URL", "RULES_FILE", "RULES_PATH",
            "alertmanager_config", "artefacts", "config", "duration_seconds", "render_alertmanager", "render_rules",
-           "render_stack", "rule_groups", "validate"]
+           "render_stack", "rule_groups", "stack_overrides", "validate"]
 
 
 RULES_PATH = "rules/trading-readiness.rules.yml"
 ALERTMANAGER_PATH = "alertmanager/alertmanager.yml"
 
 
+#: the uid of the overview dashboard (grafana/dashboards.py) that alerts link to
+OVERVIEW_UID = "trading-readiness-overview"
+
+
 def runbook_url(cfg: dict[str, Any], p: FailurePoint) -> str:
-    return f"{cfg['runbook_base_url']}#{p.anchor}"
+    """The point's section of the catalog (docs/FAILURE_POINTS.md) below the runbook base."""
+    return f"{points_runbook(cfg)}#{p.anchor}"
+
+
+def points_runbook(cfg: dict[str, Any]) -> str:
+    return f"{cfg['runbook_base_url'].rstrip('/')}/FAILURE_POINTS.md"
+
+
+def dashboard_url(cfg: dict[str, Any]) -> str:
+    """The overview dashboard, filtered to the alert's bot when the alert has a bot label."""
+    bot = cfg["bot_label"]
+    return (f"{cfg['grafana_url'].rstrip('/')}/d/{OVERVIEW_UID}"
+            f"{{{{ with $labels.{bot} }}}}?var-{bot}={{{{ . | urlquery }}}}{{{{ end }}}}")
 
 
 def _sel(cfg: dict[str, Any], **extra: str) -> str:
@@ -37,23 +56,25 @@ def _sel(cfg: dict[str, Any], **extra: str) -> str:
 
 
 def readiness_expr(cfg: dict[str, Any]) -> str:
-    """PromQL for trading:readiness:status, mirroring exporter.core.model.verdict per (job, instance).
+    """PromQL for trading:readiness:status, mirroring exporter.core.model.verdict per bot.
 
     BLOCKED (2) if any point is ERROR; else DEGRADED (1) if the number of WARN points exceeds the
     exporter's own trading_readiness_max_warnings; else READY (0). SKIPPED (-1) is neither.
-    ``== bool`` keeps a 0 for every instance, so READY is an explicit 0 and not a missing series.
+    ``== bool`` keeps a 0 for every bot, so READY is an explicit 0 and not a missing series. A
+    bot is one set of target labels (see ``per_bot``): two bots behind one job never share a verdict.
     """
     status = f"trading_failure_point_status{_sel(cfg)}"
     max_warnings = f"trading_readiness_max_warnings{_sel(cfg)}"
     default = int(cfg["default_max_warnings"])
+    by, on = per_bot(cfg), on_bot(cfg)
     return (
         "clamp_max(\n"
-        f"    2 * (max by (job, instance) ({status}) == bool 2)\n"
+        f"    2 * (max {by} ({status}) == bool 2)\n"
         "  +\n"
-        f"    (sum by (job, instance) ({status} == bool 1)\n"
-        "      > bool on (job, instance)\n"
-        f"    (max by (job, instance) ({max_warnings})\n"
-        f"      or on (job, instance) (0 * count by (job, instance) ({status}) + {default}))),\n"
+        f"    (sum {by} ({status} == bool 1)\n"
+        f"      > bool {on}\n"
+        f"    (max {by} ({max_warnings})\n"
+        f"      or {on} (0 * count {by} ({status}) + {default}))),\n"
         "  2\n"
         ")"
     )
@@ -61,18 +82,19 @@ def readiness_expr(cfg: dict[str, Any]) -> str:
 
 def _runbook_template(cfg: dict[str, Any]) -> str:
     # The anchor is derived from the fp label exactly as FailurePoint.anchor derives it.
-    return cfg["runbook_base_url"] + '#{{ $labels.fp | toLower | reReplaceAll "\\\\." "" }}'
+    return points_runbook(cfg) + '#{{ $labels.fp | toLower | reReplaceAll "\\\\." "" }}'
 
 
 def alert_runbook_url(cfg: dict[str, Any], alert: str) -> str:
     """The section of docs/runbooks.md for ``alert`` (GitHub's anchor of a heading is its lower case)."""
-    return f"{cfg['alerts_runbook_base_url']}#{alert.lower()}"
+    return f"{cfg['runbook_base_url'].rstrip('/')}/runbooks.md#{alert.lower()}"
 
 
 def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recording rule and the alerts that read it: one group, so they evaluate in order."""
     sev = cfg["severity"]
-    dash = cfg["dashboard_url"]
+    dash = dashboard_url(cfg)
+    name = bot_name(cfg)
     return {
         "name": "trading-readiness",
         "rules": [
@@ -83,8 +105,8 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["blocked_for"],
                 "labels": {"severity": sev["blocked"]},
                 "annotations": {
-                    "summary": "Trading is BLOCKED on {{ $labels.instance }}",
-                    "description": ("At least one failure point is ERROR on {{ $labels.instance }}, so the bot "
+                    "summary": "Trading is BLOCKED on " + name,
+                    "description": ("At least one failure point is ERROR on " + name + ", so the bot "
                                     "will not trade. The TradingFailurePoint alerts with severity critical name "
                                     "the points; `trading-readiness check` explains each one."),
                     "runbook_url": alert_runbook_url(cfg, "TradingBlocked"),
@@ -97,8 +119,8 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["degraded_for"],
                 "labels": {"severity": sev["degraded"]},
                 "annotations": {
-                    "summary": "Trading is DEGRADED on {{ $labels.instance }}",
-                    "description": ("More failure points are WARN on {{ $labels.instance }} than "
+                    "summary": "Trading is DEGRADED on " + name,
+                    "description": ("More failure points are WARN on " + name + " than "
                                     "readiness.max_warnings allows; the bot still trades, but some signals or "
                                     "orders are being lost. The TradingFailurePoint warnings name the points."),
                     "runbook_url": alert_runbook_url(cfg, "TradingDegraded"),
@@ -109,20 +131,21 @@ def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def joined(expr: str, info: str, labels: str) -> str:
-    """``expr`` with ``labels`` joined from the info series ``info``.
+def joined(cfg: dict[str, Any], expr: str, info: str, labels: str) -> str:
+    """``expr`` with ``labels`` joined from the info series ``info`` of the same bot and point.
 
-    ``or on (job, instance, fp)`` keeps the result when the info series is missing: a point
-    that fails must alert even if its labels cannot be looked up.
+    The ``or`` keeps the result when the info series is missing: a point that fails must alert
+    even if its labels cannot be looked up.
     """
-    return (f"({expr})\n  * on (job, instance, fp) group_left ({labels}) {info}\n"
-            f"or on (job, instance, fp)\n  ({expr})")
+    on = on_point(cfg)
+    return (f"({expr})\n  * {on} group_left ({labels}) {info}\n"
+            f"or {on}\n  ({expr})")
 
 
 def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, Any]]:
     """One alert per level of one point; the healer label is joined from trading_failure_point_info."""
     sev = cfg["severity"]
-    for_ = cfg["failure_point_for"] or p.alert_for
+    for_ = cfg["point_for"].get(p.id) or cfg["failure_point_for"] or p.alert_for
     status = f"trading_failure_point_status{_sel(cfg, fp=p.id)}"
     info = f"trading_failure_point_info{_sel(cfg, fp=p.id)}"
     rules = []
@@ -133,11 +156,11 @@ def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, 
             text = f"{p.id} reports {level}."
         rules.append({
             "alert": "TradingFailurePoint",
-            "expr": joined(f"{status} == {value}", info, "healer"),
+            "expr": joined(cfg, f"{status} == {value}", info, "healer"),
             "for": for_,
             "labels": {"severity": severity, "fp": p.id, "category": p.category},
             "annotations": {
-                "summary": f"{p.id} {p.name}: {level} on {{{{ $labels.instance }}}}",
+                "summary": f"{p.id} {p.name}: {level} on {bot_name(cfg)}",
                 # The healer named is the one this exporter has configured (the label), not the
                 # catalog's suggestion: the page must not promise a healer that is not running.
                 "description": (f"{p.detects} {text} "
@@ -154,23 +177,25 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """Alerts about the monitoring itself: a silent exporter must never look like READY."""
     sev = cfg["severity"]
     job = cfg["exporter_job"]
+    name = bot_name(cfg)
     last = f"trading_failure_point_last_check_timestamp_seconds{_sel(cfg)}"
     interval = f"trading_failure_point_interval_seconds{_sel(cfg)}"
     threshold = f"({cfg['stale_factor']} * {interval} + {float(cfg['stale_slack_seconds']):g})"
-    stale_expr = f"(time() - {last})\n  > on (job, instance, fp)\n  {threshold}"
+    point, bot = on_point(cfg), on_bot(cfg)
+    stale_expr = f"(time() - {last})\n  > {point}\n  {threshold}"
     # A point the exporter schedules (it has an interval) but has never finished checking since
     # it (re)loaded its config: its status is not an old result but none at all. The value is the
     # time since the load, so the threshold is the same as for a stale point.
     loaded = f"trading_exporter_config_last_reload_timestamp_seconds{_sel(cfg)}"
-    never_expr = (f"(\n  0 * ({interval} unless on (job, instance, fp) {last})\n"
-                  f"  + on (job, instance) group_left ()\n  (time() - {loaded})\n)\n"
-                  f"  > on (job, instance, fp)\n  {threshold}")
+    never_expr = (f"(\n  0 * ({interval} unless {point} {last})\n"
+                  f"  + {bot} group_left ()\n  (time() - {loaded})\n)\n"
+                  f"  > {point}\n  {threshold}")
     stale_text = (", more than " + str(cfg["stale_factor"]) + " check intervals (plus "
                   + f"{float(cfg['stale_slack_seconds']):g}" + " s)")
     # the stale and gave-up alerts carry the point's category and healer like TradingFailurePoint
     info = f"trading_failure_point_info{_sel(cfg)}"
-    stale_expr = joined(stale_expr, info, "category, healer")
-    never_expr = joined(never_expr, info, "category, healer")
+    stale_expr = joined(cfg, stale_expr, info, "category, healer")
+    never_expr = joined(cfg, never_expr, info, "category, healer")
     gave_up = f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1'
     stuck = f'trading_healer_stuck{{job="{cfg["healer_job"]}"}} == 1'
     return {
@@ -182,7 +207,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["exporter_down_for"],
                 "labels": {"severity": sev["exporter_down"]},
                 "annotations": {
-                    "summary": "The trading-readiness exporter is not being scraped ({{ $labels.instance }})",
+                    "summary": "The trading-readiness exporter is not being scraped (" + name + ")",
                     "description": ("Prometheus cannot scrape the trading-readiness exporter (or has no target "
                                     "for it). Readiness is unknown: no alert about the bot can fire until it is "
                                     "back. Check `systemctl status trading-readiness` and the listen address."),
@@ -195,7 +220,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["stale_for"],
                 "labels": {"severity": sev["stale"], "reason": "old_result"},
                 "annotations": {
-                    "summary": "{{ $labels.fp }} has not been checked recently on {{ $labels.instance }}",
+                    "summary": "{{ $labels.fp }} has not been checked recently on " + name,
                     "description": ("{{ $labels.fp }} was last checked {{ $value | humanizeDuration }} ago"
                                     + stale_text + ". Its status is an old result, not the present: the check "
                                     "is hung or the exporter's scheduler stopped."),
@@ -210,7 +235,7 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                 "for": cfg["stale_for"],
                 "labels": {"severity": sev["stale"], "reason": "never_checked"},
                 "annotations": {
-                    "summary": "{{ $labels.fp }} has never been checked on {{ $labels.instance }}",
+                    "summary": "{{ $labels.fp }} has never been checked on " + name,
                     "description": ("The exporter loaded its config {{ $value | humanizeDuration }} ago"
                                     + stale_text + ", and {{ $labels.fp }} has no result yet: it exports no "
                                     "status, so it cannot block or degrade readiness. The check is hung or "
@@ -222,11 +247,11 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "alert": "TradingHealerGaveUp",
-                "expr": joined(gave_up, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
+                "expr": joined(cfg, gave_up, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
                 "for": cfg["healer_gave_up_for"],
                 "labels": {"severity": sev["healer_gave_up"]},
                 "annotations": {
-                    "summary": "The healer gave up on {{ $labels.fp }} ({{ $labels.instance }})",
+                    "summary": "The healer gave up on {{ $labels.fp }} (" + name + ")",
                     "description": ("The healer ran its action for {{ $labels.fp }} max_attempts times in its "
                                     "window without fixing it and will not try again until the alert resolves (the "
                                     "point is OK again), which restores its attempts. A human must fix the cause; "
@@ -238,11 +263,11 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
             },
             {
                 "alert": "TradingHealerStuck",
-                "expr": joined(stuck, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
+                "expr": joined(cfg, stuck, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
                 "for": cfg["healer_stuck_for"],
                 "labels": {"severity": sev["healer_stuck"]},
                 "annotations": {
-                    "summary": "Healing {{ $labels.fp }} is stuck ({{ $labels.instance }})",
+                    "summary": "Healing {{ $labels.fp }} is stuck (" + name + ")",
                     "description": ("The healer has held {{ $labels.fp }} queued, running or verifying for longer "
                                     "than its action's timeout plus its verification: every alert for it is "
                                     "skipped as busy and nothing heals it. See the healer's log and "
@@ -300,6 +325,25 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
     its group/repeat intervals (to the value given). With ``out_dir`` the files are written
     there as ``trading-readiness.rules.yml`` and ``alertmanager.yml``.
     """
+    overrides = stack_overrides(scrape_interval=scrape_interval, alert_for=alert_for,
+                                webhook_base_url=webhook_base_url, healer_url=healer_url,
+                                healer_token_file=healer_token_file, notify_interval=notify_interval,
+                                stale_slack_seconds=stale_slack_seconds)
+    cat = catalog or load()
+    out = {RULES_FILE: render_rules(cat, **overrides), ALERTMANAGER_FILE: render_alertmanager(cat, **overrides)}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in out.items():
+            (out_dir / name).write_text(text)
+    return out
+
+
+def stack_overrides(*, scrape_interval: str | None = None, alert_for: str | None = None,
+                    webhook_base_url: str | None = None, healer_url: str | None = None,
+                    healer_token_file: str | Path | None = None, notify_interval: str | None = None,
+                    stale_slack_seconds: float | None = None) -> dict[str, Any]:
+    """The rule-config overrides of a demo or test stack (see :func:`render_stack` for each one);
+    the fleet generator takes the same ones."""
     overrides: dict[str, Any] = {}
     am: dict[str, Any] = {}
     scrape = duration_seconds(scrape_interval) if scrape_interval else duration_seconds(CONFIG["scrape_interval"])
@@ -330,13 +374,7 @@ def render_stack(*, scrape_interval: str | None = None, alert_for: str | None = 
             am[key] = notify_interval
     if am:
         overrides["alertmanager"] = am
-    cat = catalog or load()
-    out = {RULES_FILE: render_rules(cat, **overrides), ALERTMANAGER_FILE: render_alertmanager(cat, **overrides)}
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in out.items():
-            (out_dir / name).write_text(text)
-    return out
+    return overrides
 
 
 def _duration(seconds: float) -> str:
@@ -346,6 +384,8 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def artefacts() -> dict[str, str]:
-    """{relative path: text} for exporter.generate (`make generate`) and the drift tests."""
-    return {RULES_PATH: render_rules(), ALERTMANAGER_PATH: render_alertmanager()}
+def artefacts(cfg: dict[str, Any] | None = None) -> dict[str, str]:
+    """{relative path: text} for the mixin config ``cfg`` (default: CONFIG, what `make generate`
+    commits and the drift tests compare)."""
+    overrides = cfg or {}
+    return {RULES_PATH: render_rules(**overrides), ALERTMANAGER_PATH: render_alertmanager(**overrides)}

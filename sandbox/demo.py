@@ -31,7 +31,6 @@ from . import faults
 from .sandbox import SandboxError, read_state
 from .stack import Bot, Stack, StackError, Timings, matches
 
-REPO = Path(__file__).resolve().parents[1]
 DRILL_TIMEOUT = 90.0
 
 
@@ -164,7 +163,8 @@ def fired_at(stack: Stack, alert: dict[str, Any], fp: str) -> float | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sandbox.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--once", action="store_true", help="exit after the drill (also DEMO_EXIT_AFTER_DRILL=1)")
-    p.add_argument("--dir", default=str(REPO / ".demo"), help="work directory, recreated each run (default .demo)")
+    p.add_argument("--dir", default=".demo",
+                   help="work directory, recreated each run (default .demo in the current directory)")
     return p
 
 

@@ -260,23 +260,30 @@ class Stack:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Stack:
-        prometheus = find_binary(PROMETHEUS)
-        alertmanager = find_binary(*ALERTMANAGER_NAMES)
-        if prometheus is None or alertmanager is None:
-            raise StackError("prometheus and prometheus-alertmanager are needed (Debian: apt-get install "
-                             "prometheus prometheus-alertmanager)")
+        binaries = self._binaries()
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.sink = Sink()
-            for name in self.bots:
-                self._start_bot(name)
-            self._start_alertmanagers(alertmanager)
-            self._start_prometheus(prometheus)
+            self._launch(binaries)
             self._wait_up(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _binaries(self) -> dict[str, str]:
+        """The servers' executables by role; a StackError names the Debian packages missing."""
+        found = {"prometheus": find_binary(PROMETHEUS), "alertmanager": find_binary(*ALERTMANAGER_NAMES)}
+        if None in found.values():
+            raise StackError("prometheus and prometheus-alertmanager are needed (Debian: apt-get install "
+                             "prometheus prometheus-alertmanager)")
+        return {k: str(v) for k, v in found.items()}
+
+    def _launch(self, binaries: dict[str, str]) -> None:
+        for name in self.bots:
+            self._start_bot(name)
+        self._start_alertmanagers(binaries["alertmanager"])
+        self._start_prometheus(binaries["prometheus"])
 
     def stop(self) -> None:
         """Stop Prometheus, Alertmanager, exporters, healers and sandboxes; safe to call twice."""
@@ -311,17 +318,25 @@ class Stack:
     def _start_bot(self, name: str) -> None:
         root = self.workdir / name
         sb = Sandbox(root, fast=self.timings.fast_sandbox)
-        bot = Bot(name, sb, free_port(), free_port())
+        bot = Bot(name, sb, *self._bot_ports(name))
         self.running.append(bot)
         self.log(f"starting sandbox {name} in {root}")
         sb.start()
-        if self.timings.check_interval is not None:
-            self._set_check_interval(root, self.timings.check_interval)
+        self._tune(root)
         bot.exporter = self._spawn(f"exporter-{name}",
                                    self._cli(root, "serve", "--listen", f"127.0.0.1:{bot.exporter_port}"), cwd=root)
         bot.healer = self._spawn(f"healer-{name}",
                                  self._cli(root, "heal", "--listen", f"127.0.0.1:{bot.healer_port}"),
                                  cwd=root, env=self._env(TRADING_READINESS_HEALER_TOKEN=self.token))
+
+    def _bot_ports(self, name: str) -> tuple[int, int]:
+        """The next bot's exporter and healer ports (a fleet picks them to spread bots over shards)."""
+        return free_port(), free_port()
+
+    def _tune(self, root: Path) -> None:
+        """Adjust a started bot's config before its exporter reads it."""
+        if self.timings.check_interval is not None:
+            self._set_check_interval(root, self.timings.check_interval)
 
     @staticmethod
     def _set_check_interval(root: Path, interval: float) -> None:
@@ -381,10 +396,15 @@ class Stack:
                                    f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
                                    f"--rules.alert.resend-delay={resend}", "--log.level=warn"])
 
-    def _wait_up(self, timeout: float) -> None:
+    def ready_urls(self) -> list[str]:
+        """What must answer 200 before the stack is up."""
         urls = [f"{b.exporter_url}/-/ready" for b in self.running] + [f"{b.healer_url}/-/healthy" for b in self.running]
         urls += [f"http://127.0.0.1:{p}/-/ready" for p in self.alertmanager_ports]
         urls.append(f"{self.prometheus_url}/-/ready")
+        return urls
+
+    def _wait_up(self, timeout: float) -> None:
+        urls = self.ready_urls()
         deadline = time.monotonic() + timeout
         pending = list(urls)
         while pending and time.monotonic() < deadline:

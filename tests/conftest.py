@@ -58,7 +58,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process environment without anything that would leak into the bot's view."""
-    drop = ("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN")
+    drop = ("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN", "AUDIT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(extra)
     return env
@@ -67,7 +67,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(os.environ):
-        if k.startswith(("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN")):
+        if k.startswith(("ALPACA", "APCA", "UW_", "TRADING_", "MAX_", "MIN_EXEC", "ENTRY_THRESHOLD", "COOLDOWN", "AUDIT_")):
             monkeypatch.delenv(k, raising=False)
 
 

@@ -77,7 +77,7 @@ def test_every_dependency_in_the_catalog_is_an_inhibit_rule() -> None:
     cfg = yaml.safe_load(AM_CONFIG.read_text())
     pairs = set()
     for rule in cfg["inhibit_rules"]:
-        assert rule["equal"] == ["job", "instance"]
+        assert rule["equal"] == ["job", "instance", "bot", "env"]
         src = dict(m.split("=", 1) for m in rule["source_matchers"] if "=~" not in m)
         if src.get("alertname") != '"TradingFailurePoint"':
             continue
@@ -87,7 +87,7 @@ def test_every_dependency_in_the_catalog_is_an_inhibit_rule() -> None:
             pairs.add((src["fp"].strip('"'), dep.replace("\\", "")))
     assert pairs == {(dep, p.id) for p in load() for dep in p.depends_on}
     assert {"source_matchers": ['alertname="TradingBlocked"'], "target_matchers": ['alertname="TradingDegraded"'],
-            "equal": ["job", "instance"]} in cfg["inhibit_rules"]
+            "equal": ["job", "instance", "bot", "env"]} in cfg["inhibit_rules"]
 
 
 # --- a real Alertmanager ------------------------------------------------------------------------

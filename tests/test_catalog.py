@@ -114,3 +114,27 @@ def test_depends_on_names_the_point_that_reports_a_fault() -> None:
     with pytest.raises(CatalogError, match="dependency cycle"):
         parse({"failure_points": [entry("FP-1.8", ["FP-3.3"]),
                                   entry("FP-3.3", [{"id": "FP-1.8", "when": "run_log_unreadable"}])]})
+
+
+def test_broker_errors_name_known_points_and_kinds() -> None:
+    """Which point reports a failed broker request is catalog data; an unknown id or kind is one line."""
+    import pytest
+
+    from exporter.core.catalog import CatalogError, parse
+
+    shipped = load().broker_errors
+    assert shipped.clock == "FP-4.1"
+    assert shipped.owners == {"timeout": "FP-4.1", "connection": "FP-4.1", "server": "FP-4.1",
+                              "rate_limit": "FP-4.1", "auth": "FP-4.2", "forbidden": "FP-4.2"}
+    point = {"id": "FP-4.1", "name": "n", "category": CATEGORIES[4], "severity": "critical",
+             "detection": "implemented", "source": "s", "detects": "d", "how": "h", "levels": {"error": "e"},
+             "depends_on": [], "healer": None, "no_healer_reason": "r", "runbook": "r"}
+    cat = parse({"failure_points": [point], "broker_errors": {"clock": "FP-4.1", "owners": {"timeout": "FP-4.1"}}})
+    assert cat.broker_errors.owners == {"timeout": "FP-4.1"}
+    for raw, message in (({"owners": {"timeout": "FP-4.7"}}, "broker_errors: timeout is owned by unknown FP-4.7"),
+                         ({"clock": "FP-9.9"}, "broker_errors: clock is owned by unknown FP-9.9"),
+                         ({"owners": {"teapot": "FP-4.1"}}, "broker_errors: unknown error kind 'teapot'"),
+                         ({"owner": {}}, "broker_errors: expected a mapping")):
+        with pytest.raises(CatalogError, match=message) as info:
+            parse({"failure_points": [point], "broker_errors": raw})
+        assert "\n" not in str(info.value)

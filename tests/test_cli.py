@@ -257,4 +257,4 @@ def test_sandbox_without_the_extra_is_one_line_and_exit_3() -> None:
                         "from exporter.cli import main; raise SystemExit(main(['sandbox', 'status']))"],
                        capture_output=True, text=True, timeout=60, env=clean_env())
     assert r.returncode == 3, r.stderr
-    assert r.stderr.strip().splitlines() == ["error: the sandbox is not installed: from a checkout, pip install './sandbox'"]
+    assert r.stderr.strip().splitlines() == ["error: the sandbox is not installed: from a checkout, pip install '.[sandbox]'"]

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from exporter.core.catalog import load
+from grafana.common import SCHEMA_VERSION
 from grafana.dashboards import (
     DASHBOARD_DIR,
     PROVIDER_PATH,
@@ -66,7 +67,7 @@ def queries(dash: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def test_panel_ids_unique_and_grid_without_overlap() -> None:
     dashes = generated()
-    assert len(dashes) == len(UIDS) == 5
+    assert len(dashes) == len(UIDS) == 6
     for rel, dash in dashes.items():
         panels = panels_of(dash)
         ids = [p["id"] for p in panels]
@@ -85,7 +86,10 @@ def test_panel_ids_unique_and_grid_without_overlap() -> None:
 def test_every_target_and_panel_uses_the_datasource_variable() -> None:
     for rel, dash in generated().items():
         names = [v["name"] for v in dash["templating"]["list"]]
-        assert names[:2] == ["datasource", "instance"], rel
+        per_bot = dash["uid"] != UIDS["fleet"]
+        # every dashboard picks bots by their target labels; a per-bot one also by instance
+        assert names[:4] == ["datasource", "env", "bot", "instance"] if per_bot else names == [
+            "datasource", "env", "bot"], rel
         ds_var = dash["templating"]["list"][0]
         assert ds_var["type"] == "datasource" and ds_var["query"] == "prometheus"
         for p in panels_of(dash):
@@ -97,12 +101,37 @@ def test_every_target_and_panel_uses_the_datasource_variable() -> None:
                 assert t["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (rel, p["title"])
                 assert t["expr"].strip() and t["refId"], (rel, p["title"])
         for title, expr, _ in queries(dash):
-            # every exporter query is scoped to the chosen bots, every healer query to the healers
+            # every query is scoped to the chosen bots; on a per-bot dashboard also to the chosen
+            # exporter and healer instances
             for sel in re.findall(r"\{([^{}]*)\}", expr):
+                if "=" not in sel:
+                    continue
+                assert 'bot=~"$bot"' in sel and 'env=~"$env"' in sel, (rel, title, expr)
                 if "trading-healer" in sel:
-                    assert 'instance=~"$healer"' in sel, (rel, title, expr)
-                elif "=" in sel:
-                    assert 'job="trading-readiness"' in sel and 'instance=~"$instance"' in sel, (rel, title, expr)
+                    assert 'instance=~"$healer"' in sel or not per_bot, (rel, title, expr)
+                else:
+                    assert 'job="trading-readiness"' in sel, (rel, title, expr)
+                    assert 'instance=~"$instance"' in sel or not per_bot, (rel, title, expr)
+
+
+def test_every_dashboard_declares_a_schema_version_current_grafana_loads_without_migration() -> None:
+    # Grafana 11 migrates anything older than its latest schema (39) on load and would save a
+    # different JSON than the one committed
+    for rel, dash in generated().items():
+        assert dash["schemaVersion"] == SCHEMA_VERSION == 39, rel
+
+
+def test_fleet_table_is_one_row_per_bot_sorted_worst_first() -> None:
+    dash = generated()[f"{DASHBOARD_DIR}/{UIDS['fleet']}.json"]
+    table = next(p for p in panels_of(dash) if p["title"] == "Bots, worst first")
+    assert table["type"] == "table"
+    assert table["options"]["sortBy"][0] == {"displayName": "readiness", "desc": True}
+    assert table["transformations"][0]["id"] == "merge"
+    names = table["transformations"][1]["options"]["renameByName"]
+    assert list(names.values()) == ["readiness", "failing points", "ERROR points", "heals in range", "last heal"]
+    for t in table["targets"]:
+        assert t["instant"] and t["format"] == "table"
+        assert "by (bot, env)" in t["expr"], t["expr"]
 
 
 def test_uids_and_ids_are_stable_across_generations() -> None:
@@ -164,7 +193,7 @@ def test_committed_dashboards_match_the_generator() -> None:
 
 #: Grafana's variables as the test substitutes them: all bots, all healers, fixed intervals.
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m", "$datasource": "prometheus",
-             "$instance": ".*", "$healer": ".*", "$bot": ".*"}
+             "$instance": ".*", "$healer": ".*", "$bot": ".*", "$env": ".*"}
 
 
 def substitute(expr: str) -> str:
@@ -179,6 +208,9 @@ def http_json(url: str, data: bytes | None = None, headers: dict[str, str] | Non
     req = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310 (loopback http only)
     with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
         return json.loads(r.read())
+
+
+BOTS = [{"bot": "alpha", "env": "live", "team": "a"}, {"bot": "beta", "env": "paper", "team": "b"}]
 
 
 class Stack:
@@ -206,9 +238,13 @@ class Stack:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             # the committed rules: the overview compares the recording rule with the exporter
             "rule_files": [str(REPO / RULES_PATH)],
+            # Two bots, told apart only by the target labels the operator sets: the same exporter
+            # and healer scraped as bot alpha (live) and bot beta (paper), plus a label of the
+            # operator's own. Every per-bot query must keep them apart, the fleet table shows both.
             "scrape_configs": [
-                {"job_name": "trading-readiness", "static_configs": [{"targets": [f"127.0.0.1:{self.exporter}"]}]},
-                {"job_name": "trading-healer", "static_configs": [{"targets": [f"127.0.0.1:{self.healer}"]}]},
+                {"job_name": job, "static_configs": [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": labels} for labels in BOTS]}
+                for job, port in (("trading-readiness", self.exporter), ("trading-healer", self.healer))
             ]}))
         self.prom_proc = self._start([PROMETHEUS, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                                       f"--web.listen-address=127.0.0.1:{self.prom}"], "prometheus")
@@ -279,7 +315,10 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
     # so increase() sees the attempt.
     reply = http_json(f"http://127.0.0.1:{stack.healer}/alertmanager", data=firing("FP-1.1"),
                       headers={"Authorization": "Bearer dash-token-0123456789", "Content-Type": "application/json"})
-    assert reply["decisions"] == ["accepted"], reply
+    assert reply["state"] == "queued" and reply["alerts"] == 1, reply
+    decided = wait_for(lambda: (v := http_json(f"http://127.0.0.1:{stack.healer}/api/heals?delivery={reply['delivery']}"))
+                       ["state"] == "decided" and v, timeout=10, what="the healer's decision", every=0.1)
+    assert decided["decisions"] == ["accepted"], decided
     # Counters need two samples around the change; wait on that, never a fixed sleep.
     wait_for(lambda: stack.ready('trading_healer_gave_up{fp="FP-1.1"} == 1'), timeout=20,
              what=f"the healer giving up on FP-1.1; healer log: {stack.log('healer')}", every=0.2)
@@ -287,12 +326,18 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
                  'count_over_time(trading_exporter_check_errors_total{fp="FP-1.1"}[1m]) > 2'):
         wait_for(functools.partial(stack.ready, expr), timeout=20, what=f"counter samples: {expr}", every=0.2)
 
+    # the fleet's "last heal" samples the attempts counter once per $__interval step
+    last_heal = next(t for p in panels_of(generated()[f"{DASHBOARD_DIR}/{UIDS['fleet']}.json"])
+                     for t in p.get("targets") or [] if "timestamp(" in t["expr"])
+    wait_for(lambda: len(stack.query(substitute(last_heal["expr"]))) == 2, timeout=30,
+             what="the last heal of both bots", every=0.5)
+
     empty: list[str] = []
     checked = 0
     for rel, dash in generated().items():
         for var in dash["templating"]["list"]:
             m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]) if var["type"] == "query" else None
-            if m and not stack.query(f"group by ({m[2]}) ({m[1]})"):
+            if m and not stack.query(f"group by ({m[2]}) ({substitute(m[1])})"):
                 empty.append(f"{rel} variable {var['name']}: {var['query']}")
         for title, expr, _ in queries(dash):
             checked += 1
@@ -313,7 +358,24 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(stack: Stack) -> 
         assert r["value"][1] in ("1", "2")
     assert stack.query('trading_readiness_status{job="trading-readiness"}')[0]["value"][1] == "2"
     agree = next(t for title, _, t in queries(overview) if title == "Recording rule agrees with the exporter")
-    assert [r["value"][1] for r in stack.query(substitute(agree["expr"]))] == ["0"]
+    assert sorted((r["metric"]["bot"], r["value"][1]) for r in stack.query(substitute(agree["expr"]))) == [
+        ("alpha", "0"), ("beta", "0")]
+    # a per-bot dashboard narrowed to one bot shows only that bot
+    only_alpha = substitute(table["expr"]).replace('bot=~".*"', 'bot=~"alpha"')
+    assert {r["metric"]["bot"] for r in stack.query(only_alpha)} == {"alpha"}
+
+    # the fleet table: every column is one row per bot, each with its env
+    fleet = generated()[f"{DASHBOARD_DIR}/{UIDS['fleet']}.json"]
+    bots = next(p for p in panels_of(fleet) if p["title"] == "Bots, worst first")
+    columns = {}
+    for t in bots["targets"]:
+        rows = stack.query(substitute(t["expr"]))
+        assert sorted((r["metric"]["bot"], r["metric"]["env"]) for r in rows) == [("alpha", "live"), ("beta", "paper")]
+        assert all(set(r["metric"]) == {"bot", "env"} for r in rows), rows
+        columns[t["refId"]] = {r["metric"]["bot"]: float(r["value"][1]) for r in rows}
+    assert columns["A"] == {"alpha": 2, "beta": 2}  # BLOCKED: the daemon and the bot are not running
+    assert columns["C"]["alpha"] >= 2 and columns["B"]["alpha"] >= columns["C"]["alpha"]
+    assert columns["D"]["alpha"] >= 1 and columns["E"]["alpha"] / 1000 > time.time() - 300
     attempts = stack.query('sum by (outcome) (increase(trading_healer_attempts_total{job="trading-healer"}[5m]))'
                            ' > 0')
     assert [a["metric"]["outcome"] for a in attempts] == ["unverified"]

@@ -8,6 +8,7 @@ checks run everywhere.
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,9 @@ DEPLOY = REPO / "deploy"
 SERVICES = ["trading-readiness-exporter.service", "trading-readiness-healer.service",
             "trading-readiness-verify.service"]
 TIMER = "trading-readiness-verify.timer"
+#: several bots on one host: the instance name is the bot's name, its settings come from its env file
+TEMPLATES = ["trading-readiness-exporter@.service", "trading-readiness-healer@.service"]
+BOT_ENV = DEPLOY / "bot.env.example"
 INSTALLED_BINARY = "/opt/trading-readiness/.venv/bin/trading-readiness"
 HARDENING = {
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only", "PrivateTmp": "yes",
@@ -47,13 +51,14 @@ def exec_args(name: str) -> list[str]:
 
 
 def test_units_are_hardened_and_bind_loopback() -> None:
-    for name in SERVICES:
+    for name in [*SERVICES, *TEMPLATES]:
         svc = unit(name)["Service"]
         for key, value in HARDENING.items():
             assert svc.get(key) == value, (name, key, svc.get(key))
         assert svc["User"] != "root", name
         # everything the service may write lies inside the bot root's logs/ or data/
         for path in svc["ReadWritePaths"].split():
+            assert "%i" in path or "@" not in name, (name, path)
             assert path.rsplit("/", 1)[1] in ("logs", "data"), (name, path)
         text = (DEPLOY / name).read_text()
         assert "TOKEN=" not in text.replace("#   TRADING_READINESS_HEALER_TOKEN=", ""), name
@@ -71,6 +76,52 @@ def test_units_are_hardened_and_bind_loopback() -> None:
     assert unit(SERVICES[0])["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"  # serve reloads on SIGHUP
 
 
+def env_file(path: Path) -> dict[str, str]:
+    """The variables an EnvironmentFile= sets (comments and blank lines skipped)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return {k: v for k, v in pairs}
+
+
+def instance_args(name: str, bot: str, env: dict[str, str]) -> list[str]:
+    """ExecStart of the template ``name`` for ``bot`` as systemd runs it: %i is the bot, and each
+    ${VAR} one word from the bot's env file."""
+    svc = unit(name)["Service"]
+    assert svc["EnvironmentFile"] == "/etc/trading-readiness/%i.env", name
+    argv = shlex.split(svc["ExecStart"].replace("%i", bot))
+    assert argv[0] == INSTALLED_BINARY, argv
+    out = []
+    for word in argv[1:]:
+        assert "$" not in word or re.fullmatch(r"\$\{[A-Z_]+\}", word), f"{name}: {word} is not one ${{VAR}} word"
+        out.append(env[word[2:-1]] if word.startswith("${") else word)
+    return out
+
+
+def test_templated_units_run_one_bot_each_from_its_env_file() -> None:
+    env = env_file(BOT_ENV)
+    assert set(env) == {"BOT_ROOT", "EXPORTER_LISTEN", "HEALER_LISTEN"}  # the token stays commented out
+    exporter = build_parser().parse_args(instance_args(TEMPLATES[0], "momentum", env))
+    assert exporter.command == "serve" and exporter.listen == env["EXPORTER_LISTEN"]
+    assert exporter.bot_root == env["BOT_ROOT"] and exporter.listen.startswith("127.0.0.1:")
+    healer = build_parser().parse_args(instance_args(TEMPLATES[1], "momentum", env))
+    assert healer.command == "heal" and healer.listen == env["HEALER_LISTEN"] and not healer.insecure_no_auth
+    assert healer.bot_root == env["BOT_ROOT"]
+    # the default bot root is the one the units may write below
+    assert env["BOT_ROOT"] == "/home/trader/bots/momentum"
+    for name in TEMPLATES:
+        svc = unit(name)["Service"]
+        assert all(p.startswith("/home/trader/bots/%i/") for p in svc["ReadWritePaths"].split()), name
+        assert "%i" in unit(name)["Unit"]["Description"]
+    assert unit(TEMPLATES[0])["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "trading-readiness-exporter@%i.service" in unit(TEMPLATES[1])["Unit"]["After"]
+    # the same hardening as the single-bot units, key for key
+    for single, template in zip(SERVICES[:2], TEMPLATES, strict=True):
+        a, b = dict(unit(single)["Service"]), dict(unit(template)["Service"])
+        for key in ("WorkingDirectory", "EnvironmentFile", "ExecStart", "ReadWritePaths"):
+            a.pop(key, None)
+            b.pop(key, None)
+        assert a == b, (single, template)
+
+
 def test_timer_runs_verify_before_the_open_in_new_york_time() -> None:
     timer = unit(TIMER)["Timer"]
     assert timer["Unit"] == SERVICES[2]
@@ -82,10 +133,12 @@ def test_systemd_analyze_accepts_the_units(tmp_path: Path) -> None:
     binary = REPO / ".venv" / "bin" / "trading-readiness"
     if not binary.exists():
         pytest.skip("the console script is not installed in .venv")
-    for name in [*SERVICES, TIMER]:
+    for name in [*SERVICES, TIMER, *TEMPLATES]:
         (tmp_path / name).write_text((DEPLOY / name).read_text().replace(INSTALLED_BINARY, str(binary)))
-    r = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in [*SERVICES, TIMER])],
-                       capture_output=True, text=True, timeout=60)
+    # a template is verified through an instance of it (systemd loads the template beside it)
+    instances = [str(tmp_path / t.replace("@", "@momentum")) for t in TEMPLATES]
+    r = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in [*SERVICES, TIMER]), *instances],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
     complaints = [line for line in (r.stdout + r.stderr).splitlines() if "trading-readiness" in line]
     assert r.returncode == 0 and not complaints, r.stdout + r.stderr
 

@@ -50,9 +50,9 @@ def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_compose_has_the_five_services_and_publishes_only_on_loopback(model: dict[str, Any]) -> None:
+def test_compose_has_its_services_and_publishes_only_on_loopback(model: dict[str, Any]) -> None:
     services = model["services"]
-    assert set(services) == {"exporter", "healer", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"exporter", "healer", "prometheus", "alertmanager", "alertmanager-2", "grafana"}
     published = {name: svc.get("ports", []) for name, svc in services.items()}
     for name, ports in published.items():
         assert ports, f"{name} publishes nothing"
@@ -119,7 +119,7 @@ def test_listen_ports_and_jobs_agree_with_units_rules_and_prometheus(model: dict
 
 def test_healer_token_is_a_secret_shared_by_alertmanager_and_the_healer(model: dict[str, Any]) -> None:
     services = model["services"]
-    for name in ("healer", "alertmanager"):
+    for name in ("healer", "alertmanager", "alertmanager-2"):
         assert any((s if isinstance(s, str) else s.get("source")) == "healer_token"
                    for s in services[name].get("secrets", [])), name
     entry = " ".join(services["healer"]["entrypoint"])
@@ -177,3 +177,13 @@ def test_dockerfile_installs_the_package_and_never_runs_as_root() -> None:
     assert users and not users[-1].startswith(("0", "root"))
     for pkg in ("exporter", "healers", "grafana"):
         assert f"COPY {pkg} ./{pkg}" in text
+
+
+def test_compose_alertmanagers_are_one_cluster_and_prometheus_sends_to_both(model: dict[str, Any]) -> None:
+    services = model["services"]
+    for me, peer in (("alertmanager", "alertmanager-2"), ("alertmanager-2", "alertmanager")):
+        command = services[me]["command"]
+        assert "--cluster.listen-address=0.0.0.0:9094" in command and f"--cluster.peer={peer}:9094" in command
+    prom = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
+    assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "alertmanager:9093", "alertmanager-2:9093"]

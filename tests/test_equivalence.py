@@ -68,17 +68,20 @@ def test_promql_verdict_equals_python_verdict(tmp_path: Path) -> None:
     expected: dict[str, tuple[dict[str, Status], int, int]] = {}
     for i, (statuses, max_warnings) in enumerate(generated):
         inst = f"case-{i}"
+        # every other case is a bot of a fleet: all of them on one instance, told apart only by
+        # their bot label, so a verdict that mixed two bots' points would show
+        target = f'instance="{inst}"' if i % 2 == 0 else f'instance="fleet-host", bot="{inst}", env="paper"'
         for fp, status in statuses.items():
-            series.append({"series": (f'trading_failure_point_status{{job="trading-readiness", instance="{inst}", '
+            series.append({"series": (f'trading_failure_point_status{{job="trading-readiness", {target}, '
                                       f'fp="{fp}", category="{CATALOG[fp].category}"}}'),
                            "values": f"{status.value}x4"})
-        series.append({"series": f'trading_readiness_max_warnings{{job="trading-readiness", instance="{inst}"}}',
+        series.append({"series": f'trading_readiness_max_warnings{{job="trading-readiness", {target}}}',
                        "values": f"{max_warnings}x4"})
         want = verdict(list(statuses.values()), max_warnings).value
         expected[inst] = (statuses, max_warnings, want)
-        tests.append({"expr": f'trading:readiness:status{{instance="{inst}"}}', "eval_time": "1m",
-                      "exp_samples": [{"labels": (f'trading:readiness:status{{job="trading-readiness", '
-                                                  f'instance="{inst}"}}'), "value": want}]})
+        tests.append({"expr": f'trading:readiness:status{{{target}}}', "eval_time": "1m",
+                      "exp_samples": [{"labels": f'trading:readiness:status{{job="trading-readiness", {target}}}',
+                                       "value": want}]})
     # the generated cases really cover every verdict and both sides of the warning threshold
     verdicts = [w for _, _, w in expected.values()]
     assert {0, 1, 2} <= set(verdicts), verdicts
@@ -91,7 +94,7 @@ def test_promql_verdict_equals_python_verdict(tmp_path: Path) -> None:
         "tests": [{"interval": "15s", "input_series": series, "promql_expr_test": tests}]}, sort_keys=False))
     r = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
-        bad = sorted(set(re.findall(r'instance=\\?"(case-\d+)', r.stdout + r.stderr)))
+        bad = sorted(set(re.findall(r'(?:instance|bot)=\\?"(case-\d+)', r.stdout + r.stderr)))
         details = [f"{inst}: max_warnings={expected[inst][1]} python={expected[inst][2]} "
                    f"statuses={ {fp: s.name for fp, s in expected[inst][0].items()} }" for inst in bad[:10]]
         pytest.fail("PromQL and Python verdicts disagree:\n" + "\n".join(details or [r.stdout[-3000:] + r.stderr]))

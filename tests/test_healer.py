@@ -20,6 +20,8 @@ from .test_healer_helpers import (
     TOKEN,
     HealBot,
     alert,
+    decisions,
+    deliver,
     free_port,
     payload,
     pid_alive,
@@ -34,9 +36,7 @@ def test_firing_alert_heals_and_verification_proves_it(tmp_path: Path) -> None:
     hb.break_weights()
     cfg = hb.config({"FP-2.1": {"run": ["/bin/sh", str(hb.fix)], "cooldown_seconds": 300}})
     with receiver(hb, cfg) as r:
-        resp = r.post(payload(alert("FP-2.1")))
-        assert resp.status_code == 200, resp.text
-        assert resp.json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert("FP-2.1"))) == ["accepted"]
         wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-2.1", outcome="success") == 1.0,
                  what="verified success")
         assert hb.run_count() == 1
@@ -53,7 +53,7 @@ def test_action_that_does_not_fix_is_unverified_and_failure_is_failed(tmp_path: 
     hb.break_weights()
     cfg = hb.config({"FP-2.1": {"run": [str(hb.ok)], "verify_timeout_seconds": 0.6}})
     with receiver(hb, cfg) as r:
-        assert r.post(payload(alert())).json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert())) == ["accepted"]
         wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-2.1", outcome="unverified") == 1.0,
                  what="unverified outcome")
         assert "not OK within" in r.heals()[0]["verification"]
@@ -61,7 +61,7 @@ def test_action_that_does_not_fix_is_unverified_and_failure_is_failed(tmp_path: 
     hb2 = HealBot(tmp_path / "two")
     cfg = hb2.config({"FP-1.1": {"run": [str(hb2.fail)]}})
     with receiver(hb2, cfg) as r:
-        r.post(payload(alert("FP-1.1")))
+        r.deliver(payload(alert("FP-1.1")))
         wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="failed") == 1.0,
                  what="failed outcome")
         heal = r.heals()[0]
@@ -82,7 +82,7 @@ def test_fifty_duplicate_deliveries_run_once(tmp_path: Path) -> None:
                            for x in ("busy", "cooldown"))
         assert dupes + busy_or_cool == 49 and dupes >= 1
         # a new firing of the same point inside the cooldown is refused too
-        assert r.post(payload(alert("FP-1.1", starts_at="2026-11-25T10:05:00Z"))).json()["decisions"] == ["cooldown"]
+        assert r.deliver(payload(alert("FP-1.1", starts_at="2026-11-25T10:05:00Z"))) == ["cooldown"]
         assert hb.run_count() == 1
 
 
@@ -112,19 +112,19 @@ def test_repeated_failure_gives_up_and_resolved_resets(tmp_path: Path) -> None:
         for _i in range(4):
             wait_idle(r)
             time.sleep(0.25)  # past the cooldown: Alertmanager's repeat of the still-firing alert
-            r.post(payload(alert("FP-1.1")))
+            r.deliver(payload(alert("FP-1.1")))
         wait_idle(r)
         assert hb.run_count() == 2
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0
         assert (r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="gave_up") or 0) >= 1
-        assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+        assert r.deliver(payload(alert("FP-1.1", status="resolved"))) == ["resolved"]
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
         # a repeated resolved notification is still a deliberate skip, but there is nothing left to record
-        assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+        assert r.deliver(payload(alert("FP-1.1", status="resolved"))) == ["resolved"]
         audit_lines = (hb.root / "logs/trading_readiness_heals.jsonl").read_text().splitlines()
         assert sum(json.loads(x)["event"] == "resolved" for x in audit_lines) == 1
         time.sleep(0.25)
-        assert r.post(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))).json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))) == ["accepted"]
         wait_idle(r)
         assert hb.run_count() == 3
 
@@ -144,8 +144,8 @@ def test_skips_are_deliberate_and_metrics_preinitialised(tmp_path: Path) -> None
                         healer="restart-uw-daemon") == 1.0
         assert r.metric("trading_healer_info", fp="FP-2.1", category="Scoring & Evaluation",
                         healer="reinit-weights") == 1.0
-        decisions = r.post(payload(alert("FP-1.3"), alert("FP-3.1"), alert("FP-9.9"), alert(None),
-                                   alert("FP-1.1", status="resolved"))).json()["decisions"]
+        decisions = r.deliver(payload(alert("FP-1.3"), alert("FP-3.1"), alert("FP-9.9"), alert(None),
+                                   alert("FP-1.1", status="resolved")))
         assert decisions == ["disabled", "no_healer", "unknown_fp", "no_healer", "resolved"]
         assert r.metric("trading_healer_skipped_total", fp="other", reason="unknown_fp") == 1.0
         assert requests.get(r.url + "/-/healthy", timeout=5).status_code == 200
@@ -156,7 +156,7 @@ def test_dry_run_runs_nothing_and_records_it(tmp_path: Path) -> None:
     hb = HealBot(tmp_path)
     cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)]}})
     with receiver(hb, cfg, dry_run=True) as r:
-        assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["dry_run"]
+        assert r.deliver(payload(alert("FP-1.1"))) == ["dry_run"]
         assert r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="dry_run") == 1.0
         assert r.heals()[0]["outcome"] == "dry_run" and "would run" in r.heals()[0]["detail"]
     assert hb.run_count() == 0
@@ -187,7 +187,7 @@ def test_restart_mid_cooldown_does_not_heal_again(tmp_path: Path) -> None:
     hb = HealBot(tmp_path)
     cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}})
     with receiver(hb, cfg) as r:
-        r.post(payload(alert("FP-1.1")))
+        r.deliver(payload(alert("FP-1.1")))
         wait_idle(r)
     assert hb.run_count() == 1
     # the real CLI process, restarted on the same audit file
@@ -203,11 +203,9 @@ def test_restart_mid_cooldown_does_not_heal_again(tmp_path: Path) -> None:
                 return False
 
         wait_for(up, timeout=20, what="the restarted receiver")
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        same = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1")), headers=headers, timeout=5)
-        other = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1", starts_at="2026-11-25T10:09:00Z")),
-                              headers=headers, timeout=5)
-        assert same.json()["decisions"] == ["duplicate"] and other.json()["decisions"] == ["cooldown"]
+        same = deliver(url, payload(alert("FP-1.1")))
+        other = deliver(url, payload(alert("FP-1.1", starts_at="2026-11-25T10:09:00Z")))
+        assert same == ["duplicate"] and other == ["cooldown"]
         assert requests.get(url + "/api/heals", timeout=5).json()["heals"][0]["outcome"] == "unverified"
     finally:
         proc.terminate()
@@ -275,12 +273,12 @@ def test_one_action_shared_by_several_points_runs_once_per_cooldown(tmp_path: Pa
     same = {"run": [str(hb.ok)], "cooldown_seconds": 300}
     cfg = hb.config({"FP-1.1": same, "FP-1.2": same, "FP-1.3": same})
     with receiver(hb, cfg) as r:
-        assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
-        assert r.post(payload(alert("FP-1.2"))).json()["decisions"] in (["busy"], ["cooldown"])
+        assert r.deliver(payload(alert("FP-1.1"))) == ["accepted"]
+        assert r.deliver(payload(alert("FP-1.2"))) in (["busy"], ["cooldown"])
         wait_idle(r)
-        assert r.post(payload(alert("FP-1.3"))).json()["decisions"] == ["cooldown"]
+        assert r.deliver(payload(alert("FP-1.3"))) == ["cooldown"]
     with receiver(hb, cfg) as r:  # restored from the audit after a restart
-        assert r.post(payload(alert("FP-1.3"))).json()["decisions"] == ["cooldown"]
+        assert r.deliver(payload(alert("FP-1.3"))) == ["cooldown"]
     assert hb.run_count() == 1
 
 
@@ -292,13 +290,13 @@ def test_match_labels_keeps_a_healer_to_its_own_bot(tmp_path: Path) -> None:
     with receiver(hb, cfg) as r:
         assert r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="other_bot") == 0.0
         other = [alert("FP-1.1", instance="bot-b:9870", fingerprint="b" * 16), alert("FP-1.1", fingerprint="c" * 16)]
-        assert r.post(payload(*other)).json()["decisions"] == ["other_bot", "other_bot"]
+        assert r.deliver(payload(*other)) == ["other_bot", "other_bot"]
         assert r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="other_bot") == 2.0
-        assert r.post(payload(alert("FP-1.1", instance="bot-a:9870"))).json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert("FP-1.1", instance="bot-a:9870"))) == ["accepted"]
         wait_for(lambda: r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0, what="give-up after one attempt")
         # bot B's resolution must not reset bot A's attempt budget
         resolved = alert("FP-1.1", status="resolved", instance="bot-b:9870", fingerprint="b" * 16)
-        assert r.post(payload(resolved)).json()["decisions"] == ["other_bot"]
+        assert r.deliver(payload(resolved)) == ["other_bot"]
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0
     assert hb.run_count() == 1
 
@@ -321,8 +319,7 @@ def test_at_most_max_concurrent_actions_run_and_the_rest_wait_their_turn(tmp_pat
     with receiver(hb, cfg) as r:
         for fp in CAPPED:
             assert r.metric("trading_healer_queued", fp=fp) == 0.0
-        resp = r.post(payload(*(alert(fp, fingerprint=f"{i:016x}") for i, fp in enumerate(CAPPED))))
-        assert resp.json()["decisions"] == ["accepted"] * 5
+        assert r.deliver(payload(*(alert(fp, fingerprint=f"{i:016x}") for i, fp in enumerate(CAPPED)))) == ["accepted"] * 5
         # the queue is FIFO and both workers now block in their action: nothing else can start
         wait_for(lambda: len(hb.started()) >= 2, what="the first two actions")
         assert hb.started() == {"FP-1.1", "FP-1.2"}
@@ -354,15 +351,17 @@ def test_the_answer_does_not_wait_for_the_action(tmp_path: Path) -> None:
         assert r.metric("trading_healer_running", fp="FP-1.1") == 0.0
         # the action cannot finish before release.one exists, and that is written only after this answer
         resp = r.post(payload(alert("FP-1.1")))
-        assert resp.status_code == 200 and resp.json()["decisions"] == ["accepted"]
+        assert resp.status_code == 200 and decisions(r.url, resp.json()["delivery"]) == ["accepted"]
         wait_for(lambda: hb.started() == {"one"}, what="the action to start")
         assert not (tmp_path / "release.one").exists() and hb.done() == set()
-        assert r.metric("trading_healer_running", fp="FP-1.1") == 1.0
+        # the script may write its start file before the receiver has noted its process
+        wait_for(lambda: r.metric("trading_healer_running", fp="FP-1.1") == 1.0, what="running 1")
         assert r.metric("trading_healer_queued", fp="FP-1.1") == 0.0
         assert r.heals() == []  # no attempt recorded while it runs
         # and deliveries keep being answered while it runs
         again = r.post(payload(alert("FP-1.1"), alert("FP-1.1", starts_at="2026-11-25T10:05:00Z"), alert("FP-9.9")))
-        assert again.status_code == 200 and again.json()["decisions"] == ["duplicate", "cooldown", "unknown_fp"]
+        assert again.status_code == 200
+        assert decisions(r.url, again.json()["delivery"]) == ["duplicate", "cooldown", "unknown_fp"]
         assert hb.done() == set()
         hb.release("one")
         wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
@@ -376,17 +375,17 @@ def test_give_up_survives_a_restart_until_resolved(tmp_path: Path) -> None:
     audit_file = hb.root / "logs/trading_readiness_heals.jsonl"
     cfg = hb.config({"FP-1.1": {"run": [str(hb.fail)], "max_attempts": 1, "cooldown_seconds": 0.2}})
     with receiver(hb, cfg) as r:
-        assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert("FP-1.1"))) == ["accepted"]
         wait_for(lambda: r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0, what="give-up after one failure")
     with receiver(hb, cfg) as r:  # restarted on the same audit file
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0  # exported before any delivery
         assert r.healer.policy.snapshot()["FP-1.1"]["gave_up"]
         # Alertmanager's repeat, and a new firing of the point: neither runs the action
         later = alert("FP-1.1", starts_at="2026-11-25T10:30:00Z")
-        assert r.post(payload(later)).json()["decisions"] == ["gave_up"]
+        assert r.deliver(payload(later)) == ["gave_up"]
         assert r.metric("trading_healer_skipped_total", fp="FP-1.1", reason="gave_up") == 1.0
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0
-        assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+        assert r.deliver(payload(alert("FP-1.1", status="resolved"))) == ["resolved"]
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
     assert hb.run_count() == 1
     events = [json.loads(x)["event"] for x in audit_file.read_text().splitlines()]
@@ -395,14 +394,14 @@ def test_give_up_survives_a_restart_until_resolved(tmp_path: Path) -> None:
         assert r.metric("trading_healer_gave_up", fp="FP-1.1") == 0.0
         state = r.healer.policy.snapshot()["FP-1.1"]
         assert not state["gave_up"] and state["attempts_in_window"] == 0
-        decisions: list[str] = []
+        seen: list[str] = []
 
         def admitted() -> bool:  # the point's cooldown (0.2 s) may still hold: Alertmanager repeats
-            decisions.extend(r.post(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))).json()["decisions"])
-            return decisions[-1] == "accepted"
+            seen.extend(r.deliver(payload(alert("FP-1.1", starts_at="2026-11-25T11:00:00Z"))))
+            return seen[-1] == "accepted"
 
         wait_for(admitted, what="a fresh attempt after the reset")
-        assert set(decisions) <= {"cooldown", "accepted"}
+        assert set(seen) <= {"cooldown", "accepted"}
         wait_for(lambda: r.metric("trading_healer_gave_up", fp="FP-1.1") == 1.0, what="the next give-up")
     assert hb.run_count() == 2
 
@@ -446,11 +445,8 @@ def test_insecure_no_auth_accepts_webhooks_without_a_token_and_says_so(tmp_path:
                 return False
 
         wait_for(up, timeout=20, what="the receiver without auth")
-        resp = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1")), timeout=5)  # no Authorization
-        assert resp.status_code == 200 and resp.json()["decisions"] == ["accepted"]
-        wrong = requests.post(url + "/alertmanager", json=payload(alert("FP-9.9")), timeout=5,
-                              headers={"Authorization": "Bearer anything"})
-        assert wrong.status_code == 200 and wrong.json()["decisions"] == ["unknown_fp"]
+        assert deliver(url, payload(alert("FP-1.1")), token=None) == ["accepted"]  # no Authorization
+        assert deliver(url, payload(alert("FP-9.9")), token="anything") == ["unknown_fp"]
         wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], what="the attempt record")
     finally:
         proc.terminate()

@@ -1,9 +1,12 @@
 """A receiver killed with SIGKILL in the middle of a heal: the action it started is found by its
 recorded process group when the receiver comes back, ended, the point re-checked, and the
-attempt recorded as ``interrupted``; cooldowns and attempts survive as before."""
+attempt recorded as ``interrupted``; cooldowns and attempts survive as before. Killed right after
+it answered, before it decided the delivery: the journal holds it, and the next start decides it
+and runs its action once."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -14,12 +17,15 @@ from pathlib import Path
 import requests
 
 from exporter.core.audit import heal_status
+from healers.alerts import Alert
+from healers.inbox import COMPACT_BYTES, Delivery, Journal
 
 from .conftest import wait_for
 from .test_healer_helpers import (
     TOKEN,
     HealBot,
     alert,
+    deliver,
     free_port,
     payload,
     pid_alive,
@@ -62,8 +68,7 @@ def test_kill_9_mid_action_the_restarted_receiver_ends_the_orphan_and_records_th
     cfg = hb.config({"FP-2.1": {"run": [str(fix_then_hang)], "timeout_seconds": 3, "cooldown_seconds": 300}})
     first, url = start(hb, cfg)
     try:
-        resp = requests.post(url + "/alertmanager", json=payload(alert("FP-2.1")), headers=HEADERS, timeout=5)
-        assert resp.json()["decisions"] == ["accepted"]
+        assert deliver(url, payload(alert("FP-2.1"))) == ["accepted"]
         action = int(wait_for(lambda: hb.runs.exists() and hb.runs.read_text().split()[0], what="the action"))
         wait_for(lambda: "spawned" in (hb.root / AUDIT).read_text(), what="the action's process record")
         spawned = [json.loads(x) for x in (hb.root / AUDIT).read_text().splitlines()][-1]
@@ -88,8 +93,7 @@ def test_kill_9_mid_action_the_restarted_receiver_ends_the_orphan_and_records_th
         assert f"process group {action} was still running at its timeout and was killed" in heal["detail"]
         assert not pid_alive(action) and not (tmp_path / "finished").exists()
         # the cooldown and the dedupe key survived the crash as before: no second run
-        same = requests.post(url + "/alertmanager", json=payload(alert("FP-2.1")), headers=HEADERS, timeout=5)
-        assert same.json()["decisions"] == ["duplicate"]
+        assert deliver(url, payload(alert("FP-2.1"))) == ["duplicate"]
         metrics = requests.get(url + "/metrics", timeout=5).text
         assert 'trading_healer_attempts_total{fp="FP-2.1",outcome="interrupted"} 1.0' in metrics
     finally:
@@ -148,7 +152,7 @@ def test_an_accepted_alert_whose_action_never_started_is_replayed_once(tmp_path:
         assert all(st["phase"] == "idle" for st in r.healer.policy.snapshot().values())
         # the replayed alert's redelivery is a duplicate: one action for it, not two
         again = alert("FP-1.1", fingerprint="f1", starts_at="2026-11-25T10:00:00Z")
-        assert r.post(payload(again)).json()["decisions"] == ["duplicate"]
+        assert r.deliver(payload(again)) == ["duplicate"]
     assert hb.run_count() == 1
     with receiver(hb, cfg) as r:  # nothing is left open
         time.sleep(0.5)
@@ -179,3 +183,80 @@ def test_an_orphan_whose_process_was_never_recorded_is_found_by_its_environment(
     finally:
         orphan.kill()
     assert hb.run_count() == 0  # found and ended, not run a second time
+
+
+def test_kill_9_right_after_the_answer_the_journaled_delivery_is_decided_and_run_once(tmp_path: Path) -> None:
+    hb = HealBot(tmp_path)
+    hb.break_weights()
+    cfg = hb.config({"FP-2.1": {"run": ["/bin/sh", str(hb.fix)], "cooldown_seconds": 300}})
+    journal = hb.root / "logs/trading_readiness_heals.journal"
+    first, url = start(hb, cfg)
+    try:
+        # a peer receiver of this bot holds the lease file's lock: deciding the delivery waits for
+        # it, so the answer comes from the journal alone and nothing is decided or recorded yet
+        with (hb.root / "state/trading_readiness_heal.lease").open("a+") as lease:
+            fcntl.flock(lease, fcntl.LOCK_EX)
+            resp = requests.post(url + "/alertmanager", json=payload(alert("FP-2.1")), headers=HEADERS, timeout=5)
+            assert resp.status_code == 200 and resp.json()["state"] == "queued", resp.text
+            metrics = requests.get(url + "/metrics", timeout=5).text
+            assert "trading_healer_backlog 1.0" in metrics
+            assert '"FP-2.1"' in journal.read_text() and "TradingFailurePoint" not in journal.read_text()
+            first.send_signal(signal.SIGKILL)
+            first.communicate(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert hb.run_count() == 0
+    assert not (hb.root / AUDIT).exists() or "started" not in (hb.root / AUDIT).read_text()
+    with journal.open("ab") as fh:  # and a write torn by a kill (never answered): skipped
+        fh.write(b'{"seq": 2, "at": 17')
+    second, url = start(hb, cfg)
+    try:
+        wait_for(lambda: requests.get(url + "/api/heals", timeout=5).json()["heals"], timeout=20,
+                 what="the journaled delivery's attempt")
+        [heal] = requests.get(url + "/api/heals", timeout=5).json()["heals"]
+        assert heal["outcome"] == "success" and heal["fp"] == "FP-2.1" and heal["fingerprint"] == "a1b2c3d4e5f60718"
+        view = requests.get(url + "/api/heals", timeout=5).json()["deliveries"][0]
+        assert view["replayed"] is True and view["counts"] == {"accepted": 1}
+        wait_for(lambda: journal.stat().st_size == 0, what="the journal emptied once decided")
+        # Alertmanager's repeat of the acknowledged alert: the same action is not run again
+        assert deliver(url, payload(alert("FP-2.1"))) == ["duplicate"]
+        metrics = requests.get(url + "/metrics", timeout=5).text
+        assert 'trading_healer_attempts_total{fp="FP-2.1",outcome="success"} 1.0' in metrics
+        assert "trading_healer_backlog 0.0" in metrics
+    finally:
+        second.terminate()
+        _out, err = second.communicate(timeout=15)
+    assert second.returncode == 0, err
+    assert "deciding 1 acknowledged delivery (1 alerts) a stopped receiver left in" in err
+    assert hb.run_count() == 1
+    events = [json.loads(x)["event"] for x in (hb.root / AUDIT).read_text().splitlines()]
+    assert events == ["started", "spawned", "attempt"]
+
+
+def test_the_journal_stays_bounded_and_a_live_receivers_journal_is_its_own(tmp_path: Path) -> None:
+    audit_file = tmp_path / "logs/heals.jsonl"
+    journal = Journal(audit_file)
+    assert journal.recover() == []
+    peer = Journal(audit_file)  # a second receiver of the bot, running beside it
+    assert peer.recover() == [] and peer.path != journal.path
+    waiting = Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", "f0", "2026-11-25T10:00:00.000Z")])
+    journal.submit(waiting).result(timeout=10)
+    big = [Alert("firing", "FP-9.9", f"{i:016x}", "2026-11-25T10:00:00.000Z", (("fp", "FP-9.9"),))
+           for i in range(1000)]
+    largest = 0
+    for _ in range(40):  # about 4 MB of deliveries through the journal while the first one waits
+        d = Delivery(time.time(), "http://am", big)
+        journal.submit(d).result(timeout=10)
+        journal.done([d.seq])
+        largest = max(largest, journal.path.stat().st_size)
+    one = len(journal.pending[waiting.seq]) + len(json.dumps({"done": [1]}))
+    assert largest <= COMPACT_BYTES + 2 * 120_000 and journal.path.stat().st_size <= COMPACT_BYTES + one
+    journal.close()
+    again = Journal(audit_file)  # the first receiver's slot is free again: its journal is adopted
+    [left] = again.recover()
+    assert again.path == journal.path and (left.seq, left.alerts, left.replayed) == (waiting.seq, waiting.alerts, True)
+    again.done([left.seq])
+    assert again.path.stat().st_size == 0
+    again.close()
+    peer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import subprocess
@@ -19,7 +20,17 @@ from healers.policy import HealerSpec, Policy
 from healers.receiver import Healer
 
 from .conftest import wait_for
-from .test_healer_helpers import HealBot, alert, free_port, payload, receiver, script, start_heal_cli, wait_idle
+from .test_healer_helpers import (
+    HealBot,
+    alert,
+    decisions,
+    free_port,
+    payload,
+    receiver,
+    script,
+    start_heal_cli,
+    wait_idle,
+)
 
 AUDIT = "logs/trading_readiness_heals.jsonl"
 
@@ -68,7 +79,8 @@ def test_full_disk_under_the_audit_answers_5xx_and_never_wedges_the_point(tmp_pa
                         audit_file=str(disk / "heals.jsonl"), verify_timeout_seconds=0.3)
         with receiver(hb, cfg) as r:
             filler = fill(disk)
-            # the start record cannot be written: nothing runs, and it is our fault (Alertmanager retries 5xx)
+            # the delivery cannot be journaled: it is not acknowledged, nothing runs, and the answer
+            # says so at once (Alertmanager retries a 5xx)
             for _ in range(3):
                 assert r.post(payload(alert("FP-1.1"))).status_code == 500
             assert hb.run_count() == 0
@@ -79,12 +91,50 @@ def test_full_disk_under_the_audit_answers_5xx_and_never_wedges_the_point(tmp_pa
             assert r.metric("trading_healer_stuck", fp="FP-1.1") == 0.0
             # the disk is freed: Alertmanager's retry of the same alert is admitted (not busy, not duplicate)
             filler.unlink()
-            assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+            assert r.deliver(payload(alert("FP-1.1"))) == ["accepted"]
             wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
                      what="the outcome once the disk has room")
             assert hb.run_count() == 1
             events = [json.loads(x)["event"] for x in (disk / "heals.jsonl").read_text().splitlines()]
             assert events == ["started", "spawned", "attempt"]
+
+
+def test_a_delivery_acknowledged_before_the_disk_filled_is_decided_once_there_is_room(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The answer does not wait for the audit: acknowledged (journaled) while deciding is held up,
+    then the disk fills so its start record cannot be written. The point is not wedged, the
+    delivery stays undecided and is tried again, and once there is room it runs exactly once."""
+    hb = HealBot(tmp_path)
+    with tiny_tmpfs(tmp_path / "disk") as disk:
+        cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}},
+                        audit_file=str(disk / "heals.jsonl"), verify_timeout_seconds=0.3)
+        with receiver(hb, cfg) as r, (hb.root / "state/trading_readiness_heal.lease").open("a+") as lease:
+            # a peer receiver holds the lease file's lock: deciding waits, the answer does not
+            fcntl.flock(lease, fcntl.LOCK_EX)
+            resp = r.post(payload(alert("FP-1.1")))
+            assert resp.status_code == 200, resp.text
+            seq = resp.json()["delivery"]
+            filler = fill(disk)
+            fcntl.flock(lease, fcntl.LOCK_UN)
+            err: list[str] = []
+            wait_for(lambda: err.append(capfd.readouterr().err) or "cannot decide an alert" in "".join(err),
+                     what="the decision to fail on the full disk")
+            assert "heal FP-1.1: cannot decide an alert, trying again in 5 s: OSError: [Errno 28]" in "".join(err)
+            assert r.healer.delivery_views(seq)[0]["counts"] == {"pending": 1}
+            assert hb.run_count() == 0
+            assert r.metric("trading_healer_backlog") == 1.0
+            for name in ("trading_healer_running", "trading_healer_queued", "trading_healer_stuck"):
+                assert r.metric(name, fp="FP-1.1") == 0.0
+            assert r.healer.policy.snapshot()["FP-1.1"]["phase"] == "idle"
+            filler.unlink()
+            assert decisions(r.url, seq, timeout=30) == ["accepted"]
+            wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
+                     what="the outcome once the disk has room")
+            wait_idle(r)
+            assert hb.run_count() == 1
+            events = [json.loads(x)["event"] for x in (disk / "heals.jsonl").read_text().splitlines()]
+            assert events == ["started", "spawned", "attempt"]
+            assert (disk / "heals.journal").stat().st_size == 0
 
 
 def test_full_disk_while_the_action_runs_still_returns_the_point_to_idle(tmp_path: Path) -> None:
@@ -93,7 +143,7 @@ def test_full_disk_while_the_action_runs_still_returns_the_point_to_idle(tmp_pat
         cfg = hb.config({"FP-1.1": {"run": [str(hb.block), "one"], "cooldown_seconds": 0.2}},
                         audit_file=str(disk / "heals.jsonl"), verify_timeout_seconds=0.3)
         with receiver(hb, cfg) as r:
-            assert r.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
+            assert r.deliver(payload(alert("FP-1.1"))) == ["accepted"]
             wait_for(lambda: hb.started() == {"one"}, what="the action")
             filler = fill(disk)
             hb.release("one")  # its outcome cannot be written
@@ -101,9 +151,9 @@ def test_full_disk_while_the_action_runs_still_returns_the_point_to_idle(tmp_pat
             assert r.healer.policy.snapshot()["FP-1.1"]["phase"] == "idle"
             filler.unlink()
             # the alert resolves, breaks again: a new attempt starts (nothing left it busy)
-            assert r.post(payload(alert("FP-1.1", status="resolved"))).json()["decisions"] == ["resolved"]
+            assert r.deliver(payload(alert("FP-1.1", status="resolved"))) == ["resolved"]
             later = alert("FP-1.1", starts_at="2026-11-25T11:00:00Z")
-            assert r.post(payload(later)).json()["decisions"] == ["accepted"]
+            assert r.deliver(payload(later)) == ["accepted"]
             wait_idle(r)
         assert hb.run_count() == 2
 
@@ -196,7 +246,7 @@ def test_secrets_that_are_pieces_of_json_never_break_or_leak_into_the_audit(tmp_
     """)
     cfg = hb.config({"FP-1.1": {"run": [str(loud)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
     with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
-        assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["accepted"]
+        assert r.deliver(payload(alert("FP-1.1")), token=JSONISH_TOKEN) == ["accepted"]
         wait_for(lambda: r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="unverified") == 1.0,
                  what="the outcome")
         api = r.heals()
@@ -214,7 +264,7 @@ def test_secrets_that_are_pieces_of_json_never_break_or_leak_into_the_audit(tmp_
                     assert secret not in json.dumps(value), (secret, key)
     # what a restart dedupes on survived redaction: the same alert is a duplicate, not a second heal
     with receiver(hb, cfg, token=JSONISH_TOKEN) as r:
-        assert r.post(payload(alert("FP-1.1")), token=JSONISH_TOKEN).json()["decisions"] == ["duplicate"]
+        assert r.deliver(payload(alert("FP-1.1")), token=JSONISH_TOKEN) == ["duplicate"]
     assert hb.run_count() == 1
 
 

@@ -14,6 +14,7 @@ import json
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from hypothesis import strategies as st
 
 from exporter.core.config import Config
 from healers.alerts import MAX_ALERTS, MAX_BODY_BYTES
+from healers.receiver import Healer
 
-from .test_healer_helpers import TOKEN, HealBot, alert, payload, receiver, script, wait_idle
+from .conftest import wait_for
+from .test_healer_helpers import TOKEN, HealBot, alert, decisions, payload, receiver, script, wait_idle
 
 N_HYPOTHESIS = 2_500  # in-process, hypothesis
 N_FUZZ = 10_000  # in-process, the seeded fuzzer (every kind below)
@@ -287,8 +290,10 @@ class Fuzzer:
 
 # -- checks --------------------------------------------------------------------------------------
 
-def check_answer(config: Config, body: bytes, status: int, obj: Any) -> None:
-    """The one rule for every generated body, in-process or over HTTP."""
+def check_answer(config: Config, body: bytes, status: int, obj: Any,
+                 decided: Callable[[int], list[str]]) -> list[str]:
+    """The one rule for every generated body, in-process or over HTTP; ``decided(seq)`` waits for
+    the receiver's decisions on an acknowledged delivery. Returns them ([] when not acknowledged)."""
     if len(body) > MAX_BODY_BYTES:
         assert status == 413, (status, obj, len(body))
     else:
@@ -296,15 +301,32 @@ def check_answer(config: Config, body: bytes, status: int, obj: Any) -> None:
     assert isinstance(obj, dict)
     if status != 200:
         assert isinstance(obj["error"], str) and "\n" not in obj["error"]
-        return
+        return []
     parsed = json.loads(body)
     assert len(parsed["alerts"]) <= MAX_ALERTS
-    for a, decision in zip(parsed["alerts"], obj["decisions"], strict=True):
+    assert obj["alerts"] == len(parsed["alerts"]) and obj["state"] == "queued"
+    got = decided(obj["delivery"])
+    for a, decision in zip(parsed["alerts"], got, strict=True):
         fp = a["labels"].get("fp")
         if decision == "accepted":
             assert fp == "FP-1.1" and a["status"] == "firing", (fp, a["status"])
         elif fp not in config.catalog.points:
             assert decision in ("unknown_fp", "no_healer"), (fp, decision)
+    return got
+
+
+def in_process(healer: Healer) -> Callable[[int], list[str]]:
+    """Delivery ``seq``'s decisions, read from the receiver once its dispatcher has made them."""
+    def decided(seq: int) -> list[str]:
+        def done() -> tuple[list[str]] | None:
+            [view] = healer.delivery_views(seq)
+            return (view["decisions"],) if view["state"] == "decided" else None
+        return wait_for(done, timeout=15, what=f"delivery {seq} decided", every=0.001)[0]  # type: ignore[no-any-return]
+    return decided
+
+
+def over_http(url: str) -> Callable[[int], list[str]]:
+    return lambda seq: decisions(url, seq)
 
 
 def recording_action(hb: HealBot) -> Path:
@@ -355,12 +377,13 @@ def test_generated_payloads_in_process(tmp_path: Path, capfd: pytest.CaptureFixt
 
         def check(body: bytes, kind: str) -> None:
             nonlocal accepted, near_limit
-            status, obj = healer.handle_post(f"Bearer {TOKEN}", body)  # raises nothing, or the test fails
-            check_answer(healer.config, body, status, obj)
+            answer = healer.handle_post(f"Bearer {TOKEN}", body)  # raises nothing, or the test fails
+            status, obj = answer if isinstance(answer, tuple) else answer.result(timeout=10)
+            got = check_answer(healer.config, body, status, obj, in_process(healer))
             with lock:
                 seen[kind] += 1
                 statuses[status] += 1
-                accepted += obj.get("accepted", 0)
+                accepted += got.count("accepted")
                 near_limit += MAX_BODY_BYTES - 4096 <= len(body) <= MAX_BODY_BYTES + 4096
 
         # batches of BATCH per example: the same coverage at a fraction of the generation overhead
@@ -406,7 +429,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
             if token != TOKEN:
                 assert resp.status_code == 401
             else:
-                check_answer(r.healer.config, body, resp.status_code, resp.json())
+                check_answer(r.healer.config, body, resp.status_code, resp.json(), over_http(r.url))
             assert resp.headers["Content-Type"] == "application/json"
 
         run()
@@ -416,7 +439,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
             kind, body = fuzz.case()
             resp = s.post(url, data=body, headers=auth, timeout=10)
             assert resp.headers["Content-Type"] == "application/json"
-            check_answer(r.healer.config, body, resp.status_code, resp.json())
+            check_answer(r.healer.config, body, resp.status_code, resp.json(), over_http(r.url))
             statuses[resp.status_code] += 1
         assert set(statuses) == {200, 400, 413} and statuses[413] >= 10
         # huge, lying and missing lengths: refused before the body is read
@@ -436,7 +459,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
                 conn.close()
         evil = payload(*(alert(fp) for fp in hostile(marker)))
         resp = requests.post(url, json=evil, headers=auth, timeout=10)
-        assert resp.status_code == 200 and set(resp.json()["decisions"]) == {"unknown_fp"}
+        assert resp.status_code == 200 and set(decisions(r.url, resp.json()["delivery"])) == {"unknown_fp"}
         wait_idle(r)
         assert_still_serving(r, action)
     assert "internal error" not in capfd.readouterr().err

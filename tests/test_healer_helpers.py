@@ -24,6 +24,7 @@ from healers.receiver import Healer
 from healers.server import HealerServer
 from sandbox.botroot import BotRoot
 
+from .conftest import wait_for
 from .prom import free_port as free_port  # re-exported for the healer tests
 
 TOKEN = "s3cret-token-for-tests"  # noqa: S105
@@ -134,10 +135,17 @@ class Running:
             headers["Authorization"] = f"Bearer {token}"
         return requests.post(self.url + "/alertmanager", data=data, headers=headers, timeout=timeout)
 
+    def deliver(self, body: Any, token: str | None = TOKEN, timeout: float = 15) -> list[str]:
+        """POST one delivery (answered 200) and wait until the receiver has decided it: every
+        alert's decision, as ``/api/heals?delivery=N`` reports it."""
+        return deliver(self.url, body, token, timeout)
+
     def metric(self, name: str, **labels: str) -> float | None:
         text = requests.get(self.url + "/metrics", timeout=5).text
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
+            if not labels and line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
             if line.startswith(name + "{"):
                 got = line[len(name) + 1:line.index("}")]
                 if ",".join(sorted(got.split(","))) == want:
@@ -146,6 +154,26 @@ class Running:
 
     def heals(self) -> list[dict[str, Any]]:
         return requests.get(self.url + "/api/heals", timeout=5).json()["heals"]  # type: ignore[no-any-return]
+
+
+def decisions(url: str, seq: int, timeout: float = 15) -> list[str]:
+    """The decisions of delivery ``seq`` once the receiver at ``url`` has made them all."""
+    def decided() -> tuple[list[str]] | None:
+        view = requests.get(f"{url}/api/heals", params={"delivery": seq}, timeout=5).json()
+        return (view["decisions"],) if view["state"] == "decided" else None
+
+    return wait_for(decided, timeout=timeout, what=f"delivery {seq} decided")[0]  # type: ignore[no-any-return]
+
+
+def deliver(url: str, body: Any, token: str | None = TOKEN, timeout: float = 15) -> list[str]:
+    """POST one delivery to the receiver at ``url``, expect 200, and return its decisions once made."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    resp = requests.post(url + "/alertmanager", data=data, headers=headers, timeout=10)
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    return decisions(url, resp.json()["delivery"], timeout)
 
 
 @contextmanager
@@ -164,11 +192,13 @@ def receiver(hb: HealBot, config: Path, token: str | None = TOKEN, dry_run: bool
 
 
 def wait_idle(r: Running, timeout: float = 15) -> None:
-    """Until no action is queued or running (the answer never waits for the action)."""
+    """Until every acknowledged delivery is decided and no action is queued or running (the
+    answer waits for neither)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         snap = r.healer.policy.snapshot()
-        if r.healer.queue.empty() and not any(s["running"] for s in snap.values()):
+        decided = not r.healer.journal.pending and r.healer.inbox.empty()
+        if decided and r.healer.queue.empty() and not any(s["running"] for s in snap.values()):
             return
         time.sleep(0.05)
     raise AssertionError("healer did not become idle")

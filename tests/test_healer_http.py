@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from .conftest import wait_for
-from .test_healer_helpers import TOKEN, HealBot, alert, free_port, payload, receiver, start_heal_cli, wait_idle
+from .test_healer_helpers import TOKEN, HealBot, alert, deliver, free_port, payload, receiver, start_heal_cli, wait_idle
+from .test_healer_helpers import decisions as delivered
 
 SLOW_CLIENTS = 3000
 
@@ -72,13 +73,11 @@ def test_3000_slow_clients_do_not_grow_threads_and_a_real_delivery_is_answered(t
                     s.send(head[k:k + 1])
             most = max(most, threads(proc.pid))
         assert len(socks) >= SLOW_CLIENTS // 2
-        # the acceptor, the fixed handler pool (at most 4, one already started), the action
+        # the acceptor, the fixed handler pool (one already started), the dispatcher, the action
         # workers and the log summariser: nothing per client
         assert most <= before + 3, (before, most)
         # a real delivery in the middle of it all is answered
-        resp = requests.post(url + "/alertmanager", json=payload(alert("FP-1.1")), timeout=15,
-                             headers={"Authorization": f"Bearer {TOKEN}"})
-        assert resp.status_code == 200 and resp.json()["decisions"] == ["accepted"]
+        assert deliver(url, payload(alert("FP-1.1"))) == ["accepted"]
     finally:
         for s in socks:
             s.close()
@@ -95,7 +94,10 @@ def test_a_thousand_alert_payload_writes_a_bounded_number_of_log_lines(tmp_path:
         capfd.readouterr()
         alerts = [alert("FP-1.1", fingerprint=f"{i:016x}", starts_at=f"2026-11-25T10:{i % 60:02d}:00Z")
                   for i in range(1000)]
-        decisions = r.post(payload(*alerts)).json()["decisions"]
+        resp = r.post(payload(*alerts))  # one answer for the thousand, before any of them is decided
+        assert resp.status_code == 200 and resp.json() == {"delivery": resp.json()["delivery"], "alerts": 1000,
+                                                           "state": "queued"}
+        decisions = delivered(r.url, resp.json()["delivery"])
         assert decisions[0] == "accepted" and set(decisions[1:]) <= {"busy", "cooldown"}
         wait_idle(r)
         lines = capfd.readouterr().err.splitlines()
@@ -132,7 +134,8 @@ def test_keep_alive_and_refusals_before_the_body(tmp_path: Path) -> None:
             for _ in range(3):  # one connection, three deliveries
                 conn.request("POST", "/alertmanager", body=body, headers={"Authorization": f"Bearer {TOKEN}"})
                 resp = conn.getresponse()
-                assert resp.status == 200 and json.loads(resp.read())["decisions"] == ["unknown_fp"]
+                assert resp.status == 200
+                assert delivered(r.url, json.loads(resp.read())["delivery"]) == ["unknown_fp"]
             conn.request("GET", "/metrics")
             resp = conn.getresponse()
             assert resp.status == 200 and b"trading_healer_stuck" in resp.read()

@@ -94,11 +94,11 @@ def test_two_receivers_on_one_bot_run_the_action_once(tmp_path: Path, shared_aud
     cfg_b = hb.config(healers, verify_timeout_seconds=0.3,
                       audit_file="logs/heals-a.jsonl" if shared_audit else "logs/heals-b.jsonl")
     with receiver(hb, tmp_path / "a.yaml") as ra, receiver(hb, cfg_b) as rb:
-        assert ra.post(payload(alert("FP-1.1"))).json()["decisions"] == ["accepted"]
-        assert rb.post(payload(alert("FP-1.1"))).json()["decisions"] == ["leased"]
+        assert ra.deliver(payload(alert("FP-1.1"))) == ["accepted"]
+        assert rb.deliver(payload(alert("FP-1.1"))) == ["leased"]
         hb.release("one")
         wait_idle(ra)
-        assert rb.post(payload(alert("FP-1.1"))).json()["decisions"] == ["cooldown"]
+        assert rb.deliver(payload(alert("FP-1.1"))) == ["cooldown"]
         assert rb.metric("trading_healer_skipped_total", fp="FP-1.1", reason="leased") == 1.0
     assert hb.run_count() == 1
 

@@ -224,7 +224,9 @@ def test_threshold_in_force_follows_the_bots_fallbacks(bot: BotRoot, alpaca: Fak
 def test_shortly_before_the_open_the_order_is_validated_for_the_open(bot: BotRoot, alpaca: FakeAlpaca) -> None:
     """A pre-market verification asks "will it trade at the open?", not "is it open now?"."""
     now = time.time()
-    alpaca.clock = {"is_open": False, "next_open": iso(now + 20 * 60), "next_close": iso(now + 7 * 3600)}
+    # 20 min 20 s ahead: the reason rounds to whole minutes, so "in 20 min" holds however slow the probe runs
+    # up to 50 s (a loaded machine must not turn it into "in 19 min")
+    alpaca.clock = {"is_open": False, "next_open": iso(now + 20 * 60 + 20), "next_close": iso(now + 7 * 3600)}
     code, data = probe(bot)
     assert code == 0, data
     execution = stage(data, "execution")

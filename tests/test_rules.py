@@ -68,9 +68,10 @@ def test_promtool_unit_tests_pass() -> None:
 def test_unit_tests_catch_an_off_by_one_threshold(tmp_path: Path) -> None:
     """The truth table is not vacuous: `>=` instead of `>` max_warnings makes it fail."""
     text = RULES.read_text()
-    assert "> bool on (job, instance)" in text
+    threshold = "> bool ignoring (fp, category, name, healer)"
+    assert threshold in text
     (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / RULES.name).write_text(text.replace("> bool on (job, instance)", ">= bool on (job, instance)"))
+    (tmp_path / "rules" / RULES.name).write_text(text.replace(threshold, ">=" + threshold[1:]))
     (tmp_path / "rules" / "tests").mkdir()
     for t in UNIT_TESTS:
         shutil.copy(t, tmp_path / "rules" / "tests" / t.name)
@@ -108,37 +109,42 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
     assert rulegen.duration_seconds(down["for"]) >= 2 * scrape
 
 
-def _fp_alert(p: Any, inst: str, severity: str, level: str, healer: str) -> dict[str, Any]:
-    labels = {"severity": severity, "fp": p.id, "category": p.category, "job": "trading-readiness", "instance": inst}
+def _fp_alert(p: Any, inst: str, severity: str, level: str, healer: str, target: dict[str, str]) -> dict[str, Any]:
+    labels = {"severity": severity, "fp": p.id, "category": p.category, "job": "trading-readiness", "instance": inst,
+              **target}
     if healer:
         labels["healer"] = healer
     text = p.levels.get(level.lower()) or f"{p.id} reports {level}."
     tail = f" Healer: {healer}." if healer else " No healer is configured: a human must fix it."
     return {"exp_labels": labels, "exp_annotations": {
-        "summary": f"{p.id} {p.name}: {level} on {inst}",
+        "summary": f"{p.id} {p.name}: {level} on {target.get('bot', inst)}",
         "description": (f"{p.detects} {text} The reason is in /api/failure_points and "
                         f"`trading-readiness check --only {p.id}`.{tail}"),
-        "runbook_url": f"{rulegen.CONFIG['runbook_base_url']}#{p.anchor}"}}
+        "runbook_url": f"{rulegen.CONFIG['runbook_base_url']}/FAILURE_POINTS.md#{p.anchor}"}}
 
 
 def test_every_failure_point_alert_fires_with_its_labels_and_annotations(tmp_path: Path) -> None:
     """All points ERROR on one instance and WARN on another: 2 alerts per point, all rendered.
 
     On instance `err` every point with a catalog healer has it configured, so the healer label is
-    present; on `warn` no healer is configured, so the label is absent.
+    present; on `warn` no healer is configured, so the label is absent. `err` is a bot named by
+    its target labels (bot, env): every alert keeps them and its summary names the bot; `warn`
+    has none, so its summaries name the instance.
     """
     cat = load()
     series = []
     expected = []
     for p in cat:
-        for inst, value, healer in (("err", 2, p.healer or ""), ("warn", 1, "")):
-            series.append({"series": (f'trading_failure_point_status{{job="trading-readiness", instance="{inst}", '
+        for inst, value, healer, target in (("err", 2, p.healer or "", {"bot": "alpha", "env": "live"}),
+                                            ("warn", 1, "", {})):
+            extra = "".join(f', {k}="{v}"' for k, v in target.items())
+            series.append({"series": (f'trading_failure_point_status{{job="trading-readiness", instance="{inst}"{extra}, '
                                       f'fp="{p.id}", category="{p.category}"}}'), "values": f"{value}x20"})
-            series.append({"series": (f'trading_failure_point_info{{job="trading-readiness", instance="{inst}", '
+            series.append({"series": (f'trading_failure_point_info{{job="trading-readiness", instance="{inst}"{extra}, '
                                       f'fp="{p.id}", name="{p.name}", category="{p.category}", '
                                       f'healer="{healer}"}}'), "values": "1x20"})
             level, sev = ("ERROR", "critical") if value == 2 else ("WARN", "warning")
-            expected.append(_fp_alert(p, inst, sev, level, healer))
+            expected.append(_fp_alert(p, inst, sev, level, healer, target))
     longest = max(rulegen.duration_seconds(p.alert_for) for p in cat)
     doc = {"rule_files": [str(RULES)], "evaluation_interval": "15s", "tests": [{
         "interval": "15s", "input_series": series,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core import catalog
 from ..core.faults import AlpacaCredentialsMissing
 from ..core.model import Outcome
 from . import market
@@ -20,9 +21,36 @@ def account(ctx: Context) -> dict[str, Any]:
     return data
 
 
-#: broker failures that are FP-4.1's (reachability, 5xx, 429) or FP-4.2's (credentials) to report
-OTHERS_FAULT = {"timeout": "FP-4.1", "connection": "FP-4.1", "server": "FP-4.1", "rate_limit": "FP-4.1",
-                "auth": "FP-4.2", "forbidden": "FP-4.2"}
+def account_or_failure(ctx: Context) -> dict[str, Any] | Outcome:
+    """The account, or the outcome of failing to read it (``broker_failed``)."""
+    try:
+        return account(ctx)
+    except BrokerError as exc:
+        return broker_failed(exc, "read the account", ctx)
+
+
+def positions_or_failure(ctx: Context) -> list[Any] | Outcome:
+    """The open positions, or the outcome of failing to list them (``broker_failed``, or ERROR for
+    an answer that is not a list)."""
+    try:
+        raw = ctx.broker_get("/positions")
+    except BrokerError as exc:
+        # a 429, an outage or bad credentials is another point's alert, not a second critical here
+        return broker_failed(exc, "list positions", ctx)
+    if not isinstance(raw, list):
+        return Outcome.error("Alpaca /v2/positions did not return a list")
+    return raw
+
+
+def error_owner(exc: BrokerError) -> str | None:
+    """The point that reports this failed request (the catalog's ``broker_errors: owners``), if any."""
+    return catalog.load().broker_errors.owners.get(exc.kind)
+
+
+def clock_failure_owner(exc: BrokerError) -> str | None:
+    """The point that reports a failed broker clock request: the kind's owner, else the point
+    that requests the clock every cycle (the catalog's ``broker_errors: clock``)."""
+    return error_owner(exc) or catalog.load().broker_errors.clock
 
 
 def broker_failed(exc: BrokerError, doing: str, ctx: Context | None = None) -> Outcome:
@@ -32,8 +60,9 @@ def broker_failed(exc: BrokerError, doing: str, ctx: Context | None = None) -> O
     A 5xx, timeout or refused connection on one endpoint while the clock answers is not FP-4.1's
     to report (FP-4.1 is OK): skipping would leave a dead /v2/account or /v2/orders unreported
     by every point, so it is this point's ERROR."""
-    owner = OTHERS_FAULT.get(exc.kind)
-    if owner == "FP-4.1" and exc.kind != "rate_limit" and ctx is not None and _clock_answers(ctx):
+    owner = error_owner(exc)
+    reachability = owner is not None and owner == catalog.load().broker_errors.clock and exc.kind != "rate_limit"
+    if reachability and ctx is not None and _clock_answers(ctx):
         return Outcome.error(f"cannot {doing}: {exc} (the broker clock answers: this endpoint fails on its own)",
                              problem=exc.kind)
     if owner is not None:

@@ -92,6 +92,10 @@ class BotEnv:
         """The first alias that is set (for messages that must not show the value)."""
         return next((n for n in names if self.values.get(n)), None)
 
+    def flag(self, name: str) -> bool:
+        """A switch the way the bot reads one (src/audit_guard.py): on for 1, true or yes, any case."""
+        return (self.values.get(name) or "").lower() in ("1", "true", "yes")
+
     def number(self, name: str, default: float) -> float:
         """A numeric limit; raises ValueError naming the variable when it is not a number."""
         raw = self.values.get(name)

@@ -25,7 +25,8 @@ _EXAMPLE_URL = "https://paper-api.alpaca.markets"
 
 
 class BrokerError(Exception):
-    """kind: auth, forbidden, rate_limit, server, timeout, connection, bad_response, not_found, client."""
+    """kind: one of ``exporter.core.faults.BROKER_ERROR_KINDS`` (auth, forbidden, rate_limit, server,
+    timeout, connection, bad_response, not_found, client)."""
 
     def __init__(self, kind: str, message: str, status: int | None = None, code: int | None = None) -> None:
         self.kind, self.status, self.code = kind, status, code

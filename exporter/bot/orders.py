@@ -1,6 +1,7 @@
 """The bot's own record of its order submissions and failures (logs/orders.jsonl,
 state/execution_failures.jsonl, logs/submit_order_called.jsonl): failures the broker never lists
-because the request was refused before an order existed.
+because the request was refused before an order existed, and the mock orders it logs instead of
+submitting while its audit guard is on.
 """
 
 from __future__ import annotations
@@ -105,6 +106,35 @@ def recorded_failures(ctx: Context, since: float, same_seconds: float,
         return failures, other_orders + len(failures)
     return failures, sum(1 for rec in submits
                          if (t := funnel.record_time(rec, "ts", "_ts", "timestamp")) is not None and t >= since)
+
+
+@dataclass
+class DryRuns:
+    """The audit dry-run mocks in logs/orders.jsonl (``"dry_run": true``, ``action``
+    ``audit_dry_run``, ``order_id`` ``AUDIT-DRYRUN-...``: src/audit_guard.py answered with a mock
+    order and nothing reached the broker) and the newest order line that was not one."""
+
+    count: int = 0
+    newest_mock: float | None = None
+    newest_mock_symbol: str | None = None
+    newest_real: float | None = None
+
+
+def dry_run_orders(ctx: Context, since: float, problems: list[str]) -> DryRuns:
+    """The dry-run mocks the bot logged since ``since``; an unreadable order log is named in ``problems``."""
+    out = DryRuns()
+    for rec in _bot_log(ctx, "orders_log", problems):
+        t = funnel.record_time(rec, "ts", "_ts", "timestamp")
+        if t is None or rec.get("type", "order") != "order":
+            continue
+        if rec.get("dry_run") is True or str(rec.get("action", "")).startswith("audit_dry_run"):
+            if t >= since:
+                out.count += 1
+            if out.newest_mock is None or t >= out.newest_mock:
+                out.newest_mock, out.newest_mock_symbol = t, str(rec.get("symbol") or "?").upper()
+        elif out.newest_real is None or t > out.newest_real:
+            out.newest_real = t
+    return out
 
 
 def _error_text(value: Any) -> str:

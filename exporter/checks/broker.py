@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..bot import market
-from ..bot.alpaca import account, broker_failed, broker_offset, require_credentials
+from ..bot.alpaca import (
+    account,
+    account_or_failure,
+    broker_failed,
+    broker_offset,
+    positions_or_failure,
+    require_credentials,
+)
 from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.orders import recorded_failures
@@ -71,10 +78,9 @@ def alpaca_auth(ctx: Context, p: dict[str, Any]) -> Outcome:
 def buying_power(ctx: Context, p: dict[str, Any]) -> Outcome:
     # account status and blocked flags are FP-4.6's: one blocked account is one critical there,
     # and this point is skipped while FP-4.6 fails
-    try:
-        acct = account(ctx)
-    except BrokerError as exc:
-        return broker_failed(exc, "read the account", ctx)
+    acct = account_or_failure(ctx)
+    if isinstance(acct, Outcome):
+        return acct
     bp, equity = number(acct.get("buying_power")), number(acct.get("equity"))
     details = {"buying_power": bp, "equity": equity, "min_buying_power": p["min_buying_power"]}
     out: Outcome
@@ -214,12 +220,9 @@ def _bot_positions(raw: Any) -> dict[str, float | None]:
 @check("FP-4.5")
 def position_reconciliation(ctx: Context, p: dict[str, Any]) -> Outcome:
     """A bot that believes it holds what the broker does not (or the reverse) sizes and exits wrongly."""
-    try:
-        raw = ctx.broker_get("/positions")
-    except BrokerError as exc:
-        return broker_failed(exc, "list positions", ctx)
-    if not isinstance(raw, list):
-        return Outcome.error("Alpaca /v2/positions did not return a list")
+    raw = positions_or_failure(ctx)
+    if isinstance(raw, Outcome):
+        return raw
     problems: list[str] = []
     broker: dict[str, float] = {}
     for pos in raw:
@@ -273,10 +276,9 @@ def position_reconciliation(ctx: Context, p: dict[str, Any]) -> Outcome:
 @check("FP-4.6")
 def account_status(ctx: Context, p: dict[str, Any]) -> Outcome:
     """An account that is not ACTIVE or is blocked refuses every order, whatever the buying power."""
-    try:
-        acct = account(ctx)
-    except BrokerError as exc:
-        return broker_failed(exc, "read the account", ctx)
+    acct = account_or_failure(ctx)
+    if isinstance(acct, Outcome):
+        return acct
     status = str(acct.get("status", "")).upper()
     flags = [f for f in ("trading_blocked", "account_blocked", "trade_suspended_by_user") if acct.get(f) is True]
     details = {"status": status, "blocked_flags": flags, "transfers_blocked": acct.get("transfers_blocked") is True}
@@ -381,10 +383,9 @@ def clock_skew(ctx: Context, p: dict[str, Any]) -> Outcome:
 @check("FP-4.10")
 def equity_floor(ctx: Context, p: dict[str, Any]) -> Outcome:
     """Below the floor the account may lose margin or the operator's risk budget is spent."""
-    try:
-        acct = account(ctx)
-    except BrokerError as exc:
-        return broker_failed(exc, "read the account", ctx)
+    acct = account_or_failure(ctx)
+    if isinstance(acct, Outcome):
+        return acct
     equity = number(acct.get("equity"))
     floor = float(p["min_equity"])
     warn_at = floor * (1 + float(p["warn_margin_fraction"]))

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..bot import funnel
-from ..bot.alpaca import broker_failed
+from ..bot.alpaca import positions_or_failure
 from ..bot.botenv import ALPACA_URL_VARS
-from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.freeze import freeze_state
+from ..bot.orders import dry_run_orders
 from ..bot.readers import FileProblem
 from ..bot.values import load_state_json, number
 from ..core.engine import check
-from ..core.model import Outcome, iso_utc
+from ..core.model import Outcome, Status, iso_utc
 
 
 @check("FP-3.1")
@@ -41,13 +42,9 @@ def below_max_positions(ctx: Context, p: dict[str, Any]) -> Outcome:
     if not math.isfinite(raw_cap):  # nan/inf parse as floats but are no cap at all
         return Outcome.error(f"MAX_CONCURRENT_POSITIONS={raw_cap} is not a finite number: cannot tell the position cap")
     cap = int(raw_cap)
-    try:
-        positions = ctx.broker_get("/positions")
-    except BrokerError as exc:
-        # a 429, an outage or bad credentials is FP-4.1's/FP-4.2's alert, not a second critical here
-        return broker_failed(exc, "list positions", ctx)
-    if not isinstance(positions, list):
-        return Outcome.error("Alpaca /v2/positions did not return a list")
+    positions = positions_or_failure(ctx)
+    if isinstance(positions, Outcome):
+        return positions
     n = len(positions)
     details = {"open_positions": n, "max_positions": cap,
                "cap_source": ctx.env.source.get("MAX_CONCURRENT_POSITIONS", "default")}
@@ -102,29 +99,26 @@ def gate_share(ctx: Context, p: dict[str, Any], reason: str, what: str) -> Outco
     return out.observe("trading_gate_block_share", share, gate=reason)
 
 
-@check("FP-3.3")
-def new_positions_cap(ctx: Context, p: dict[str, Any]) -> Outcome:
-    return gate_share(ctx, p, "max_new_positions_per_cycle", "the per-cycle cap MAX_NEW_POSITIONS_PER_CYCLE")
+#: the per-candidate gates, each judged by gate_share: point -> (blocked-trades reason, what refuses)
+GATE_SHARES = {
+    "FP-3.3": ("max_new_positions_per_cycle", "the per-cycle cap MAX_NEW_POSITIONS_PER_CYCLE"),
+    "FP-3.4": ("expectancy_blocked", "the expectancy gate"),
+    "FP-3.5": ("regime_gate", "the regime gate"),
+    "FP-3.6": ("theme_gate", "the theme risk limit"),
+    "FP-3.7": ("symbol_on_cooldown", "per-ticker cooldowns"),
+}
 
 
-@check("FP-3.4")
-def expectancy_gate(ctx: Context, p: dict[str, Any]) -> Outcome:
-    return gate_share(ctx, p, "expectancy_blocked", "the expectancy gate")
+def _gate_check(reason: str, what: str) -> Callable[[Context, dict[str, Any]], Outcome]:
+    def judge(ctx: Context, p: dict[str, Any]) -> Outcome:
+        return gate_share(ctx, p, reason, what)
+
+    judge.__name__ = judge.__qualname__ = f"gate_{reason}"
+    return judge
 
 
-@check("FP-3.5")
-def regime_gate(ctx: Context, p: dict[str, Any]) -> Outcome:
-    return gate_share(ctx, p, "regime_gate", "the regime gate")
-
-
-@check("FP-3.6")
-def theme_gate(ctx: Context, p: dict[str, Any]) -> Outcome:
-    return gate_share(ctx, p, "theme_gate", "the theme risk limit")
-
-
-@check("FP-3.7")
-def cooldowns(ctx: Context, p: dict[str, Any]) -> Outcome:
-    return gate_share(ctx, p, "symbol_on_cooldown", "per-ticker cooldowns")
+for _fp, (_reason, _what) in GATE_SHARES.items():
+    check(_fp)(_gate_check(_reason, _what))
 
 
 # --- FP-3.8: self-healing threshold ---------------------------------------------------------------
@@ -217,22 +211,50 @@ def _others(blocking: list[str], own: str, details: dict[str, Any] | None = None
     return text + (f"; and {problem}" if problem else "")
 
 
-@check("FP-3.10")
-def kill_switch_off(ctx: Context, p: dict[str, Any]) -> Outcome:
+def _flag_set(ctx: Context, marker: str, gauge: str, clear: str) -> Outcome:
+    """ERROR while the freeze state has a blocker naming ``marker`` (a flag that stops all trading)."""
     blocking, details = freeze_state(ctx)
-    mine = [b for b in blocking if "kill switch" in b]
+    mine = [b for b in blocking if marker in b]
     if mine:
         # FP-3.1 is skipped while this fails, so every other blocker is named here
-        text = f"{mine[0]}{_others(blocking, 'kill switch', details)}"
-        return Outcome.error(text, blocking=blocking, **details).observe("trading_kill_switch_enabled", 1)
-    return Outcome.ok("kill switch off").observe("trading_kill_switch_enabled", 0)
+        text = f"{mine[0]}{_others(blocking, marker, details)}"
+        return Outcome.error(text, blocking=blocking, **details).observe(gauge, 1)
+    return Outcome.ok(clear).observe(gauge, 0)
+
+
+@check("FP-3.10")
+def kill_switch_off(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return _flag_set(ctx, "kill switch", "trading_kill_switch_enabled", "kill switch off")
 
 
 @check("FP-3.11")
 def safe_mode_off(ctx: Context, p: dict[str, Any]) -> Outcome:
-    blocking, details = freeze_state(ctx)
-    mine = [b for b in blocking if "safe mode" in b]
-    if mine:
-        text = f"{mine[0]}{_others(blocking, 'safe mode', details)}"
-        return Outcome.error(text, blocking=blocking, **details).observe("trading_safe_mode_active", 1)
-    return Outcome.ok("no safe-mode flag").observe("trading_safe_mode_active", 0)
+    return _flag_set(ctx, "safe mode", "trading_safe_mode_active", "no safe-mode flag")
+
+
+@check("FP-3.12")
+def orders_reach_broker(ctx: Context, p: dict[str, Any]) -> Outcome:
+    """The audit guard answers every order with a mock (or refuses it): the bot looks busy and
+    trades nothing."""
+    switches = [f"{name}={ctx.env.values[name]} (from {ctx.env.source[name]})"
+                for name in ("AUDIT_MODE", "AUDIT_DRY_RUN") if ctx.env.flag(name)]
+    problems: list[str] = []
+    runs = dry_run_orders(ctx, ctx.now() - float(p["window_seconds"]), problems)
+    details: dict[str, Any] = {"switches": switches, "dry_run_orders": runs.count,
+                               "newest_dry_run": iso_utc(runs.newest_mock) if runs.newest_mock else None}
+    if switches:
+        what = ("entries are mocks and every other order is refused" if ctx.env.flag("AUDIT_MODE")
+                else "every order is a mock")
+        out = Outcome.error(f"audit guard on: {', '.join(switches)}: {what}, nothing reaches Alpaca", **details)
+    elif runs.count and runs.newest_mock is not None and (runs.newest_real is None
+                                                           or runs.newest_mock > runs.newest_real):
+        out = Outcome.error(f"the bot's latest orders are audit dry-run mocks ({runs.count} in the last "
+                            f"{float(p['window_seconds']):g} s, newest {runs.newest_mock_symbol} at "
+                            f"{iso_utc(runs.newest_mock)}): AUDIT_MODE/AUDIT_DRY_RUN is set where the bot runs",
+                            **details)
+    elif problems:
+        return Outcome.warn(f"cannot tell whether orders are mocks: {'; '.join(problems)}",
+                            **details).observe("trading_orders_dry_run", None)
+    else:
+        out = Outcome.ok("AUDIT_MODE and AUDIT_DRY_RUN off; no dry-run order logged recently", **details)
+    return out.observe("trading_orders_dry_run", 1 if out.status is Status.ERROR else 0)

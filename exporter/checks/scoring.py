@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..bot import funnel, market
-from ..bot.cache import require_cache
+from ..bot.cache import CacheSummary, require_cache
 from ..bot.context import Context
 from ..bot.readers import FileProblem, read_json
 from ..bot.values import age_text, load_state_json, number
@@ -121,14 +123,34 @@ def scores_reach_threshold(ctx: Context, p: dict[str, Any]) -> Outcome:
     return out.observe("trading_candidates_below_threshold", below)
 
 
-@check("FP-2.4")
-def enrichment(ctx: Context, p: dict[str, Any]) -> Outcome:
+@dataclass
+class _Stage:
+    """What FP-2.4 and FP-2.5 judge in session: the cache summary and the stage's logged errors."""
+
+    session: market.Session
+    cache: CacheSummary
+    logged: Outcome | None
+    errors: int
+
+
+def _in_session(ctx: Context, p: dict[str, Any], stage: str, closed: str,
+                judge: Callable[[Context, dict[str, Any], _Stage], Outcome]) -> Outcome:
+    """SKIPPED outside the session (``closed`` says why); in session ``judge`` on the cache summary
+    and the stage's logged errors (``_stage_error_outcome``)."""
     session = ctx.session()
     if not session.is_open:
-        return Outcome.skipped(f"{session.describe()}: enrichment endpoints are market-sensitive",
-                               market=session.phase)
-    s = require_cache(ctx)
-    logged, n_err = _stage_error_outcome(ctx, p, "enrichment", "enrichment")
+        return Outcome.skipped(f"{session.describe()}: {closed}", market=session.phase)
+    cache = require_cache(ctx)
+    return judge(ctx, p, _Stage(session, cache, *_stage_error_outcome(ctx, p, stage, stage)))
+
+
+@check("FP-2.4")
+def enrichment(ctx: Context, p: dict[str, Any]) -> Outcome:
+    return _in_session(ctx, p, "enrichment", "enrichment endpoints are market-sensitive", _judge_enrichment)
+
+
+def _judge_enrichment(ctx: Context, p: dict[str, Any], st: _Stage) -> Outcome:
+    s, logged, n_err = st.cache, st.logged, st.errors
     n = len(s.symbols)
     share = s.tickers_enriched / n if n else 0.0
     details = {"symbols": n, "tickers_enriched": s.tickers_enriched, "share": round(share, 3),
@@ -147,12 +169,11 @@ def enrichment(ctx: Context, p: dict[str, Any]) -> Outcome:
 
 @check("FP-2.5")
 def regime_detection(ctx: Context, p: dict[str, Any]) -> Outcome:
-    session = ctx.session()
-    if not session.is_open:
-        return Outcome.skipped(f"{session.describe()}: market tide is fetched only in session",
-                               market=session.phase)
-    s = require_cache(ctx)
-    logged, n_err = _stage_error_outcome(ctx, p, "regime", "regime")
+    return _in_session(ctx, p, "regime", "market tide is fetched only in session", _judge_regime)
+
+
+def _judge_regime(ctx: Context, p: dict[str, Any], st: _Stage) -> Outcome:
+    session, s, logged, n_err = st.session, st.cache, st.logged, st.errors
     details: dict[str, Any] = {"tide_points": s.tide_points, "regime_errors": n_err}
     if s.tide_newest is not None:
         details["tide_newest"] = iso_utc(s.tide_newest)

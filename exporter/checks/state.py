@@ -82,13 +82,10 @@ def config_values(ctx: Context, p: dict[str, Any]) -> Outcome:
         warnings.append(f"MAX_NEW_POSITIONS_PER_CYCLE={per_cycle:g} exceeds MAX_CONCURRENT_POSITIONS={cap:g}")
     details: dict[str, Any] = {"values": values, "unset_use_bot_default": defaults, "errors": errors,
                                "warnings": warnings}
-    if errors:
-        out = Outcome.error("invalid configuration: " + "; ".join(errors), **details)
-    elif warnings:
-        out = Outcome.warn("; ".join(warnings), **details)
-    else:
-        out = Outcome.ok(f"{len(values)} limits valid" + (f"; unset (bot defaults): {', '.join(defaults)}"
-                                                          if defaults else ""), **details)
+    unset = f"; unset (bot defaults): {', '.join(defaults)}" if defaults else ""
+    out = (Outcome.error("invalid configuration: " + "; ".join(errors), **details) if errors
+           else Outcome.warn("; ".join(warnings), **details) if warnings
+           else Outcome.ok(f"{len(values)} limits valid{unset}", **details))
     return out.observe("trading_config_invalid_values", len(errors))
 
 

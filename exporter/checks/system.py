@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import psutil
 
 from ..bot import funnel, market, procs
-from ..bot.alpaca import broker_offset, require_credentials
+from ..bot.alpaca import broker_offset, clock_failure_owner, require_credentials
 from ..bot.broker import BrokerError
 from ..bot.context import Context
 from ..bot.hostclock import kernel_sync, timedatectl_sync
@@ -433,13 +433,14 @@ def clock_sync(ctx: Context, p: dict[str, Any]) -> Outcome:
     details["method"] = "broker clock"
     prefix = ("the kernel reports no synchronisation (adjtimex STA_UNSYNC)" if kernel is not None
               else "no host synchronisation status available")
-    # without the reference this point cannot judge; the broker's outage is FP-4.1's/FP-4.2's alert
+    # without the reference this point cannot judge; the broker's outage is another point's alert
+    # (the catalog's broker_errors)
     require_credentials(ctx, f"{prefix}; no reference clock", **details)
     try:
         offset, err = broker_offset(ctx)
     except BrokerError as exc:
         out = Outcome.skipped(f"{prefix}; the broker clock is unavailable as a reference ({exc})", **details)
-        out.skipped_by = "FP-4.2" if exc.kind in ("auth", "forbidden") else "FP-4.1"
+        out.skipped_by = clock_failure_owner(exc)
         return out
     skew = max(0.0, abs(offset) - err)
     details.update(broker_offset_seconds=round(offset, 3), uncertainty_seconds=round(err, 3))

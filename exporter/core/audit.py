@@ -15,6 +15,7 @@ healer's own bookkeeping.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -46,18 +47,34 @@ class AuditLog:
         self._synced = 0
         self._syncing = False
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], sync: bool = True) -> None:
+        """Write one record; on disk when this returns unless ``sync`` is False (then a later
+        :meth:`sync` makes it durable: a batch of records shares that one ``fsync``)."""
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
         with self.lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line.encode("utf-8"))
-            finally:
-                os.close(fd)
-            self._written += 1
+            mine = self._write_line(line.encode("utf-8"))
+        if sync:
+            self._sync_up_to(mine)  # the record is what stops a restarted receiver from healing twice
+
+    def sync(self) -> None:
+        """Everything appended so far is on disk when this returns."""
+        with self.lock:
             mine = self._written
-        self._sync_up_to(mine)  # the record is what stops a restarted receiver from healing twice
+        self._sync_up_to(mine)
+
+    def _write_line(self, line: bytes) -> int:
+        """One ``write`` of a whole line (the caller holds ``lock``); its sequence number."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            n = os.write(fd, line)
+            if n != len(line):  # a disk that filled up mid-line: cut it off, or the next line is glued to it
+                os.ftruncate(fd, os.fstat(fd).st_size - n)
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write)")
+        finally:
+            os.close(fd)
+        self._written += 1
+        return self._written
 
     def _sync_up_to(self, seq: int) -> None:
         with self._sync:
@@ -70,16 +87,21 @@ class AuditLog:
                     target = self._written
                 self._sync.release()
                 try:
-                    fd = os.open(self.path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_path(self.path)
                 finally:
                     self._sync.acquire()
                     self._syncing = False
                     self._sync.notify_all()
                 self._synced = max(self._synced, target)
+
+
+def fsync_path(path: Path) -> None:
+    """What was written to ``path`` (a file, or a directory's entries) is on disk when this returns."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def parse_lines(data: bytes) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .faults import KINDS
+from .faults import BROKER_ERROR_KINDS, KINDS
 from .model import fp_sort_key
 
 CATEGORIES: dict[int, str] = {
@@ -79,8 +79,19 @@ class FailurePoint:
 
 
 @dataclass(frozen=True)
+class BrokerErrors:
+    """Which point reports a failed broker request (the catalog's ``broker_errors``)."""
+
+    #: error kind -> the point that reports it: a check meeting it is SKIPPED naming that point
+    owners: dict[str, str] = field(default_factory=dict)
+    #: the point that requests /v2/clock every cycle and so reports any failure of the clock itself
+    clock: str | None = None
+
+
+@dataclass(frozen=True)
 class Catalog:
     points: dict[str, FailurePoint]
+    broker_errors: BrokerErrors = field(default_factory=BrokerErrors)
 
     def __getitem__(self, fp: str) -> FailurePoint:
         return self.points[fp]
@@ -165,7 +176,25 @@ def parse(data: Any, source: str = "catalog.yaml") -> Catalog:
                 raise CatalogError(f"{source}: {p.id} depends on unknown {dep}")
     _check_acyclic(points)
     ordered = dict(sorted(points.items(), key=lambda kv: fp_sort_key(kv[0])))
-    return Catalog(ordered)
+    return Catalog(ordered, _broker_errors(data.get("broker_errors"), points, f"{source}: broker_errors"))
+
+
+def _broker_errors(raw: Any, points: dict[str, FailurePoint], where: str) -> BrokerErrors:
+    """``broker_errors: {clock: FP-x, owners: {<kind>: FP-y, ...}}``, every id a known point."""
+    if raw is None:
+        return BrokerErrors()
+    if not isinstance(raw, dict) or not set(raw) <= {"clock", "owners"} or not isinstance(raw.get("owners", {}), dict):
+        raise CatalogError(f"{where}: expected a mapping with 'clock' (an id) and 'owners' (error kind -> id)")
+    owners = {str(k): str(v) for k, v in raw.get("owners", {}).items()}
+    for kind, fp in owners.items():
+        if kind not in BROKER_ERROR_KINDS:
+            raise CatalogError(f"{where}: unknown error kind {kind!r} (known: {', '.join(BROKER_ERROR_KINDS)})")
+        if fp not in points:
+            raise CatalogError(f"{where}: {kind} is owned by unknown {fp}")
+    clock = raw.get("clock")
+    if clock is not None and str(clock) not in points:
+        raise CatalogError(f"{where}: clock is owned by unknown {clock}")
+    return BrokerErrors(owners, None if clock is None else str(clock))
 
 
 def _dependencies(raw: Any, where: str) -> tuple[tuple[str, ...], dict[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,24 +255,9 @@ def _merge(defaults: dict[str, Any], user: Any, prefix: str, src: str, problems:
 
 
 def _validate_checks(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, problems: list[str]) -> None:
-    checks = data.get("checks")
-    if not isinstance(checks, dict):
-        problems.append(f"'checks' in {src} must be a mapping of failure-point ids")
-        data["checks"] = {}
-        return
-    for fp, settings in checks.items():
-        if fp not in cat.points:
-            problems.append(f"unknown failure point 'checks.{fp}' in {src}")
-            continue
-        if not isinstance(settings, dict):
-            problems.append(f"'checks.{fp}' in {src} must be a mapping")
-            continue
-        for key, value in settings.items():
-            if key not in CHECK_KEYS:
-                problems.append(f"unknown key 'checks.{fp}.{key}' in {src}")
-            elif not _is(value, CHECK_KEYS[key]):
-                problems.append(f"key 'checks.{fp}.{key}' in {src} must be {_type_name(CHECK_KEYS[key])}")
-            elif key in ("interval_seconds", "timeout_seconds") and value <= 0:
+    for fp, settings in _point_sections(data, "checks", src, cat, problems):
+        for key, value in _typed_keys(settings, f"checks.{fp}", CHECK_KEYS, src, problems):
+            if key in ("interval_seconds", "timeout_seconds") and value <= 0:
                 problems.append(f"key 'checks.{fp}.{key}' in {src} must be positive")
         for pkey, pval in (settings.get("params") or {}).items() if isinstance(settings.get("params"), dict) else ():
             defaults = cat[fp].params
@@ -280,6 +266,37 @@ def _validate_checks(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, p
             elif defaults[pkey] is not None and not _is(pval, _param_type(defaults[pkey])):
                 problems.append(f"key 'checks.{fp}.params.{pkey}' in {src} must be "
                                 f"{_type_name(_param_type(defaults[pkey]))}, got {pval!r}")
+
+
+def _point_sections(data: dict[str, Any], section: str, src: str, cat: catalog_mod.Catalog,
+                    problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The ``<section>.<fp>`` mappings of known points; what is not one is a problem, named once."""
+    block = data.get(section)
+    if not isinstance(block, dict):
+        problems.append(f"'{section}' in {src} must be a mapping of failure-point ids")
+        data[section] = {}
+        return
+    for fp, spec in block.items():
+        if fp not in cat.points:
+            problems.append(f"unknown failure point '{section}.{fp}' in {src}")
+        elif not isinstance(spec, dict):
+            problems.append(f"'{section}.{fp}' in {src} must be a mapping")
+        else:
+            yield fp, spec
+
+
+def _typed_keys(spec: dict[str, Any], where: str, known: dict[str, Any], src: str,
+                problems: list[str]) -> list[tuple[str, Any]]:
+    """The keys of ``spec`` that ``known`` names, with a value of its type; the others are problems."""
+    good: list[tuple[str, Any]] = []
+    for key, value in spec.items():
+        if key not in known:
+            problems.append(f"unknown key '{where}.{key}' in {src}")
+        elif not _is(value, known[key]):
+            problems.append(f"key '{where}.{key}' in {src} must be {_type_name(known[key])}")
+        else:
+            good.append((key, value))
+    return good
 
 
 def _param_type(default: Any) -> type | tuple[type, ...]:
@@ -320,24 +337,9 @@ def _validate_actions(data: dict[str, Any], src: str, problems: list[str]) -> di
 
 def _validate_healers(data: dict[str, Any], src: str, cat: catalog_mod.Catalog, problems: list[str]) -> None:
     actions = _validate_actions(data, src, problems)
-    healers = data.get("healers")
-    if not isinstance(healers, dict):
-        problems.append(f"'healers' in {src} must be a mapping of failure-point ids")
-        data["healers"] = {}
-        return
-    for fp, spec in healers.items():
+    for fp, spec in _point_sections(data, "healers", src, cat, problems):
         where = f"healers.{fp}"
-        if fp not in cat.points:
-            problems.append(f"unknown failure point '{where}' in {src}")
-            continue
-        if not isinstance(spec, dict):
-            problems.append(f"'{where}' in {src} must be a mapping")
-            continue
-        for key, value in spec.items():
-            if key not in HEALER_KEYS:
-                problems.append(f"unknown key '{where}.{key}' in {src}")
-            elif not _is(value, HEALER_KEYS[key]):
-                problems.append(f"key '{where}.{key}' in {src} must be {_type_name(HEALER_KEYS[key])}")
+        _typed_keys(spec, where, HEALER_KEYS, src, problems)  # the values are judged together below
         action = spec.get("action")
         if isinstance(action, str):
             if "run" in spec or "systemd_restart" in spec:

@@ -58,3 +58,9 @@ class AlpacaCredentialsMissing(Unavailable):
 #: every kind a catalog entry may name in ``depends_on: [{id: ..., when: <kind>}]``
 KINDS: dict[str, type[Unavailable]] = {c.kind: c for c in (RunLogUnreadable, BlockedLogUnreadable, CacheUnreadable,
                                                           AlpacaCredentialsMissing)}
+
+
+#: the kinds of a failed broker request (``exporter.bot.broker.BrokerError.kind``); the catalog's
+#: ``broker_errors`` says which point reports each of them
+BROKER_ERROR_KINDS = ("auth", "forbidden", "rate_limit", "server", "timeout", "connection", "bad_response",
+                      "not_found", "client")

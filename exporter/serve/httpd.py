@@ -21,7 +21,10 @@ has to:
   client that fails it (plain HTTP on the TLS port) costs one closed connection;
 - ``HEAD`` answers carry the headers of the ``GET`` answer (its Content-Length) without its body.
 
-Handlers are plain functions ``(Request) -> Response`` run on the pool; they may block.
+Handlers are plain functions ``(Request) -> Response`` run on the pool; they may block. A handler
+may instead return a ``concurrent.futures.Future`` of its Response: the connection waits for it
+without holding a pool thread (a group commit's shared fsync, say), so a burst of such requests
+is not limited to ``workers`` in flight.
 The exporter must not import ``healers``; this module imports nothing of either.
 """
 
@@ -34,9 +37,10 @@ import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -68,7 +72,8 @@ class Response:
     close: bool = False
 
 
-Handler = Callable[[Request], Response]
+_T = TypeVar("_T")
+Handler = Callable[[Request], "Response | Future[Response]"]
 Precheck = Callable[[Request], Response | None]
 
 
@@ -88,8 +93,13 @@ class BoundedHTTPServer:
     def __init__(self, addr: tuple[str, int], handler: Handler, *, precheck: Precheck | None = None,
                  workers: int = 4, max_body: int = 1024 * 1024, read_timeout: float = 10.0,
                  max_connections: int = 512, backlog: int = 512, name: str = "httpd",
-                 tls: ssl.SSLContext | None = None, listen: bool = True) -> None:
+                 tls: ssl.SSLContext | None = None, listen: bool = True, precheck_on_loop: bool = False,
+                 inline: Callable[[Request], Response | Future[Response] | None] | None = None) -> None:
         self.handler = handler
+        #: the precheck and ``inline`` run on the event loop itself (they must never block): a cheap
+        #: answer skips two hand-offs to the pool; ``inline`` returning None passes the request on
+        self.precheck_on_loop = precheck_on_loop
+        self.inline = inline
         self.tls = tls
         self.precheck = precheck
         self.max_body = max_body
@@ -136,6 +146,15 @@ class BoundedHTTPServer:
             with contextlib.suppress(RuntimeError):  # the loop already closed
                 loop.call_soon_threadsafe(stop.set)
         self._done.wait()
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the event loop's thread (from any thread); at once when it is not running."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(fn)
+                return
+        fn()
 
     def server_close(self) -> None:
         self.socket.close()
@@ -217,7 +236,7 @@ class BoundedHTTPServer:
             # bodies by Content-Length only: a chunked body is never read, so the connection ends
             resp: Response | None = None
             if self.precheck is not None:
-                resp = await self._run(self.precheck, req)
+                resp = await self._prechecked(self.precheck, req)
             await self._send(writer, resp or Response(411, b"Content-Length is required\n"), False)
             return False
         raw_len = req.headers.get("content-length")
@@ -225,7 +244,7 @@ class BoundedHTTPServer:
         if raw_len is not None:
             length = int(raw_len) if raw_len.strip().isdigit() else -1
         if self.precheck is not None:
-            early = await self._run(self.precheck, req)
+            early = await self._prechecked(self.precheck, req)
             if early is not None:
                 # the body (if any) is unread: say so, or a keep-alive client reuses a dirty socket
                 unread = length != 0
@@ -240,15 +259,23 @@ class BoundedHTTPServer:
         if length:
             req.body = await asyncio.wait_for(reader.readexactly(length), self.read_timeout)
         try:
-            resp = await self._run(self.handler, req)
+            answer = self.inline(req) if self.inline is not None else None
+            if answer is None:
+                answer = await self._run(self.handler, req)
+            if isinstance(answer, Future):
+                answer = await asyncio.wrap_future(answer)
+            resp = answer
         except Exception:  # the handler's own fault: 500, and the server keeps serving
             resp = Response(500, b"internal error\n")
-        assert resp is not None
+        assert isinstance(resp, Response)
         keep = keep_alive and not resp.close
         await self._send(writer, resp, keep, head_only=req.method == "HEAD")
         return keep
 
-    async def _run(self, fn: Callable[[Request], Response | None], req: Request) -> Response | None:
+    async def _prechecked(self, fn: Precheck, req: Request) -> Response | None:
+        return fn(req) if self.precheck_on_loop else await self._run(fn, req)
+
+    async def _run(self, fn: Callable[[Request], _T], req: Request) -> _T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, fn, req)
 

@@ -145,13 +145,7 @@ class Watcher:
                 wanted |= pids
             wanted = set(sorted(wanted)[:MAX_WATCHED])
             for pid in [p for p in self._fds if p not in wanted]:
-                fd = self._fds.pop(pid)
-                if fd >= 0:
-                    with contextlib.suppress(KeyError, ValueError):
-                        poller.unregister(fd)
-                    registered.pop(fd, None)
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                self._unwatch(pid, poller, registered)
             for pid in wanted - set(self._fds):
                 fd = -1
                 if hasattr(os, "pidfd_open"):
@@ -165,6 +159,16 @@ class Watcher:
                 if fd >= 0:
                     poller.register(fd, select.POLLIN)
                     registered[fd] = pid
+
+    def _unwatch(self, pid: int, poller: select.poll, registered: dict[int, int]) -> None:
+        """Forget ``pid`` (the lock is held): its pidfd, if it has one, unregistered and closed."""
+        fd = self._fds.pop(pid, -1)
+        if fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                poller.unregister(fd)
+            registered.pop(fd, None)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _probe(self) -> set[int]:
         """Pids that have no pidfd and no longer exist (or were gone when we tried to watch them)."""
@@ -191,13 +195,7 @@ class Watcher:
                 if not self._want[fp]:
                     del self._want[fp]
             for pid in gone:
-                fd = self._fds.pop(pid, -1)
-                if fd >= 0:
-                    with contextlib.suppress(KeyError, ValueError):
-                        poller.unregister(fd)
-                    registered.pop(fd, None)
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                self._unwatch(pid, poller, registered)
         if fps:
             self.exits += 1
             self.recheck(fps, f"process {', '.join(str(p) for p in sorted(gone))} exited")

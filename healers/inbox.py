@@ -1,0 +1,368 @@
+"""Acknowledged deliveries: journaled before the answer, decided later by the receiver's dispatcher.
+
+The webhook answers as soon as a delivery is known to be an Alertmanager v4 payload and is on
+disk in the journal (``<audit file's stem>.journal`` next to the heal audit, in the bot root):
+concurrent requests share one ``fsync`` (a group commit), so the answer costs a fraction of a
+millisecond of disk, never a policy decision, a lease, an audit record or a log line. A receiver
+killed after the answer replays the journal's undecided deliveries when it starts; the policy,
+restored from the audit, makes the replay safe (an alert already acted on is a ``duplicate``).
+
+The journal is one JSON object per line: a delivery (``seq``, ``at``, ``source``, ``alerts``) or
+``{"done": [seq, ...]}`` once those were decided. It is bounded: emptied whenever nothing is
+pending, rewritten with only the pending deliveries when it grows past COMPACT_BYTES, and rewritten
+on start. A torn last line (a kill mid-write, before that delivery was answered) is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.core import audit
+from exporter.core.config import Config
+from healers.alerts import Alert
+from healers.logbook import Logbook
+
+#: rewrite the journal with only its pending deliveries once it is larger than this
+COMPACT_BYTES = 1024 * 1024
+#: a journal larger than this on start is not ours (or a bug): only its end is replayed
+MAX_REPLAY_BYTES = 64 * 1024 * 1024
+#: acknowledged alerts waiting for a decision at most; beyond, deliveries get 503 (Alertmanager retries)
+MAX_PENDING_ALERTS = 100_000
+#: decided deliveries kept for ``/api/heals`` (their per-alert decisions)
+RECENT_DELIVERIES = 100
+#: deliveries decided together: their audit records share one fsync
+BATCH = 256
+#: deciding waits for a pause in the deliveries this long, and for no longer than COLLECT_SECONDS
+#: (per batch, and again for each of its deliveries while new ones keep arriving)
+QUIET_SECONDS = 0.02
+COLLECT_SECONDS = 0.5
+#: a delivery whose decision failed (its start record could not be written) is tried again after this
+RETRY_SECONDS = 5.0
+#: receivers of one bot running at once, each with its own journal
+MAX_SLOTS = 16
+
+
+class InboxFull(Exception):  # noqa: N818  (a refusal, answered 503)
+    """Too many acknowledged alerts wait for a decision."""
+
+
+@dataclass
+class Delivery:
+    """One acknowledged webhook delivery; ``decisions`` fill in as the dispatcher decides."""
+
+    at: float
+    source: str
+    alerts: list[Alert]
+    seq: int = 0
+    decisions: list[str | None] = field(default_factory=list)
+    replayed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.decisions:
+            self.decisions = [None] * len(self.alerts)
+
+    def decided(self) -> bool:
+        return all(d is not None for d in self.decisions)
+
+    def view(self, full: bool = False) -> dict[str, Any]:
+        """For ``/api/heals``: counts by decision, or (``full``) the decision of every alert."""
+        counts: dict[str, int] = {}
+        for d in self.decisions:
+            counts[d or "pending"] = counts.get(d or "pending", 0) + 1
+        out: dict[str, Any] = {"delivery": self.seq, "received": audit.iso(self.at), "alerts": len(self.alerts),
+                               "source": self.source, "state": "decided" if self.decided() else "pending",
+                               "replayed": self.replayed, "counts": counts}
+        if full:
+            out["decisions"] = list(self.decisions)
+        return out
+
+
+def _encode(d: Delivery, keep: frozenset[str]) -> bytes:
+    """One journal line; of the labels only those named in ``keep`` (what healer.match_labels
+    compares), never annotations: the journal holds what deciding needs, nothing more."""
+    alerts = [[a.status, a.fp, a.fingerprint, a.starts_at, [list(kv) for kv in a.labels if kv[0] in keep]]
+              for a in d.alerts]
+    return (json.dumps({"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": alerts},
+                       separators=(",", ":")) + "\n").encode()
+
+
+def _decode(rec: dict[str, Any]) -> Delivery | None:
+    try:
+        alerts = [Alert(str(s), None if fp is None else str(fp), str(f), str(t),
+                        tuple((str(k), str(v)) for k, v in labels)) for s, fp, f, t, labels in rec["alerts"]]
+        return Delivery(float(rec["at"]), str(rec.get("source", "")), alerts, seq=int(rec["seq"]), replayed=True)
+    except (KeyError, TypeError, ValueError):
+        return None  # not a delivery line of ours
+
+
+def _run_now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _complete(futures: list[Future[None]], failed: OSError | None) -> None:
+    for fut in futures:
+        if failed is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(failed)
+
+
+def journal_path(audit_file: Path, slot: int = 0) -> Path:
+    """``logs/trading_readiness_heals.jsonl`` -> ``logs/trading_readiness_heals.journal`` (slot 0),
+    ``...journal.1`` (slot 1): one per receiver of the bot running at once."""
+    path = audit_file.with_name(audit_file.stem + ".journal")
+    if path == audit_file:
+        path = audit_file.with_name(audit_file.name + ".journal")
+    return path if slot == 0 else path.with_name(f"{path.name}.{slot}")
+
+
+class Journal(audit.AuditLog):
+    """This receiver's journal file and the deliveries acknowledged but not yet decided.
+
+    Receivers of one bot may share the audit file, never a journal: each holds an exclusive
+    ``flock`` on the first free slot for its lifetime, so a crashed receiver's journal is free
+    and adopted (replayed) by the next receiver that starts, while a live peer's is left alone.
+    """
+
+    def __init__(self, audit_file: Path) -> None:
+        super().__init__(journal_path(audit_file))
+        self.audit_file = audit_file
+        self.pending: OrderedDict[int, bytes] = OrderedDict()  # seq -> its journal line
+        self.pending_alerts = 0
+        self._alerts: dict[int, int] = {}
+        self._next = 1
+        self._fd: int | None = None  # holds the slot's flock
+        #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
+        self.keep_labels: frozenset[str] = frozenset()
+        #: written, waiting for the flusher's fsync
+        self._waiting: list[tuple[int, bytes, Future[None]]] = []
+        self._flush = threading.Condition(self.lock)
+        #: how the flusher hands a synced batch's completion over: to the thread waiting for them
+        #: (an event loop's ``call_soon_threadsafe``: one hand-off per batch, not one per delivery)
+        self.completer: Callable[[Callable[[], None]], object] = _run_now
+
+    def _take_slot(self) -> None:
+        for slot in range(MAX_SLOTS):
+            path = journal_path(self.audit_file, slot)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino == path.stat().st_ino:  # not a copy a live owner just replaced
+                    self.path, self._fd = path, fd
+                    return
+            except OSError:
+                pass
+            os.close(fd)
+        raise OSError(errno.EBUSY, f"all {MAX_SLOTS} journal slots next to {self.audit_file} are in use")
+
+    def close(self) -> None:
+        """Release the slot (what waits for an fsync still gets it); the flusher ends."""
+        with self._flush:
+            fd, self._fd = self._fd, None
+            self._flush.notify()
+        if fd is not None:
+            os.close(fd)
+
+    def recover(self) -> list[Delivery]:
+        """Take a journal slot and return the undecided deliveries a previous receiver
+        acknowledged in it, oldest first; the file is rewritten with only them (which also
+        drops a torn last line)."""
+        self._take_slot()
+        with self.path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - MAX_REPLAY_BYTES))
+            data = fh.read()
+        found: dict[int, Delivery] = {}
+        done: set[int] = set()
+        for rec in audit.parse_lines(data):
+            if isinstance(rec.get("done"), list):
+                done.update(s for s in rec["done"] if isinstance(s, int))
+            elif (d := _decode(rec)) is not None:
+                found[d.seq] = d
+        out = [found[s] for s in sorted(found) if s not in done]
+        with self.lock:
+            self._next = max([*found, *done, 0]) + 1
+            for d in out:
+                self._hold(d.seq, _encode(d, self.keep_labels), len(d.alerts))
+            self._rewrite()
+        threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
+        return out
+
+    def submit(self, delivery: Delivery) -> Future[None]:
+        """Number the delivery and hand it to the flusher thread; the Future completes once it is
+        on disk. The flusher writes everything handed to it in one ``write`` and one ``fsync`` (a
+        group commit), so no request waits on the disk by itself, and the caller never touches
+        it. InboxFull when too many alerts already wait."""
+        synced: Future[None] = Future()
+        with self.lock:
+            if self.pending_alerts + len(delivery.alerts) > MAX_PENDING_ALERTS:
+                raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
+            delivery.seq = self._next
+            self._next += 1
+            line = _encode(delivery, self.keep_labels)
+            self._hold(delivery.seq, line, len(delivery.alerts))
+            self._waiting.append((delivery.seq, line, synced))
+            self._flush.notify()
+        return synced
+
+    def _flusher(self) -> None:
+        while True:
+            with self._flush:
+                while not self._waiting and self._fd is not None:
+                    self._flush.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+                try:
+                    self._write_line(b"".join(line for _, line, _ in batch))
+                    failed: OSError | None = None
+                except OSError as exc:  # a full disk: nothing of the batch is acknowledged
+                    failed = exc
+            if failed is None:
+                try:
+                    audit.fsync_path(self.path)
+                except OSError as exc:
+                    failed = exc
+            if failed is not None:
+                with contextlib.suppress(OSError):
+                    self.done([seq for seq, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
+            self.completer(functools.partial(_complete, [fut for _, _, fut in batch], failed))
+
+    def _hold(self, seq: int, line: bytes, n: int) -> None:
+        self.pending[seq] = line
+        self._alerts[seq] = n
+        self.pending_alerts += n
+
+    def done(self, seqs: list[int]) -> None:
+        """These deliveries are decided (their records are on disk): they are never replayed."""
+        if not seqs:
+            return
+        with self.lock:
+            for s in seqs:
+                if self.pending.pop(s, None) is not None:
+                    self.pending_alerts -= self._alerts.pop(s, 0)
+            if not self.pending:
+                self._rewrite()  # nothing pending: the journal is emptied
+                return
+            self._write_line((json.dumps({"done": seqs}) + "\n").encode())
+            if self.path.stat().st_size > COMPACT_BYTES:
+                self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The journal holds exactly the pending deliveries (the caller holds ``lock``); the new
+        copy is locked before it replaces the old one, so the slot never looks free."""
+        if not self.pending:
+            if self.path.stat().st_size:
+                os.truncate(self.path, 0)
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "wb") as fh:
+                fh.write(b"".join(self.pending.values()))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        audit.fsync_path(self.path.parent)
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
+
+class Intake(Logbook):
+    """The acknowledged deliveries: journaled, queued in order for the dispatcher thread (which
+    calls ``decide`` with batches), and the recent ones kept by number for ``/api/heals``."""
+
+    def __init__(self, config: Config, token: str | None) -> None:
+        super().__init__(config, token)
+        self.journal = Journal(config.resolve(config["healer"]["audit_file"]))
+        self.journal.keep_labels = frozenset(config["healer"]["match_labels"] or {})
+        self.inbox: queue.Queue[Delivery | None] = queue.Queue()
+        self.deliveries: OrderedDict[int, Delivery] = OrderedDict()
+        self._retry: list[Delivery] = []
+        self.last_arrival = 0.0  # monotonic
+
+    def replay_journal(self) -> None:
+        """Take this receiver's journal and queue what a stopped receiver left undecided in it."""
+        replayed = self.journal.recover()
+        for delivery in replayed:
+            self._track(delivery)
+            self.inbox.put(delivery)
+        if replayed:
+            self.log(f"heal: deciding {len(replayed)} acknowledged deliver{'y' if len(replayed) == 1 else 'ies'} "
+                     f"({sum(len(d.alerts) for d in replayed)} alerts) a stopped receiver left in {self.journal.path}")
+
+    def decide(self, batch: list[Delivery]) -> None:
+        raise NotImplementedError
+
+    def yield_to_intake(self, deadline: float) -> None:
+        """Deciding gives way while deliveries are arriving (their answers come first), until
+        ``deadline`` (monotonic): under a steady stream decisions are delayed, never starved."""
+        while (quiet := time.monotonic() - self.last_arrival) < QUIET_SECONDS and time.monotonic() < deadline:
+            time.sleep(QUIET_SECONDS - quiet)
+
+    def _track(self, delivery: Delivery) -> None:
+        self.last_arrival = time.monotonic()
+        with self.log_lock:
+            self.deliveries[delivery.seq] = delivery
+            while len(self.deliveries) > RECENT_DELIVERIES:
+                self.deliveries.popitem(last=False)
+
+    def delivery_views(self, seq: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Recent deliveries, newest first (counts by decision), or the one numbered ``seq`` with
+        every alert's decision."""
+        with self.log_lock:
+            items = list(self.deliveries.values())
+        if seq is not None:
+            return [d.view(full=True) for d in items if d.seq == seq]
+        return [d.view() for d in reversed(items[-limit:])]
+
+    # deciding --------------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        """Decide acknowledged deliveries in order, up to BATCH at a time; what could not be
+        decided is tried again after RETRY_SECONDS without new deliveries. Ends at a None."""
+        while True:
+            try:
+                first = self.inbox.get(timeout=RETRY_SECONDS if self._retry else None)
+            except queue.Empty:
+                batch, self._retry = self._retry, []
+            else:
+                if first is None:
+                    return
+                batch = [first]
+                # a burst is acknowledged first and decided after: deciding starts once no
+                # delivery came for QUIET_SECONDS (at most COLLECT_SECONDS after the first)
+                deadline = time.monotonic() + COLLECT_SECONDS
+                while len(batch) < BATCH and (wait := min(QUIET_SECONDS, deadline - time.monotonic())) > 0:
+                    try:
+                        nxt = self.inbox.get(timeout=wait)
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self.inbox.put(None)
+                        break
+                    batch.append(nxt)
+            try:
+                self.decide(batch)
+            except Exception as exc:  # never a dead dispatcher: what is undecided is tried again
+                self._log_error(f"heal: internal error deciding deliveries: {type(exc).__name__}: {exc}")
+                self._retry += [d for d in batch if not d.decided() and d not in self._retry]
