@@ -204,13 +204,20 @@ def main(argv: list[str] | None = None) -> str:
         if n <= 0:
             continue
         load = os.getloadavg()
-        runs, others = run(timings, n, args.seed)
+        lines: list[str] = []
+
+        def log(line: str, into: list[str] = lines) -> None:
+            print(line, flush=True)
+            into.append(line)
+
+        runs, others = run(timings, n, args.seed, log)
         ready = sorted(r["ready"] for r in runs if "ready" in r)
         parts.append(
             f"### {name} settings: {timings.check_interval or 1:g} s checks, {timings.scrape} scrape, "
             f"{timings.evaluation} evaluation, `for:` {timings.alert_for or 'as in the rules'}\n\n"
             f"{n} drills, random phase up to {timings.scrape} (seed {args.seed}); load average at start "
-            f"{load[0]:.2f}, at end {os.getloadavg()[0]:.2f}.\n\n" + table(runs, others)
+            f"{load[0]:.2f}, at end {os.getloadavg()[0]:.2f}.\n\n"
+            "Per drill (seconds since the fault):\n\n```\n" + "\n".join(lines) + "\n```\n\n" + table(runs, others)
             + (f"\nFault to READY: p50 {statistics.median(ready):.1f} s, max {ready[-1]:.1f} s.\n" if ready else ""))
     return "\n".join(parts)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,3 +188,28 @@ def test_checks_judge_a_production_cache_and_its_torn_copy(tmp_path: Path, alpac
     assert rep.results["FP-1.2"].outcome.message == str(before.value)
     assert "is not valid JSON (" in str(before.value)
     assert {rep.results[fp].outcome.message for fp in only[1:]} == {"depends on FP-1.2"}
+
+
+FORKED = """
+import os, sys
+from exporter.bot.cache import cache_summary
+from exporter.bot.context import Context
+from exporter.core.config import load
+from sandbox.botroot import BotRoot
+root = BotRoot(sys.argv[1]).healthy()
+ctx = Context(load(None, str(root.path)), environ={})
+n = len(cache_summary(ctx).symbols)
+pid = os.fork()
+if pid == 0:
+    root.write_cache()  # changed: the child parses again
+    os._exit(0 if len(cache_summary(ctx).symbols) == n else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_parses_the_cache(tmp_path: Path) -> None:
+    """The parse thread does not survive a fork; the child gets its own instead of waiting forever."""
+    r = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path / "bot")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -15,6 +15,7 @@ reason a torn file is not, are exactly ``json``'s.
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,15 @@ def tide_points(tide: dict[str, Any] | list[Any]) -> list[dict[str, Any]]:
 #: read buffer it freed: parsed wherever a check happens to run, the cache made the exporter's
 #: RSS grow by its size every few rewrites, up to one copy per arena.
 _PARSER = ThreadPoolExecutor(1, thread_name_prefix="uw-cache-parse")
+
+
+def _parser_after_fork() -> None:
+    # a forked child has the executor but not its thread: work submitted there would wait forever
+    global _PARSER
+    _PARSER = ThreadPoolExecutor(1, thread_name_prefix="uw-cache-parse")
+
+
+os.register_at_fork(after_in_child=_parser_after_fork)
 
 
 def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSummary:
