@@ -178,24 +178,6 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
     sev = cfg["severity"]
     job = cfg["exporter_job"]
     name = bot_name(cfg)
-    last = f"trading_failure_point_last_check_timestamp_seconds{_sel(cfg)}"
-    interval = f"trading_failure_point_interval_seconds{_sel(cfg)}"
-    threshold = f"({cfg['stale_factor']} * {interval} + {float(cfg['stale_slack_seconds']):g})"
-    point, bot = on_point(cfg), on_bot(cfg)
-    stale_expr = f"(time() - {last})\n  > {point}\n  {threshold}"
-    # A point the exporter schedules (it has an interval) but has never finished checking since
-    # it (re)loaded its config: its status is not an old result but none at all. The value is the
-    # time since the load, so the threshold is the same as for a stale point.
-    loaded = f"trading_exporter_config_last_reload_timestamp_seconds{_sel(cfg)}"
-    never_expr = (f"(\n  0 * ({interval} unless {point} {last})\n"
-                  f"  + {bot} group_left ()\n  (time() - {loaded})\n)\n"
-                  f"  > {point}\n  {threshold}")
-    stale_text = (", more than " + str(cfg["stale_factor"]) + " check intervals (plus "
-                  + f"{float(cfg['stale_slack_seconds']):g}" + " s)")
-    # the stale and gave-up alerts carry the point's category and healer like TradingFailurePoint
-    info = f"trading_failure_point_info{_sel(cfg)}"
-    stale_expr = joined(cfg, stale_expr, info, "category, healer")
-    never_expr = joined(cfg, never_expr, info, "category, healer")
     gave_up = f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1'
     stuck = f'trading_healer_stuck{{job="{cfg["healer_job"]}"}} == 1'
     return {
@@ -212,37 +194,6 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                                     "for it). Readiness is unknown: no alert about the bot can fire until it is "
                                     "back. Check `systemctl status trading-readiness` and the listen address."),
                     "runbook_url": alert_runbook_url(cfg, "TradingReadinessExporterDown"),
-                },
-            },
-            {
-                "alert": "TradingFailurePointStale",
-                "expr": stale_expr,
-                "for": cfg["stale_for"],
-                "labels": {"severity": sev["stale"], "reason": "old_result"},
-                "annotations": {
-                    "summary": "{{ $labels.fp }} has not been checked recently on " + name,
-                    "description": ("{{ $labels.fp }} was last checked {{ $value | humanizeDuration }} ago"
-                                    + stale_text + ". Its status is an old result, not the present: the check "
-                                    "is hung or the exporter's scheduler stopped."),
-                    "runbook_url": alert_runbook_url(cfg, "TradingFailurePointStale"),
-                    # what the point itself means and how to fix it
-                    "fp_runbook_url": _runbook_template(cfg),
-                },
-            },
-            {
-                "alert": "TradingFailurePointStale",
-                "expr": never_expr,
-                "for": cfg["stale_for"],
-                "labels": {"severity": sev["stale"], "reason": "never_checked"},
-                "annotations": {
-                    "summary": "{{ $labels.fp }} has never been checked on " + name,
-                    "description": ("The exporter loaded its config {{ $value | humanizeDuration }} ago"
-                                    + stale_text + ", and {{ $labels.fp }} has no result yet: it exports no "
-                                    "status, so it cannot block or degrade readiness. The check is hung or "
-                                    "the exporter's scheduler stopped."),
-                    "runbook_url": alert_runbook_url(cfg, "TradingFailurePointStale"),
-                    # what the point itself means and how to fix it
-                    "fp_runbook_url": _runbook_template(cfg),
                 },
             },
             {
@@ -290,12 +241,80 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+
+
+def staleness_group(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A point whose result is old, or that was never checked: its status is not the present.
+
+    These join every point of every bot and wait minutes anyway (3 check intervals plus the slack,
+    then ``stale_for``), so they run in a group of their own at ``stale_evaluation_interval``
+    instead of at every evaluation, where they were most of a shard's rule time.
+    """
+    sev = cfg["severity"]
+    name = bot_name(cfg)
+    last = f"trading_failure_point_last_check_timestamp_seconds{_sel(cfg)}"
+    interval = f"trading_failure_point_interval_seconds{_sel(cfg)}"
+    threshold = f"({cfg['stale_factor']} * {interval} + {float(cfg['stale_slack_seconds']):g})"
+    point, bot = on_point(cfg), on_bot(cfg)
+    stale_expr = f"(time() - {last})\n  > {point}\n  {threshold}"
+    # A point the exporter schedules (it has an interval) but has never finished checking since
+    # it (re)loaded its config: its status is not an old result but none at all. The value is the
+    # time since the load, so the threshold is the same as for a stale point.
+    loaded = f"trading_exporter_config_last_reload_timestamp_seconds{_sel(cfg)}"
+    never_expr = (f"(\n  0 * ({interval} unless {point} {last})\n"
+                  f"  + {bot} group_left ()\n  (time() - {loaded})\n)\n"
+                  f"  > {point}\n  {threshold}")
+    stale_text = (", more than " + str(cfg["stale_factor"]) + " check intervals (plus "
+                  + f"{float(cfg['stale_slack_seconds']):g}" + " s)")
+    # the stale and gave-up alerts carry the point's category and healer like TradingFailurePoint
+    info = f"trading_failure_point_info{_sel(cfg)}"
+    stale_expr = joined(cfg, stale_expr, info, "category, healer")
+    never_expr = joined(cfg, never_expr, info, "category, healer")
+    return {
+        "name": "trading-readiness-staleness",
+        "interval": cfg["stale_evaluation_interval"],
+        "rules": [
+            {
+                "alert": "TradingFailurePointStale",
+                "expr": stale_expr,
+                "for": cfg["stale_for"],
+                "labels": {"severity": sev["stale"], "reason": "old_result"},
+                "annotations": {
+                    "summary": "{{ $labels.fp }} has not been checked recently on " + name,
+                    "description": ("{{ $labels.fp }} was last checked {{ $value | humanizeDuration }} ago"
+                                    + stale_text + ". Its status is an old result, not the present: the check "
+                                    "is hung or the exporter's scheduler stopped."),
+                    "runbook_url": alert_runbook_url(cfg, "TradingFailurePointStale"),
+                    # what the point itself means and how to fix it
+                    "fp_runbook_url": _runbook_template(cfg),
+                },
+            },
+            {
+                "alert": "TradingFailurePointStale",
+                "expr": never_expr,
+                "for": cfg["stale_for"],
+                "labels": {"severity": sev["stale"], "reason": "never_checked"},
+                "annotations": {
+                    "summary": "{{ $labels.fp }} has never been checked on " + name,
+                    "description": ("The exporter loaded its config {{ $value | humanizeDuration }} ago"
+                                    + stale_text + ", and {{ $labels.fp }} has no result yet: it exports no "
+                                    "status, so it cannot block or degrade readiness. The check is hung or "
+                                    "the exporter's scheduler stopped."),
+                    "runbook_url": alert_runbook_url(cfg, "TradingFailurePointStale"),
+                    # what the point itself means and how to fix it
+                    "fp_runbook_url": _runbook_template(cfg),
+                },
+            },
+        ],
+    }
+
+
 def rule_groups(cat: Catalog | None = None, **overrides: Any) -> dict[str, Any]:
     cfg = config(**overrides)
     cat = cat or load()
     fp_rules = [r for p in cat for r in failure_point_rules(cfg, p)]
     return {"groups": [readiness_group(cfg), {"name": "trading-readiness-failure-points", "rules": fp_rules},
-                       meta_group(cfg)]}
+                       meta_group(cfg), staleness_group(cfg)]}
 
 
 def render_rules(cat: Catalog | None = None, **overrides: Any) -> str:

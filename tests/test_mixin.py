@@ -159,6 +159,8 @@ def test_rules_rendered_with_group_by_keep_two_bots_apart(tmp_path: Path) -> Non
     ("stale_factor: many\n", "stale_factor: expected a non-negative number, got 'many'"),
     ("stale_factor: true\n", "stale_factor: expected int, got True"),
     ("exporter_down_for: 20s\n", "exporter_down_for 20s is shorter than twice the scrape interval 15s"),
+    ("stale_evaluation_interval: 0s\n", "stale_evaluation_interval must be positive"),
+    ("stale_evaluation_interval: soon\n", "stale_evaluation_interval: not a Prometheus duration: 'soon'"),
     ("severity: critical\n", "severity: expected a mapping"),
     ("- a list\n", "expected a mapping of config keys, got list"),
     ("key: [unclosed\n", "not valid YAML"),
@@ -209,3 +211,17 @@ def test_docs_list_every_key_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", doc, re.M))
     expected = {k: "null" if v is None else json.dumps(v) if isinstance(v, dict) else str(v) for k, v in _keys(CONFIG)}
     assert rows == expected
+
+
+def test_the_staleness_alerts_run_in_their_own_group_at_the_configured_interval(tmp_path: Path) -> None:
+    """They join every point of every bot: evaluated at stale_evaluation_interval, not every cycle."""
+    mixin = tmp_path / "mixin.yaml"
+    mixin.write_text("stale_evaluation_interval: 1m\n")
+    assert generate("--config", str(mixin), "--out", str(tmp_path)).returncode == 0
+    groups = yaml.safe_load((tmp_path / "rules/trading-readiness.rules.yml").read_text())["groups"]
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["trading-readiness-staleness"]["interval"] == "1m"
+    assert {r["alert"] for r in by_name["trading-readiness-staleness"]["rules"]} == {"TradingFailurePointStale"}
+    others = [r for g in groups if g["name"] != "trading-readiness-staleness" for r in g["rules"]]
+    assert not any(r.get("alert") == "TradingFailurePointStale" for r in others)
+    assert all("interval" not in g for g in groups if g["name"] != "trading-readiness-staleness")
