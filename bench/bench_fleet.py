@@ -72,6 +72,15 @@ def scalar(text: str, name: str) -> float:
     return sum(float(v) for v in pattern.findall(text))
 
 
+def rule_seconds(text: str) -> float:
+    """A shard's rule evaluation seconds per evaluation interval: each group's last cycle scaled
+    by how often it runs (the staleness group runs every 30 s, the others every 5 s)."""
+    pattern = r'^prometheus_rule_group_{}\{{rule_group="([^"]+)"\}} (\S+)$'
+    last = {g: float(v) for g, v in re.findall(pattern.format("last_duration_seconds"), text, re.M)}
+    every = {g: float(v) for g, v in re.findall(pattern.format("interval_seconds"), text, re.M)}
+    return sum(d * EVALUATION_SECONDS / every.get(g, EVALUATION_SECONDS) for g, d in last.items())
+
+
 def own_metrics(url: str) -> str:
     return requests.get(f"{url}/metrics", timeout=10).text
 
@@ -189,7 +198,7 @@ def measure(n: int, exporter: str, healer: str) -> dict[str, Any]:
             texts = [own_metrics(u) for u in fleet.shard_urls]
             rw = [(scalar(t, "prometheus_remote_storage_bytes_total") - b) / elapsed
                   for t, b in zip(texts, rw0, strict=True)]
-            rules = [scalar(t, "prometheus_rule_group_last_duration_seconds") for t in texts]
+            rules = [rule_seconds(t) for t in texts]
             missed = sum(scalar(t, "prometheus_rule_group_iterations_missed_total") for t in texts) - missed0
             series = sum(scalar(t, "prometheus_tsdb_head_series") for t in texts)
             samples = query(fleet.shard_urls[0], 'avg(scrape_samples_scraped{job="trading-readiness"})')

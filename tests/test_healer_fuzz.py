@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from exporter.core.config import Config
+from healers import inbox
 from healers.alerts import MAX_ALERTS, MAX_BODY_BYTES
 from healers.receiver import Healer
 
@@ -286,6 +287,14 @@ class Fuzzer:
             else:
                 b[i:i] = r.choice([b"{", b"}", b"[", b"]", b'"', b",", b":", b"\\", b"\\u", b"\\ud800"])
         return bytes(b)
+
+
+@pytest.fixture(autouse=True)
+def decide_without_waiting_for_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests send one delivery and wait for its decisions, thousands of times: the receiver's
+    wait for a pause in arrivals (which lets a burst's answers go first) would be most of their
+    run time; it only orders answers before decisions under load (bench/bench_healer.py measures it)."""
+    monkeypatch.setattr(inbox, "QUIET_SECONDS", 0.0)
 
 
 # -- checks --------------------------------------------------------------------------------------
