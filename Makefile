@@ -52,7 +52,7 @@ demo-deps:
 test: system-deps $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana rules sandbox tests bench examples
 	$(VENV)/bin/lint-imports --no-cache
-	NO_SKIPPED_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2
+	NO_SKIPPED_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter healers grafana rules sandbox tests bench examples

@@ -144,6 +144,12 @@ def running(procs: Procs) -> Procs:
     return procs
 
 
+#: Tests that start a whole stack (bots, exporters, healers, Prometheus, Alertmanagers): `make test`
+#: runs them on one xdist worker (``--dist loadgroup``), one stack at a time, so two of them never
+#: starve each other's bots on a 2-core machine; the light tests share the other worker.
+STACKS = pytest.mark.xdist_group("stacks")
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition", every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

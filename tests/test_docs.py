@@ -16,15 +16,16 @@ DOCS = REPO / "docs"
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 
 
-def _prose(text: str) -> list[str]:
-    """The lines outside fenced code blocks, with inline code removed (links in code are examples)."""
+def _prose(text: str, keep_code: bool = False) -> list[str]:
+    """The lines outside fenced code blocks, with inline code removed (links in code are examples)
+    unless ``keep_code`` (a heading's anchor keeps its inline code's text, as GitHub makes it)."""
     out, fence = [], False
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             fence = not fence
             continue
         if not fence:
-            out.append(re.sub(r"`[^`]*`", "", line))
+            out.append(line if keep_code else re.sub(r"`[^`]*`", "", line))
     return out
 
 
@@ -37,7 +38,7 @@ def slug(heading: str) -> str:
 def anchors(page: Path) -> set[str]:
     seen: dict[str, int] = {}
     out: set[str] = set()
-    for line in _prose(page.read_text()):
+    for line in _prose(page.read_text(), keep_code=True):
         m = re.match(r"#{1,6} (.+)", line)
         if m:
             base = slug(m.group(1))

@@ -27,11 +27,11 @@ import requests
 from sandbox import faults
 from sandbox.stack import Bot, Stack, Timings, find_binary, matches
 
-from .conftest import REPO, clean_env, wait_for
+from .conftest import REPO, STACKS, clean_env, wait_for
 
-pytestmark = pytest.mark.skipif(find_binary("prometheus") is None or
-                                find_binary("prometheus-alertmanager", "alertmanager") is None,
-                                reason="needs Debian's prometheus and prometheus-alertmanager (make system-deps)")
+pytestmark = [STACKS, pytest.mark.skipif(find_binary("prometheus") is None or
+                                         find_binary("prometheus-alertmanager", "alertmanager") is None,
+                                         reason="needs Debian's prometheus and prometheus-alertmanager (make system-deps)")]
 
 #: healed faults first (they must recover with no help), sticky ones last (they cannot recover)
 ORDER = sorted(faults.FAULTS, key=lambda n: (bool(faults.FAULTS[n].sticky), faults.FAULTS[n].healer is None))

@@ -22,13 +22,13 @@ import requests
 
 from sandbox.stack import Timings, find_binary, matches
 
-from .conftest import REPO, wait_for
+from .conftest import REPO, STACKS, wait_for
 from .fleetstack import FleetStack, dashboard_queries
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [STACKS, pytest.mark.skipif(
     find_binary("prometheus") is None or find_binary("prometheus-alertmanager", "alertmanager") is None
     or find_binary("victoria-metrics") is None,
-    reason="needs Debian's prometheus, prometheus-alertmanager and victoria-metrics (make system-deps)")
+    reason="needs Debian's prometheus, prometheus-alertmanager and victoria-metrics (make system-deps)")]
 
 BOTS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
 BROKEN = "charlie"

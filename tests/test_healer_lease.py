@@ -17,7 +17,7 @@ import requests
 from healers.lease import Lease, LeaseRefused, owner_alive
 from healers.orphans import owner_id
 
-from .conftest import wait_for
+from .conftest import STACKS, wait_for
 from .test_healer_alertmanager import AM_BIN, alertmanager, now_iso
 from .test_healer_helpers import (
     HealBot,
@@ -103,6 +103,7 @@ def test_two_receivers_on_one_bot_run_the_action_once(tmp_path: Path, shared_aud
     assert hb.run_count() == 1
 
 
+@STACKS
 @pytest.mark.skipif(AM_BIN is None, reason="Alertmanager is not installed (make system-deps)")
 def test_ha_pair_behind_clustered_alertmanagers_one_killed_mid_action_runs_once_per_fault(tmp_path: Path) -> None:
     hb = HealBot(tmp_path)
