@@ -92,43 +92,38 @@ def alert_runbook_url(cfg: dict[str, Any], alert: str) -> str:
 
 def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recording rule and the alerts that read it: one group, so they evaluate in order."""
-    sev = cfg["severity"]
     dash = dashboard_url(cfg)
     name = bot_name(cfg)
     return {
         "name": "trading-readiness",
         "rules": [
             {"record": "trading:readiness:status", "expr": readiness_expr(cfg)},
-            {
-                "alert": "TradingBlocked",
-                "expr": "trading:readiness:status == 2",
-                "for": cfg["blocked_for"],
-                "labels": {"severity": sev["blocked"]},
-                "annotations": {
-                    "summary": "Trading is BLOCKED on " + name,
-                    "description": ("At least one failure point is ERROR on " + name + ", so the bot "
-                                    "will not trade. The TradingFailurePoint alerts with severity critical name "
-                                    "the points; `trading-readiness check` explains each one."),
-                    "runbook_url": alert_runbook_url(cfg, "TradingBlocked"),
-                    "dashboard": dash,
-                },
-            },
-            {
-                "alert": "TradingDegraded",
-                "expr": "trading:readiness:status == 1",
-                "for": cfg["degraded_for"],
-                "labels": {"severity": sev["degraded"]},
-                "annotations": {
-                    "summary": "Trading is DEGRADED on " + name,
-                    "description": ("More failure points are WARN on " + name + " than "
-                                    "readiness.max_warnings allows; the bot still trades, but some signals or "
-                                    "orders are being lost. The TradingFailurePoint warnings name the points."),
-                    "runbook_url": alert_runbook_url(cfg, "TradingDegraded"),
-                    "dashboard": dash,
-                },
-            },
+            readiness_alert(cfg, "TradingBlocked", 2, "blocked", {
+                "summary": "Trading is BLOCKED on " + name,
+                "description": ("At least one failure point is ERROR on " + name + ", so the bot "
+                                "will not trade. The TradingFailurePoint alerts with severity critical name "
+                                "the points; `trading-readiness check` explains each one."),
+                "runbook_url": alert_runbook_url(cfg, "TradingBlocked"),
+                "dashboard": dash,
+            }),
+            readiness_alert(cfg, "TradingDegraded", 1, "degraded", {
+                "summary": "Trading is DEGRADED on " + name,
+                "description": ("More failure points are WARN on " + name + " than "
+                                "readiness.max_warnings allows; the bot still trades, but some signals or "
+                                "orders are being lost. The TradingFailurePoint warnings name the points."),
+                "runbook_url": alert_runbook_url(cfg, "TradingDegraded"),
+                "dashboard": dash,
+            }),
         ],
     }
+
+
+def readiness_alert(cfg: dict[str, Any], alert: str, value: int, key: str,
+                    annotations: dict[str, str]) -> dict[str, Any]:
+    """An alert on the recording rule's verdict (2 BLOCKED, 1 DEGRADED); ``for:`` and severity from
+    ``<key>_for`` and ``severity.<key>``."""
+    return {"alert": alert, "expr": f"trading:readiness:status == {value}", "for": cfg[f"{key}_for"],
+            "labels": {"severity": cfg["severity"][key]}, "annotations": annotations}
 
 
 def joined(cfg: dict[str, Any], expr: str, info: str, labels: str) -> str:
@@ -173,13 +168,26 @@ def failure_point_rules(cfg: dict[str, Any], p: FailurePoint) -> list[dict[str, 
     return rules
 
 
+def healer_alert(cfg: dict[str, Any], alert: str, metric: str, annotations: dict[str, str]) -> dict[str, Any]:
+    """An alert on a healer's per-point flag (``metric`` == 1), with the point's category and
+    healer from the healer's info series; ``for:`` and severity from the config key named after
+    the metric (``trading_healer_stuck`` -> ``healer_stuck_for``, ``severity.healer_stuck``)."""
+    key = metric.removeprefix("trading_")
+    job = cfg["healer_job"]
+    return {
+        "alert": alert,
+        "expr": joined(cfg, f'{metric}{{job="{job}"}} == 1', f'trading_healer_info{{job="{job}"}}', "category, healer"),
+        "for": cfg[f"{key}_for"],
+        "labels": {"severity": cfg["severity"][key]},
+        "annotations": annotations,
+    }
+
+
 def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """Alerts about the monitoring itself: a silent exporter must never look like READY."""
     sev = cfg["severity"]
     job = cfg["exporter_job"]
     name = bot_name(cfg)
-    gave_up = f'trading_healer_gave_up{{job="{cfg["healer_job"]}"}} == 1'
-    stuck = f'trading_healer_stuck{{job="{cfg["healer_job"]}"}} == 1'
     return {
         "name": "trading-readiness-meta",
         "rules": [
@@ -196,36 +204,24 @@ def meta_group(cfg: dict[str, Any]) -> dict[str, Any]:
                     "runbook_url": alert_runbook_url(cfg, "TradingReadinessExporterDown"),
                 },
             },
-            {
-                "alert": "TradingHealerGaveUp",
-                "expr": joined(cfg, gave_up, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
-                "for": cfg["healer_gave_up_for"],
-                "labels": {"severity": sev["healer_gave_up"]},
-                "annotations": {
-                    "summary": "The healer gave up on {{ $labels.fp }} (" + name + ")",
-                    "description": ("The healer ran its action for {{ $labels.fp }} max_attempts times in its "
-                                    "window without fixing it and will not try again until the alert resolves (the "
-                                    "point is OK again), which restores its attempts. A human must fix the cause; "
-                                    "see /api/heals on the healer."),
-                    "runbook_url": alert_runbook_url(cfg, "TradingHealerGaveUp"),
-                    # what the point itself means and how to fix it
-                    "fp_runbook_url": _runbook_template(cfg),
-                },
-            },
-            {
-                "alert": "TradingHealerStuck",
-                "expr": joined(cfg, stuck, f'trading_healer_info{{job="{cfg["healer_job"]}"}}', "category, healer"),
-                "for": cfg["healer_stuck_for"],
-                "labels": {"severity": sev["healer_stuck"]},
-                "annotations": {
-                    "summary": "Healing {{ $labels.fp }} is stuck (" + name + ")",
-                    "description": ("The healer has held {{ $labels.fp }} queued, running or verifying for longer "
-                                    "than its action's timeout plus its verification: every alert for it is "
-                                    "skipped as busy and nothing heals it. See the healer's log and "
-                                    "/api/heals (state); restarting the healer resolves what it had started."),
-                    "runbook_url": _runbook_template(cfg),
-                },
-            },
+            healer_alert(cfg, "TradingHealerGaveUp", "trading_healer_gave_up", {
+                "summary": "The healer gave up on {{ $labels.fp }} (" + name + ")",
+                "description": ("The healer ran its action for {{ $labels.fp }} max_attempts times in its "
+                                "window without fixing it and will not try again until the alert resolves (the "
+                                "point is OK again), which restores its attempts. A human must fix the cause; "
+                                "see /api/heals on the healer."),
+                "runbook_url": alert_runbook_url(cfg, "TradingHealerGaveUp"),
+                # what the point itself means and how to fix it
+                "fp_runbook_url": _runbook_template(cfg),
+            }),
+            healer_alert(cfg, "TradingHealerStuck", "trading_healer_stuck", {
+                "summary": "Healing {{ $labels.fp }} is stuck (" + name + ")",
+                "description": ("The healer has held {{ $labels.fp }} queued, running or verifying for longer "
+                                "than its action's timeout plus its verification: every alert for it is "
+                                "skipped as busy and nothing heals it. See the healer's log and "
+                                "/api/heals (state); restarting the healer resolves what it had started."),
+                "runbook_url": _runbook_template(cfg),
+            }),
             {
                 "alert": "Watchdog",
                 "expr": "vector(1)",
