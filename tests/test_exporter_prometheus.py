@@ -48,7 +48,8 @@ def test_prometheus_scrapes_every_failure_point(scraped: tuple[Exporter, Prometh
         return any(t["labels"]["job"] == "trading-readiness" and t["health"] == "up" for t in targets)
 
     wait_for(target_up, timeout=30, what="target up", every=0.2)
-    up = prom.query('up{job="trading-readiness"}')
+    # the targets API reports a scrape's health a moment before its samples are committed
+    up = wait_for(lambda: prom.query('up{job="trading-readiness"}'), timeout=30, what="the up series", every=0.2)
     assert [s["value"][1] for s in up] == ["1"]
 
     def all_status_series() -> bool:
