@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import textwrap
@@ -148,6 +151,49 @@ def running(procs: Procs) -> Procs:
 #: runs them on one xdist worker (``--dist loadgroup``), one stack at a time, so two of them never
 #: starve each other's bots on a 2-core machine; the light tests share the other worker.
 STACKS = pytest.mark.xdist_group("stacks")
+
+
+SLOW_CLIENTS = 3000
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads: line")
+
+
+def flood_slow_clients(port: int, pid: int, head: bytes, socks: list[socket.socket]) -> tuple[int, int]:
+    """SLOW_CLIENTS connections to ``port`` that never finish a request: half send nothing, half
+    send ``head`` a byte at a time. They are appended to ``socks`` (the caller closes them).
+    Returns the server's (``pid``) thread count before and the most seen during the flood."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < SLOW_CLIENTS + 200:
+        pytest.skip(f"needs {SLOW_CLIENTS + 200} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, SLOW_CLIENTS + 200), hard))
+    before = most = threads(pid)
+    deadline = time.monotonic() + 60  # bounded in time as well as in count
+    for i in range(SLOW_CLIENTS):
+        if time.monotonic() > deadline:
+            break
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            continue  # refused or timed out under the flood: the server's choice, not a hang
+        s.setblocking(False)
+        socks.append(s)
+        if i % 2:  # every other one sends its request head a byte at a time; the rest send nothing
+            with contextlib.suppress(OSError):
+                s.send(head[:1])
+        if i % 250 == 0:
+            most = max(most, threads(pid))
+    for k in range(1, 12):  # more bytes, slowly, from the talkative half
+        for s in socks[1::2]:
+            with contextlib.suppress(OSError):
+                s.send(head[k:k + 1])
+        most = max(most, threads(pid))
+    assert len(socks) >= SLOW_CLIENTS // 2
+    return before, most
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition", every: float = 0.05) -> Any:

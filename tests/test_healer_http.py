@@ -4,36 +4,20 @@ alerts (a bounded number of log lines), keep-alive, and repeated identical log l
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import resource
 import socket
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from .conftest import wait_for
+from .conftest import flood_slow_clients, wait_for
 from .test_healer_helpers import TOKEN, HealBot, alert, deliver, free_port, payload, receiver, start_heal_cli, wait_idle
 from .test_healer_helpers import decisions as delivered
 
-SLOW_CLIENTS = 3000
-
-
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError("no Threads: line")
-
 
 def test_3000_slow_clients_do_not_grow_threads_and_a_real_delivery_is_answered(tmp_path: Path) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < SLOW_CLIENTS + 200:
-        pytest.skip(f"needs {SLOW_CLIENTS + 200} open files, the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, SLOW_CLIENTS + 200), hard))
     hb = HealBot(tmp_path)
     cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}}, verify_timeout_seconds=0.3)
     port = free_port()
@@ -49,30 +33,7 @@ def test_3000_slow_clients_do_not_grow_threads_and_a_real_delivery_is_answered(t
                 return False
 
         wait_for(up, timeout=20, what="the receiver")
-        before = threads(proc.pid)
-        most = before
-        deadline = time.monotonic() + 60  # bounded in time as well as in count
-        head = b"POST /alertmanager HTTP/1.1\r\nHost: x\r\n"
-        for i in range(SLOW_CLIENTS):
-            if time.monotonic() > deadline:
-                break
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=5)
-            except OSError:
-                continue  # refused or timed out under the flood: the receiver's choice, not a hang
-            s.setblocking(False)
-            socks.append(s)
-            if i % 2:  # every other one sends its request head a byte at a time; the rest send nothing
-                with contextlib.suppress(OSError):
-                    s.send(head[:1])
-            if i % 250 == 0:
-                most = max(most, threads(proc.pid))
-        for k in range(1, 12):  # more bytes, slowly, from the talkative half
-            for s in socks[1::2]:
-                with contextlib.suppress(OSError):
-                    s.send(head[k:k + 1])
-            most = max(most, threads(proc.pid))
-        assert len(socks) >= SLOW_CLIENTS // 2
+        before, most = flood_slow_clients(port, proc.pid, b"POST /alertmanager HTTP/1.1\r\nHost: x\r\n", socks)
         # the acceptor, the fixed handler pool (one already started), the dispatcher, the action
         # workers and the log summariser: nothing per client
         assert most <= before + 3, (before, most)
