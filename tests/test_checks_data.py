@@ -452,7 +452,13 @@ def test_another_stock_bot_on_the_host_warns_naming_its_root(bot: BotRoot, procs
     assert str(bot.path.resolve()) not in r.outcome.details["other_roots"]
     assert str(unrelated.resolve()) not in r.outcome.details["other_roots"]
     killer = procs.start([sys.executable, "-u", "main.py"], cwd=other)
-    r = evaluate(bot.path, only=["FP-1.12"]).results["FP-1.12"]
+
+    def seen() -> Result | None:
+        """The new process is seen once it has exec'd its interpreter (a moment after the spawn)."""
+        res = evaluate(bot.path, only=["FP-1.12"]).results["FP-1.12"]
+        return res if str(other.resolve()) in res.outcome.details.get("other_roots", []) else None
+
+    r = wait_for(seen, timeout=15, what="FP-1.12 to see the other root's main.py")
     assert r.status is Status.WARN and str(other.resolve()) in r.outcome.details["other_roots"], r.outcome.message
     assert f"main.py pid {killer.pid}" in r.outcome.message and "pkill -f uw_flow_daemon" in r.outcome.message
     assert observed(r, "trading_other_bots_on_host")[()] >= 1
