@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from exporter.core import audit
 from exporter.core.config import Config
 from healers.alerts import Alert
@@ -94,10 +96,16 @@ class Delivery:
 def _encode(d: Delivery, keep: frozenset[str]) -> bytes:
     """One journal line; of the labels only those named in ``keep`` (what healer.match_labels
     compares), never annotations: the journal holds what deciding needs, nothing more."""
-    alerts = [[a.status, a.fp, a.fingerprint, a.starts_at, [list(kv) for kv in a.labels if kv[0] in keep]]
+    alerts = [(a.status, a.fp, a.fingerprint, a.starts_at, [kv for kv in a.labels if kv[0] in keep] if keep else ())
               for a in d.alerts]
-    return (json.dumps({"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": alerts},
-                       separators=(",", ":")) + "\n").encode()
+    rec = {"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": alerts}
+    try:
+        return _encoder.encode(rec) + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (valid JSON, not UTF-8): json escapes it
+        return (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+
+
+_encoder = msgspec.json.Encoder()
 
 
 def _decode(rec: dict[str, Any]) -> Delivery | None:
@@ -150,7 +158,11 @@ class Journal(audit.AuditLog):
         self.keep_labels: frozenset[str] = frozenset()
         #: written, waiting for the flusher's fsync
         self._waiting: list[tuple[int, bytes, Future[None]]] = []
-        self._flush = threading.Condition(self.lock)
+        #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
+        #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards
+        #: the file (taken first when both are needed)
+        self._state = threading.Lock()
+        self._flush = threading.Condition(self._state)
         #: how the flusher hands a synced batch's completion over: to the thread waiting for them
         #: (an event loop's ``call_soon_threadsafe``: one hand-off per batch, not one per delivery)
         self.completer: Callable[[Callable[[], None]], object] = _run_now
@@ -195,10 +207,11 @@ class Journal(audit.AuditLog):
             elif (d := _decode(rec)) is not None:
                 found[d.seq] = d
         out = [found[s] for s in sorted(found) if s not in done]
-        with self.lock:
+        with self.lock, self._state:
             self._next = max([*found, *done, 0]) + 1
             for d in out:
                 self._hold(d.seq, _encode(d, self.keep_labels), len(d.alerts))
+        with self.lock:
             self._rewrite()
         threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
         return out
@@ -209,7 +222,7 @@ class Journal(audit.AuditLog):
         group commit), so no request waits on the disk by itself, and the caller never touches
         it. InboxFull when too many alerts already wait."""
         synced: Future[None] = Future()
-        with self.lock:
+        with self._state:
             if self.pending_alerts + len(delivery.alerts) > MAX_PENDING_ALERTS:
                 raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
             delivery.seq = self._next
@@ -228,6 +241,7 @@ class Journal(audit.AuditLog):
                 if not self._waiting:
                     return
                 batch, self._waiting = self._waiting, []
+            with self.lock:  # new deliveries are numbered and queued meanwhile: the next batch
                 try:
                     self._write_line(b"".join(line for _, line, _ in batch))
                     failed: OSError | None = None
@@ -253,10 +267,12 @@ class Journal(audit.AuditLog):
         if not seqs:
             return
         with self.lock:
-            for s in seqs:
-                if self.pending.pop(s, None) is not None:
-                    self.pending_alerts -= self._alerts.pop(s, 0)
-            if not self.pending:
+            with self._state:
+                for s in seqs:
+                    if self.pending.pop(s, None) is not None:
+                        self.pending_alerts -= self._alerts.pop(s, 0)
+                empty = not self.pending
+            if empty:
                 self._rewrite()  # nothing pending: the journal is emptied
                 return
             self._write_line((json.dumps({"done": seqs}) + "\n").encode())
@@ -265,8 +281,12 @@ class Journal(audit.AuditLog):
 
     def _rewrite(self) -> None:
         """The journal holds exactly the pending deliveries (the caller holds ``lock``); the new
-        copy is locked before it replaces the old one, so the slot never looks free."""
-        if not self.pending:
+        copy is locked before it replaces the old one, so the slot never looks free. A delivery
+        numbered but not yet written by the flusher is in the copy already, and the flusher's
+        later line for it is a duplicate that a replay reads once."""
+        with self._state:
+            data = b"".join(self.pending.values())
+        if not data:
             if self.path.stat().st_size:
                 os.truncate(self.path, 0)
             return
@@ -275,7 +295,7 @@ class Journal(audit.AuditLog):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with os.fdopen(os.dup(fd), "wb") as fh:
-                fh.write(b"".join(self.pending.values()))
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -350,17 +370,26 @@ class Intake(Logbook):
                     return
                 batch = [first]
                 # a burst is acknowledged first and decided after: deciding starts once no
-                # delivery came for QUIET_SECONDS (at most COLLECT_SECONDS after the first)
+                # delivery came for QUIET_SECONDS (at most COLLECT_SECONDS after the first). The
+                # dispatcher sleeps through the burst and takes what arrived when it wakes: a
+                # wake-up per delivery would take the GIL from the event loop answering them
                 deadline = time.monotonic() + COLLECT_SECONDS
-                while len(batch) < BATCH and (wait := min(QUIET_SECONDS, deadline - time.monotonic())) > 0:
+                while len(batch) < BATCH:
+                    now = time.monotonic()
+                    quiet = now - self.last_arrival
+                    if quiet < QUIET_SECONDS and now < deadline:
+                        time.sleep(min(QUIET_SECONDS - quiet, deadline - now))
+                        continue
                     try:
-                        nxt = self.inbox.get(timeout=wait)
+                        while len(batch) < BATCH:
+                            nxt = self.inbox.get_nowait()
+                            if nxt is None:
+                                self.inbox.put(None)
+                                break
+                            batch.append(nxt)
                     except queue.Empty:
-                        break
-                    if nxt is None:
-                        self.inbox.put(None)
-                        break
-                    batch.append(nxt)
+                        pass
+                    break
             try:
                 self.decide(batch)
             except Exception as exc:  # never a dead dispatcher: what is undecided is tried again

@@ -473,3 +473,30 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
         assert_still_serving(r, action)
     assert "internal error" not in capfd.readouterr().err
     assert_nothing_leaked(hb, marker, action)
+
+
+@settings(BASE, max_examples=2_000)
+@given(body=st.one_of(payloads(Path("/nonexistent/marker")),
+                      st.builds(lambda alerts: json.dumps(payload(*alerts)).encode(),
+                                st.lists(st.builds(alert, st.sampled_from(FPS), st.sampled_from(["firing", "resolved"]),
+                                                   st.text(max_size=20), st.sampled_from(STARTS)), max_size=5))))
+def test_the_fast_decoder_agrees_with_the_field_by_field_check(body: bytes) -> None:
+    """A delivery is decoded in one typed pass when it looks like Alertmanager's; whatever that
+    pass accepts, the field-by-field check accepts with the same alerts, and whatever it rejects
+    goes to that check (which names the problem)."""
+    from healers.alerts import BadRequest, _parse_checked, _parse_fast
+
+    fast = _parse_fast(body)
+    try:
+        checked: tuple[Any, ...] | None = _parse_checked(body)
+    except BadRequest:
+        checked = None
+    if fast is not None:
+        assert fast == checked
+
+
+def test_a_real_alertmanager_payload_takes_the_fast_path() -> None:
+    from healers.alerts import _parse_checked, _parse_fast
+
+    body = json.dumps(payload(alert("FP-1.1"), alert("FP-2.1"))).encode()
+    assert _parse_fast(body) is not None and _parse_fast(body) == _parse_checked(body)
