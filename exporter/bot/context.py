@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..core.config import Config
-from . import market
+from ..core.engine import current_run
+from . import market, procs
 from .botenv import BotEnv, Redactor, url_credentials
 from .broker import Broker, BrokerError
 from .readers import ChangedFileCache, Tails
@@ -98,6 +99,18 @@ class Context:
             if memo.error is not None:
                 raise memo.error
             return memo.value  # type: ignore[no-any-return]
+
+    def per_cycle(self, key: str, fn: Callable[[], T]) -> T:
+        """``fn()`` once for all the checks of the engine run the caller belongs to (a check
+        called on its own, outside a run, computes it itself). Unlike :meth:`shared`, no time is
+        involved: the next run computes it again, whatever the clock says."""
+        memo = current_run()
+        return fn() if memo is None else memo.get(key, fn)
+
+    def process_table(self) -> procs.CmdlineTable | None:
+        """The raw command lines of the host's processes, scanned once per engine run for every
+        point that looks at processes."""
+        return self.per_cycle("process-table", procs.cmdlines)
 
     def broker_get(self, path: str, params: dict[str, Any] | None = None, ttl: float | None = None) -> Any:
         ttl = float(self.config["alpaca"]["cache_seconds"]) if ttl is None else ttl

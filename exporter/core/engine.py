@@ -14,6 +14,7 @@ cycle, and a check's timeout still counts from the moment it starts.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .catalog import Catalog
 from .config import Config
@@ -38,6 +39,8 @@ class CheckContext(Protocol):
     @property
     def redact(self) -> Callable[[str], str]: ...
 
+
+T = TypeVar("T")
 
 #: a check takes the bot's context (``exporter.bot.context.Context``) and the point's params
 CheckFn = Callable[[Any, dict[str, Any]], Outcome]
@@ -148,6 +151,39 @@ def _workers_after_fork() -> None:
 os.register_at_fork(after_in_child=_workers_after_fork)
 
 
+class RunMemo:
+    """Values computed once per :meth:`Engine.run` and shared by the checks of that run (one scan
+    of the process table for every point that looks at processes). A later run computes them
+    afresh, so what changed between cycles is seen; a failure is shared like a value."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[str, tuple[threading.Lock, list[Any]]] = {}
+
+    def get(self, key: str, fn: Callable[[], T]) -> T:
+        with self._lock:
+            lock, box = self._slots.setdefault(key, (threading.Lock(), []))
+        with lock:
+            if not box:
+                try:
+                    box.append((fn(), None))
+                except Exception as exc:
+                    box.append((None, exc))
+            value, error = box[0]
+        if error is not None:
+            raise error
+        return value  # type: ignore[no-any-return]
+
+
+#: the run whose check this thread is executing (set by the worker around each check)
+_CURRENT_RUN: contextvars.ContextVar[RunMemo | None] = contextvars.ContextVar("engine_run", default=None)
+
+
+def current_run() -> RunMemo | None:
+    """The memo of the engine run the calling check belongs to; None outside a check."""
+    return _CURRENT_RUN.get()
+
+
 @dataclass
 class _Slot:
     fp: str
@@ -161,6 +197,7 @@ class _Run:
 
     def __init__(self, ids: list[str], known: dict[str, Result], catalog: Catalog, timeouts: dict[str, float]) -> None:
         self.slots = {fp: _Slot(fp, threading.Lock()) for fp in ids}
+        self.memo = RunMemo()
         self.known = known
         self.timeouts = timeouts
         self.cond = threading.Condition()
@@ -371,9 +408,11 @@ class Engine:
             if start + run.timeouts[fp] < run.wake_at:
                 run.cond.notify_all()
         fn = self.checks.get(fp)
+        token = _CURRENT_RUN.set(run.memo)
         try:
             outcome = self._outcome(fp, fn)
         finally:
+            _CURRENT_RUN.reset(token)
             # the point may run again once this returns, whatever it raised
             with self._hung_lock:
                 if self._hung.get(fp, (None,))[0] is me:
