@@ -114,8 +114,23 @@ class Context:
 
     def broker_get(self, path: str, params: dict[str, Any] | None = None, ttl: float | None = None) -> Any:
         ttl = float(self.config["alpaca"]["cache_seconds"]) if ttl is None else ttl
+        if path == "/clock" and not params:
+            return self.broker_clock(ttl)[0]
         key = "alpaca:" + path + (":" + repr(sorted(params.items())) if params else "")
         return self.shared(key, ttl, lambda: self.broker.get(path, params))
+
+    def broker_clock(self, ttl: float | None = None) -> tuple[Any, float, float]:
+        """The broker's ``/v2/clock`` answer and this context's clock just before and just after
+        the request (what the clock offset is measured from): one request serves FP-4.1, the
+        market session and the offset of FP-4.9 and FP-6.8 alike."""
+        ttl = float(self.config["alpaca"]["cache_seconds"]) if ttl is None else ttl
+
+        def fetch() -> tuple[Any, float, float]:
+            t0 = self.now()
+            answer = self.broker.get("/clock")
+            return answer, t0, self.now()
+
+        return self.shared("alpaca:/clock", ttl, fetch)
 
     def session(self) -> market.Session:
         """The market session: the broker's clock when it answers, else regular NY hours."""
