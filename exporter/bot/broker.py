@@ -97,11 +97,10 @@ class BoundedSession(requests.Session):
         same settings are resolved here, as requests would for ``base_url``, and kept.
         """
         self.trust_env = False
-        try:
-            # *_PROXY, ALL_PROXY and NO_PROXY as requests applies them to this host
+        # *_PROXY, ALL_PROXY and NO_PROXY as requests applies them to this host (a URL requests
+        # cannot parse gets none: its requests fail with requests' own reason)
+        with contextlib.suppress(ValueError):
             self.proxies.update(requests.utils.get_environ_proxies(base_url))
-        except ValueError:
-            pass  # a URL requests cannot parse: its requests fail with requests' own reason
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if bundle:
             self.verify = bundle

@@ -88,7 +88,8 @@ class Counted(msgspec.Struct, gc=False):
 #: fraction of keeping its bytes. Only list lengths are read there; a global block whose lists
 #: are read in full (``_metadata``, ``_market_tide``) is decoded again by ``_PARTIAL``.
 _Item = Counted | list[msgspec.Raw] | _Scalar
-_LEAN = msgspec.json.Decoder(dict[str, dict[str, dict[str, _Field] | list[_Item] | _Scalar] | list[msgspec.Raw] | _Scalar])
+_LeanBlock = dict[str, _Field] | list[_Item] | _Scalar
+_LEAN = msgspec.json.Decoder(dict[str, dict[str, _LeanBlock] | list[msgspec.Raw] | _Scalar])
 #: the global blocks :func:`summarise` reads beyond their keys
 _READ_IN_FULL = ("_metadata", "_market_tide")
 

@@ -14,6 +14,7 @@ cycle, and a check's timeout still counts from the moment it starts.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import threading
@@ -83,7 +84,7 @@ class Workers:
         self.size, self.grace, self.idle = size, grace, idle
         lock = threading.Lock()
         self._cv = threading.Condition(lock)  # idle workers wait here
-        self._watch_cv = threading.Condition(lock)  # the watcher waits here (a notify meant for a worker never wakes it)
+        self._watch_cv = threading.Condition(lock)  # the watcher waits here: a worker's notify never wakes it
         self._tasks: deque[tuple[float, Callable[[], None]]] = deque()
         self._live = 0
         self._waiting = 0
@@ -118,10 +119,8 @@ class Workers:
                         self._live -= 1
                         return
                 _, task = self._tasks.popleft()
-            try:
+            with contextlib.suppress(BaseException):  # the task records its own failure; the worker lives on
                 task()
-            except BaseException:  # noqa: BLE001,S110 - the task records its own failure; the worker lives on
-                pass
 
     def _watch(self) -> None:
         """While tasks wait, start one more worker for a task left waiting ``grace`` seconds."""
