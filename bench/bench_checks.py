@@ -25,6 +25,9 @@ Each measured cycle re-fetches the broker's answers (``alpaca.cache_seconds: 0.5
 pause between cycles, as the exporter's 15-60 s intervals do); the pause is not CPU. The broker
 and UW servers run in a separate process so their CPU is not counted as ours; their rate limit is
 raised because the bench packs many minutes of polling into seconds.
+
+``python -m bench.bench_checks --production`` measures the main row alone (the partial decoder's
+production case) and prints it; it writes no results file.
 """
 
 from __future__ import annotations
