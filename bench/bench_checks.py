@@ -25,6 +25,9 @@ Each measured cycle re-fetches the broker's answers (``alpaca.cache_seconds: 0.5
 pause between cycles, as the exporter's 15-60 s intervals do); the pause is not CPU. The broker
 and UW servers run in a separate process so their CPU is not counted as ours; their rate limit is
 raised because the bench packs many minutes of polling into seconds.
+
+``python -m bench.bench_checks --production`` measures the main row alone (the partial decoder's
+production case) and prints it; it writes no results file.
 """
 
 from __future__ import annotations
@@ -327,8 +330,30 @@ def main() -> str:
         servers.stop()
 
 
+def production_only() -> str:
+    """Only the main row (the partial decoder's production case), for a quick measurement."""
+    servers = Servers()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp) / "100MB"
+            root = BotRoot(base, now=IN_SESSION.timestamp())
+            write_history(base, LOG_SIZES[0][1], end=IN_SESSION.timestamp() - 2 * 86400)
+            servers.at(IN_SESSION)
+            stamp_root(root, servers.clock(), servers.urls, first=True)
+            procs += start_bot(base)
+            text, got = live_row(base, servers, "partial")
+            return "\n".join([text, *(f"- {p}" for p in got["problems"])])
+    finally:
+        for p in procs:
+            p.kill()
+        servers.stop()
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--live"]:
         print(json.dumps(live(Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5]))))
+    elif sys.argv[1:2] == ["--production"]:
+        print(production_only())  # the production row alone; bench.run writes no results file for it
     else:
         print(main())

@@ -112,6 +112,68 @@ def test_a_hanging_check_times_out_and_never_blocks_others(scratch: Engine, monk
     assert eng.run(["FP-2.1"])["FP-2.1"].outcome.message == "late"
 
 
+def test_more_hung_checks_than_workers_never_hold_back_the_others(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """The checks share a few long-lived workers: when every one of them is stuck in a hung check,
+    the remaining checks still run (another worker is started), in this run and the next."""
+    release = threading.Event()
+    hung_ids = ["FP-2.1", "FP-2.3", "FP-2.7", "FP-3.3", "FP-3.4", "FP-3.5", "FP-3.6", "FP-3.7"]  # none depends on another
+    assert len(hung_ids) > engine_mod.WORKERS
+    started: list[str] = []
+
+    def hang(ctx, p):  # type: ignore[no-untyped-def]
+        started.append("hung")
+        release.wait(60)
+        return Outcome.ok("late")
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("checks:\n" + "".join(f"  {fp}: {{timeout_seconds: 1}}\n" for fp in hung_ids))
+    eng = Engine(Context(load_config(str(cfg), str(tmp_path)), environ={}), registry())
+    for fp in hung_ids:
+        _swap(monkeypatch, eng, fp, hang)
+    _swap(monkeypatch, eng, "FP-3.1", lambda ctx, p: Outcome.ok("quick"))
+    try:
+        res = eng.run([*hung_ids, "FP-3.1"])
+        assert res["FP-3.1"].outcome.message == "quick"
+        assert not release.is_set() and len(started) == len(hung_ids)
+        for fp in hung_ids:
+            assert res[fp].outcome.fault is CheckFault.TIMED_OUT, fp
+        # the next cycle: the hung checks are reported, not started again, and the rest runs
+        again = eng.run([*hung_ids, "FP-3.1"])
+        assert again["FP-3.1"].outcome.message == "quick"
+        for fp in hung_ids:
+            assert again[fp].outcome.fault is CheckFault.HUNG, fp
+        assert len(started) == len(hung_ids)
+    finally:
+        release.set()
+    wait_for(lambda: eng.run(hung_ids)["FP-2.1"].outcome.message == "late", what="the released checks to run again")
+
+
+def test_a_run_shares_per_cycle_values_and_the_next_run_computes_them_again(scratch: Engine,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ctx.per_cycle`` (one process-table scan per cycle): one computation for all the checks of
+    a run, a fresh one in the next run; a check called outside a run computes its own."""
+    computed: list[int] = []
+
+    def value() -> int:
+        computed.append(1)
+        return len(computed)
+
+    seen: list[int] = []
+
+    def reader(ctx, p):  # type: ignore[no-untyped-def]
+        seen.append(ctx.per_cycle("answer", value))
+        return Outcome.ok()
+
+    for fp in ("FP-2.1", "FP-3.1", "FP-3.3"):
+        _swap(monkeypatch, scratch, fp, reader)
+    scratch.run(["FP-2.1", "FP-3.1", "FP-3.3"])
+    assert seen == [1, 1, 1]
+    scratch.run(["FP-2.1", "FP-3.1", "FP-3.3"])
+    assert seen[3:] == [2, 2, 2]
+    assert scratch.ctx.per_cycle("answer", value) == 3 and scratch.ctx.per_cycle("answer", value) == 4
+
+
 def test_dependencies_skip_with_the_root_cause(scratch: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     called: list[str] = []
 

@@ -81,21 +81,18 @@ def _clock_answers(ctx: Context) -> bool:
 
 
 def broker_offset(ctx: Context) -> tuple[float, float]:
-    """(broker clock minus local clock, uncertainty), seconds, from a fresh /v2/clock request.
+    """(broker clock minus local clock, uncertainty), seconds, from a /v2/clock request at most
+    ``alpaca.cache_seconds`` old.
 
     The request's round trip bounds the error: the broker's timestamp was taken somewhere between
-    our send and our receive. Shared by FP-4.9 and FP-6.8 (one request per cycle).
+    our send and our receive. The request is the one FP-4.1 and the market session read (one
+    request per cycle), shared by FP-4.9 and FP-6.8.
     """
-    def measure() -> tuple[float, float]:
-        t0 = ctx.now()
-        clock = ctx.broker.get("/clock")
-        t1 = ctx.now()
-        ts = market.parse_ts(clock.get("timestamp")) if isinstance(clock, dict) else None
-        if ts is None:
-            raise BrokerError("bad_response", "Alpaca /v2/clock has no timestamp")
-        return ts.timestamp() - (t0 + t1) / 2, (t1 - t0) / 2
-
-    return ctx.shared("alpaca:clock-offset", float(ctx.config["alpaca"]["cache_seconds"]), measure)
+    clock, t0, t1 = ctx.broker_clock(float(ctx.config["alpaca"]["cache_seconds"]))
+    ts = market.parse_ts(clock.get("timestamp")) if isinstance(clock, dict) else None
+    if ts is None:
+        raise BrokerError("bad_response", "Alpaca /v2/clock has no timestamp")
+    return ts.timestamp() - (t0 + t1) / 2, (t1 - t0) / 2
 
 
 def require_credentials(ctx: Context, prefix: str = "", **details: Any) -> None:

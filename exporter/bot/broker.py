@@ -9,6 +9,7 @@ models so a field Alpaca removes cannot turn a healthy account into a parse erro
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -78,13 +79,37 @@ class BoundedSession(requests.Session):
     shut down (so the worker ends too) and the caller gets ``requests.Timeout``.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, base_url: str | None = None) -> None:
         super().__init__()
         self.timeout = timeout
         self.rate_limit: dict[str, int] = {}
         self._lock = threading.Lock()
         self.mount("http://", _TrackedAdapter())
         self.mount("https://", _TrackedAdapter())
+        if base_url is not None:
+            self.settle_environment(base_url)
+
+    def settle_environment(self, base_url: str) -> None:
+        """Read what requests takes from the environment once, for the one host this session talks to.
+
+        With ``trust_env`` requests re-reads the whole process environment on every request
+        (proxies, ``NO_PROXY``, the CA bundle, ~/.netrc): a third of a loopback call's CPU. The
+        same settings are resolved here, as requests would for ``base_url``, and kept.
+        """
+        self.trust_env = False
+        # *_PROXY, ALL_PROXY and NO_PROXY as requests applies them to this host (a URL requests
+        # cannot parse gets none: its requests fail with requests' own reason)
+        with contextlib.suppress(ValueError):
+            self.proxies.update(requests.utils.get_environ_proxies(base_url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.verify = bundle
+        try:
+            netrc = requests.utils.get_netrc_auth(base_url)
+        except ValueError:
+            netrc = None
+        if netrc:
+            self.auth = netrc
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout)
@@ -131,7 +156,7 @@ class Broker:
 
     def __post_init__(self) -> None:
         self._client: TradingClient | None = None
-        self._session = BoundedSession(self.timeout)
+        self._session = BoundedSession(self.timeout, self.base_url)
 
     @property
     def configured(self) -> bool:

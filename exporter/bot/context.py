@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..core.config import Config
-from . import market
+from ..core.engine import current_run
+from . import market, procs
 from .botenv import BotEnv, Redactor, url_credentials
 from .broker import Broker, BrokerError
 from .readers import ChangedFileCache, Tails
@@ -99,10 +100,37 @@ class Context:
                 raise memo.error
             return memo.value  # type: ignore[no-any-return]
 
+    def per_cycle(self, key: str, fn: Callable[[], T]) -> T:
+        """``fn()`` once for all the checks of the engine run the caller belongs to (a check
+        called on its own, outside a run, computes it itself). Unlike :meth:`shared`, no time is
+        involved: the next run computes it again, whatever the clock says."""
+        memo = current_run()
+        return fn() if memo is None else memo.get(key, fn)
+
+    def process_table(self) -> procs.CmdlineTable | None:
+        """The raw command lines of the host's processes, scanned once per engine run for every
+        point that looks at processes."""
+        return self.per_cycle("process-table", procs.cmdlines)
+
     def broker_get(self, path: str, params: dict[str, Any] | None = None, ttl: float | None = None) -> Any:
         ttl = float(self.config["alpaca"]["cache_seconds"]) if ttl is None else ttl
+        if path == "/clock" and not params:
+            return self.broker_clock(ttl)[0]
         key = "alpaca:" + path + (":" + repr(sorted(params.items())) if params else "")
         return self.shared(key, ttl, lambda: self.broker.get(path, params))
+
+    def broker_clock(self, ttl: float | None = None) -> tuple[Any, float, float]:
+        """The broker's ``/v2/clock`` answer and this context's clock just before and just after
+        the request (what the clock offset is measured from): one request serves FP-4.1, the
+        market session and the offset of FP-4.9 and FP-6.8 alike."""
+        ttl = float(self.config["alpaca"]["cache_seconds"]) if ttl is None else ttl
+
+        def fetch() -> tuple[Any, float, float]:
+            t0 = self.now()
+            answer = self.broker.get("/clock")
+            return answer, t0, self.now()
+
+        return self.shared("alpaca:/clock", ttl, fetch)
 
     def session(self) -> market.Session:
         """The market session: the broker's clock when it answers, else regular NY hours."""

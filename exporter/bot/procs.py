@@ -158,32 +158,54 @@ def runs_script(cmdline: list[str], cwd: str | None, bot_root: Path, script: str
     return path is not None and path == (bot_root.resolve() / script).resolve()
 
 
-def mentioning(*names: str, proc_root: Path = Path("/proc")) -> list[psutil.Process]:
+#: every process's raw command line: (pid, the bytes of /proc/<pid>/cmdline)
+CmdlineTable = list[tuple[int, bytes]]
+
+
+def cmdlines(proc_root: Path = Path("/proc")) -> CmdlineTable | None:
+    """One scan of the process table: each process's pid and raw command line; None without /proc.
+
+    Several points look at processes every cycle; one scan serves them all (see ``mentioning``).
+    """
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return None
+    table: CmdlineTable = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc_root}/{entry}/cmdline", "rb") as fh:
+                table.append((int(entry), fh.read()))
+        except OSError:
+            continue
+    return table
+
+
+def mentioning(*names: str, proc_root: Path = Path("/proc"), table: CmdlineTable | None = None) -> list[psutil.Process]:
     """The processes whose command line contains one of ``names``, each its own psutil object.
 
     Several points scan the process table every cycle. psutil builds a Process and reads its
     files for every process of the host (about 9 ms for 100 processes); reading the raw
     command lines from /proc and building objects only for those that mention a name costs a
     tenth of that. The raw bytes contain a name whenever one of psutil's arguments does, so the
-    callers' own tests on ``cmdline()`` decide exactly as before. Without /proc: psutil's scan.
+    callers' own tests on ``cmdline()`` decide exactly as before. ``table``: a scan already made
+    (``cmdlines``), shared by the points of one cycle. Without /proc: psutil's scan.
     """
     needles = [os.fsencode(n) for n in names]
-    try:
-        entries = os.listdir(proc_root)
-    except OSError:
+    if table is None:
+        table = cmdlines(proc_root)
+    if table is None:
         return list(psutil.process_iter())
     found: list[psutil.Process] = []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc_root}/{entry}/cmdline", "rb") as fh:
-                raw = fh.read()
-            if any(n in raw for n in needles):
+    for pid, raw in table:
+        if any(n in raw for n in needles):
+            try:
                 # a fresh object: psutil shares one per pid between concurrent process_iter() scans
-                found.append(psutil.Process(int(entry)))
-        except (OSError, psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+                found.append(psutil.Process(pid))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
     return found
 
 
@@ -199,14 +221,14 @@ SUPERVISOR_MODULE = "health_supervisor.py"
 
 
 def other_bots(bot_root: Path, daemon_script: str, bot_script: str,
-               marker: str = SUPERVISOR_MODULE) -> list[OtherBot]:
+               marker: str = SUPERVISOR_MODULE, table: CmdlineTable | None = None) -> list[OtherBot]:
     """Processes of *other* stock-bot roots on this host: Python running ``<dir>/main.py`` or
     ``<dir>/uw_flow_daemon.py`` where ``<dir>`` is not our root and holds ``marker`` (the health
     supervisor main.py imports from its own directory; ``main.py`` alone is a common name).
     """
     root = bot_root.resolve()
     found: list[OtherBot] = []
-    for proc in mentioning(daemon_script, bot_script):
+    for proc in mentioning(daemon_script, bot_script, table=table):
         try:
             cmdline = proc.cmdline()
             if not any(daemon_script in a or bot_script in a for a in cmdline):
@@ -226,9 +248,9 @@ def other_bots(bot_root: Path, daemon_script: str, bot_script: str,
     return sorted(found, key=lambda b: (str(b.root), b.pid))
 
 
-def find_script_processes(bot_root: Path, script: str) -> list[Match]:
+def find_script_processes(bot_root: Path, script: str, table: CmdlineTable | None = None) -> list[Match]:
     matches: list[Match] = []
-    for proc in mentioning(script):
+    for proc in mentioning(script, table=table):
         try:
             cmdline = proc.cmdline()
             if not cmdline or not any(script in a for a in cmdline):
@@ -247,10 +269,11 @@ def find_script_processes(bot_root: Path, script: str) -> list[Match]:
     return sorted(matches, key=lambda m: m.create_time)
 
 
-def inspect(bot_root: Path, script: str, systemd_unit: str | None, lock_file: Path | None) -> ProcessReport:
+def inspect(bot_root: Path, script: str, systemd_unit: str | None, lock_file: Path | None,
+            table: CmdlineTable | None = None) -> ProcessReport:
     """Decide whether the process runs, preferring the unit, then the lock holder, then cwd+argv."""
     unit = unit_state(systemd_unit) if systemd_unit else None
-    matches = find_script_processes(bot_root, script)
+    matches = find_script_processes(bot_root, script, table)
     holders = lock_holders(lock_file) if lock_file else set()
     for m in matches:
         m.holds_lock = m.pid in holders

@@ -35,7 +35,7 @@ class UWClient:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        self._session = BoundedSession(self.timeout)  # a total deadline, not per read
+        self._session = BoundedSession(self.timeout, self.base_url)  # a total deadline, not per read
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> UWResponse:
         if not self.token:

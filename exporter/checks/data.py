@@ -21,9 +21,11 @@ from ..core.model import Outcome, iso_utc
 
 
 def process_report(ctx: Context, which: str) -> procs.ProcessReport:
+    """One inspection per engine run, shared by the points that judge the same process."""
     spec = ctx.config["processes"][which]
     lock = ctx.config.resolve(spec["lock_file"]) if spec.get("lock_file") else None
-    return procs.inspect(ctx.root, spec["script"], spec.get("systemd_unit"), lock)
+    return ctx.per_cycle("process-report:" + which, lambda: procs.inspect(
+        ctx.root, spec["script"], spec.get("systemd_unit"), lock, ctx.process_table()))
 
 
 @check("FP-1.1")
@@ -476,7 +478,8 @@ def single_uw_daemon(ctx: Context, p: dict[str, Any]) -> Outcome:
 @check("FP-1.12")
 def no_other_bot_on_host(ctx: Context, p: dict[str, Any]) -> Outcome:
     procs_cfg = ctx.config["processes"]
-    others = procs.other_bots(ctx.root, procs_cfg["uw_daemon"]["script"], procs_cfg["bot"]["script"])
+    others = procs.other_bots(ctx.root, procs_cfg["uw_daemon"]["script"], procs_cfg["bot"]["script"],
+                              table=ctx.process_table())
     roots = sorted({str(o.root) for o in others})
     details = {"other_roots": roots, "processes": [{"pid": o.pid, "script": o.script, "root": str(o.root)}
                                                    for o in others[:20]]}

@@ -45,7 +45,7 @@ def _memo(ctx: Context, key: str, fn: Callable[[], T]) -> T:
 def bot_processes(ctx: Context) -> list[procs.Match]:
     """main.py processes of this bot root (cwd and argv, never a look-alike)."""
     script = ctx.config["processes"]["bot"]["script"]
-    return _memo(ctx, "bot-processes", lambda: procs.find_script_processes(ctx.root, script))
+    return _memo(ctx, "bot-processes", lambda: procs.find_script_processes(ctx.root, script, ctx.process_table()))
 
 
 def bot_unit(ctx: Context) -> procs.UnitState | None:

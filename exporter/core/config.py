@@ -161,6 +161,8 @@ class Config:
     bot_root: Path
     source: str = "built-in defaults"
     catalog: catalog_mod.Catalog = field(default_factory=catalog_mod.load)
+    _resolved: dict[tuple[str | Path, Path], Path] = field(default_factory=dict, init=False, repr=False,
+                                                           compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -170,8 +172,16 @@ class Config:
         return self.resolve(self.data["paths"][name])
 
     def resolve(self, p: str | Path) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else self.bot_root / path
+        # the checks resolve the same few paths many times a cycle: pathlib's parsing is kept,
+        # keyed by everything the answer depends on (a "~" path is expanded afresh: $HOME may change)
+        key = (p, self.bot_root)
+        found = self._resolved.get(key)
+        if found is None:
+            path = Path(p).expanduser()
+            found = path if path.is_absolute() else self.bot_root / path
+            if not str(p).startswith("~"):
+                self._resolved[key] = found
+        return found
 
     def check_settings(self, fp: str) -> dict[str, Any]:
         """enabled/interval/timeout/params for one failure point: catalog defaults, then config."""
