@@ -1,4 +1,5 @@
-"""How fast the healer acknowledges Alertmanager under a burst, beside a minimal stdlib server.
+"""How fast the healer acknowledges Alertmanager under a burst, beside a minimal stdlib server
+and the floor of a Python event loop.
 
 Alertmanager waits for the webhook's answer (and retries on a timeout), so the receiver must
 answer at once even while an action runs. The receiver runs as the real `heal` CLI process on
@@ -8,9 +9,11 @@ unknown points and resolved notifications), ROUNDS times per run.
 
 Beside it, in the same run and under the same load, a minimal stdlib server
 (``http.server.ThreadingHTTPServer``, a thread per connection, reading the body and answering
-200 ``{}``) gives the floor the machine allows. Runs alternate between the two servers and every
-run is reported (no best-of-N). The load comes from a separate process (an asyncio client with
-its own interpreter), never from threads inside the server's process. Two client shapes:
+200 ``{}``) is the baseline, and an asyncio protocol that only finds each request's end and
+answers ``{}`` is the floor an event loop in Python reaches on this machine. Runs alternate between
+the servers and every run is reported (no best-of-N). The load comes from a separate process
+(non-blocking sockets and one ``selectors`` loop, so the client's own cost stays small), never
+from threads inside the server's process. Two client shapes:
 keep-alive (what Alertmanager's HTTP client does: one connection per concurrent notification,
 reused) and a fresh connection per delivery.
 
@@ -20,10 +23,11 @@ minimal server's p99 over the same runs.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
@@ -70,74 +74,135 @@ def _request(port: int, body: bytes, keep_alive: bool) -> bytes:
             f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n").encode() + body
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
+def _status_if_complete(buf: bytes) -> int | None:
+    """The status of the answer in ``buf`` once all of it (head and Content-Length body) is there."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
     length = 0
-    for line in head.split(b"\r\n"):
+    for line in buf[:end].split(b"\r\n")[1:]:
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    await reader.readexactly(length)
-    return status
+    return int(buf.split(b" ", 2)[1]) if len(buf) >= end + 4 + length else None
 
 
-async def _bursts(port: int, keep_alive: bool, base_round: int) -> list[tuple[float, int]]:
-    """ROUNDS bursts of CONCURRENCY deliveries released together; (seconds, status) each."""
-    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    if keep_alive:
-        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CONCURRENCY)]
-        for i, (r, w) in enumerate(conns):  # every connection warmed up once, outside the measurement
-            await _exchange(r, w, _request(port, _body(i, 99), True))
+def _connect(port: int) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setblocking(False)
+    s.connect_ex(("127.0.0.1", port))
+    return s
+
+
+def _bursts(port: int, keep_alive: bool, base_round: int) -> list[tuple[float, int]]:
+    """ROUNDS bursts of CONCURRENCY deliveries sent together; (seconds, status) each, timed from
+    the moment its request is sent (or its connection opened) to the last byte of the answer.
+
+    Non-blocking sockets and one ``selectors`` loop, no asyncio: the client's own cost per
+    delivery (a send, a recv, a header scan) stays a small part of what is measured, so the
+    servers are compared rather than the client."""
+    conns: list[socket.socket] = []
+    if keep_alive:  # every connection opened and warmed up once, outside the measurement
+        for i in range(CONCURRENCY):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(_request(port, _body(i, 99), True))
+            buf = b""
+            while _status_if_complete(buf) is None:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the server closed a warm-up connection")
+                buf += chunk
+            s.setblocking(False)
+            conns.append(s)
     samples: list[tuple[float, int]] = []
-
-    async def one(i: int, rnd: int, go: asyncio.Event) -> tuple[float, int]:
-        request = _request(port, _body(i, rnd), keep_alive)
-        await go.wait()
-        t0 = time.perf_counter()
-        try:
-            if keep_alive:
-                status = await asyncio.wait_for(_exchange(*conns[i], request), 30)
-            else:
-                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
-                try:
-                    status = await asyncio.wait_for(_exchange(r, w, request), 30)
-                finally:
-                    w.close()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
-            status = 0
-        return time.perf_counter() - t0, status
-
+    sel = selectors.DefaultSelector()
     for rnd in range(base_round, base_round + ROUNDS):
-        go = asyncio.Event()
-        tasks = [asyncio.create_task(one(i, rnd, go)) for i in range(CONCURRENCY)]
-        await asyncio.sleep(0.05)  # every task waits at the gate
-        go.set()
-        samples += await asyncio.gather(*tasks)
-        await asyncio.sleep(0.2)  # the next burst starts from a quiet receiver
-    for _r, w in conns:
-        w.close()
+        requests = [_request(port, _body(i, rnd), keep_alive) for i in range(CONCURRENCY)]
+        t0 = [0.0] * CONCURRENCY
+        bufs = [b""] * CONCURRENCY
+        done: list[tuple[float, int] | None] = [None] * CONCURRENCY
+        socks = conns if keep_alive else []
+        for i in range(CONCURRENCY):
+            t0[i] = time.perf_counter()
+            if keep_alive:
+                conns[i].send(requests[i])
+                sel.register(conns[i], selectors.EVENT_READ, i)
+            else:
+                socks.append(_connect(port))
+                sel.register(socks[i], selectors.EVENT_WRITE, i)
+        deadline = time.monotonic() + 30
+
+        def finish(i: int, sock: socket.socket, status: int, done: list[tuple[float, int] | None] = done,
+                   t0: list[float] = t0) -> None:
+            done[i] = (time.perf_counter() - t0[i], status)
+            sel.unregister(sock)
+
+        while None in done and time.monotonic() < deadline:
+            for key, _ in sel.select(1.0):
+                i, sock = key.data, key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.events == selectors.EVENT_WRITE:  # a fresh connection is open: send
+                    try:
+                        sock.send(requests[i])
+                    except OSError:
+                        finish(i, sock, 0)
+                    else:
+                        sel.modify(sock, selectors.EVENT_READ, i)
+                    continue
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    finish(i, sock, 0)
+                    continue
+                bufs[i] += chunk
+                status = _status_if_complete(bufs[i])
+                if status is not None:
+                    finish(i, sock, status)
+        for i in range(CONCURRENCY):  # what did not answer within 30 s counts as 30 s and a failure
+            if done[i] is None:
+                done[i] = (30.0, 0)
+                sel.unregister(socks[i])
+        samples += [d for d in done if d is not None]
+        if not keep_alive:
+            for sock in socks:
+                sock.close()
+        time.sleep(0.2)  # the next burst starts from a quiet server
+    for sock in conns:
+        sock.close()
+    sel.close()
     return samples
 
 
-async def _serial(port: int, n: int) -> list[float]:
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+def _serial(port: int, n: int) -> list[float]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     out = []
     for i in range(n):
         request = _request(port, _body(1, 90 + i % 5), True)
         t0 = time.perf_counter()
-        await _exchange(r, w, request)
+        s.sendall(request)
+        buf = b""
+        while _status_if_complete(buf) is None:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            buf += chunk
         out.append(time.perf_counter() - t0)
-    w.close()
+    s.close()
     return out
 
 
 def _load(port: int, keep_alive: bool, base_round: int) -> list[tuple[float, int]]:
-    return asyncio.run(_bursts(port, keep_alive, base_round))
+    return _bursts(port, keep_alive, base_round)
 
 
 def _load_serial(port: int) -> list[float]:
-    return asyncio.run(_serial(port, 50))
+    return _serial(port, 50)
 
 
 def _in_client_process(fn: object, *args: object) -> object:
@@ -167,6 +232,37 @@ class S(ThreadingHTTPServer):
     request_queue_size = 512  # the listen backlog is set at bind time: a class attribute, not after
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
+
+
+#: the least an event loop in Python does per delivery: find the head's end and the body's length,
+#: answer 200 ``{}``; no validation, no journal, no timeouts, no caps (what the healer adds)
+EVENT_LOOP_FLOOR = """
+import asyncio, sys
+class P(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.buf = t, bytearray()
+    def data_received(self, data):
+        self.buf += data
+        while (end := self.buf.find(b"\\r\\n\\r\\n")) >= 0:
+            n = 0
+            for line in bytes(self.buf[:end]).split(b"\\r\\n"):
+                if line[:15].lower() == b"content-length:":
+                    n = int(line[15:])
+            if len(self.buf) < end + 4 + n:
+                return
+            head = bytes(self.buf[:end])
+            del self.buf[:end + 4 + n]
+            body = b"OK\\n" if head.startswith(b"GET") else b"{}"
+            self.t.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s"
+                         % (len(body), body))
+async def main():
+    server = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]), backlog=512)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+#: the servers measured, in the order each round visits them
+SERVERS = ("healer", "minimal", "event-loop floor")
 
 
 def _wait_up(port: int, proc: subprocess.Popen[bytes], path: str = "/-/healthy") -> None:
@@ -230,7 +326,7 @@ def main() -> str:
         cfg.write_text(yaml.safe_dump({
             "healer": {"verify_timeout_seconds": 1, "verify_interval_seconds": 0.5},
             "healers": {"FP-1.1": {"run": [str(action)], "cooldown_seconds": 900, "timeout_seconds": 900}}}))
-        port, base_port = _free_port(), _free_port()
+        port, base_port, floor_port = _free_port(), _free_port(), _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADING_", "ALPACA", "APCA", "UW_"))}
         env["TRADING_READINESS_HEALER_TOKEN"] = TOKEN
         healer = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(cfg), "--bot-root", str(bot.path),
@@ -238,15 +334,19 @@ def main() -> str:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = subprocess.Popen([sys.executable, "-c", MINIMAL_SERVER, str(base_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        floor = subprocess.Popen([sys.executable, "-c", EVENT_LOOP_FLOOR, str(floor_port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ports = {"healer": port, "minimal": base_port, "event-loop floor": floor_port}
         per_run: list[tuple[str, str, list[float], int]] = []  # (server, shape, ms, non-2xx)
         try:
             _wait_up(port, healer)
             _wait_up(base_port, base)
+            _wait_up(floor_port, floor)
             single = {name: [s * 1000 for s in _in_client_process(_load_serial, p)]  # type: ignore[attr-defined]
-                      for name, p in (("healer", port), ("minimal", base_port))}
+                      for name, p in ports.items()}
             for run in range(RUNS):
                 for keep_alive in (True, False):
-                    for name, p in (("healer", port), ("minimal", base_port)):
+                    for name, p in ports.items():
                         samples: list[tuple[float, int]] = _in_client_process(  # type: ignore[assignment]
                             _load, p, keep_alive, run * 2 * ROUNDS + (0 if keep_alive else ROUNDS))
                         per_run.append((name, "keep-alive" if keep_alive else "fresh connection",
@@ -256,6 +356,7 @@ def main() -> str:
         finally:
             _stop(healer)
             _stop(base)
+            _stop(floor)
         actions = len(runs_log.read_text().splitlines()) if runs_log.exists() else 0
 
     def pooled(server: str, shape: str) -> list[float]:
@@ -266,9 +367,11 @@ def main() -> str:
         f"Acknowledgement latency of `POST /alertmanager` on loopback: {CONCURRENCY} deliveries released together, "
         f"{ROUNDS} bursts per run, {RUNS} runs per server and client shape, alternating between the real `heal` "
         f"process (a 600 s action running throughout: still running at the end: "
-        f"{'yes' if running else 'NO'}) and a minimal stdlib "
-        f"`ThreadingHTTPServer` answering 200. The load comes from a separate asyncio client process on the same "
-        f"2 shared cores.",
+        f"{'yes' if running else 'NO'}), a minimal stdlib `ThreadingHTTPServer` answering 200 (the baseline the "
+        f"healer is judged against) and the event-loop floor: an asyncio protocol that only finds each request's "
+        f"end and answers `{{}}` (what Python's event loop costs on this machine, before any validation, journal, "
+        f"timeout or cap). The load comes from a separate client process (non-blocking sockets and `selectors`) on "
+        f"the same 2 shared cores.",
         "",
         "Every run:",
         "",
@@ -283,18 +386,20 @@ def main() -> str:
     lines += ["", "All runs pooled:", "", "| server, client | deliveries | p50 | p95 | p99 | max |",
               "|---|---|---|---|---|---|"]
     for shape in ("keep-alive", "fresh connection"):
-        for name in ("healer", "minimal"):
+        for name in SERVERS:
             lines.append(_row(f"{name}, {shape}", pooled(name, shape)))
-    for name in ("healer", "minimal"):
+    for name in SERVERS:
         lines.append(_row(f"{name}, one at a time (keep-alive)", single[name]))
     h99, b99 = _pct(pooled("healer", "keep-alive"), 99), _pct(pooled("minimal", "keep-alive"), 99)
     f99, fb99 = _pct(pooled("healer", "fresh connection"), 99), _pct(pooled("minimal", "fresh connection"), 99)
+    e99 = _pct(pooled("event-loop floor", "keep-alive"), 99)
     bad = sum(b for name, _s, _m, b in per_run if name == "healer")
     lines += [
         "",
         f"**Judged by:** healer keep-alive p99 {h99:.1f} ms, goal < {GOAL_P99_MS:g} ms: "
         f"**{'met' if h99 < GOAL_P99_MS else 'NOT met'}**; p99 ratio healer / minimal server, keep-alive: "
-        f"**{h99 / b99:.2f}** (fresh connection: {f99 / fb99:.2f}).",
+        f"**{h99 / b99:.2f}** (fresh connection: {f99 / fb99:.2f}); the event-loop floor's keep-alive p99: "
+        f"{e99:.1f} ms (healer / floor {h99 / e99:.2f}).",
         "",
         f"Healer answers other than 200: {bad}. Actions run: {actions} (one alert, deduplicated). "
         f"Acknowledged deliveries still undecided at the end: {heals['backlog']}. Skipped by reason: "
