@@ -121,12 +121,20 @@ def _run_now(fn: Callable[[], None]) -> None:
     fn()
 
 
-def _complete(futures: list[Future[None]], failed: OSError | None) -> None:
-    for fut in futures:
-        if failed is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(failed)
+#: told once a delivery is on disk (None) or could not be written (the error)
+Synced = Callable[[OSError | None], None]
+
+
+def _complete(callbacks: list[Synced], failed: OSError | None) -> None:
+    for cb in callbacks:
+        cb(failed)
+
+
+def _settle(fut: Future[None], failed: OSError | None) -> None:
+    if failed is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(failed)
 
 
 def journal_path(audit_file: Path, slot: int = 0) -> Path:
@@ -157,7 +165,7 @@ class Journal(audit.AuditLog):
         #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
         self.keep_labels: frozenset[str] = frozenset()
         #: written, waiting for the flusher's fsync
-        self._waiting: list[tuple[int, bytes, Future[None]]] = []
+        self._waiting: list[tuple[int, bytes, Synced]] = []
         #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
         #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards
         #: the file (taken first when both are needed)
@@ -216,12 +224,16 @@ class Journal(audit.AuditLog):
         threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
         return out
 
-    def submit(self, delivery: Delivery) -> Future[None]:
-        """Number the delivery and hand it to the flusher thread; the Future completes once it is
-        on disk. The flusher writes everything handed to it in one ``write`` and one ``fsync`` (a
-        group commit), so no request waits on the disk by itself, and the caller never touches
-        it. InboxFull when too many alerts already wait."""
-        synced: Future[None] = Future()
+    def submit(self, delivery: Delivery, on_synced: Synced | None = None) -> Future[None] | None:
+        """Number the delivery and hand it to the flusher thread; ``on_synced`` is called (through
+        ``completer``) once it is on disk, or else the returned Future completes then. The flusher
+        writes everything handed to it in one ``write`` and one ``fsync`` (a group commit), so no
+        request waits on the disk by itself, and the caller never touches it. InboxFull when too
+        many alerts already wait."""
+        fut: Future[None] | None = None
+        if on_synced is None:
+            fut = Future()
+            on_synced = functools.partial(_settle, fut)
         with self._state:
             if self.pending_alerts + len(delivery.alerts) > MAX_PENDING_ALERTS:
                 raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
@@ -229,9 +241,9 @@ class Journal(audit.AuditLog):
             self._next += 1
             line = _encode(delivery, self.keep_labels)
             self._hold(delivery.seq, line, len(delivery.alerts))
-            self._waiting.append((delivery.seq, line, synced))
+            self._waiting.append((delivery.seq, line, on_synced))
             self._flush.notify()
-        return synced
+        return fut
 
     def _flusher(self) -> None:
         while True:
@@ -255,7 +267,7 @@ class Journal(audit.AuditLog):
             if failed is not None:
                 with contextlib.suppress(OSError):
                     self.done([seq for seq, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
-            self.completer(functools.partial(_complete, [fut for _, _, fut in batch], failed))
+            self.completer(functools.partial(_complete, [cb for _, _, cb in batch], failed))
 
     def _hold(self, seq: int, line: bytes, n: int) -> None:
         self.pending[seq] = line

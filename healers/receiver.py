@@ -34,6 +34,8 @@ from healers.policy import HealerSpec, Policy, specs_from_config
 from healers.verify import verify_point
 
 RECENT = 200
+#: how an accepted delivery is answered once it is on disk: (status, JSON body)
+Answer = Callable[[int, dict[str, Any]], None]
 MAX_SOURCES = 16
 #: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
 OTHER_FP = "other"
@@ -105,12 +107,13 @@ class Healer(Intake):
         given = (header or "").encode("utf-8", "replace")
         return hmac.compare_digest(given, expected)
 
-    def handle_post(self, auth: str | None, body: bytes
-                    ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]]:
-        """Authorise, validate and journal one delivery; the answer (a Future once the delivery
-        is written) completes when the journal's shared fsync has it on disk. The decisions are
-        the dispatcher's (``/api/heals?delivery=N``). Never raises for bad input; an OSError
-        (the journal cannot be written) is the caller's 5xx, and Alertmanager sends it again."""
+    def handle_post(self, auth: str | None, body: bytes, reply: Answer | None = None
+                    ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
+        """Authorise, validate and journal one delivery. A refusal is returned at once; an
+        accepted delivery is answered when the journal's shared fsync has it on disk: through
+        ``reply(status, body)`` (then None is returned), or else through the returned Future. The
+        decisions are the dispatcher's (``/api/heals?delivery=N``). Never raises for bad input;
+        a journal that cannot be written is a 5xx, and Alertmanager sends the delivery again."""
         if not self.authorized(auth):
             return 401, {"error": "missing or wrong bearer token"}
         if len(body) > MAX_BODY_BYTES:
@@ -123,22 +126,25 @@ class Healer(Intake):
             if source in self.sources or len(self.sources) < MAX_SOURCES:
                 self.sources[source] = self.sources.get(source, 0) + 1
         delivery = Delivery(time.time(), source, alerts)
-        try:
-            synced = self.journal.submit(delivery)
-        except InboxFull as exc:
-            return 503, {"error": f"too busy: {exc}"}
-        answer: Future[tuple[int, dict[str, Any]]] = Future()
+        answer: Future[tuple[int, dict[str, Any]]] | None = None
+        if reply is None:
+            answer = Future()
+            reply = lambda status, obj: answer.set_result((status, obj))  # noqa: E731
 
-        def on_disk(f: Future[None]) -> None:  # the journal's fsync covers it: acknowledge, then decide
-            if f.exception() is not None:
-                self._log_error(f"cannot journal a delivery: {f.exception()}")
-                answer.set_result((500, {"error": "internal error: the delivery could not be journaled"}))
+        def on_disk(failed: OSError | None) -> None:  # the journal's fsync covers it: acknowledge, then decide
+            assert reply is not None
+            if failed is not None:
+                self._log_error(f"cannot journal a delivery: {failed}")
+                reply(500, {"error": "internal error: the delivery could not be journaled"})
                 return
             self._track(delivery)
             self.inbox.put(delivery)
-            answer.set_result((200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"}))
+            reply(200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"})
 
-        synced.add_done_callback(on_disk)
+        try:
+            self.journal.submit(delivery, on_disk)
+        except InboxFull as exc:
+            return 503, {"error": f"too busy: {exc}"}
         return answer
 
     def decide(self, batch: list[Delivery]) -> None:

@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter.core.config import load as load_config
-from exporter.serve.httpd import BoundedHTTPServer, Request, Response
+from exporter.serve.httpd import LATER, BoundedHTTPServer, Later, Request, Response
 from healers.alerts import MAX_BODY_BYTES
 from healers.lease import Lease
 from healers.receiver import Healer
@@ -67,6 +67,10 @@ READ_TIMEOUT = 10.0
 
 
 def _json(status: int, obj: Any, close: bool = False) -> Response:
+    if status == 200 and isinstance(obj, dict) and len(obj) == 3 and obj.get("state") == "queued":
+        # the answer to every accepted delivery, byte for byte what json.dumps writes, without it
+        body = b'{"delivery": %d, "alerts": %d, "state": "queued"}\n' % (obj["delivery"], obj["alerts"])
+        return Response(200, body, "application/json")
     return Response(status, (json.dumps(obj) + "\n").encode(), "application/json", close=close)
 
 
@@ -98,7 +102,7 @@ class HealerServer(BoundedHTTPServer):
             return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
         return None
 
-    def _inline(self, req: Request) -> Response | Future[Response] | None:
+    def _inline(self, req: Request) -> Response | Future[Response] | Later | None:
         """A delivery of ordinary size is validated and handed to the journal on the event loop
         (a JSON parse and an append to a list: no disk, no lock held for long); a large one, and
         everything else, goes to the pool."""
@@ -106,17 +110,25 @@ class HealerServer(BoundedHTTPServer):
             return self._handle(req)
         return None
 
-    def _handle(self, req: Request) -> Response | Future[Response]:
+    def _handle(self, req: Request) -> Response | Future[Response] | Later:
         healer = self.healer
         if req.method == "POST":
+            respond = req.reply
             try:
-                answer = healer.handle_post(req.headers.get("authorization"), req.body)
+                if respond is not None:
+                    # the connection waits for the journal's fsync and is answered from its
+                    # completion on the event loop; no handler thread waits, no future is made
+                    answer = healer.handle_post(req.headers.get("authorization"), req.body,
+                                                lambda status, obj: respond(_json(status, obj)))
+                else:
+                    answer = healer.handle_post(req.headers.get("authorization"), req.body)
             except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
                 healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
                 return _json(500, {"error": "internal error"})
             if isinstance(answer, tuple):
                 return _json(*answer)
-            # the connection waits for the journal's fsync; no handler thread does
+            if answer is None:
+                return LATER
             resp: Future[Response] = Future()
             answer.add_done_callback(lambda f: resp.set_result(_json(*f.result())))
             return resp

@@ -11,8 +11,9 @@ has to:
   ``Content-Length`` only (``Transfer-Encoding`` is refused with 411 before anything is read);
 - a body cap (413 before the body is read), a header cap (431: too large or too many lines), a
   request-line cap (414) and 501 for a method it does not implement (only GET, HEAD and POST);
-- a read timeout per request: the request head and the body must each arrive within it, so a
-  client sending a byte at a time holds its connection for at most that long;
+- a read timeout per request: the request head and the body must each arrive within it, and a
+  client must take our answer within it too, so a client sending or reading a byte at a time
+  holds its connection for at most that long (plus a quarter: one sweep checks every deadline);
 - a connection cap: at the cap, the connection waiting longest for its request head is dropped
   for the new one (a flood of idle sockets cannot lock out a real client), and only when every
   connection is busy is the new one refused with 503;
@@ -23,9 +24,9 @@ has to:
 - ``HEAD`` answers carry the headers of the ``GET`` answer (its Content-Length) without its body.
 
 Handlers are plain functions ``(Request) -> Response`` run on the pool; they may block. A handler
-may instead return a ``concurrent.futures.Future`` of its Response: the connection waits for it
-without holding a pool thread (a group commit's shared fsync, say), so a burst of such requests
-is not limited to ``workers`` in flight.
+may instead return a ``concurrent.futures.Future`` of its Response, or LATER and answer through
+``Request.reply``: the connection waits without holding a pool thread (a group commit's shared
+fsync, say), so a burst of such requests is not limited to ``workers`` in flight.
 The exporter must not import ``healers``; this module imports nothing of either.
 """
 
@@ -61,6 +62,16 @@ class Request:
     #: header names lower-cased; values decoded as ISO-8859-1 (what HTTP/1.1 allows on the wire)
     headers: dict[str, str]
     body: bytes = b""
+    #: answers this request from any thread, once (set by the server before ``inline`` runs); an
+    #: ``inline`` that returns LATER promises to call it
+    reply: Callable[[Response], None] | None = None
+
+
+class Later:
+    """What ``inline`` returns when it will answer through ``Request.reply``."""
+
+
+LATER = Later()
 
 
 @dataclass
@@ -73,7 +84,7 @@ class Response:
     close: bool = False
 
 
-Handler = Callable[[Request], "Response | Future[Response]"]
+Handler = Callable[[Request], "Response | Future[Response] | Later"]
 Precheck = Callable[[Request], Response | None]
 
 
@@ -86,7 +97,7 @@ class BoundedHTTPServer:
                  workers: int = 4, max_body: int = 1024 * 1024, read_timeout: float = 10.0,
                  max_connections: int = 512, backlog: int = 512, name: str = "httpd",
                  tls: ssl.SSLContext | None = None, listen: bool = True, precheck_on_loop: bool = False,
-                 inline: Callable[[Request], Response | Future[Response] | None] | None = None) -> None:
+                 inline: Callable[[Request], Response | Future[Response] | Later | None] | None = None) -> None:
         self.handler = handler
         #: the precheck and ``inline`` run on the event loop itself (they must never block): a cheap
         #: answer skips two hand-offs to the pool; ``inline`` returning None passes the request on
@@ -113,10 +124,13 @@ class BoundedHTTPServer:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-worker")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._done = threading.Event()
         self._conns: OrderedDict[int, _Connection] = OrderedDict()
+        #: connections closed by us that still write out an answer (bounded by the read timeout too)
+        self._closing: dict[int, _Connection] = {}
         self.dropped = 0  # connections closed at the cap (idle ones dropped, busy-cap refusals)
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -162,9 +176,11 @@ class BoundedHTTPServer:
                                           ssl=self.tls,
                                           ssl_handshake_timeout=self.read_timeout if self.tls else None)
         self._started.set()
+        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
         try:
             await self._stop.wait()
         finally:
+            self._sweeper.cancel()
             server.close()
             for conn in list(self._conns.values()):
                 conn.close()
@@ -172,6 +188,20 @@ class BoundedHTTPServer:
                 await asyncio.wait_for(server.wait_closed(), 2)
 
     # connections -------------------------------------------------------------------------------
+    def _sweep_every(self) -> float:
+        return max(0.05, min(1.0, self.read_timeout / 4))
+
+    def _sweep(self) -> None:
+        """Cut off every connection whose client let its read timeout pass (checked a few times per
+        timeout: a deadline is kept to within a quarter of it)."""
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for conn in [*self._conns.values(), *self._closing.values()]:
+            if conn.deadline is not None and conn.deadline <= now:
+                conn._expired()
+        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
+
     def _admit(self, conn: _Connection) -> bool:
         if len(self._conns) >= self.max_connections:
             idle = next((c for c in self._conns.values() if c.waiting), None)
@@ -200,7 +230,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.state = _HEAD
-        self.timer: asyncio.TimerHandle | None = None
+        #: when (event-loop time) the client's turn runs out, or None while it is not awaited
+        self.deadline: float | None = None
         self.req: Request | None = None
         self.keep_alive = False
         self.length = 0
@@ -234,6 +265,7 @@ class _Connection(asyncio.Protocol):
         self.state = _CLOSED
         self._disarm()
         self.server._conns.pop(id(self), None)
+        self.server._closing.pop(id(self), None)
         self.buf.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -360,9 +392,13 @@ class _Connection(asyncio.Protocol):
     # answering ------------------------------------------------------------------------------------
     def _dispatch(self, req: Request) -> None:
         server = self.server
-        answer: Response | Future[Response] | Future[Response | Future[Response]] | None
+        answer: Response | Future[Response] | Future[Response | Future[Response] | Later] | Later | None
         try:
+            if server.inline is not None:
+                req.reply = self._reply
             answer = server.inline(req) if server.inline is not None else None
+            if isinstance(answer, Later):
+                return
             if answer is None:
                 answer = server.pool.submit(server.handler, req)
         except Exception:  # the handler's own fault: 500, and the server keeps serving
@@ -372,8 +408,17 @@ class _Connection(asyncio.Protocol):
         else:
             self._answered(answer)
 
-    def _answered(self, resp: Response | Future[Response] | None) -> None:
+    def _reply(self, resp: Response) -> None:
+        if threading.get_ident() == self.server._loop_thread:
+            self._answered(resp)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self._answered, resp)
+
+    def _answered(self, resp: Response | Future[Response] | Later | None) -> None:
         if self.state == _CLOSED:
+            return
+        if isinstance(resp, Later):  # a handler on the pool answers through Request.reply
             return
         if isinstance(resp, Future):  # a handler on the pool answered with a future of its answer
             self._when_done(resp, self._answered)
@@ -428,16 +473,15 @@ class _Connection(asyncio.Protocol):
 
     # timers -----------------------------------------------------------------------------------------
     def _arm(self) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(self.server.read_timeout, self._expired)
+        """The client has the read timeout from now (checked by the server's sweep: a float per
+        request, not a timer scheduled and cancelled twice)."""
+        self.deadline = self.loop.time() + self.server.read_timeout
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None
 
     def _expired(self) -> None:
-        self.timer = None
+        self.deadline = None
         if self.transport is not None:
             self.state = _CLOSED
             self.transport.abort()
@@ -446,6 +490,7 @@ class _Connection(asyncio.Protocol):
         """A closing transport still writes its buffer out: a client that never reads it is cut off."""
         if self.transport is not None and self.transport.get_write_buffer_size():
             self._arm()
+            self.server._closing[id(self)] = self
 
     def close(self) -> None:
         if self.transport is not None and self.state != _CLOSED:
