@@ -174,6 +174,10 @@ class Journal(audit.AuditLog):
         #: how the flusher hands a synced batch's completion over: to the thread waiting for them
         #: (an event loop's ``call_soon_threadsafe``: one hand-off per batch, not one per delivery)
         self.completer: Callable[[Callable[[], None]], object] = _run_now
+        #: when set (an event loop's ``call_soon``), the flusher is woken once per turn of the loop
+        #: for everything submitted in that turn, rather than by the first submit of each batch
+        self.batcher: Callable[[Callable[[], None]], object] | None = None
+        self._kick_pending = False
 
     def _take_slot(self) -> None:
         for slot in range(MAX_SLOTS):
@@ -242,8 +246,19 @@ class Journal(audit.AuditLog):
             line = _encode(delivery, self.keep_labels)
             self._hold(delivery.seq, line, len(delivery.alerts))
             self._waiting.append((delivery.seq, line, on_synced))
-            self._flush.notify()
+            kick = self.batcher is not None and not self._kick_pending
+            if self.batcher is None:
+                self._flush.notify()
+            elif kick:
+                self._kick_pending = True
+        if kick and self.batcher is not None:
+            self.batcher(self._kick)
         return fut
+
+    def _kick(self) -> None:
+        with self._flush:
+            self._kick_pending = False
+            self._flush.notify()
 
     def _flusher(self) -> None:
         while True:

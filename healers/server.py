@@ -87,6 +87,8 @@ class HealerServer(BoundedHTTPServer):
                          name="heal-http")
         # a synced batch of deliveries is answered by the event loop in one hand-off
         healer.journal.completer = self.call_soon
+        # and what the event loop journals in one turn is written and synced together
+        healer.journal.batcher = self.call_soon
 
     def _precheck(self, req: Request) -> Response | None:
         if req.method != "POST":

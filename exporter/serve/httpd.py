@@ -155,8 +155,12 @@ class BoundedHTTPServer:
         self._done.wait()
 
     def call_soon(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the event loop's thread (from any thread); at once when it is not running."""
+        """Run ``fn`` on the event loop's thread (from any thread: after the callbacks already due
+        when called from it); at once when the loop is not running."""
         loop = self._loop
+        if loop is not None and threading.get_ident() == self._loop_thread and loop.is_running():
+            loop.call_soon(fn)
+            return
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # closed meanwhile
                 loop.call_soon_threadsafe(fn)
