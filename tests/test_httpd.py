@@ -250,3 +250,22 @@ def test_keep_alive_rules_by_version() -> None:
         raw = exchange(srv.port, b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" + CLOSE)
         assert statuses(raw) == [200, 200]
         assert statuses(exchange(srv.port, GET + CLOSE)) == [200, 200]
+
+
+def test_a_precheck_on_the_loop_can_hand_itself_to_the_pool() -> None:
+    from exporter.serve.httpd import ON_POOL
+
+    threads: list[str] = []
+
+    def precheck(req: Request) -> Response | object | None:
+        name = threading.current_thread().name
+        threads.append(name)
+        if req.path != "/slow":
+            return None
+        return Response(403, b"no\n") if name.startswith("t-worker") else ON_POOL  # it would block the loop
+
+    with serving(precheck=precheck, precheck_on_loop=True, name="t") as srv:
+        assert statuses(exchange(srv.port, CLOSE)) == [200]
+        assert statuses(exchange(srv.port, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == [403]
+    assert threads[0] == threads[1] and not threads[0].startswith("t-worker")  # the loop's thread
+    assert threads[2].startswith("t-worker")  # the second call, on the pool

@@ -67,6 +67,13 @@ class Request:
     reply: Callable[[Response], None] | None = None
 
 
+class OnPool:
+    """What a precheck run on the event loop returns to be run again on the pool (it would block)."""
+
+
+ON_POOL = OnPool()
+
+
 class Later:
     """What ``inline`` returns when it will answer through ``Request.reply``."""
 
@@ -85,7 +92,7 @@ class Response:
 
 
 Handler = Callable[[Request], "Response | Future[Response] | Later"]
-Precheck = Callable[[Request], Response | None]
+Precheck = Callable[[Request], "Response | OnPool | None"]
 
 
 class BoundedHTTPServer:
@@ -100,7 +107,8 @@ class BoundedHTTPServer:
                  inline: Callable[[Request], Response | Future[Response] | Later | None] | None = None) -> None:
         self.handler = handler
         #: the precheck and ``inline`` run on the event loop itself (they must never block): a cheap
-        #: answer skips two hand-offs to the pool; ``inline`` returning None passes the request on
+        #: answer skips two hand-offs to the pool; ``inline`` returning None passes the request on,
+        #: and a precheck returning ON_POOL is run again on the pool (a password hash, say)
         self.precheck_on_loop = precheck_on_loop
         self.inline = inline
         self.tls = tls
@@ -360,14 +368,13 @@ class _Connection(asyncio.Protocol):
             self.length = int(raw_len) if raw_len.strip().isdigit() else -1
         if self.server.precheck is None:
             self._prechecked(None)
-        elif self.server.precheck_on_loop:
-            try:
-                early = self.server.precheck(req)
-            except Exception:  # the precheck's own fault: 500, and the server keeps serving
-                early = Response(500, b"internal error\n", close=True)
-            self._prechecked(early)
-        else:
-            self._when_done(self.server.pool.submit(_safe_precheck, self.server.precheck, req), self._prechecked)
+            return
+        if self.server.precheck_on_loop:
+            early = _safe_precheck(self.server.precheck, req)
+            if not isinstance(early, OnPool):
+                self._prechecked(early)
+                return
+        self._when_done(self.server.pool.submit(_safe_precheck, self.server.precheck, req, True), self._prechecked)
 
     def _prechecked(self, early: Response | None) -> None:
         """The precheck's answer (None: go on and read the body)."""
@@ -503,9 +510,12 @@ class _Connection(asyncio.Protocol):
             self._close_within_timeout()
 
 
-def _safe_precheck(precheck: Precheck, req: Request) -> Response | None:
+def _safe_precheck(precheck: Precheck, req: Request, on_pool: bool = False) -> Response | OnPool | None:
     try:
-        return precheck(req)
+        early = precheck(req)
+        if on_pool and isinstance(early, OnPool):  # asked for the pool, and on it: its own mistake
+            raise TypeError("a precheck returned ON_POOL on the pool")
+        return early
     except Exception:  # the precheck's own fault: 500 (never a request let in), and the server keeps serving
         return Response(500, b"internal error\n", close=True)
 

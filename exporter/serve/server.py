@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .. import __version__
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
-from .httpd import BoundedHTTPServer, Request, Response
+from .httpd import ON_POOL, BoundedHTTPServer, OnPool, Request, Response
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
 from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound
@@ -118,7 +118,7 @@ class ExporterServer(BoundedHTTPServer):
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None
-        super().__init__(address, self._handle, precheck=self._precheck, workers=HTTP_WORKERS,
+        super().__init__(address, self._handle, precheck=self._precheck, precheck_on_loop=True, workers=HTTP_WORKERS,
                          max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
                          backlog=128, name="exporter-http", tls=tls, listen=listen)
 
@@ -150,9 +150,12 @@ class ExporterServer(BoundedHTTPServer):
             return body
 
     # requests ----------------------------------------------------------------------------------
-    def _precheck(self, req: Request) -> Response | None:
+    def _precheck(self, req: Request) -> Response | OnPool | None:
         """From the request head: authentication, then a POST to a path that takes none is
-        answered (405/404) without reading its body, however long it says it is."""
+        answered (405/404) without reading its body, however long it says it is. Run on the event
+        loop; with basic auth configured it asks for the pool (a password hash would block)."""
+        if self.scheduler.config["exporter"]["basic_auth_users"] and threading.get_ident() == self._loop_thread:
+            return ON_POOL
         refused = self._authorize(req)
         if refused is None and req.method == "POST" and req.path != "/-/reload":
             refused = self._handle(req)
