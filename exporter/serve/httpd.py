@@ -538,17 +538,19 @@ def _parse_head(head: bytes) -> tuple[Request | None, str]:
             if name in headers and name in ("content-length", "authorization"):
                 return None, ""  # two lengths or two credentials: a smuggling attempt, not a client
             headers[name] = value.strip()
+        if target[:1] == "/" and target[1:2] != "/" and "?" not in target and "#" not in target:  # a bare path
+            return Request(method, target, target, "", headers), version
         url = urlsplit(target)
         return Request(method, target, url.path, url.query, headers), version
     except ValueError:
         return None, ""
 
 
+_REASONS = {int(s): s.phrase for s in HTTPStatus}
+
+
 def _encode(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
-    try:
-        reason = HTTPStatus(resp.status).phrase
-    except ValueError:
-        reason = ""
+    reason = _REASONS.get(resp.status, "")
     lines = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Type: {resp.content_type}",
              f"Content-Length: {len(resp.body)}"]
     lines += [f"{k}: {v}" for k, v in resp.headers.items()]
