@@ -53,6 +53,7 @@ from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
+from exporter.serve.scheduler import freeze_startup_heap
 from sandbox.botroot import BotRoot
 
 from .botroots import WRITER, Servers, session_calendar_now, size_mb, stamp_root, start_bot, write_history
@@ -170,9 +171,11 @@ def live(root: Path, offset: float, decoder: str, cycles: int) -> dict[str, Any]
     me = psutil.Process()
     out: dict[str, Any] = {"samples": [], "rss": [], "counts": Counter(), "problems": set()}
     try:
-        for _ in range(WARMUP):
+        for n in range(WARMUP):
             bot_writes()
             eng.run(ids)
+            if n == 0:
+                freeze_startup_heap()  # as `serve` does once the first cycle has run
         out["rss_start"] = me.memory_info().rss
         parses = ctx.files.parses
         for _ in range(cycles):

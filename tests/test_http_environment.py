@@ -93,3 +93,57 @@ def test_the_ca_bundle_of_the_environment_is_used(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/ssl/curl-ca.pem")
     assert UWClient("https://api.unusualwhales.com", "token")._session.verify == "/etc/ssl/curl-ca.pem"
+
+
+class HeaderRecorder:
+    """A loopback server that records each request's line and headers; its first answer sets a cookie."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                recorder.seen.append((self.requestline, {k.lower(): v for k, v in self.headers.items()}))
+                body = b'{"is_open": true, "data": []}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if len(recorder.seen) == 1:
+                    self.send_header("Set-Cookie", "session=abc; Path=/")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_repeated_get_sends_what_requests_would_build_each_time() -> None:
+    """A GET's prepared request is reused: the query and headers of each call still go out, and a
+    cookie the server set is sent from then on, as ``Session.request`` would."""
+    rec = HeaderRecorder()
+    try:
+        broker = Broker(rec.url, "key", "secret", timeout=5.0)
+        broker.get("/calendar", {"start": "2026-11-24", "end": "2026-11-24"})
+        broker.get("/calendar", {"start": "2026-11-25", "end": "2026-11-25"})
+        broker.get("/calendar", {"start": "2026-11-24", "end": "2026-11-24"})
+        uw = UWClient(rec.url, "token", timeout=5.0)
+        uw.get("/api/market/market-tide")
+        uw.get("/api/market/market-tide")
+    finally:
+        rec.server.shutdown()
+        rec.server.server_close()
+    lines = [line for line, _ in rec.seen]
+    assert lines == ["GET /v2/calendar?start=2026-11-24&end=2026-11-24 HTTP/1.1",
+                     "GET /v2/calendar?start=2026-11-25&end=2026-11-25 HTTP/1.1",
+                     "GET /v2/calendar?start=2026-11-24&end=2026-11-24 HTTP/1.1",
+                     "GET /api/market/market-tide HTTP/1.1", "GET /api/market/market-tide HTTP/1.1"]
+    broker_headers = [h for _, h in rec.seen[:3]]
+    assert all(h["apca-api-key-id"] == "key" and h["apca-api-secret-key"] == "secret" for h in broker_headers)
+    assert "cookie" not in broker_headers[0]
+    assert broker_headers[1]["cookie"] == broker_headers[2]["cookie"] == "session=abc"
+    assert all(h["authorization"] == "Bearer token" for _, h in rec.seen[3:])

@@ -36,7 +36,7 @@ from ..core.config import load as load_config
 from .httpd import ON_POOL, BoundedHTTPServer, OnPool, Request, Response
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
-from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound
+from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound, freeze_startup_heap
 
 log = logging.getLogger("trading_readiness.exporter")
 
@@ -304,6 +304,7 @@ def serve(config: Config, listen: str | None, config_file: str | None = None,
         # verify before each session open, in its own thread; its outcome is exported with /metrics
         premarket = PremarketVerifier(scheduler).start()
         server.registry.register(premarket)
+        freeze_startup_heap()
         server.server_activate()
         host, port = server.server_address[:2]
         log.info("serving %s://%s:%s for bot root %s (%d checks, config %s)", scheme, host, port,
