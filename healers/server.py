@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter.core.config import load as load_config
-from exporter.serve.httpd import LATER, BoundedHTTPServer, Later, Request, Response
+from exporter.serve.httpd import LATER, SWITCH_INTERVAL, BoundedHTTPServer, Later, Request, Response
 from healers.alerts import MAX_BODY_BYTES
 from healers.lease import Lease
 from healers.receiver import Healer
@@ -226,6 +226,9 @@ def cli_heal(args: argparse.Namespace) -> int:
     # what start-up built (config, catalog, metrics, imported modules) lives as long as the process:
     # kept out of the collector's full passes, which would otherwise walk it during a burst of deliveries
     gc.freeze()
+    # the event loop answering deliveries shares the GIL with the flusher and the dispatcher: a
+    # thread waiting for it gets it within this interval (5 ms by default)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

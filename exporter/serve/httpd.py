@@ -46,6 +46,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+#: the GIL switch interval a process serving with this server sets (``sys.setswitchinterval``):
+#: its event loop shares the GIL with worker threads, and a thread waiting for it gets it within
+#: this long (5 ms by default, which a request needing it a few times pays several times over)
+SWITCH_INTERVAL = 0.001
 #: a request line longer than this is refused with 414 (http.server's limit), more header lines with 431
 MAX_LINE_BYTES = 65536
 MAX_HEADERS = 100

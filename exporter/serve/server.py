@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .. import __version__
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
-from .httpd import ON_POOL, BoundedHTTPServer, OnPool, Request, Response
+from .httpd import ON_POOL, SWITCH_INTERVAL, BoundedHTTPServer, OnPool, Request, Response
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
 from .scheduler import Scheduler, exporter_config_problems, first_cycle_bound, freeze_startup_heap
@@ -305,6 +305,10 @@ def serve(config: Config, listen: str | None, config_file: str | None = None,
         premarket = PremarketVerifier(scheduler).start()
         server.registry.register(premarket)
         freeze_startup_heap()
+        # the event loop answering scrapes shares the GIL with the check workers: a thread waiting
+        # for it gets it within this interval (5 ms by default), so a scrape that needs it a few
+        # times is not held up by a cycle's worth of checks
+        sys.setswitchinterval(SWITCH_INTERVAL)
         server.server_activate()
         host, port = server.server_address[:2]
         log.info("serving %s://%s:%s for bot root %s (%d checks, config %s)", scheme, host, port,
