@@ -86,6 +86,17 @@ def _status_if_complete(buf: bytes) -> int | None:
     return int(buf.split(b" ", 2)[1]) if len(buf) >= end + 4 + length else None
 
 
+def _read_answer(s: socket.socket) -> int:
+    """One whole answer from a blocking socket; its status."""
+    buf = b""
+    while (status := _status_if_complete(buf)) is None:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buf += chunk
+    return status
+
+
 def _connect(port: int) -> socket.socket:
     s = socket.socket()
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -107,12 +118,7 @@ def _bursts(port: int, keep_alive: bool, base_round: int) -> list[tuple[float, i
             s = socket.create_connection(("127.0.0.1", port), timeout=30)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.sendall(_request(port, _body(i, 99), True))
-            buf = b""
-            while _status_if_complete(buf) is None:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("the server closed a warm-up connection")
-                buf += chunk
+            _read_answer(s)
             s.setblocking(False)
             conns.append(s)
     samples: list[tuple[float, int]] = []
@@ -186,12 +192,7 @@ def _serial(port: int, n: int) -> list[float]:
         request = _request(port, _body(1, 90 + i % 5), True)
         t0 = time.perf_counter()
         s.sendall(request)
-        buf = b""
-        while _status_if_complete(buf) is None:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError("the server closed the connection")
-            buf += chunk
+        _read_answer(s)
         out.append(time.perf_counter() - t0)
     s.close()
     return out

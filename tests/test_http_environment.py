@@ -20,19 +20,24 @@ from exporter.bot.uwclient import UWClient
 
 class Recorder:
     """A loopback HTTP server that answers every GET with ``{"is_open": true, "by": name}`` and
-    records each request line (a proxy receives the absolute URL)."""
+    records each request line (a proxy receives the absolute URL) and its headers; with
+    ``set_cookie`` its first answer sets a cookie."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, set_cookie: bool = False) -> None:
         self.lines: list[str] = []
+        self.seen: list[tuple[str, dict[str, str]]] = []
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 recorder.lines.append(self.requestline)
+                recorder.seen.append((self.requestline, {k.lower(): v for k, v in self.headers.items()}))
                 body = json.dumps({"is_open": True, "by": name, "data": []}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                if set_cookie and len(recorder.seen) == 1:
+                    self.send_header("Set-Cookie", "session=abc; Path=/")
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -95,37 +100,10 @@ def test_the_ca_bundle_of_the_environment_is_used(monkeypatch: pytest.MonkeyPatc
     assert UWClient("https://api.unusualwhales.com", "token")._session.verify == "/etc/ssl/curl-ca.pem"
 
 
-class HeaderRecorder:
-    """A loopback server that records each request's line and headers; its first answer sets a cookie."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                recorder.seen.append((self.requestline, {k.lower(): v for k, v in self.headers.items()}))
-                body = b'{"is_open": true, "data": []}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                if len(recorder.seen) == 1:
-                    self.send_header("Set-Cookie", "session=abc; Path=/")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_a_repeated_get_sends_what_requests_would_build_each_time() -> None:
     """A GET's prepared request is reused: the query and headers of each call still go out, and a
     cookie the server set is sent from then on, as ``Session.request`` would."""
-    rec = HeaderRecorder()
+    rec = Recorder("direct", set_cookie=True)
     try:
         broker = Broker(rec.url, "key", "secret", timeout=5.0)
         broker.get("/calendar", {"start": "2026-11-24", "end": "2026-11-24"})
@@ -135,8 +113,7 @@ def test_a_repeated_get_sends_what_requests_would_build_each_time() -> None:
         uw.get("/api/market/market-tide")
         uw.get("/api/market/market-tide")
     finally:
-        rec.server.shutdown()
-        rec.server.server_close()
+        rec.close()
     lines = [line for line, _ in rec.seen]
     assert lines == ["GET /v2/calendar?start=2026-11-24&end=2026-11-24 HTTP/1.1",
                      "GET /v2/calendar?start=2026-11-25&end=2026-11-25 HTTP/1.1",
