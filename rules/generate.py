@@ -92,38 +92,31 @@ def alert_runbook_url(cfg: dict[str, Any], alert: str) -> str:
 
 def readiness_group(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recording rule and the alerts that read it: one group, so they evaluate in order."""
-    dash = dashboard_url(cfg)
     name = bot_name(cfg)
     return {
         "name": "trading-readiness",
         "rules": [
             {"record": "trading:readiness:status", "expr": readiness_expr(cfg)},
-            readiness_alert(cfg, "TradingBlocked", 2, "blocked", {
-                "summary": "Trading is BLOCKED on " + name,
-                "description": ("At least one failure point is ERROR on " + name + ", so the bot "
-                                "will not trade. The TradingFailurePoint alerts with severity critical name "
-                                "the points; `trading-readiness check` explains each one."),
-                "runbook_url": alert_runbook_url(cfg, "TradingBlocked"),
-                "dashboard": dash,
-            }),
-            readiness_alert(cfg, "TradingDegraded", 1, "degraded", {
-                "summary": "Trading is DEGRADED on " + name,
-                "description": ("More failure points are WARN on " + name + " than "
-                                "readiness.max_warnings allows; the bot still trades, but some signals or "
-                                "orders are being lost. The TradingFailurePoint warnings name the points."),
-                "runbook_url": alert_runbook_url(cfg, "TradingDegraded"),
-                "dashboard": dash,
-            }),
+            readiness_alert(cfg, "TradingBlocked", 2, "blocked", "Trading is BLOCKED on " + name,
+                            "At least one failure point is ERROR on " + name + ", so the bot will not trade. "
+                            "The TradingFailurePoint alerts with severity critical name the points; "
+                            "`trading-readiness check` explains each one."),
+            readiness_alert(cfg, "TradingDegraded", 1, "degraded", "Trading is DEGRADED on " + name,
+                            "More failure points are WARN on " + name + " than readiness.max_warnings allows; "
+                            "the bot still trades, but some signals or orders are being lost. The "
+                            "TradingFailurePoint warnings name the points."),
         ],
     }
 
 
-def readiness_alert(cfg: dict[str, Any], alert: str, value: int, key: str,
-                    annotations: dict[str, str]) -> dict[str, Any]:
+def readiness_alert(cfg: dict[str, Any], alert: str, value: int, key: str, summary: str,
+                    description: str) -> dict[str, Any]:
     """An alert on the recording rule's verdict (2 BLOCKED, 1 DEGRADED); ``for:`` and severity from
-    ``<key>_for`` and ``severity.<key>``."""
+    ``<key>_for`` and ``severity.<key>``; its runbook and the per-bot dashboard linked."""
     return {"alert": alert, "expr": f"trading:readiness:status == {value}", "for": cfg[f"{key}_for"],
-            "labels": {"severity": cfg["severity"][key]}, "annotations": annotations}
+            "labels": {"severity": cfg["severity"][key]},
+            "annotations": {"summary": summary, "description": description,
+                            "runbook_url": alert_runbook_url(cfg, alert), "dashboard": dashboard_url(cfg)}}
 
 
 def joined(cfg: dict[str, Any], expr: str, info: str, labels: str) -> str:
