@@ -40,10 +40,24 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
+
+from .httpwire import (
+    LATER,
+    ON_POOL,
+    Handler,
+    Later,
+    OnPool,
+    Precheck,
+    Request,
+    Response,
+    encode_response,
+    parse_head,
+)
+
+#: the messages are httpwire's; handlers and servers import them from here too
+__all__ = ["LATER", "MAX_HEAD_BYTES", "ON_POOL", "SWITCH_INTERVAL", "BoundedHTTPServer", "Handler", "Later", "OnPool",
+           "Precheck", "Request", "Response"]
 
 MAX_HEAD_BYTES = 64 * 1024
 #: the GIL switch interval a process serving with this server sets (``sys.setswitchinterval``):
@@ -55,48 +69,6 @@ MAX_LINE_BYTES = 65536
 MAX_HEADERS = 100
 #: the methods served; any other (PUT, an unknown word, a lower-case "get") is 501 Not Implemented
 METHODS = frozenset({"GET", "HEAD", "POST"})
-
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    path: str
-    query: str
-    #: header names lower-cased; values decoded as ISO-8859-1 (what HTTP/1.1 allows on the wire)
-    headers: dict[str, str]
-    body: bytes = b""
-    #: answers this request from any thread, once (set by the server before ``inline`` runs); an
-    #: ``inline`` that returns LATER promises to call it
-    reply: Callable[[Response], None] | None = None
-
-
-class OnPool:
-    """What a precheck run on the event loop returns to be run again on the pool (it would block)."""
-
-
-ON_POOL = OnPool()
-
-
-class Later:
-    """What ``inline`` returns when it will answer through ``Request.reply``."""
-
-
-LATER = Later()
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
-    #: close the connection after this answer (e.g. an unread body is still on the wire)
-    close: bool = False
-
-
-Handler = Callable[[Request], "Response | Future[Response] | Later"]
-Precheck = Callable[[Request], "Response | OnPool | None"]
 
 
 class BoundedHTTPServer:
@@ -267,7 +239,7 @@ class _Connection(asyncio.Protocol):
         if not server._admit(self):
             server.dropped += 1
             self.state = _CLOSED
-            transport.write(_encode(Response(503, b"busy\n"), keep_alive=False))
+            transport.write(encode_response(Response(503, b"busy\n"), keep_alive=False))
             transport.close()
             self._close_within_timeout()
             return
@@ -355,7 +327,7 @@ class _Connection(asyncio.Protocol):
         del buf[:end + 4]
         self._disarm()
         self.state = _BUSY
-        req, version = _parse_head(head)
+        req, version = parse_head(head)
         if req is None:
             self._refuse(Response(400, b"malformed request\n", close=True))
             return
@@ -467,7 +439,7 @@ class _Connection(asyncio.Protocol):
             return
         req = self.req
         keep = keep_alive and not resp.close
-        transport.write(_encode(resp, keep, head_only=req is not None and req.method == "HEAD"))
+        transport.write(encode_response(resp, keep, head_only=req is not None and req.method == "HEAD"))
         self.req = None
         if not keep:
             self.state = _CLOSED
@@ -522,42 +494,3 @@ def _safe_precheck(precheck: Precheck, req: Request, on_pool: bool = False) -> R
         return early
     except Exception:  # the precheck's own fault: 500 (never a request let in), and the server keeps serving
         return Response(500, b"internal error\n", close=True)
-
-
-def _parse_head(head: bytes) -> tuple[Request | None, str]:
-    try:
-        text = head.decode("iso-8859-1")
-        lines = text.split("\r\n")
-        method, target, version = lines[0].split(" ")
-        if not version.startswith("HTTP/1."):
-            return None, ""
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                return None, ""
-            name = name.lower()
-            if name in headers and name in ("content-length", "authorization"):
-                return None, ""  # two lengths or two credentials: a smuggling attempt, not a client
-            headers[name] = value.strip()
-        if target[:1] == "/" and target[1:2] != "/" and "?" not in target and "#" not in target:  # a bare path
-            return Request(method, target, target, "", headers), version
-        url = urlsplit(target)
-        return Request(method, target, url.path, url.query, headers), version
-    except ValueError:
-        return None, ""
-
-
-_REASONS = {int(s): s.phrase for s in HTTPStatus}
-
-
-def _encode(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
-    reason = _REASONS.get(resp.status, "")
-    lines = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Type: {resp.content_type}",
-             f"Content-Length: {len(resp.body)}"]
-    lines += [f"{k}: {v}" for k, v in resp.headers.items()]
-    if not keep_alive:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (b"" if head_only else resp.body)

@@ -1,0 +1,91 @@
+"""The HTTP/1.1 messages of the bounded server (``exporter.serve.httpd``): what a handler is given
+and returns, how a request head is parsed and an answer written on the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    path: str
+    query: str
+    #: header names lower-cased; values decoded as ISO-8859-1 (what HTTP/1.1 allows on the wire)
+    headers: dict[str, str]
+    body: bytes = b""
+    #: answers this request from any thread, once (set by the server before ``inline`` runs); an
+    #: ``inline`` that returns LATER promises to call it
+    reply: Callable[[Response], None] | None = None
+
+
+class OnPool:
+    """What a precheck run on the event loop returns to be run again on the pool (it would block)."""
+
+
+ON_POOL = OnPool()
+
+
+class Later:
+    """What ``inline`` returns when it will answer through ``Request.reply``."""
+
+
+LATER = Later()
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+    #: close the connection after this answer (e.g. an unread body is still on the wire)
+    close: bool = False
+
+
+Handler = Callable[[Request], "Response | Future[Response] | Later"]
+Precheck = Callable[[Request], "Response | OnPool | None"]
+
+
+def parse_head(head: bytes) -> tuple[Request | None, str]:
+    try:
+        text = head.decode("iso-8859-1")
+        lines = text.split("\r\n")
+        method, target, version = lines[0].split(" ")
+        if not version.startswith("HTTP/1."):
+            return None, ""
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                return None, ""
+            name = name.lower()
+            if name in headers and name in ("content-length", "authorization"):
+                return None, ""  # two lengths or two credentials: a smuggling attempt, not a client
+            headers[name] = value.strip()
+        if target[:1] == "/" and target[1:2] != "/" and "?" not in target and "#" not in target:  # a bare path
+            return Request(method, target, target, "", headers), version
+        url = urlsplit(target)
+        return Request(method, target, url.path, url.query, headers), version
+    except ValueError:
+        return None, ""
+
+
+_REASONS = {int(s): s.phrase for s in HTTPStatus}
+
+
+def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    reason = _REASONS.get(resp.status, "")
+    lines = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Type: {resp.content_type}",
+             f"Content-Length: {len(resp.body)}"]
+    lines += [f"{k}: {v}" for k, v in resp.headers.items()]
+    if not keep_alive:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (b"" if head_only else resp.body)
