@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import threading
-from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -104,7 +103,7 @@ class HealerServer(BoundedHTTPServer):
             return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
         return None
 
-    def _inline(self, req: Request) -> Response | Future[Response] | Later | None:
+    def _inline(self, req: Request) -> Response | Later | None:
         """A delivery of ordinary size is validated and handed to the journal on the event loop
         (a JSON parse and an append to a list: no disk, no lock held for long); a large one, and
         everything else, goes to the pool."""
@@ -112,28 +111,23 @@ class HealerServer(BoundedHTTPServer):
             return self._handle(req)
         return None
 
-    def _handle(self, req: Request) -> Response | Future[Response] | Later:
+    def _handle(self, req: Request) -> Response | Later:
         healer = self.healer
         if req.method == "POST":
             respond = req.reply
+            assert respond is not None  # the server sets it on every request
             try:
-                if respond is not None:
-                    # the connection waits for the journal's fsync and is answered from its
-                    # completion on the event loop; no handler thread waits, no future is made
-                    answer = healer.handle_post(req.headers.get("authorization"), req.body,
-                                                lambda status, obj: respond(_json(status, obj)))
-                else:
-                    answer = healer.handle_post(req.headers.get("authorization"), req.body)
+                # the connection waits for the journal's fsync and is answered from its completion
+                # on the event loop; no handler thread waits, no future is made
+                answer = healer.handle_post(req.headers.get("authorization"), req.body,
+                                            lambda status, obj: respond(_json(status, obj)))
             except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
                 healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
                 return _json(500, {"error": "internal error"})
-            if isinstance(answer, tuple):
-                return _json(*answer)
             if answer is None:
                 return LATER
-            resp: Future[Response] = Future()
-            answer.add_done_callback(lambda f: resp.set_result(_json(*f.result())))
-            return resp
+            assert isinstance(answer, tuple)  # given a reply, handle_post returns no future
+            return _json(*answer)
         if req.method not in ("GET", "HEAD"):
             return _json(405, {"error": "method not allowed"})
         if req.path == "/metrics":

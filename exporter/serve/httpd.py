@@ -381,8 +381,7 @@ class _Connection(asyncio.Protocol):
         server = self.server
         answer: Response | Future[Response] | Future[Response | Future[Response] | Later] | Later | None
         try:
-            if server.inline is not None:
-                req.reply = self._reply
+            req.reply = self._reply
             answer = server.inline(req) if server.inline is not None else None
             if isinstance(answer, Later):
                 return

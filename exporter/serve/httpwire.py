@@ -19,8 +19,8 @@ class Request:
     #: header names lower-cased; values decoded as ISO-8859-1 (what HTTP/1.1 allows on the wire)
     headers: dict[str, str]
     body: bytes = b""
-    #: answers this request from any thread, once (set by the server before ``inline`` runs); an
-    #: ``inline`` that returns LATER promises to call it
+    #: answers this request from any thread, once (set by the server before any handler runs); a
+    #: handler or ``inline`` that returns LATER promises to call it
     reply: Callable[[Response], None] | None = None
 
 
