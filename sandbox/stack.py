@@ -225,6 +225,10 @@ class Timings:
     notify: str | None = "1s"
     fast_sandbox: bool = True
     check_interval: float | None = None  # None: the sandbox's (1 s fast, else the exporter default 15 s)
+    #: None: the sandbox's (5 s fast, else 300 s). A scenario that heals once sets it longer than
+    #: the way from a heal to the resolved alert (check, scrape, rule, Alertmanager), so that a
+    #: copy of the alert still firing meanwhile is a duplicate, as with production intervals
+    heal_cooldown: float | None = None
 
     @classmethod
     def fast(cls) -> Timings:
@@ -337,6 +341,12 @@ class Stack:
         """Adjust a started bot's config before its exporter reads it."""
         if self.timings.check_interval is not None:
             self._set_check_interval(root, self.timings.check_interval)
+        if self.timings.heal_cooldown is not None:
+            path = root / "trading-readiness.yaml"
+            cfg = yaml.safe_load(path.read_text()) or {}
+            for spec in cfg.get("healers", {}).values():
+                spec["cooldown_seconds"] = self.timings.heal_cooldown
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     @staticmethod
     def _set_check_interval(root: Path, interval: float) -> None:

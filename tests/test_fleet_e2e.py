@@ -34,7 +34,7 @@ BOTS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
 BROKEN = "charlie"
 #: the fast test timings, scraped every 2 s: six exporters checking every point each second share two
 #: cores with the rest of the suite, and a 0.8 s scrape timeout would report a busy one as down
-TIMINGS = Timings(scrape="2s", evaluation="1s", alert_for="0s", notify="1s")
+TIMINGS = Timings(scrape="2s", evaluation="1s", alert_for="0s", notify="1s", heal_cooldown=120)
 
 
 @pytest.fixture
