@@ -9,8 +9,9 @@ unknown points and resolved notifications), ROUNDS times per run.
 
 Beside it, in the same run and under the same load, a minimal stdlib server
 (``http.server.ThreadingHTTPServer``, a thread per connection, reading the body and answering
-200 ``{}``) is the baseline, and an asyncio protocol that only finds each request's end and
-answers ``{}`` is the floor an event loop in Python reaches on this machine. Runs alternate between
+200 ``{}``) is the baseline, and an asyncio protocol on the healer's own event loop (uvloop) that
+only finds each request's end and answers ``{}`` is the floor an event loop in Python reaches on
+this machine. Runs alternate between
 the servers and every run is reported (no best-of-N). The load comes from a separate process
 (non-blocking sockets and one ``selectors`` loop, so the client's own cost stays small), never
 from threads inside the server's process. Two client shapes:
@@ -238,7 +239,7 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 #: the least an event loop in Python does per delivery: find the head's end and the body's length,
 #: answer 200 ``{}``; no validation, no journal, no timeouts, no caps (what the healer adds)
 EVENT_LOOP_FLOOR = """
-import asyncio, sys
+import asyncio, sys, uvloop
 class P(asyncio.Protocol):
     def connection_made(self, t):
         self.t, self.buf = t, bytearray()
@@ -259,7 +260,7 @@ class P(asyncio.Protocol):
 async def main():
     server = await asyncio.get_running_loop().create_server(P, "127.0.0.1", int(sys.argv[1]), backlog=512)
     await server.serve_forever()
-asyncio.run(main())
+uvloop.run(main())  # the event loop the healer runs on
 """
 
 #: the servers measured, in the order each round visits them
@@ -369,7 +370,8 @@ def main() -> str:
         f"{ROUNDS} bursts per run, {RUNS} runs per server and client shape, alternating between the real `heal` "
         f"process (a 600 s action running throughout: still running at the end: "
         f"{'yes' if running else 'NO'}), a minimal stdlib `ThreadingHTTPServer` answering 200 (the baseline the "
-        f"healer is judged against) and the event-loop floor: an asyncio protocol that only finds each request's "
+        f"healer is judged against) and the event-loop floor: an asyncio protocol on the healer's event loop "
+        f"(uvloop) that only finds each request's "
         f"end and answers `{{}}` (what Python's event loop costs on this machine, before any validation, journal, "
         f"timeout or cap). The load comes from a separate client process (non-blocking sockets and `selectors`) on "
         f"the same 2 shared cores.",

@@ -125,11 +125,6 @@ def _run_now(fn: Callable[[], None]) -> None:
 Synced = Callable[[OSError | None], None]
 
 
-def _complete(callbacks: list[Synced], failed: OSError | None) -> None:
-    for cb in callbacks:
-        cb(failed)
-
-
 def _settle(fut: Future[None], failed: OSError | None) -> None:
     if failed is None:
         fut.set_result(None)
@@ -165,7 +160,7 @@ class Journal(audit.AuditLog):
         #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
         self.keep_labels: frozenset[str] = frozenset()
         #: written, waiting for the flusher's fsync
-        self._waiting: list[tuple[int, bytes, Synced]] = []
+        self._waiting: list[tuple[int, bytes, Synced, Delivery]] = []
         #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
         #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards
         #: the file (taken first when both are needed)
@@ -178,6 +173,9 @@ class Journal(audit.AuditLog):
         #: for everything submitted in that turn, rather than by the first submit of each batch
         self.batcher: Callable[[Callable[[], None]], object] | None = None
         self._kick_pending = False
+        #: told once per synced batch, before the deliveries' own callbacks, of the deliveries now
+        #: on disk (in order): one hand-over for the batch rather than one per delivery
+        self.synced: Callable[[list[Delivery]], None] | None = None
 
     def _take_slot(self) -> None:
         for slot in range(MAX_SLOTS):
@@ -245,7 +243,7 @@ class Journal(audit.AuditLog):
             self._next += 1
             line = _encode(delivery, self.keep_labels)
             self._hold(delivery.seq, line, len(delivery.alerts))
-            self._waiting.append((delivery.seq, line, on_synced))
+            self._waiting.append((delivery.seq, line, on_synced, delivery))
             kick = self.batcher is not None and not self._kick_pending
             if self.batcher is None:
                 self._flush.notify()
@@ -270,7 +268,7 @@ class Journal(audit.AuditLog):
                 batch, self._waiting = self._waiting, []
             with self.lock:  # new deliveries are numbered and queued meanwhile: the next batch
                 try:
-                    self._write_line(b"".join(line for _, line, _ in batch))
+                    self._write_line(b"".join(line for _, line, _, _ in batch))
                     failed: OSError | None = None
                 except OSError as exc:  # a full disk: nothing of the batch is acknowledged
                     failed = exc
@@ -281,8 +279,18 @@ class Journal(audit.AuditLog):
                     failed = exc
             if failed is not None:
                 with contextlib.suppress(OSError):
-                    self.done([seq for seq, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
-            self.completer(functools.partial(_complete, [cb for _, _, cb in batch], failed))
+                    self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
+            self.completer(functools.partial(self._complete, batch, failed))
+
+    def _complete(self, batch: list[tuple[int, bytes, Synced, Delivery]], failed: OSError | None) -> None:
+        """Where ``completer`` runs it: the batch handed over, then each delivery told."""
+        if failed is None and self.synced is not None:
+            try:
+                self.synced([d for _, _, _, d in batch])
+            except Exception as exc:  # noqa: BLE001  (its own fault: the deliveries are still answered)
+                failed = OSError(f"the synced deliveries could not be handed over: {type(exc).__name__}: {exc}")
+        for _, _, cb, _ in batch:
+            cb(failed)
 
     def _hold(self, seq: int, line: bytes, n: int) -> None:
         self.pending[seq] = line
@@ -335,6 +343,18 @@ class Journal(audit.AuditLog):
             os.close(old)
 
 
+class _Inbox(queue.Queue[Delivery | None]):
+    """The dispatcher's queue, which also takes a synced batch in one call (one lock, one wake-up)."""
+
+    def put_many(self, items: list[Delivery]) -> None:
+        if not items:
+            return
+        with self.not_full:
+            self.queue.extend(items)
+            self.unfinished_tasks += len(items)
+            self.not_empty.notify()
+
+
 class Intake(Logbook):
     """The acknowledged deliveries: journaled, queued in order for the dispatcher thread (which
     calls ``decide`` with batches), and the recent ones kept by number for ``/api/heals``."""
@@ -343,7 +363,8 @@ class Intake(Logbook):
         super().__init__(config, token)
         self.journal = Journal(config.resolve(config["healer"]["audit_file"]))
         self.journal.keep_labels = frozenset(config["healer"]["match_labels"] or {})
-        self.inbox: queue.Queue[Delivery | None] = queue.Queue()
+        self.inbox: _Inbox = _Inbox()
+        self.journal.synced = self._accepted
         self.deliveries: OrderedDict[int, Delivery] = OrderedDict()
         self._retry: list[Delivery] = []
         self.last_arrival = 0.0  # monotonic
@@ -367,10 +388,17 @@ class Intake(Logbook):
         while (quiet := time.monotonic() - self.last_arrival) < QUIET_SECONDS and time.monotonic() < deadline:
             time.sleep(QUIET_SECONDS - quiet)
 
-    def _track(self, delivery: Delivery) -> None:
+    def _accepted(self, deliveries: list[Delivery]) -> None:
+        """Deliveries on disk (the journal's synced batch): kept for ``/api/heals`` and queued for
+        the dispatcher, in one hand-over for the batch."""
+        self._track(*deliveries)
+        self.inbox.put_many(deliveries)
+
+    def _track(self, *deliveries: Delivery) -> None:
         self.last_arrival = time.monotonic()
         with self.log_lock:
-            self.deliveries[delivery.seq] = delivery
+            for delivery in deliveries:
+                self.deliveries[delivery.seq] = delivery
             while len(self.deliveries) > RECENT_DELIVERIES:
                 self.deliveries.popitem(last=False)
 

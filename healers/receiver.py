@@ -131,14 +131,13 @@ class Healer(Intake):
             answer = Future()
             reply = lambda status, obj: answer.set_result((status, obj))  # noqa: E731
 
-        def on_disk(failed: OSError | None) -> None:  # the journal's fsync covers it: acknowledge, then decide
+        def on_disk(failed: OSError | None) -> None:  # the journal's fsync covers it: acknowledge
             assert reply is not None
             if failed is not None:
                 self._log_error(f"cannot journal a delivery: {failed}")
                 reply(500, {"error": "internal error: the delivery could not be journaled"})
                 return
-            self._track(delivery)
-            self.inbox.put(delivery)
+            # already kept and queued for the dispatcher with its synced batch (Intake._accepted)
             reply(200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"})
 
         try:

@@ -81,11 +81,31 @@ def parse_head(head: bytes) -> tuple[Request | None, str]:
 _REASONS = {int(s): s.phrase for s in HTTPStatus}
 
 
+#: (status, content type, keep-alive) -> the head of an answer without extra headers, up to its
+#: Content-Length value; and what follows the value
+_HEADS: dict[tuple[int, str, bool], tuple[bytes, bytes]] = {}
+
+
 def encode_response(resp: Response, keep_alive: bool, head_only: bool = False) -> bytes:
+    body = b"" if head_only else resp.body
+    if not resp.headers:  # most answers: the head is the same bytes but for the length
+        key = (resp.status, resp.content_type, keep_alive)
+        parts = _HEADS.get(key)
+        if parts is None:
+            head = _head(resp, keep_alive)
+            cut = head.index(b"Content-Length: ") + len(b"Content-Length: ")
+            parts = (head[:cut], head[head.index(b"\r\n", cut):])
+            if len(_HEADS) < 256:
+                _HEADS[key] = parts
+        return b"%b%d%b%b" % (parts[0], len(resp.body), parts[1], body)
+    return _head(resp, keep_alive) + body
+
+
+def _head(resp: Response, keep_alive: bool) -> bytes:
     reason = _REASONS.get(resp.status, "")
     lines = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Type: {resp.content_type}",
              f"Content-Length: {len(resp.body)}"]
     lines += [f"{k}: {v}" for k, v in resp.headers.items()]
     if not keep_alive:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + (b"" if head_only else resp.body)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
