@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+from exporter.bot import funnel
 from exporter.bot.context import Context
 from exporter.bot.readers import ChangedFileCache, JsonlTail, find_offset, read_json
 from exporter.checks import registry
@@ -198,3 +200,64 @@ def test_a_burst_larger_than_kept_parses_only_what_is_kept(tmp_path: Path) -> No
     assert [r["i"] for r in tail.poll()] == [497, 498, 499, 500, 501]
     assert tail.appended == 502 and tail.generation == 0
     assert tail.since(2) == (list(tail.records), False)  # counting consumers must recount from the file
+
+
+def _bot_logs(root: Path, seed: int, in_order: bool) -> None:
+    """A run log of cycles, errors and other lines, and the blocked candidates of its cycles."""
+    rng = random.Random(seed)
+    run: list[dict[str, object]] = []
+    blocked: list[dict[str, object]] = []
+    t = 1_700_000_000.0
+    for _ in range(150):
+        t += rng.choice((0.0, 5.0, 60.0, 61.5))
+        when = t if in_order or rng.random() > 0.15 else t - rng.uniform(0, 400)
+        for _ in range(rng.randint(0, 3)):
+            stamp = when - rng.uniform(0, 70) if rng.random() > 0.1 else when
+            blocked.append({"timestamp": stamp, "reason": rng.choice(("score_below_min", "regime_gate", "x:y")),
+                            "score": rng.choice((1.5, 2.5, None, "bad"))})
+        kind = rng.random()
+        if kind < 0.7:
+            run.append({"_ts": when, "msg": "complete", "clusters": rng.randint(0, 4), "orders": rng.randint(0, 1)})
+        elif kind < 0.85:
+            run.append({"_ts": when, "error": "cluster build failed", "stage": "clusters"})
+        elif kind < 0.95:
+            run.append({"_ts": when, "msg": "tick"})  # neither a cycle nor an error
+        else:
+            run.append({"msg": "complete", "clusters": 1})  # no time: not an event
+    if not in_order:
+        rng.shuffle(blocked)
+    append_jsonl(root / "logs/run.jsonl", run)
+    append_jsonl(root / "state/blocked_trades.jsonl", blocked)
+
+
+def _same_windows(root: Path, sizes: tuple[int, ...]) -> None:
+    ctx = Context(load_config(None, str(root)), environ={})
+    run = ctx.tails.get(root / "logs/run.jsonl", keep=funnel.RUN_KEEP)
+    blocked = ctx.tails.get(root / "state/blocked_trades.jsonl", keep=funnel.BLOCKED_KEEP)
+    for n in sizes:
+        got = funnel.window(ctx, n)
+        want, _ = funnel._build(run.kept(), blocked.kept(), n)
+        assert got.events == want.events, (root.name, n)
+        assert got.events and not got.run_problem and not got.blocked_problem
+
+
+def test_windows_of_every_size_are_what_building_each_gives(tmp_path: Path) -> None:
+    """The points ask for windows of 10, 20 and 60 events; one window is built and the smaller
+    are taken from it only when that changes nothing, also for logs out of time order."""
+    for seed in range(12):
+        for in_order in (True, False):
+            root = tmp_path / f"{seed}-{in_order}"
+            (root / "logs").mkdir(parents=True)
+            (root / "state").mkdir()
+            _bot_logs(root, seed, in_order)
+            _same_windows(root, (10, 60, 20, 10, 5, 60, 200, 3))
+    # where the last events of a larger window are not the smaller window: a cycle logged with an
+    # earlier time than the one before it, and a record before the window later than its first
+    for name, times in (("unordered", (300, 100, 310)), ("late-before", (400, 100, 200, 300))):
+        root = tmp_path / name
+        (root / "logs").mkdir(parents=True)
+        (root / "state").mkdir()
+        append_jsonl(root / "logs/run.jsonl", [{"_ts": t, "msg": "complete", "clusters": 1} for t in times])
+        append_jsonl(root / "state/blocked_trades.jsonl", [{"timestamp": 150.0, "reason": "regime_gate"},
+                                                          {"timestamp": 200.0, "reason": "regime_gate"}])
+        _same_windows(root, (3, 2, 1))

@@ -5,6 +5,7 @@ seen as FP-1.1 ERROR "check raised KeyError" on a loaded host running several bo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -44,3 +45,23 @@ def test_concurrent_process_lookups_do_not_break_each_other(tmp_path: Path) -> N
         daemon.wait(timeout=10)
     assert not errors, errors[:3]
     assert set(found) == {daemon.pid}
+
+
+def test_the_process_table_scan_reads_each_whole_command_line(tmp_path: Path) -> None:
+    """Kernel threads have an empty command line, a long one takes several reads, and a process
+    that ended between the listing and the read is left out."""
+    long = b"python3\0main.py\0" + b"x" * 200_000 + b"\0"
+    for pid, cmdline in (("1", b"/sbin/init\0"), ("2", b""), ("77", long)):
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(cmdline)
+    (tmp_path / "90").mkdir()  # gone: no cmdline any more
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "cmdline").write_bytes(b"not a pid\0")
+    table = procs.cmdlines(tmp_path)
+    assert table is not None
+    assert sorted(table) == [(1, b"/sbin/init\0"), (2, b""), (77, long)]
+    assert procs.cmdlines(tmp_path / "missing") is None
+    # the real table holds this process, with its own command line
+    real = dict(procs.cmdlines() or [])
+    with open(f"/proc/{os.getpid()}/cmdline", "rb") as fh:
+        assert real[os.getpid()] == fh.read()

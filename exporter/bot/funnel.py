@@ -5,9 +5,10 @@ built -> candidates blocked, by reason (``state/blocked_trades.jsonl``) -> order
 window feeds the per-gate failure points (FP-2.3, FP-3.3 ... FP-3.7), the run-log error points
 (FP-1.8, FP-2.2, FP-2.4, FP-2.5) and the status page, so every consumer sees the same cycles.
 
-Cost: both logs are read incrementally through ``ctx.tails``; the window is rebuilt only when
-one of them grew, and then only the records inside the window are parsed (newest first, stop
-at the window's start). An unchanged bot costs two ``fstat`` calls per check.
+Cost: both logs are read incrementally through ``ctx.tails`` and polled once per engine run for
+every point that reads the window; the window is rebuilt only when one of them grew, and then
+only the records inside the window are parsed (newest first, stop at the window's start), once
+for the largest window the points ask for. An unchanged bot costs two ``fstat`` calls per cycle.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ class Window:
 _build_lock = threading.Lock()
 
 
-def window(ctx: Context, events: int = 60) -> Window:
-    """The last ``events`` cycle/error records, rebuilt only when a log grew (memoised per ctx)."""
+def _logs(ctx: Context) -> tuple[tuple[Any, ...], str | None, str | None]:
+    """Poll the run log and the blocked-trades log: (their version, run problem, blocked problem)."""
     run_tail = ctx.tails.get(ctx.path("run_log"), keep=RUN_KEEP)
     blk_tail = ctx.tails.get(ctx.path("blocked_trades"), keep=BLOCKED_KEEP)
     run_problem = blocked_problem = None
@@ -200,21 +201,74 @@ def window(ctx: Context, events: int = 60) -> Window:
         # means nobody can tell what was blocked
         blk_n, blk_gen = -1, -1
         blocked_problem = None if exc.kind == "missing" else str(exc)
-    key = (events, run_n, run_gen, blk_n, blk_gen, run_problem, blocked_problem)
+    return (run_n, run_gen, blk_n, blk_gen, run_problem, blocked_problem), run_problem, blocked_problem
+
+
+def window(ctx: Context, events: int = 60) -> Window:
+    """The last ``events`` cycle/error records, rebuilt only when a log grew (memoised per ctx).
+
+    The logs are polled once per engine run for every point that reads the window. Several
+    points ask for different numbers of events (10, 20, 60): the largest window asked for so
+    far is built, and a smaller one is its last events whenever that is exactly what building
+    it would give (:meth:`_Built.last`), so a cycle in which the logs grew builds one window.
+    """
+    version, run_problem, blocked_problem = ctx.per_cycle("funnel-logs", lambda: _logs(ctx))
     memo = ctx.state_for("funnel")
     with _build_lock:
         hit = memo.get(f"window:{events}")
-        if hit is not None and hit[0] == key:
+        if hit is not None and hit[0] == version:
             return hit[1]  # type: ignore[no-any-return]
-        run = run_tail.kept() if run_problem is None else []
-        blocked = blk_tail.kept() if blocked_problem is None else []
-        built = _build(run, blocked, events)
+        largest = max(events, memo.get("largest", 0))
+        memo["largest"] = largest
+        big = memo.get("built")
+        if big is None or big.version != version or big.n < events:
+            big = _Built(version, largest, *_build_with(ctx, run_problem, blocked_problem, largest))
+            memo["built"] = big
+        built = big.last(events)
+        if built is None:
+            built = _build_with(ctx, run_problem, blocked_problem, events)[0]
         built.run_problem, built.blocked_problem = run_problem, blocked_problem
-        memo[f"window:{events}"] = (key, built)
+        memo[f"window:{events}"] = (version, built)
         return built
 
 
-def _build(run: list[dict[str, Any]], blocked: list[dict[str, Any]], n: int) -> Window:
+def _build_with(ctx: Context, run_problem: str | None, blocked_problem: str | None,
+                n: int) -> tuple[Window, float | None]:
+    run = ctx.tails.get(ctx.path("run_log"), keep=RUN_KEEP).kept() if run_problem is None else []
+    blocked = ctx.tails.get(ctx.path("blocked_trades"), keep=BLOCKED_KEEP).kept() if blocked_problem is None else []
+    built, previous_t = _build(run, blocked, n)
+    built.run_problem, built.blocked_problem = run_problem, blocked_problem
+    return built, previous_t
+
+
+@dataclass
+class _Built:
+    """A window built for ``n`` events, with the time its blocked records were counted from."""
+
+    version: tuple[Any, ...]
+    n: int
+    window: Window
+    previous_t: float | None
+
+    def last(self, n: int) -> Window | None:
+        """The window of the last ``n`` events, when slicing this one gives exactly what
+        :func:`_build` would: its events in time order and the record before it no later than its
+        first event (a log written in time order). None otherwise: build that window itself."""
+        events = self.window.events
+        if n >= self.n or len(events) <= n:
+            # the window asked for, or one that holds every event the log has (fewer than n)
+            return Window(events)
+        times = [e.t for e in events]
+        if any(a > b for a, b in zip(times, times[1:], strict=False)):
+            return None
+        if self.previous_t is not None and self.previous_t > times[0]:
+            return None
+        return Window(events[-n:])
+
+
+def _build(run: list[dict[str, Any]], blocked: list[dict[str, Any]], n: int) -> tuple[Window, float | None]:
+    """The window of the last ``n`` events and the time its blocked records were counted from
+    (the record before it, or one cycle period before its first event)."""
     picked: list[Event] = []
     previous_t: float | None = None
     for rec in reversed(run):
@@ -234,7 +288,7 @@ def _build(run: list[dict[str, Any]], blocked: list[dict[str, Any]], n: int) -> 
         picked.append(ev)
     picked.reverse()
     if not picked:
-        return Window([])
+        return Window([]), None
     if previous_t is None:
         # no record before the window: its first cycle started about one cycle period earlier
         spacing = sorted(b.t - a.t for a, b in zip(picked, picked[1:], strict=False)) or [60.0]
@@ -270,7 +324,7 @@ def _build(run: list[dict[str, Any]], blocked: list[dict[str, Any]], n: int) -> 
                 ev.bad_scores += 1
         if label != "score_below_min":
             ev.gate_scores.append(score)
-    return Window(picked)
+    return Window(picked), previous_t
 
 
 def session_open(ctx: Context, session: market.Session) -> float | None:
