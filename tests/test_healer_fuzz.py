@@ -15,6 +15,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ N_HTTP = 300  # hypothesis over real HTTP, with right, wrong and missing tokens
 N_DECODE = 500  # hypothesis bodies through both decoders (plus N_DECODE_FUZZ of the seeded fuzzer's)
 N_DECODE_FUZZ = 5_000
 BATCH = 25
+SENDERS = 4  # in-process deliveries at once
 # no shrink phase: shrinking megabyte and deeply nested bodies takes minutes; a failure already
 # names its body (the first 300 bytes) and hypothesis prints the generating call
 BASE = settings(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck),
@@ -399,18 +401,19 @@ def test_generated_payloads_in_process(tmp_path: Path, capfd: pytest.CaptureFixt
                 accepted += got.count("accepted")
                 near_limit += MAX_BODY_BYTES - 4096 <= len(body) <= MAX_BODY_BYTES + 4096
 
-        # batches of BATCH per example: the same coverage at a fraction of the generation overhead
+        # batches of BATCH per example: the same coverage at a fraction of the generation overhead;
+        # a batch's deliveries arrive SENDERS at a time, as from several connections
         @settings(BASE, max_examples=N_HYPOTHESIS // BATCH)
         @given(st.lists(payloads(marker), min_size=BATCH, max_size=BATCH))
         def run(bodies: list[bytes]) -> None:
-            for body in bodies:
-                check(body, "hypothesis")
+            list(senders.map(check, bodies, ["hypothesis"] * len(bodies)))
 
-        run()
-        fuzz = Fuzzer(7, marker, max_over=3 * MAX_BODY_BYTES)
-        for _ in range(N_FUZZ):
-            kind, body = fuzz.case()
-            check(body, kind)
+        with ThreadPoolExecutor(SENDERS) as senders:
+            run()
+            fuzz = Fuzzer(7, marker, max_over=3 * MAX_BODY_BYTES)
+            for _ in range(N_FUZZ // BATCH):  # generated in order (seeded), sent BATCH at a time
+                kinds, bodies = zip(*(fuzz.case() for _ in range(BATCH)), strict=True)
+                list(senders.map(check, bodies, kinds))
         wait_idle(r)
         assert seen["hypothesis"] >= N_HYPOTHESIS and sum(seen.values()) >= N_HYPOTHESIS + N_FUZZ
         assert set(statuses) == {200, 400, 413}
