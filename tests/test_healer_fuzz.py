@@ -340,8 +340,14 @@ def in_process(healer: Healer) -> Callable[[int], list[str]]:
     return decided
 
 
-def over_http(url: str) -> Callable[[int], list[str]]:
-    return lambda seq: decisions(url, seq)
+def over_http(session: requests.Session, url: str) -> Callable[[int], list[str]]:
+    """Delivery ``seq``'s decisions from ``/api/heals?delivery=seq``, asked on ``session``'s connection."""
+    def decided(seq: int) -> list[str]:
+        def done() -> tuple[list[str]] | None:
+            view = session.get(f"{url}/api/heals", params={"delivery": seq}, timeout=5).json()
+            return (view["decisions"],) if view["state"] == "decided" else None
+        return wait_for(done, timeout=15, what=f"delivery {seq} decided", every=0.005)[0]  # type: ignore[no-any-return]
+    return decided
 
 
 def recording_action(hb: HealBot) -> Path:
@@ -433,6 +439,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
     action = recording_action(hb)
     statuses: Counter[int] = Counter()
     with receiver(hb, fuzz_config(hb, action)) as r, requests.Session() as s:
+        s.trust_env = False  # loopback: no proxy settings to look up in the environment on each request
         url = r.url + "/alertmanager"
         auth = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -445,7 +452,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
             if token != TOKEN:
                 assert resp.status_code == 401
             else:
-                check_answer(r.healer.config, body, resp.status_code, resp.json(), over_http(r.url))
+                check_answer(r.healer.config, body, resp.status_code, resp.json(), over_http(s, r.url))
             assert resp.headers["Content-Type"] == "application/json"
 
         run()
@@ -455,7 +462,7 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
             kind, body = fuzz.case()
             resp = s.post(url, data=body, headers=auth, timeout=10)
             assert resp.headers["Content-Type"] == "application/json"
-            check_answer(r.healer.config, body, resp.status_code, resp.json(), over_http(r.url))
+            check_answer(r.healer.config, body, resp.status_code, resp.json(), over_http(s, r.url))
             statuses[resp.status_code] += 1
         assert set(statuses) == {200, 400, 413} and statuses[413] >= 10
         # huge, lying and missing lengths: refused before the body is read
