@@ -225,16 +225,16 @@ def test_readiness_log_appends_one_line_per_change(bot: BotRoot, running: Procs,
 
 def test_a_hung_broker_never_slows_a_scrape(bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:
     cfg = fast_config(bot.path)
-    cfg.write_text(cfg.read_text() + "alpaca: {timeout_seconds: 10, cache_seconds: 0.5}\n"
-                   "checks: {FP-4.1: {timeout_seconds: 12}, FP-4.2: {timeout_seconds: 12}, "
-                   "FP-4.3: {timeout_seconds: 12}, FP-3.2: {timeout_seconds: 12}}\n")
+    cfg.write_text(cfg.read_text() + "alpaca: {timeout_seconds: 6, cache_seconds: 0.5}\n"
+                   "checks: {FP-4.1: {timeout_seconds: 8}, FP-4.2: {timeout_seconds: 8}, "
+                   "FP-4.3: {timeout_seconds: 8}, FP-3.2: {timeout_seconds: 8}}\n")
     exp = Exporter(bot.path, tmp_path / "serve.log")
     try:
         wait_for(exp.ready, timeout=30, what="/-/ready")
         alpaca.set_mode("hang")
         hung_since = time.monotonic()
         slowest = 0.0
-        # scrape while the broker calls hang (10 s each) until the exporter reports the broker down
+        # scrape while the broker calls hang (6 s each) until the exporter reports the broker down
         while True:
             for path in ("/metrics", "/api/failure_points"):
                 t0 = time.monotonic()

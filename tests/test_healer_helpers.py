@@ -162,7 +162,7 @@ def decisions(url: str, seq: int, timeout: float = 15) -> list[str]:
         view = requests.get(f"{url}/api/heals", params={"delivery": seq}, timeout=5).json()
         return (view["decisions"],) if view["state"] == "decided" else None
 
-    return wait_for(decided, timeout=timeout, what=f"delivery {seq} decided")[0]  # type: ignore[no-any-return]
+    return wait_for(decided, timeout=timeout, what=f"delivery {seq} decided", every=0.01)[0]  # type: ignore[no-any-return]
 
 
 def deliver(url: str, body: Any, token: str | None = TOKEN, timeout: float = 15) -> list[str]:

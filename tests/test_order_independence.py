@@ -131,6 +131,10 @@ def freeze_and_torn_weights(tmp: Path, s: Servers, now: float) -> Case:
     b = _bot(tmp, s, now)
     b.freeze()
     b.torn("state/signal_weights.json")
+    # a torn file is re-read `retries` times `retry_delay_seconds` apart before it counts as torn, and
+    # (b) reads it again for every point that runs FP-2.1 with it: the same retries, 20 ms apart
+    (b.path / "trading-readiness.yaml").write_text("checks:\n" + "".join(
+        f"  {fp}: {{params: {{retry_delay_seconds: 0.02}}}}\n" for fp in ("FP-2.1", "FP-2.6", "FP-5.3")))
     return Case("freeze+torn-weights", b.path, now)
 
 

@@ -51,6 +51,8 @@ JUDGES: dict[str, tuple[str, ...]] = {
 #: objects are expected; a valid JSON document of another type is as unusable as garbage
 WRONG_TYPES = {"list": "[1, 2]", "string": '"hello"', "null": "null", "number": "42"}
 CORRUPTIONS = ("empty", "truncated", *WRONG_TYPES, "binary", "directory")
+#: the points that re-read a file that does not parse (catalog params retries, retry_delay_seconds)
+RETRYING = ("FP-1.2", "FP-2.1", "FP-2.6", "FP-2.7", "FP-5.3")
 #: every number in the file replaced: valid JSON, absurd values
 VALUES = {"huge": 1e308, "negative": -1e18, "nan": math.nan, "inf": math.inf}
 
@@ -73,6 +75,10 @@ def healthy(tmp_path: Path, servers: tuple[FakeAlpaca, FakeUW, Callable[[], floa
     if not usage.exists():  # the bot's UW client writes it with its first call
         usage.write_text(json.dumps({"by_endpoint": {"default": 40}, "calls_today": 40,
                                      "date": WHEN.date().isoformat(), "minute_window": []}, indent=2))
+    # a file that does not parse is re-read `retries` times before it counts as corrupt: the same
+    # retries here, 20 ms apart instead of 200 (nothing rewrites these files)
+    bot.p("trading-readiness.yaml").write_text("checks:\n" + "".join(
+        f"  {fp}: {{params: {{retry_delay_seconds: 0.02}}}}\n" for fp in RETRYING))
     return bot
 
 

@@ -2,8 +2,10 @@
 
 alpaca-py sets no request timeout and retries 429/504 three times 3 s apart; a readiness check
 must never hang on the broker, so every request gets a timeout and the retries are disabled (a
-429 is itself a finding). Raw JSON is read (``TradingClient.get``) rather than alpaca-py's
-models so a field Alpaca removes cannot turn a healthy account into a parse error.
+429 is itself a finding). Raw JSON is read (``RESTClient.get``, which ``TradingClient.get`` is)
+rather than alpaca-py's models so a field Alpaca removes cannot turn a healthy account into a parse
+error. alpaca-py's trading module is not imported: its request models import pandas, which was most
+of a command's start-up CPU.
 """
 
 from __future__ import annotations
@@ -18,13 +20,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from alpaca.common.enums import BaseURL
 from alpaca.common.exceptions import APIError
-from alpaca.trading.client import TradingClient
+from alpaca.common.rest import RESTClient
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 _EXAMPLE_URL = "https://paper-api.alpaca.markets"
+
+
+class TradingREST(RESTClient):
+    """alpaca-py's ``TradingClient`` as far as reading goes: its REST client with the trading API's
+    version and paper URL (``alpaca.trading.client.TradingClient.__init__``); ``get`` is inherited."""
+
+    def __init__(self, api_key: str | None, secret_key: str | None, url_override: str | None = None) -> None:
+        super().__init__(api_key=api_key, secret_key=secret_key, api_version="v2",
+                         base_url=url_override or BaseURL.TRADING_PAPER, sandbox=True)
 
 
 class BrokerError(Exception):
@@ -264,7 +276,7 @@ class Broker:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        self._client: TradingClient | None = None
+        self._client: TradingREST | None = None
         self._session = BoundedSession(self.timeout, self.base_url)
 
     @property
@@ -275,11 +287,11 @@ class Broker:
     def rate_limit(self) -> dict[str, int]:
         return dict(self._session.rate_limit)
 
-    def _trading(self) -> TradingClient:
+    def _trading(self) -> TradingREST:
         if self._client is None:
             if not self.configured:
                 raise BrokerError("auth", "Alpaca key or secret is not set (ALPACA_KEY/ALPACA_SECRET or aliases)")
-            client = TradingClient(self.key, self.secret, paper=True, url_override=self.base_url)
+            client = TradingREST(self.key, self.secret, url_override=self.base_url)
             client._session = self._session  # bounded timeout instead of none
             client._retry = 0  # a 429 is reported, not slept on
             self._client = client
