@@ -570,6 +570,64 @@ def test_a_collector_registered_on_the_server_is_fresh_on_every_scrape_and_fails
         server.server_close()
 
 
+def test_a_built_exposition_is_served_until_anything_it_depends_on_changes(bot: BotRoot) -> None:
+    """Over HTTP: a scrape answers from the built exposition (on the event loop, no hand-over) only
+    while the scheduler's generation and every collector's ``state_key`` are what it was built
+    for; a collector without ``state_key`` is rendered on every scrape; HEAD gets the same head."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    class Keyed:
+        value = 1.0
+
+        def state_key(self) -> float:
+            return self.value
+
+        def collect(self) -> Iterator[Any]:
+            yield GaugeMetricFamily("trading_test_keyed", "Changes with its state key.", value=self.value)
+
+    sched = Scheduler(load_config(None, str(bot.path)))
+    server = make_server(sched, "127.0.0.1:0")
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+
+    def scrape(method: str = "GET") -> tuple[str, str]:
+        req = urllib.request.Request(url, method=method)  # noqa: S310 (loopback http)
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
+            return r.headers["Content-Length"], r.read().decode()
+
+    try:
+        keyed = Keyed()
+        server.registry.register(keyed)  # type: ignore[arg-type]
+        length, first = scrape()
+        assert sample(first, "trading_test_keyed") == 1
+        assert server._body_cache is not None and server._body_cache[1].decode() == first
+        assert scrape("HEAD") == (length, "")
+        keyed.value = 2  # its state changed: the next scrape renders again
+        assert sample(scrape()[1], "trading_test_keyed") == 2
+        sched.generation += 1  # the scheduler's state changed: the core is rebuilt
+        before = server._metrics_cache
+        assert sample(scrape()[1], "trading_test_keyed") == 2
+        assert server._metrics_cache is not before
+
+        class Unkeyed:  # cannot say when it changes: rendered on every scrape, never cached
+            value = 0.0
+
+            def collect(self) -> Iterator[Any]:
+                yield GaugeMetricFamily("trading_test_unkeyed", "No state key.", value=self.value)
+
+        unkeyed = Unkeyed()
+        server.registry.register(unkeyed)  # type: ignore[arg-type]
+        assert sample(scrape()[1], "trading_test_unkeyed") == 0
+        unkeyed.value = 5
+        assert sample(scrape()[1], "trading_test_unkeyed") == 5
+        server.registry.unregister(unkeyed)  # type: ignore[arg-type]
+        assert sample(scrape()[1], "trading_test_unkeyed") is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_foreign_password_hash_is_refused_in_one_line(bot: BotRoot) -> None:
     cfg = fast_config(bot.path, basic_auth_users={"prometheus": "$2y$10$abcdefghijklmnopqrstuv"})
     r = run_cli("--bot-root", str(bot.path), "serve", "--listen", f"127.0.0.1:{free_port()}", timeout=30)

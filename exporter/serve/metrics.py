@@ -218,6 +218,10 @@ class IsolatingRegistry(CollectorRegistry):
     def unregister(self, collector: Collector) -> None:
         super().unregister(self._wrapped.pop(id(collector), collector))  # type: ignore[arg-type]
 
+    def collectors(self) -> list[Collector]:
+        """The collectors registered, as they were registered (not their isolating wrappers)."""
+        return [w.inner for w in list(self._wrapped.values())]
+
 
 def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)

@@ -311,6 +311,12 @@ class PremarketVerifier(Collector):
             self._stop.wait(delay)
 
     # metrics ----------------------------------------------------------------------------------
+    def state_key(self) -> tuple[LastRun | None, PlannedRun | None]:
+        """What :meth:`collect` yields depends on, and nothing else: the exporter re-renders these
+        families only when it changes."""
+        with self._lock:
+            return self._last, self._planned
+
     def describe(self) -> Iterable[Metric]:
         return list(families(None, None))
 

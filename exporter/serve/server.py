@@ -104,9 +104,10 @@ SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosn
 
 
 class ExporterServer(BoundedHTTPServer):
-    """The exporter's HTTP side on the bounded server: connections are coroutines on one acceptor
-    thread, answers come from a fixed pool, so thousands of idle or slow clients cost no thread
-    each and a scrape is still answered among them."""
+    """The exporter's HTTP side on the bounded server: connections are protocols on one event-loop
+    thread, so thousands of idle or slow clients cost no thread each and a scrape is still answered
+    among them. A scrape of an exposition already built is answered on the loop itself; anything
+    that builds (a changed exposition, the API, the status page, basic auth) runs on a fixed pool."""
 
     def __init__(self, address: tuple[str, int], scheduler: Scheduler, listen: bool = True,
                  tls: ssl.SSLContext | None = None) -> None:
@@ -118,15 +119,46 @@ class ExporterServer(BoundedHTTPServer):
         self.page = status_page()
         self._metrics_lock = threading.Lock()
         self._metrics_cache: tuple[int, bytes] | None = None
+        #: the whole exposition, with the key it was built for (see ``_body_key``)
+        self._body_cache: tuple[tuple[Any, ...], bytes] | None = None
         super().__init__(address, self._handle, precheck=self._precheck, precheck_on_loop=True, workers=HTTP_WORKERS,
                          max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,
-                         backlog=128, name="exporter-http", tls=tls, listen=listen)
+                         backlog=128, name="exporter-http", tls=tls, listen=listen, inline=self._inline)
 
     def metrics_body(self) -> bytes:
         """The full exposition: the cached core plus every collector in ``self.registry``."""
+        key = self._body_key()
         extra = exposition(self.registry)
         core = self._core_body()
-        return core + self.scheduler.ctx.redact(extra.decode()).encode() if extra else core
+        body = core + self.scheduler.ctx.redact(extra.decode()).encode() if extra else core
+        if key is not None:
+            self._body_cache = (key, body)
+        return body
+
+    def _body_key(self) -> tuple[Any, ...] | None:
+        """What the whole exposition depends on: the scheduler's generation and the state of every
+        other collector, or None when a collector cannot say (it is then rendered every scrape).
+        Read before building, so a change during a build only makes the next scrape rebuild."""
+        key: list[Any] = [self.scheduler.generation]
+        for collector in self.registry.collectors():
+            state = getattr(collector, "state_key", None)
+            if state is None:
+                return None
+            key.append(state())
+        return tuple(key)
+
+    def _inline(self, req: Request) -> Response | None:
+        """On the event loop: a scrape whose exposition is already built is answered at once, with
+        no hand-over to the pool and back; anything else (a rebuild, the API, basic auth) goes to
+        the pool."""
+        if req.path != "/metrics" or req.method not in ("GET", "HEAD"):
+            return None
+        if self.scheduler.config["exporter"]["basic_auth_users"]:
+            return None
+        cached, key = self._body_cache, self._body_key()
+        if cached is None or key is None or cached[0] != key:
+            return None
+        return _answer(200, cached[1], CONTENT_TYPE_LATEST)
 
     def _core_body(self) -> bytes:
         """The core exposition, rebuilt only when the scheduler's state changed since the last scrape.
