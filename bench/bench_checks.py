@@ -53,6 +53,7 @@ from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
+from exporter.serve.httpd import SWITCH_INTERVAL
 from exporter.serve.scheduler import freeze_startup_heap
 from sandbox.botroot import BotRoot
 
@@ -176,6 +177,7 @@ def live(root: Path, offset: float, decoder: str, cycles: int) -> dict[str, Any]
             eng.run(ids)
             if n == 0:
                 freeze_startup_heap()  # as `serve` does once the first cycle has run
+                sys.setswitchinterval(SWITCH_INTERVAL)  # and its GIL switch interval
         out["rss_start"] = me.memory_info().rss
         parses = ctx.files.parses
         for _ in range(cycles):
@@ -214,6 +216,7 @@ def live_row(root: Path, servers: Servers, decoder: str) -> tuple[str, dict[str,
 
 
 def main() -> str:
+    sys.setswitchinterval(SWITCH_INTERVAL)  # the exporter's GIL switch interval (`serve` sets it)
     servers = Servers()
     procs: list[subprocess.Popen[bytes]] = []
     one_shot: list[str] = []

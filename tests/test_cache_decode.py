@@ -213,3 +213,51 @@ def test_a_forked_child_parses_the_cache(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", FORKED, str(tmp_path / "bot")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# --- the log-line and state-file decoder (readers.loads) --------------------------------------
+
+def _outcome(decoder: Any, raw: bytes) -> tuple[str, str]:
+    """(type, repr) of what a decoder makes of the bytes: the value, or its exception and reason."""
+    try:
+        return "ok", repr(decoder(raw))
+    except (ValueError, RecursionError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"ts": "2026-11-24T16:00:00+00:00", "n": 1, "x": 1.5, "ok": true, "none": null, "l": [1, {"a": []}]}',
+    b'{"a": 1, "a": 2}', b'{"big": 123456789012345678901234567890, "neg": -18446744073709551617}',
+    b'{"f": 1e400}', b'{"f": -1e400}', b'{"f": NaN}', b'{"f": Infinity}', b'{"f": -0.0, "g": 1E5, "h": 0.1e-400}',
+    b'{"s": "\\ud800"}', b'{"s": "\xed\xa0\x80"}', b'{"s": "\xff"}', b'\xef\xbb\xbf{"a": 1}',
+    '{"a": "\u00e9\u4e2d"}'.encode("utf-16"), '{"a": 1}'.encode("utf-32"), '{"a": "\u00e9"}'.encode(),
+    b'{"s": "x\ty"}', b'{"a": 01}', b'{"a": 1,}', b'{"a": 1}{"b": 2}', b' {"a": 1}\r', b"", b"  ", b"[1]", b'"x"',
+    b"[" * 3000 + b"]" * 3000, b'{"a": ' * 2000 + b"1" + b"}" * 2000, b'{"s": "x\\u0000\\"\\\\/"}',
+])
+def test_log_lines_decode_as_with_json(text: bytes) -> None:
+    from exporter.bot.readers import loads
+
+    assert _outcome(loads, text) == _outcome(json.loads, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_any_json_value_decodes_as_with_json(value: Any) -> None:
+    from exporter.bot.readers import loads
+
+    for raw in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode()):
+        assert _outcome(loads, raw) == _outcome(json.loads, raw)
+
+
+def test_a_log_line_nested_too_deep_is_a_bad_line_not_a_crash(tmp_path: Path) -> None:
+    from exporter.bot.readers import JsonlTail
+
+    log = tmp_path / "run.jsonl"
+    log.write_bytes(b'{"n": 1}\n' + b"[" * 5000 + b"]" * 5000 + b'\n{"n": 2}\n')
+    tail = JsonlTail(log, keep=10)
+    assert [r["n"] for r in tail.poll()] == [1, 2]
+    assert tail.bad_lines == 1
+    state = tmp_path / "state.json"
+    state.write_bytes(b'{"a": ' * 5000 + b"1" + b"}" * 5000)
+    with pytest.raises(FileProblem, match="state.json is not valid JSON"):
+        read_json(state, retries=1)

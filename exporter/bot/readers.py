@@ -20,6 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+_DECODER = msgspec.json.Decoder()
+
+
+def loads(raw: bytes) -> Any:
+    """``json.loads(raw)``, decoded by msgspec where it can (about three times faster on a log
+    line): msgspec accepts strict UTF-8 JSON only, and anything it refuses (``NaN``, ``1e400``, a
+    lone surrogate, a BOM, another encoding, nesting too deep for it) goes to ``json.loads``,
+    which decodes it as before or raises its own reason. Both build the same values: dict, list,
+    str, int of any size, float, bool, None, the last of duplicate keys."""
+    try:
+        return _DECODER.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return json.loads(raw)
+
 
 class FileProblem(Exception):
     """A state file is missing, unreadable or corrupt; ``kind`` is missing/unreadable/corrupt/empty."""
@@ -30,7 +46,7 @@ class FileProblem(Exception):
 
 
 def read_json(path: Path, retries: int = 3, delay: float = 0.2,
-              decode: Callable[[bytes], Any] = json.loads) -> Any:
+              decode: Callable[[bytes], Any] = loads) -> Any:
     """Parse a JSON file, re-reading a torn file up to ``retries`` times before giving up.
 
     ``decode`` turns the bytes into a value and raises ValueError (or UnicodeDecodeError) with
@@ -46,13 +62,13 @@ def read_json(path: Path, retries: int = 3, delay: float = 0.2,
             raise FileProblem("unreadable", path, f"{path.name} is a directory") from None
         except OSError as exc:
             raise FileProblem("unreadable", path, f"{path.name} cannot be read: {exc.strerror}") from None
-        if not raw.strip():
+        if not raw or raw.isspace():  # not raw.strip(): that copies a multi-MB file ending in a newline
             last_error = f"{path.name} is empty"
             kind = "empty"
         else:
             try:
                 return decode(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 kind = "corrupt"
                 last_error = f"{path.name} is not valid JSON ({_short(exc)})"
         if attempt + 1 < retries:
@@ -275,8 +291,8 @@ class JsonlTail:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
+                rec = loads(line)
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
                 self.bad_lines += 1
                 continue
             if isinstance(rec, dict):
@@ -333,8 +349,8 @@ def find_offset(path: Path, key: Callable[[dict[str, Any]], float | None], targe
                 if not line.endswith(b"\n"):
                     return start, None, size  # a partial last line is not evidence
                 try:
-                    rec = json.loads(line)
-                except (ValueError, UnicodeDecodeError):
+                    rec = loads(line)
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     continue
                 k = key(rec) if isinstance(rec, dict) else None
                 if k is not None:

@@ -62,8 +62,12 @@ def check(fp: str) -> Callable[[CheckFn], CheckFn]:
     return register
 
 
-#: how many workers run checks at once in the normal case (more only while some are blocked)
-WORKERS = 4
+#: how many workers run checks at once in the normal case (more only while some are blocked).
+#: Two: the checks are mostly Python, which one thread runs at a time, and every runnable worker
+#: beyond that only contends for the GIL. Measured while the bot writes (bench_checks'
+#: production case, the exporter's 1 ms switch interval): 48 ms CPU per cycle with one or two
+#: workers, 57 ms with four; blocked checks (a slow broker) still get more after GRACE_SECONDS
+WORKERS = 2
 #: a check handed over this long ago and still waiting for a worker gets a new one
 GRACE_SECONDS = 0.05
 #: a worker beyond ``WORKERS`` that has had nothing to do for this long ends
