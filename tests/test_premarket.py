@@ -220,9 +220,14 @@ def metric(text: str, name: str) -> float | None:
 
 def test_exporter_runs_the_verification_when_due_and_exports_it(tmp_path: Path, alpaca: FakeAlpaca,
                                                                  root: BotRoot) -> None:
-    # the broker says the next session opens in 10 minutes: inside the 30-minute offset, so due now
-    soon = datetime.now(UTC) + timedelta(minutes=10)
+    # the broker says the next session opens in 10 minutes: inside the 30-minute offset, so due now.
+    # Its calendar agrees (that session, then one a day): the generated calendar's real opening
+    # hours would put today's real open after `soon` whenever the test runs shortly before it
+    soon = (datetime.now(UTC) + timedelta(minutes=10)).replace(second=0, microsecond=0)
     alpaca.clock = {"is_open": False, "next_open": soon.isoformat()}
+    first = soon.astimezone(NY)
+    alpaca.calendar = [{"date": first.date().isoformat(), "open": first.strftime("%H:%M"), "close": "23:59"}] + [
+        {"date": (first.date() + timedelta(days=n)).isoformat(), "open": "09:30", "close": "16:00"} for n in range(1, 8)]
     data = root.path / "data"
     with serve_process(root.path, tmp_path / "serve.log") as exp:
         def exported() -> str | None:
