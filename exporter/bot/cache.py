@@ -159,8 +159,8 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
         symbols=symbols,
         global_keys=sorted(k for k in raw if k.startswith("_")),
     )
-    # 600 tickers of ~20 keys per rewrite: counted in locals, only the non-core keys walked, and
-    # the blocks judged only until one has data
+    # 600 tickers of ~20 keys per rewrite: counted in locals, each ticker's keys walked once, and
+    # its blocks judged only until one has data
     with_trades = total = with_intel = enriched = 0
     for sym, entry in raw.items():
         if sym[:1] == "_" or not isinstance(entry, dict):
@@ -172,10 +172,8 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
             with_trades += 1
         total += max(n, int(count))
         has_intel = has_data = False
-        # the keys beyond the flow data, found by one set difference in C (most keys are core)
-        for key in entry.keys() - CORE_TICKER_KEYS:
-            block = entry[key]
-            if isinstance(block, dict):
+        for key, block in entry.items():
+            if isinstance(block, dict) and key not in CORE_TICKER_KEYS:
                 has_intel = True
                 if block_has_data(block):
                     has_data = True
