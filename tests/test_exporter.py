@@ -338,6 +338,9 @@ def test_tls_and_basic_auth(bot: BotRoot, tmp_path: Path) -> None:
         good = base64.b64encode(b"prometheus:s3cret-pass").decode()
         code, body = exp.get("/metrics", headers={"Authorization": f"Basic {good}"})
         assert code == 200 and "trading_failure_point_info" in body
+        # a built exposition is answered on the event loop, but only after the credentials pass
+        assert exp.get("/metrics")[0] == 401
+        assert exp.get("/metrics", headers={"Authorization": f"Basic {bad}"})[0] == 401
         # plain HTTP is not answered on the TLS port: the handshake fails and the connection is
         # closed (RemoteDisconnected or a reset; both are OSError, as is URLError)
         with pytest.raises(OSError):

@@ -126,8 +126,12 @@ class ExporterServer(BoundedHTTPServer):
                          backlog=128, name="exporter-http", tls=tls, listen=listen, inline=self._inline)
 
     def metrics_body(self) -> bytes:
-        """The full exposition: the cached core plus every collector in ``self.registry``."""
+        """The full exposition: the cached core plus every collector in ``self.registry``; the
+        whole of it is built again only when ``_body_key`` changed (or cannot be known)."""
         key = self._body_key()
+        built = self._built(key)
+        if built is not None:
+            return built
         extra = exposition(self.registry)
         core = self._core_body()
         body = core + self.scheduler.ctx.redact(extra.decode()).encode() if extra else core
@@ -147,18 +151,19 @@ class ExporterServer(BoundedHTTPServer):
             key.append(state())
         return tuple(key)
 
+    def _built(self, key: tuple[Any, ...] | None) -> bytes | None:
+        """The exposition built for ``key``, if that is the one kept."""
+        cached = self._body_cache
+        return cached[1] if key is not None and cached is not None and cached[0] == key else None
+
     def _inline(self, req: Request) -> Response | None:
-        """On the event loop: a scrape whose exposition is already built is answered at once, with
-        no hand-over to the pool and back; anything else (a rebuild, the API, basic auth) goes to
-        the pool."""
+        """On the event loop, once the precheck has let the request in (basic auth included): a
+        scrape whose exposition is already built is answered at once, with no hand-over to the pool
+        and back; anything else (a rebuild, the API, the status page) goes to the pool."""
         if req.path != "/metrics" or req.method not in ("GET", "HEAD"):
             return None
-        if self.scheduler.config["exporter"]["basic_auth_users"]:
-            return None
-        cached, key = self._body_cache, self._body_key()
-        if cached is None or key is None or cached[0] != key:
-            return None
-        return _answer(200, cached[1], CONTENT_TYPE_LATEST)
+        built = self._built(self._body_key())
+        return None if built is None else _answer(200, built, CONTENT_TYPE_LATEST)
 
     def _core_body(self) -> bytes:
         """The core exposition, rebuilt only when the scheduler's state changed since the last scrape.
