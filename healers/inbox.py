@@ -2,7 +2,7 @@
 
 The webhook answers as soon as a delivery is known to be an Alertmanager v4 payload and is on
 disk in the journal (``<audit file's stem>.journal`` next to the heal audit, in the bot root):
-concurrent requests share one ``fsync`` (a group commit), so the answer costs a fraction of a
+concurrent requests share one synchronous write (``O_DSYNC``: a group commit), so the answer costs a fraction of a
 millisecond of disk, never a policy decision, a lease, an audit record or a log line. A receiver
 killed after the answer replays the journal's undecided deliveries when it starts; the policy,
 restored from the audit, makes the replay safe (an alert already acted on is a ``duplicate``).
@@ -157,6 +157,11 @@ class Journal(audit.AuditLog):
         self._alerts: dict[int, int] = {}
         self._next = 1
         self._fd: int | None = None  # holds the slot's flock
+        #: the flusher's descriptor of the journal: appends, and each write is on disk when it
+        #: returns (O_DSYNC), so a batch costs the flusher one system call (each call is a wait
+        #: for the GIL on the way back while the event loop holds it); reopened after a rewrite
+        self._append: int | None = None
+        self._append_ino = 0
         #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
         self.keep_labels: frozenset[str] = frozenset()
         #: written, waiting for the flusher's fsync
@@ -197,8 +202,39 @@ class Journal(audit.AuditLog):
         with self._flush:
             fd, self._fd = self._fd, None
             self._flush.notify()
+        with self.lock:
+            self._drop_append()
         if fd is not None:
             os.close(fd)
+
+    def _drop_append(self) -> None:
+        """Forget the append descriptor (the caller holds ``lock``): the file was replaced or closed."""
+        fd, self._append = self._append, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _write_synced(self, data: bytes) -> None:
+        """Append ``data`` in one ``write`` that returns once it is on disk (the caller holds
+        ``lock``); a short write (a disk that filled up) is cut off again and raised as ENOSPC."""
+        fd = self._append
+        if fd is not None:
+            try:  # the file this descriptor writes to must still be the journal (not moved or deleted)
+                same = os.stat(self.path).st_ino == self._append_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self._drop_append()
+                fd = None
+        if fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._append = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_DSYNC | os.O_CLOEXEC,
+                                        0o640)
+            self._append_ino = os.fstat(fd).st_ino
+        n = os.write(fd, data)
+        if n != len(data):
+            os.ftruncate(fd, os.fstat(fd).st_size - n)
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write)")
 
     def recover(self) -> list[Delivery]:
         """Take a journal slot and return the undecided deliveries a previous receiver
@@ -229,7 +265,7 @@ class Journal(audit.AuditLog):
     def submit(self, delivery: Delivery, on_synced: Synced | None = None) -> Future[None] | None:
         """Number the delivery and hand it to the flusher thread; ``on_synced`` is called (through
         ``completer``) once it is on disk, or else the returned Future completes then. The flusher
-        writes everything handed to it in one ``write`` and one ``fsync`` (a group commit), so no
+        writes everything handed to it in one ``write`` that returns once it is on disk (a group commit), so no
         request waits on the disk by itself, and the caller never touches it. InboxFull when too
         many alerts already wait."""
         fut: Future[None] | None = None
@@ -268,15 +304,12 @@ class Journal(audit.AuditLog):
                 batch, self._waiting = self._waiting, []
             with self.lock:  # new deliveries are numbered and queued meanwhile: the next batch
                 try:
-                    self._write_line(b"".join(line for _, line, _, _ in batch))
+                    # the batch's write and its sync in one call (a group commit)
+                    self._write_synced(b"".join(line for _, line, _, _ in batch))
                     failed: OSError | None = None
                 except OSError as exc:  # a full disk: nothing of the batch is acknowledged
                     failed = exc
-            if failed is None:
-                try:
-                    audit.fsync_path(self.path)
-                except OSError as exc:
-                    failed = exc
+                    self._drop_append()  # the next batch opens the file again (it may be gone)
             if failed is not None:
                 with contextlib.suppress(OSError):
                     self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
@@ -338,6 +371,7 @@ class Journal(audit.AuditLog):
             os.close(fd)
             raise
         audit.fsync_path(self.path.parent)
+        self._drop_append()  # the old file is gone: the next batch appends to the new one
         old, self._fd = self._fd, fd
         if old is not None:
             os.close(old)

@@ -260,3 +260,24 @@ def test_the_journal_stays_bounded_and_a_live_receivers_journal_is_its_own(tmp_p
     assert again.path.stat().st_size == 0
     again.close()
     peer.close()
+
+
+def test_a_delivery_after_the_journal_was_moved_away_is_journaled_in_a_new_one(tmp_path: Path) -> None:
+    """The flusher keeps its journal open between batches: a journal moved or deleted meanwhile
+    (a log rotation, an operator) is noticed, and the next delivery is on disk in a new file at
+    the journal's path, where a restarted receiver looks, never only in the old one."""
+    audit_file = tmp_path / "logs/heals.jsonl"
+    journal = Journal(audit_file)
+    assert journal.recover() == []
+    first = Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", "f1", "2026-11-25T10:00:00.000Z")])
+    journal.submit(first).result(timeout=10)
+    assert b'"f1"' in journal.path.read_bytes()
+    journal.path.rename(tmp_path / "rotated.journal")
+    second = Delivery(time.time(), "http://am", [Alert("firing", "FP-2.1", "f2", "2026-11-25T10:00:00.000Z")])
+    journal.submit(second).result(timeout=10)
+    assert b'"f2"' in journal.path.read_bytes() and b'"f2"' not in (tmp_path / "rotated.journal").read_bytes()
+    journal.path.unlink()
+    third = Delivery(time.time(), "http://am", [Alert("firing", "FP-3.1", "f3", "2026-11-25T10:00:00.000Z")])
+    journal.submit(third).result(timeout=10)
+    assert b'"f3"' in journal.path.read_bytes()
+    journal.close()
