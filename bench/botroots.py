@@ -164,18 +164,29 @@ def production_cache(root: BotRoot, now: float) -> dict[str, Any]:
     return data
 
 
-def write_cache(root: BotRoot, now: float, data: dict[str, Any]) -> None:
-    """The daemon's rewrite: every ticker and the metadata re-stamped, the file replaced."""
+#: stock-bot's daemon polls its tickers one after another with at least 0.5 s between them
+#: (``UW_DAEMON_INTER_TICKER_SLEEP_SEC``) and merges each answer into the cache, rewriting the
+#: whole file (``_update_cache``): in the exporter's 15 s interval at most this many tickers change
+TICKERS_PER_CYCLE = 30
+#: and every 600 s (its ``market_tide`` interval, 40 of the exporter's 15 s cycles) it copies the
+#: market tide into every ticker: that rewrite changes every entry
+TIDE_EVERY = 40
+
+
+def write_cache(root: BotRoot, now: float, data: dict[str, Any], updated: list[str] | None = None) -> None:
+    """The daemon's rewrite: the tickers in ``updated`` (all of them when None) and the metadata
+    re-stamped, the file replaced."""
     data["_metadata"]["last_update"] = now
     for key, entry in data.items():
-        if not key.startswith("_"):
+        if not key.startswith("_") and (updated is None or key in updated):
             entry["_last_update"] = int(now)
     write_json(root.p("data/uw_flow_cache.json"), data)
 
 
 def bot_cycle(root: BotRoot, now: float, cycle: int, cache: dict[str, Any]) -> None:
     """What the bot writes in one cycle: main.py's cycle (its blocked candidates, one order, the
-    heartbeat and supervisor health), the daemon's cycle line and UW calls, the cache rewritten."""
+    heartbeat and supervisor health), the daemon's cycle line and UW calls, the cache rewritten
+    with the next TICKERS_PER_CYCLE tickers updated (every ticker each TIDE_EVERY cycles)."""
     root.now = now
     root.cycles_with_blocks(1, blocked={"score_below_min": 2, "symbol_on_cooldown": 1}, clusters=3, orders=1,
                             end=now, score=1.9)
@@ -184,7 +195,15 @@ def bot_cycle(root: BotRoot, now: float, cycle: int, cache: dict[str, Any]) -> N
     root.heartbeat(iter_count=100 + cycle)
     write_json(root.p("state/health.json"), {"overall_status": "OK", "timestamp": iso(now), "details": {},
                                              "services": {"trading-bot": "OK", "uw-daemon": "OK"}})
-    write_cache(root, now, cache)
+    tickers = sorted(k for k in cache if not k.startswith("_"))
+    if cycle % TIDE_EVERY == 0:  # the market tide, copied into every ticker
+        cache["_market_tide"] = {"data": tide_point(now), "last_update": int(now)}
+        for sym in tickers:
+            cache[sym]["market_tide"] = cache["_market_tide"]["data"]
+        write_cache(root, now, cache)
+        return
+    start = cycle * TICKERS_PER_CYCLE % len(tickers)
+    write_cache(root, now, cache, (tickers + tickers)[start:start + TICKERS_PER_CYCLE])
 
 
 def size_mb(root: Path) -> tuple[float, float]:

@@ -8,6 +8,7 @@ both decoders.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.bot.cache import decode, summarise
+from exporter.bot.cache import Unchanged, decode, decode_unchanged, summarise
 from exporter.bot.readers import ChangedFileCache, FileProblem, read_json
 from exporter.core.model import Status
 from sandbox.alpaca import FakeAlpaca
@@ -133,6 +134,78 @@ _cache = st.fixed_dictionaries({}, optional={"_metadata": _json, "_market_tide":
 def test_any_cache_shape_summarises_as_with_json(cache: dict[str, Any], indent: bool) -> None:
     raw = json.dumps(cache, indent=2 if indent else None).encode()
     assert judged(decode, raw) == judged(json.loads, raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_cache, _cache, st.booleans())
+def test_a_rewrite_decoded_from_the_last_one_summarises_as_with_json(first: dict[str, Any], changes: dict[str, Any],
+                                                                     indent: bool) -> None:
+    """The daemon's rewrite: some entries replaced or added, the rest the same bytes as before."""
+    memo = Unchanged()
+    raw1 = json.dumps(first, indent=2 if indent else None).encode()
+    assert judged(lambda b: decode_unchanged(b, memo), raw1) == judged(json.loads, raw1)
+    raw2 = json.dumps({**first, **changes}, indent=2 if indent else None).encode()
+    assert judged(lambda b: decode_unchanged(b, memo), raw2) == judged(json.loads, raw2)
+    # and back: what the second decode remembered serves the first bytes again
+    assert judged(lambda b: decode_unchanged(b, memo), raw1) == judged(json.loads, raw1)
+
+
+def test_a_rewrite_decodes_only_the_tickers_it_changed() -> None:
+    """A production-size cache rewritten with three tickers updated (stock-bot's daemon merges
+    one ticker's answer and rewrites the file): the other entries are not decoded again, and the
+    summary is json's, also when a ticker's entry stops being an object or a ticker goes."""
+    cache = json.loads(production_size(20))
+    tickers = sorted(k for k in cache if not k.startswith("_"))
+    memo = Unchanged()
+    raw = json.dumps(cache, indent=2).encode()
+    assert judged(lambda b: decode_unchanged(b, memo), raw) == judged(json.loads, raw) and memo.reused == 0
+    for sym in tickers[:3]:
+        cache[sym]["_last_update"] = 1_800_000_000
+        cache[sym]["flow_trades"] = cache[sym]["flow_trades"][:1]
+    cache["_metadata"]["last_update"] = 1_800_000_000
+    raw = json.dumps(cache, indent=2).encode()
+    assert judged(lambda b: decode_unchanged(b, memo), raw) == judged(json.loads, raw)
+    assert memo.reused == len(tickers) - 3 + 1  # "_top_net_impact" too; "_metadata" is always decoded
+    cache[tickers[3]] = ["not", "an", "object"]
+    del cache[tickers[4]]
+    raw = json.dumps(cache, indent=2).encode()
+    assert judged(lambda b: decode_unchanged(b, memo), raw) == judged(json.loads, raw)
+    assert memo.reused == len(tickers) - 2 + 1
+
+
+def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:
+    """What the last good decode remembered never makes a damaged file look whole."""
+    raw = real_cache("daemon")
+    rng = random.Random(17)
+    for i in range(400):
+        memo = Unchanged()
+        fast = functools.partial(decode_unchanged, memo=memo)
+        assert judged(fast, raw)[0] == "ok"
+        data = bytearray(raw)
+        pos = rng.randrange(len(data))
+        if i % 3 == 0:
+            del data[pos:]
+        elif i % 3 == 1:
+            data[pos] = rng.randrange(256)
+        else:
+            del data[pos:pos + rng.randrange(1, 64)]
+        assert judged(fast, bytes(data)) == judged(json.loads, bytes(data)), (i, pos)
+        # and the next whole file is judged whole again
+        assert judged(fast, raw) == judged(json.loads, raw)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"A": {"flow_trades": ["\xff"]}}',
+    b'{"A": {"conviction": NaN, "flow_trades": [Infinity]}}',
+    b'{"A": {"trade_count": 1e400}, "_metadata": {"last_update": 123456789012345678901234567890}}',
+    b'{"A": {"flow_trades": [' + b"[" * 3000 + b"]" * 3000 + b"]}}",
+    b'["A"]', b'{"A": 1} trailing', b'{"A": {"flow_trades": [1,]}}', b'{"A": {"x": 1}, "A": [2]}',
+])
+def test_edge_cases_after_a_good_decode_are_judged_as_by_json(text: bytes) -> None:
+    memo = Unchanged()
+    good = b'{"A": {"flow_trades": [{"a": 1}], "trade_count": 1}, "B": {"x": 1}}'
+    assert judged(lambda b: decode_unchanged(b, memo), good) == judged(json.loads, good)
+    assert judged(lambda b: decode_unchanged(b, memo), text) == judged(json.loads, text)
 
 
 def test_concurrent_readers_share_one_parse(tmp_path: Path) -> None:

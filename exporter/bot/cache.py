@@ -112,6 +112,59 @@ def decode(raw: bytes) -> Any:
     return json.loads(raw)
 
 
+#: the cache's top level, each value kept as its bytes: one pass that finds every entry
+_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
+#: one top-level entry, as :data:`_LEAN` and :data:`_PARTIAL` decode it
+_LEAN_ENTRY = msgspec.json.Decoder(dict[str, _LeanBlock] | list[msgspec.Raw] | _Scalar)
+_PARTIAL_ENTRY = msgspec.json.Decoder(_Entry)
+
+
+class Unchanged:
+    """What :func:`decode_unchanged` keeps of the last cache it decoded: each entry's bytes and
+    what they decoded to. Used by one parsing thread at a time (the cache's own)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[msgspec.Raw, Any]] = {}
+        self.reused = 0  # entries not decoded again in the last decode (for the tests and the bench)
+
+
+def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
+    """:func:`decode`, without decoding again an entry whose bytes are those of the last decode.
+
+    stock-bot's daemon merges one ticker's answer into the cache and rewrites the whole file
+    (``_update_cache``), so between two cycles most tickers' entries are the same bytes: one pass
+    over the file finds each entry, and only the changed ones are decoded. The result is what
+    :func:`decode` returns for the same bytes, entry for entry; anything unusual (a file the fast
+    decoders refuse) is :func:`decode`'s, and then nothing is remembered.
+    """
+    if not _utf8(raw):
+        memo.entries, memo.reused = {}, 0
+        return decode(raw)
+    try:
+        top = _TOP.decode(raw)
+        value: dict[str, Any] = {}
+        kept: dict[str, tuple[msgspec.Raw, Any]] = {}
+        previous, reused = memo.entries, 0
+        for key, entry in top.items():
+            if key in _READ_IN_FULL:  # small: decoded whole every time, never remembered
+                value[key] = _PARTIAL_ENTRY.decode(entry)
+                continue
+            last = previous.get(key)
+            if last is not None and last[0] == entry:
+                value[key] = last[1]
+                reused += 1
+            else:
+                value[key] = _LEAN_ENTRY.decode(entry)
+            kept[key] = (entry, value[key])
+    except (msgspec.DecodeError, RecursionError):
+        memo.entries, memo.reused = {}, 0
+        return decode(raw)
+    if not isinstance(top, dict):
+        return decode(raw)
+    memo.entries, memo.reused = kept, reused
+    return value
+
+
 def _counted_in(value: Any) -> bool:
     if isinstance(value, Counted):
         return True
@@ -237,12 +290,23 @@ os.register_at_fork(after_in_child=_parser_after_fork)
 def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSummary:
     """The cache, parsed with torn-read retries and only when (inode, size, mtime) changed."""
     path = ctx.path("uw_cache")
+    memo = _unchanged(ctx, path)
 
     def parse(p: Path) -> CacheSummary:
-        raw = read_json(p, retries, delay, decode)
+        raw = read_json(p, retries, delay, lambda data: decode_unchanged(data, memo))
         return summarise(raw, p.stat().st_size, p)
 
     return ctx.files.get(path, lambda p: _PARSER.submit(parse, p).result())  # type: ignore[no-any-return]
+
+
+def _unchanged(ctx: Context, path: Path) -> Unchanged:
+    """The last decode of the cache at ``path``, kept with the context's state between cycles."""
+    memos = ctx.state_for("uw-cache")
+    memo = memos.get(str(path))
+    if not isinstance(memo, Unchanged):
+        memos.clear()  # a context reads one cache: another path (a config reload) starts over
+        memo = memos[str(path)] = Unchanged()
+    return memo
 
 
 def require_cache(ctx: Context) -> CacheSummary:
