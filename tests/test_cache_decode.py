@@ -50,10 +50,12 @@ def production_size(copies: int = 60) -> bytes:
     return json.dumps(out, indent=2).encode()
 
 
-def judged(decoder: Any, raw: bytes) -> tuple[str, Any]:
-    """What a decoder makes of the bytes: the summary, or the exception's type and reason."""
+def judged(decoder: Any, raw: bytes, memo: Unchanged | None = None) -> tuple[str, Any]:
+    """What a decoder makes of the bytes: the summary (with the tickers ``memo`` counted), or the
+    exception's type and reason."""
     try:
-        return "ok", summarise(decoder(raw), len(raw), Path("uw_flow_cache.json"))
+        value = decoder(raw)
+        return "ok", summarise(value, len(raw), Path("uw_flow_cache.json"), memo.counted if memo else None)
     except (ValueError, RecursionError, FileProblem) as exc:
         return type(exc).__name__, str(exc)
 
@@ -143,11 +145,11 @@ def test_a_rewrite_decoded_from_the_last_one_summarises_as_with_json(first: dict
     """The daemon's rewrite: some entries replaced or added, the rest the same bytes as before."""
     memo = Unchanged()
     raw1 = json.dumps(first, indent=2 if indent else None).encode()
-    assert judged(lambda b: decode_unchanged(b, memo), raw1) == judged(json.loads, raw1)
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw1, memo) == judged(json.loads, raw1)
     raw2 = json.dumps({**first, **changes}, indent=2 if indent else None).encode()
-    assert judged(lambda b: decode_unchanged(b, memo), raw2) == judged(json.loads, raw2)
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw2, memo) == judged(json.loads, raw2)
     # and back: what the second decode remembered serves the first bytes again
-    assert judged(lambda b: decode_unchanged(b, memo), raw1) == judged(json.loads, raw1)
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw1, memo) == judged(json.loads, raw1)
 
 
 def test_a_rewrite_decodes_only_the_tickers_it_changed() -> None:
@@ -158,18 +160,18 @@ def test_a_rewrite_decodes_only_the_tickers_it_changed() -> None:
     tickers = sorted(k for k in cache if not k.startswith("_"))
     memo = Unchanged()
     raw = json.dumps(cache, indent=2).encode()
-    assert judged(lambda b: decode_unchanged(b, memo), raw) == judged(json.loads, raw) and memo.reused == 0
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw, memo) == judged(json.loads, raw) and memo.reused == 0
     for sym in tickers[:3]:
         cache[sym]["_last_update"] = 1_800_000_000
         cache[sym]["flow_trades"] = cache[sym]["flow_trades"][:1]
     cache["_metadata"]["last_update"] = 1_800_000_000
     raw = json.dumps(cache, indent=2).encode()
-    assert judged(lambda b: decode_unchanged(b, memo), raw) == judged(json.loads, raw)
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw, memo) == judged(json.loads, raw)
     assert memo.reused == len(tickers) - 3 + 1  # "_top_net_impact" too; "_metadata" is always decoded
     cache[tickers[3]] = ["not", "an", "object"]
     del cache[tickers[4]]
     raw = json.dumps(cache, indent=2).encode()
-    assert judged(lambda b: decode_unchanged(b, memo), raw) == judged(json.loads, raw)
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw, memo) == judged(json.loads, raw)
     assert memo.reused == len(tickers) - 2 + 1
 
 
@@ -180,7 +182,7 @@ def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:
     for i in range(400):
         memo = Unchanged()
         fast = functools.partial(decode_unchanged, memo=memo)
-        assert judged(fast, raw)[0] == "ok"
+        assert judged(fast, raw, memo)[0] == "ok"
         data = bytearray(raw)
         pos = rng.randrange(len(data))
         if i % 3 == 0:
@@ -189,9 +191,9 @@ def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:
             data[pos] = rng.randrange(256)
         else:
             del data[pos:pos + rng.randrange(1, 64)]
-        assert judged(fast, bytes(data)) == judged(json.loads, bytes(data)), (i, pos)
+        assert judged(fast, bytes(data), memo) == judged(json.loads, bytes(data)), (i, pos)
         # and the next whole file is judged whole again
-        assert judged(fast, raw) == judged(json.loads, raw)
+        assert judged(fast, raw, memo) == judged(json.loads, raw)
 
 
 @pytest.mark.parametrize("text", [
@@ -204,8 +206,8 @@ def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:
 def test_edge_cases_after_a_good_decode_are_judged_as_by_json(text: bytes) -> None:
     memo = Unchanged()
     good = b'{"A": {"flow_trades": [{"a": 1}], "trade_count": 1}, "B": {"x": 1}}'
-    assert judged(lambda b: decode_unchanged(b, memo), good) == judged(json.loads, good)
-    assert judged(lambda b: decode_unchanged(b, memo), text) == judged(json.loads, text)
+    assert judged(functools.partial(decode_unchanged, memo=memo), good, memo) == judged(json.loads, good)
+    assert judged(functools.partial(decode_unchanged, memo=memo), text, memo) == judged(json.loads, text)
 
 
 def test_concurrent_readers_share_one_parse(tmp_path: Path) -> None:

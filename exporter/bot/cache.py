@@ -124,8 +124,11 @@ class Unchanged:
     what they decoded to. Used by one parsing thread at a time (the cache's own)."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[msgspec.Raw, Any]] = {}
+        self.entries: dict[str, tuple[msgspec.Raw, Any, tuple[int, int, int, int] | None]] = {}
         self.reused = 0  # entries not decoded again in the last decode (for the tests and the bench)
+        #: the last decode's tickers with their :func:`ticker_counts` (for :func:`summarise`),
+        #: None when it was not decoded here
+        self.counted: dict[str, tuple[int, int, int, int]] | None = None
 
 
 def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
@@ -138,12 +141,13 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
     decoders refuse) is :func:`decode`'s, and then nothing is remembered.
     """
     if not _utf8(raw):
-        memo.entries, memo.reused = {}, 0
+        memo.entries, memo.reused, memo.counted = {}, 0, None
         return decode(raw)
     try:
         top = _TOP.decode(raw)
         value: dict[str, Any] = {}
-        kept: dict[str, tuple[msgspec.Raw, Any]] = {}
+        kept: dict[str, tuple[msgspec.Raw, Any, tuple[int, int, int, int] | None]] = {}
+        counted: dict[str, tuple[int, int, int, int]] = {}
         previous, reused = memo.entries, 0
         for key, entry in top.items():
             if key in _READ_IN_FULL:  # small: decoded whole every time, never remembered
@@ -151,17 +155,18 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
                 continue
             last = previous.get(key)
             if last is not None and last[0] == entry:
-                value[key] = last[1]
+                value[key], counts = last[1], last[2]
                 reused += 1
             else:
                 value[key] = _LEAN_ENTRY.decode(entry)
-            kept[key] = (entry, value[key])
+                counts = ticker_counts(value[key]) if key[:1] != "_" and isinstance(value[key], dict) else None
+            kept[key] = (entry, value[key], counts)
+            if counts is not None:
+                counted[key] = counts
     except (msgspec.DecodeError, RecursionError):
-        memo.entries, memo.reused = {}, 0
+        memo.entries, memo.reused, memo.counted = {}, 0, None
         return decode(raw)
-    if not isinstance(top, dict):
-        return decode(raw)
-    memo.entries, memo.reused = kept, reused
+    memo.entries, memo.reused, memo.counted = kept, reused, counted
     return value
 
 
@@ -198,8 +203,26 @@ def plain(value: Any) -> Any:
     return value
 
 
-def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
-    """The summary of a cache decoded by :func:`decode` (or ``json.loads``)."""
+def ticker_counts(entry: dict[str, Any]) -> tuple[int, int, int, int]:
+    """One ticker's share of the summary: (has trades, trades, has intel blocks, has intel data),
+    its keys walked once and its blocks judged only until one has data."""
+    trades = entry.get("flow_trades")
+    count = number(entry.get("trade_count")) or 0
+    n = len(trades) if isinstance(trades, list) else 0
+    has_intel = has_data = 0
+    for key, block in entry.items():
+        if isinstance(block, dict) and key not in CORE_TICKER_KEYS:
+            has_intel = 1
+            if block_has_data(block):
+                has_data = 1
+                break
+    return (1 if n or count else 0), max(n, int(count)), has_intel, has_data
+
+
+def summarise(raw: Any, size: int, path: Path, counted: dict[str, tuple[int, int, int, int]] | None = None
+              ) -> CacheSummary:
+    """The summary of a cache decoded by :func:`decode` (or ``json.loads``); ``counted`` holds the
+    :func:`ticker_counts` of tickers already counted (:attr:`Unchanged.counted`)."""
     if not isinstance(raw, dict):
         raise FileProblem("corrupt", path, f"{path.name} is not a JSON object (got {type(raw).__name__})")
     raw_meta = plain(raw.get("_metadata"))
@@ -218,21 +241,13 @@ def summarise(raw: Any, size: int, path: Path) -> CacheSummary:
     for sym, entry in raw.items():
         if sym[:1] == "_" or not isinstance(entry, dict):
             continue
-        trades = entry.get("flow_trades")
-        count = number(entry.get("trade_count")) or 0
-        n = len(trades) if isinstance(trades, list) else 0
-        if n or count:
-            with_trades += 1
-        total += max(n, int(count))
-        has_intel = has_data = False
-        for key, block in entry.items():
-            if isinstance(block, dict) and key not in CORE_TICKER_KEYS:
-                has_intel = True
-                if block_has_data(block):
-                    has_data = True
-                    break
-        with_intel += has_intel
-        enriched += has_data
+        c = counted.get(sym) if counted is not None else None
+        if c is None:
+            c = ticker_counts(entry)
+        with_trades += c[0]
+        total += c[1]
+        with_intel += c[2]
+        enriched += c[3]
     summary.tickers_with_trades, summary.total_trades = with_trades, total
     summary.tickers_with_intel_keys, summary.tickers_enriched = with_intel, enriched
     tide = plain(raw.get("_market_tide"))
@@ -294,7 +309,7 @@ def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSu
 
     def parse(p: Path) -> CacheSummary:
         raw = read_json(p, retries, delay, lambda data: decode_unchanged(data, memo))
-        return summarise(raw, p.stat().st_size, p)
+        return summarise(raw, p.stat().st_size, p, memo.counted)
 
     return ctx.files.get(path, lambda p: _PARSER.submit(parse, p).result())  # type: ignore[no-any-return]
 
