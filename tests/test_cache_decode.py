@@ -79,21 +79,27 @@ def test_production_size_cache_summarises_as_with_json() -> None:
     assert len(fast[1].symbols) == 300 and fast[1].total_trades == 60 * 160
 
 
+def damaged(raw: bytes, rng: random.Random, i: int) -> tuple[bytes, int]:
+    """``raw`` cut short (i % 3 == 0), with a byte replaced (1) or a run of bytes lost (2); and where."""
+    data = bytearray(raw)
+    pos = rng.randrange(len(data))
+    if i % 3 == 0:
+        del data[pos:]
+    elif i % 3 == 1:
+        data[pos] = rng.randrange(256)
+    else:
+        del data[pos:pos + rng.randrange(1, 64)]
+    return bytes(data), pos
+
+
 def test_torn_and_damaged_caches_fail_with_jsons_reason() -> None:
     """Cut short, a byte replaced, a run of bytes lost: accepted or refused alike, same reason."""
     raw = real_cache("daemon")
     rng = random.Random(16)
     refused = 0
     for i in range(1500):
-        data = bytearray(raw)
-        pos = rng.randrange(len(data))
-        if i % 3 == 0:
-            del data[pos:]
-        elif i % 3 == 1:
-            data[pos] = rng.randrange(256)
-        else:
-            del data[pos:pos + rng.randrange(1, 64)]
-        fast, slow = judged(decode, bytes(data)), judged(json.loads, bytes(data))
+        data, pos = damaged(raw, rng, i)
+        fast, slow = judged(decode, data), judged(json.loads, data)
         assert fast == slow, (i, pos)
         refused += fast[0] != "ok"
     assert 500 < refused < 1500  # both kinds of outcome were compared
@@ -183,15 +189,8 @@ def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:
         memo = Unchanged()
         fast = functools.partial(decode_unchanged, memo=memo)
         assert judged(fast, raw, memo)[0] == "ok"
-        data = bytearray(raw)
-        pos = rng.randrange(len(data))
-        if i % 3 == 0:
-            del data[pos:]
-        elif i % 3 == 1:
-            data[pos] = rng.randrange(256)
-        else:
-            del data[pos:pos + rng.randrange(1, 64)]
-        assert judged(fast, bytes(data), memo) == judged(json.loads, bytes(data)), (i, pos)
+        data, pos = damaged(raw, rng, i)
+        assert judged(fast, data, memo) == judged(json.loads, data), (i, pos)
         # and the next whole file is judged whole again
         assert judged(fast, raw, memo) == judged(json.loads, raw)
 
