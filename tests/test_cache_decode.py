@@ -174,11 +174,49 @@ def test_a_rewrite_decodes_only_the_tickers_it_changed() -> None:
     raw = json.dumps(cache, indent=2).encode()
     assert judged(functools.partial(decode_unchanged, memo=memo), raw, memo) == judged(json.loads, raw)
     assert memo.reused == len(tickers) - 3 + 1  # "_top_net_impact" too; "_metadata" is always decoded
+    assert memo.walked  # compared against the last file, without a pass over the whole of it
     cache[tickers[3]] = ["not", "an", "object"]
     del cache[tickers[4]]
     raw = json.dumps(cache, indent=2).encode()
     assert judged(functools.partial(decode_unchanged, memo=memo), raw, memo) == judged(json.loads, raw)
     assert memo.reused == len(tickers) - 2 + 1
+    for sym in tickers[5:]:  # the market tide copied into every ticker: the walk gives way to one pass
+        cache[sym]["market_tide"] = {"net_call_premium": "1"}
+    raw = json.dumps(cache, indent=2).encode()
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw, memo) == judged(json.loads, raw)
+    assert (memo.walked, memo.reused) == (False, 3 + 1 + 1)  # the first four kept, one gone; "_top_net_impact"
+
+
+_FIRST = b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 3}}'
+
+
+@pytest.mark.parametrize(("second", "walked"), [
+    (_FIRST, True),  # nothing changed
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 2, "y": []}, "C": {"trade_count": 3}}', True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 4}}', True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]},\n  "B" : {"x": 1}  ,"C":{"trade_count": 3}  }\n', True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "C": {"trade_count": 3}}', True),  # B went
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 3}} x', False),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 3}', False),
+    (b'{"A": {"trade_count": 123, "flow_trades": []}, "B": {"x": 1}, "C": {"trade_count": 3}}', True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"C": 1, "x": 1}, "C": {"trade_count": 3}}', False),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 3}, "D": 1}', True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "D": 1, "B": {"x": 1}, "C": {"trade_count": 3}}', False),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 3}, "A": []}', False),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1,}, "C": {"trade_count": 3}}', False),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": NaN, "C": {"trade_count": 3}}', False),
+    (b'{"C": {"trade_count": 3}, "A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}}', True),
+    (b'{"A\\u0041": 1, "B": {"x": 1}, "C": {"trade_count": 3}}', False),
+])
+def test_a_rewrite_walked_against_the_last_file_is_judged_as_by_json(second: bytes, walked: bool) -> None:
+    """The walk compares unchanged entries and decodes the rest; what it cannot follow (a new key
+    in the middle, a key seen twice, a nested key named like the next ticker, anything that is
+    not JSON) gets the whole pass, and every outcome is json's."""
+    memo = Unchanged()
+    fast = functools.partial(decode_unchanged, memo=memo)
+    assert judged(fast, _FIRST, memo) == judged(json.loads, _FIRST) and not memo.walked
+    assert judged(fast, second, memo) == judged(json.loads, second)
+    assert memo.walked is walked
 
 
 def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,54 +120,170 @@ _LEAN_ENTRY = msgspec.json.Decoder(dict[str, _LeanBlock] | list[msgspec.Raw] | _
 _PARTIAL_ENTRY = msgspec.json.Decoder(_Entry)
 
 
+_Counts = tuple[int, int, int, int]
+#: an entry as the last decode left it: its bytes (a view of that file), its value, its counts
+_Kept = tuple[msgspec.Raw | memoryview, Any, _Counts | None]
+
+
 class Unchanged:
     """What :func:`decode_unchanged` keeps of the last cache it decoded: each entry's bytes and
-    what they decoded to. Used by one parsing thread at a time (the cache's own)."""
+    what they decoded to, and the order of the entries. Used by one parsing thread at a time (the
+    cache's own)."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[msgspec.Raw, Any, tuple[int, int, int, int] | None]] = {}
+        self.entries: dict[str, _Kept] = {}
+        #: each key's successor in the last file (None after the last one): where a changed entry ends
+        self.after: dict[str, str | None] = {}
         self.reused = 0  # entries not decoded again in the last decode (for the tests and the bench)
+        #: whether the last decode walked the file against the one before (no whole-file pass)
+        self.walked = False
         #: the last decode's tickers with their :func:`ticker_counts` (for :func:`summarise`),
         #: None when it was not decoded here
-        self.counted: dict[str, tuple[int, int, int, int]] | None = None
+        self.counted: dict[str, _Counts] | None = None
+
+    def forget(self) -> None:
+        self.entries, self.after, self.reused, self.walked, self.counted = {}, {}, 0, False, None
+
+
+def _counts_of(key: str, value: Any) -> _Counts | None:
+    return ticker_counts(value) if key[:1] != "_" and isinstance(value, dict) else None
 
 
 def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
     """:func:`decode`, without decoding again an entry whose bytes are those of the last decode.
 
     stock-bot's daemon merges one ticker's answer into the cache and rewrites the whole file
-    (``_update_cache``), so between two cycles most tickers' entries are the same bytes: one pass
-    over the file finds each entry, and only the changed ones are decoded. The result is what
-    :func:`decode` returns for the same bytes, entry for entry; anything unusual (a file the fast
-    decoders refuse) is :func:`decode`'s, and then nothing is remembered.
+    (``_update_cache``), so between two cycles most tickers' entries are the same bytes, in the
+    same order. The file is walked entry by entry against the last one (:func:`_walk`): an entry
+    whose bytes are the last file's is compared, not parsed, and only the changed ones are
+    decoded. A file the walk cannot follow (a new key, keys in another order, escapes in a key)
+    gets one msgspec pass that finds every entry instead, and the result is the same. Either way
+    it is what :func:`decode` returns for the same bytes, entry for entry; anything unusual (a
+    file the fast decoders refuse) is :func:`decode`'s, and then nothing is remembered.
     """
     if not _utf8(raw):
-        memo.entries, memo.reused, memo.counted = {}, 0, None
+        memo.forget()
         return decode(raw)
     try:
+        walked = _walk(raw, memo) if memo.entries else None
+        if walked is not None:
+            return walked
         top = _TOP.decode(raw)
         value: dict[str, Any] = {}
-        kept: dict[str, tuple[msgspec.Raw, Any, tuple[int, int, int, int] | None]] = {}
-        counted: dict[str, tuple[int, int, int, int]] = {}
+        kept: dict[str, _Kept] = {}
+        counted: dict[str, _Counts] = {}
         previous, reused = memo.entries, 0
         for key, entry in top.items():
-            if key in _READ_IN_FULL:  # small: decoded whole every time, never remembered
-                value[key] = _PARTIAL_ENTRY.decode(entry)
-                continue
             last = previous.get(key)
-            if last is not None and last[0] == entry:
+            if last is not None and key not in _READ_IN_FULL and last[0] == entry:
                 value[key], counts = last[1], last[2]
                 reused += 1
             else:
-                value[key] = _LEAN_ENTRY.decode(entry)
-                counts = ticker_counts(value[key]) if key[:1] != "_" and isinstance(value[key], dict) else None
+                value[key] = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(entry)
+                counts = _counts_of(key, value[key])
             kept[key] = (entry, value[key], counts)
             if counts is not None:
                 counted[key] = counts
-    except (msgspec.DecodeError, RecursionError):
-        memo.entries, memo.reused, memo.counted = {}, 0, None
+    except (msgspec.DecodeError, RecursionError, UnicodeError):
+        memo.forget()
         return decode(raw)
-    memo.entries, memo.reused, memo.counted = kept, reused, counted
+    keys = list(top)
+    memo.entries, memo.reused, memo.counted, memo.walked = kept, reused, counted, False
+    memo.after = {k: (keys[i + 1] if i + 1 < len(keys) else None) for i, k in enumerate(keys)}
+    return value
+
+
+_WS = re.compile(rb"[ \t\n\r]*")
+#: a top-level key the walk follows: printable ASCII without a quote or an escape, then the colon
+_KEY = re.compile(rb'"([\x20\x21\x23-\x5b\x5d-\x7e]*)"[ \t\n\r]*:[ \t\n\r]*')
+#: a walk that has found more changed entries than this, and more changed than unchanged, gives
+#: way to the whole pass (which costs less when most entries changed)
+WALK_CHANGED = 64
+#: the comma after a value and the next key
+_NEXT_KEY = re.compile(rb'[ \t\n\r]*,[ \t\n\r]*' + _KEY.pattern)
+_JSON_WS = b" \t\n\r"
+
+
+def _skip_ws(raw: bytes, pos: int, end: int | None = None) -> int:
+    m = _WS.match(raw, pos) if end is None else _WS.match(raw, pos, end)
+    return pos if m is None else m.end()
+
+
+def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
+    """The cache decoded by walking it against the last file, or None when the walk cannot follow
+    it (then nothing is changed and the caller makes its whole pass).
+
+    Every byte is accounted for: the opening brace, each key (quoted, no escape, no control
+    character: exactly what ``json`` reads as that text), the colon, each value (the very bytes of
+    that key's value in the last file, which was valid JSON; or else decoded here by msgspec,
+    which accepts exactly one complete value), the commas, the closing brace and only whitespace
+    around them. A changed value ends before the key that followed it in the last file (a new
+    key's at the closing brace: the daemon appends a new ticker); where that is not so, the slice
+    does not decode and the walk gives up. The key that followed is looked for as ``"key":``,
+    which inside a value can only be a nested key (a string value is followed by a comma or a
+    bracket), and then too the slice does not decode.
+    """
+    end = len(raw)
+    while end and raw[end - 1] in _JSON_WS:
+        end -= 1
+    pos = _skip_ws(raw, 0)
+    if end < 2 or raw[pos] != 0x7B or raw[end - 1] != 0x7D:  # "{" ... "}"
+        return None
+    pos = _skip_ws(raw, pos + 1)
+    view = memoryview(raw)
+    previous, after = memo.entries, memo.after
+    value: dict[str, Any] = {}
+    kept: dict[str, _Kept] = {}
+    counted: dict[str, _Counts] = {}
+    keys: list[str] = []
+    reused = changed = 0
+    m = _KEY.match(raw, pos, end)
+    while True:
+        if m is None:
+            return None
+        key = m.group(1).decode("ascii")
+        pos = m.end()
+        last = previous.get(key)
+        if last is not None and key not in _READ_IN_FULL and raw.startswith(last[0], pos):
+            vend = pos + len(last[0])
+            v, counts = last[1], last[2]
+            reused += 1
+        else:
+            changed += 1
+            if changed > WALK_CHANGED and changed > reused:
+                return None  # most of it changed (the market tide copied into every ticker): one pass is cheaper
+            # a new key is taken to be the last (the daemon appends a new ticker): if another
+            # follows, its slice does not decode
+            successor = after.get(key)
+            if successor is None:
+                stop = end - 1  # it was the last entry: up to the closing brace
+            else:
+                stop = raw.find(b'"' + successor.encode("utf-8") + b'":', pos, end)
+                if stop < 0:
+                    return None
+            vend = stop
+            while vend > pos and raw[vend - 1] in _JSON_WS:
+                vend -= 1
+            if successor is not None:
+                if vend <= pos or raw[vend - 1] != 0x2C:  # ","
+                    return None
+                vend -= 1
+                while vend > pos and raw[vend - 1] in _JSON_WS:
+                    vend -= 1
+            v = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(view[pos:vend])
+            counts = _counts_of(key, v)
+        value[key] = v
+        kept[key] = (view[pos:vend], v, counts)
+        if counts is not None:
+            counted[key] = counts
+        else:
+            counted.pop(key, None)  # a key seen twice: the last value is the one kept, as json does
+        keys.append(key)
+        m = _NEXT_KEY.match(raw, vend, end)  # the comma and the next key, in one match
+        if m is None and _skip_ws(raw, vend, end) == end - 1:
+            break  # the closing brace, and only whitespace after it
+    memo.entries, memo.reused, memo.counted, memo.walked = kept, reused, counted, True
+    memo.after = {k: (keys[i + 1] if i + 1 < len(keys) else None) for i, k in enumerate(keys)}
     return value
 
 
