@@ -469,8 +469,14 @@ def test_another_stock_bot_on_the_host_warns_naming_its_root(bot: BotRoot, procs
     # a daemon of another root counts by itself (our main.py's supervisor would kill it)
     (other / "uw_flow_daemon.py").write_text("import time\nwhile True:\n    time.sleep(0.5)\n")
     theirs = procs.start([sys.executable, str(other / "uw_flow_daemon.py")], cwd=tmp_path)
-    r = evaluate(bot.path, only=["FP-1.12"]).results["FP-1.12"]
-    assert r.status is Status.WARN and f"uw_flow_daemon.py pid {theirs.pid}" in r.outcome.message
+
+    def daemon_seen() -> Result | None:
+        """Seen once it has exec'd its interpreter, as above: evaluated at once it may still be the fork."""
+        res = evaluate(bot.path, only=["FP-1.12"]).results["FP-1.12"]
+        return res if f"uw_flow_daemon.py pid {theirs.pid}" in res.outcome.message else None
+
+    r = wait_for(daemon_seen, timeout=15, what="FP-1.12 to see the other root's daemon")
+    assert r.status is Status.WARN, r.outcome.message
 
 
 # --- checks are order-independent -------------------------------------------------------------
