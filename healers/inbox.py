@@ -164,7 +164,7 @@ class Journal(audit.AuditLog):
         self._append_ino = 0
         #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
         self.keep_labels: frozenset[str] = frozenset()
-        #: written, waiting for the flusher's fsync
+        #: numbered, waiting for the flusher's synced write
         self._waiting: list[tuple[int, bytes, Synced, Delivery]] = []
         #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
         #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards

@@ -144,6 +144,12 @@ class Unchanged:
     def forget(self) -> None:
         self.entries, self.after, self.reused, self.walked, self.counted = {}, {}, 0, False, None
 
+    def remember(self, kept: dict[str, _Kept], keys: list[str], reused: int, walked: bool) -> None:
+        """The decode just made: its entries, the order of its keys, and the counts derived from them."""
+        self.entries, self.reused, self.walked = kept, reused, walked
+        self.counted = {k: c for k, (_, _, c) in kept.items() if c is not None}
+        self.after = {k: (keys[i + 1] if i + 1 < len(keys) else None) for i, k in enumerate(keys)}
+
 
 def _same(kept: msgspec.Raw | memoryview, entry: msgspec.Raw) -> bool:
     """The same bytes. Two Raws compare as bytes; a view compared with a Raw would compare item
@@ -180,7 +186,6 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
         top = _TOP.decode(raw)
         value: dict[str, Any] = {}
         kept: dict[str, _Kept] = {}
-        counted: dict[str, _Counts] = {}
         previous, reused = memo.entries, 0
         for key, entry in top.items():
             last = previous.get(key)
@@ -191,14 +196,10 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
                 value[key] = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(entry)
                 counts = _counts_of(key, value[key])
             kept[key] = (entry, value[key], counts)
-            if counts is not None:
-                counted[key] = counts
     except (msgspec.DecodeError, RecursionError, UnicodeError):
         memo.forget()
         return decode(raw)
-    keys = list(top)
-    memo.entries, memo.reused, memo.counted, memo.walked = kept, reused, counted, False
-    memo.after = {k: (keys[i + 1] if i + 1 < len(keys) else None) for i, k in enumerate(keys)}
+    memo.remember(kept, list(top), reused, walked=False)
     return value
 
 
@@ -213,9 +214,17 @@ _NEXT_KEY = re.compile(rb'[ \t\n\r]*,[ \t\n\r]*' + _KEY.pattern)
 _JSON_WS = b" \t\n\r"
 
 
-def _skip_ws(raw: bytes, pos: int, end: int | None = None) -> int:
-    m = _WS.match(raw, pos) if end is None else _WS.match(raw, pos, end)
+def _skip_ws(raw: bytes, pos: int, end: int) -> int:
+    """Where the whitespace from ``pos`` ends."""
+    m = _WS.match(raw, pos, end)
     return pos if m is None else m.end()
+
+
+def _back_ws(raw: bytes, start: int, stop: int) -> int:
+    """Where the whitespace before ``stop`` (and after ``start``) begins."""
+    while stop > start and raw[stop - 1] in _JSON_WS:
+        stop -= 1
+    return stop
 
 
 def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
@@ -232,18 +241,15 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
     which inside a value can only be a nested key (a string value is followed by a comma or a
     bracket), and then too the slice does not decode.
     """
-    end = len(raw)
-    while end and raw[end - 1] in _JSON_WS:
-        end -= 1
-    pos = _skip_ws(raw, 0)
+    end = _back_ws(raw, 0, len(raw))
+    pos = _skip_ws(raw, 0, end)
     if end < 2 or raw[pos] != 0x7B or raw[end - 1] != 0x7D:  # "{" ... "}"
         return None
-    pos = _skip_ws(raw, pos + 1)
+    pos = _skip_ws(raw, pos + 1, end)
     view = memoryview(raw)
     previous, after = memo.entries, memo.after
     value: dict[str, Any] = {}
     kept: dict[str, _Kept] = {}
-    counted: dict[str, _Counts] = {}
     keys: list[str] = []
     reused = changed = 0
     m = _KEY.match(raw, pos, end)
@@ -270,29 +276,20 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
                 stop = raw.find(b'"' + successor.encode("utf-8") + b'":', pos, end)
                 if stop < 0:
                     return None
-            vend = stop
-            while vend > pos and raw[vend - 1] in _JSON_WS:
-                vend -= 1
+            vend = _back_ws(raw, pos, stop)
             if successor is not None:
                 if vend <= pos or raw[vend - 1] != 0x2C:  # ","
                     return None
-                vend -= 1
-                while vend > pos and raw[vend - 1] in _JSON_WS:
-                    vend -= 1
+                vend = _back_ws(raw, pos, vend - 1)
             v = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(view[pos:vend])
             counts = _counts_of(key, v)
         value[key] = v
-        kept[key] = (view[pos:vend], v, counts)
-        if counts is not None:
-            counted[key] = counts
-        else:
-            counted.pop(key, None)  # a key seen twice: the last value is the one kept, as json does
+        kept[key] = (view[pos:vend], v, counts)  # a key seen twice: the last value is kept, as json does
         keys.append(key)
         m = _NEXT_KEY.match(raw, vend, end)  # the comma and the next key, in one match
         if m is None and _skip_ws(raw, vend, end) == end - 1:
             break  # the closing brace, and only whitespace after it
-    memo.entries, memo.reused, memo.counted, memo.walked = kept, reused, counted, True
-    memo.after = {k: (keys[i + 1] if i + 1 < len(keys) else None) for i, k in enumerate(keys)}
+    memo.remember(kept, keys, reused, walked=True)
     return value
 
 
@@ -329,7 +326,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def ticker_counts(entry: dict[str, Any]) -> tuple[int, int, int, int]:
+def ticker_counts(entry: dict[str, Any]) -> _Counts:
     """One ticker's share of the summary: (has trades, trades, has intel blocks, has intel data),
     its keys walked once and its blocks judged only until one has data."""
     trades = entry.get("flow_trades")
@@ -345,7 +342,7 @@ def ticker_counts(entry: dict[str, Any]) -> tuple[int, int, int, int]:
     return (1 if n or count else 0), max(n, int(count)), has_intel, has_data
 
 
-def summarise(raw: Any, size: int, path: Path, counted: dict[str, tuple[int, int, int, int]] | None = None
+def summarise(raw: Any, size: int, path: Path, counted: dict[str, _Counts] | None = None
               ) -> CacheSummary:
     """The summary of a cache decoded by :func:`decode` (or ``json.loads``); ``counted`` holds the
     :func:`ticker_counts` of tickers already counted (:attr:`Unchanged.counted`)."""
