@@ -72,12 +72,6 @@ MAX_HEADERS = 100
 #: the methods served; any other (PUT, an unknown word, a lower-case "get") is 501 Not Implemented
 METHODS = frozenset({"GET", "HEAD", "POST"})
 
-#: what one read from a client takes at most. The bytes are read into one buffer of the event loop
-#: (a buffered protocol) and copied into the connection's own at once: asyncio's default read
-#: allocates a fresh 256 KiB object for every read, which costs more than the read itself
-READ_CHUNK = 64 * 1024
-
-
 class BoundedHTTPServer:
     """``server_address``, ``serve_forever()``, ``shutdown()`` and ``server_close()`` as in
     ``socketserver``, so it replaces ``ThreadingHTTPServer`` where those are used. Binding
@@ -123,8 +117,6 @@ class BoundedHTTPServer:
         #: connections closed by us that still write out an answer (bounded by the read timeout too)
         self._closing: dict[int, _Connection] = {}
         self.dropped = 0  # connections closed at the cap (idle ones dropped, busy-cap refusals)
-        #: the event loop's read buffer, shared by every connection (see READ_CHUNK)
-        self._rbuf = memoryview(bytearray(READ_CHUNK))
 
     # lifecycle ---------------------------------------------------------------------------------
     def server_activate(self) -> None:
@@ -218,7 +210,7 @@ class BoundedHTTPServer:
 _HEAD, _BODY, _BUSY, _CLOSED = range(4)
 
 
-class _Connection(asyncio.BufferedProtocol):
+class _Connection(asyncio.Protocol):
     """One client connection, parsed as its bytes arrive: no coroutine, task or stream per
     request. A request is answered before the next one on the connection is looked at
     (pipelined requests wait in the buffer), and every wait for the client (its request head,
@@ -228,7 +220,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.server = server
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        #: what the client sent that is not yet taken: the bytes of the last read as they came (a
+        #: request that arrives in one read is sliced out of them, never copied into a buffer
+        #: first), a bytearray once a request spans reads
+        self.buf: bytes | bytearray = b""
         self.state = _HEAD
         #: when (event-loop time) the client's turn runs out, or None while it is not awaited
         self.deadline: float | None = None
@@ -237,13 +232,15 @@ class _Connection(asyncio.BufferedProtocol):
         self.length = 0
         self.eof = False
         self.write_paused = False
+        self.read_paused = False
+        self.reply = self._reply  # given to every request (one bound method, not one per request)
 
     @property
     def waiting(self) -> bool:
         """Waiting for a request head (droppable at the cap) rather than inside a request."""
         return self.state == _HEAD
 
-    # asyncio.BufferedProtocol -------------------------------------------------------------------------
+    # asyncio.Protocol -----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         transport = cast(asyncio.Transport, transport)
@@ -267,22 +264,32 @@ class _Connection(asyncio.BufferedProtocol):
         self._disarm()
         self.server._conns.pop(id(self), None)
         self.server._closing.pop(id(self), None)
-        self.buf.clear()
+        self.buf = b""
 
-    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: ARG002  (the buffer has one size)
-        return self.server._rbuf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # copied before anything else can read into the shared buffer
-        self.data_received(self.server._rbuf[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
-        self.buf += data
-        if self.state in (_HEAD, _BODY):
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        if not buf:
+            self.buf = data
+        elif isinstance(buf, bytearray):
+            buf += data
+        else:
+            self.buf = bytearray(buf) + data
+        if self.state == _HEAD or self.state == _BODY:
             self._advance()
         elif self.state == _BUSY and len(self.buf) > MAX_HEAD_BYTES + self.server.max_body:
             assert self.transport is not None
+            self.read_paused = True
             self.transport.pause_reading()  # a client pipelining more than one request's worth waits
+
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` bytes of what the client sent, taken out of the buffer."""
+        buf = self.buf
+        if len(buf) == n and isinstance(buf, bytes):
+            self.buf = b""
+            return buf
+        out = bytes(buf[:n])
+        self.buf = buf[n:]
+        return out
 
     def eof_received(self) -> bool:
         # a client may half-close after its request and still read the answer
@@ -317,8 +324,7 @@ class _Connection(asyncio.BufferedProtocol):
             if len(self.buf) >= self.length:
                 req = self.req
                 assert req is not None
-                req.body = bytes(self.buf[:self.length])
-                del self.buf[:self.length]
+                req.body = self._take(self.length)
                 self._disarm()
                 self.state = _BUSY
                 self._dispatch(req)
@@ -340,11 +346,11 @@ class _Connection(asyncio.BufferedProtocol):
         if buf.find(b"\r\n") + 2 > MAX_LINE_BYTES:
             self._refuse(Response(414, b"request line too long\n", close=True))
             return
-        if end + 4 > MAX_HEAD_BYTES or buf.count(b"\r\n", 0, end) > MAX_HEADERS:
+        # a head of fewer than 2 * MAX_HEADERS bytes cannot hold more lines than that
+        if end + 4 > MAX_HEAD_BYTES or (end >= 2 * MAX_HEADERS and buf.count(b"\r\n", 0, end) > MAX_HEADERS):
             self._refuse(Response(431, b"request head too large\n", close=True))
             return
-        head = bytes(buf[:end + 4])
-        del buf[:end + 4]
+        head = self._take(end + 4)
         self._disarm()
         self.state = _BUSY
         req, version = parse_head(head)
@@ -392,7 +398,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._refuse(Response(413, b"body too large\n"))
         else:
             self.state = _BODY
-            self._arm()
+            if len(self.buf) < self.length:  # the client has the read timeout to send the rest
+                self._arm()
             if self.buf or self.length == 0:
                 self._advance()
 
@@ -401,7 +408,7 @@ class _Connection(asyncio.BufferedProtocol):
         server = self.server
         answer: Response | Future[Response] | Future[Response | Future[Response] | Later] | Later | None
         try:
-            req.reply = self._reply
+            req.reply = self.reply
             answer = server.inline(req) if server.inline is not None else None
             if isinstance(answer, Later):
                 return
@@ -469,7 +476,9 @@ class _Connection(asyncio.BufferedProtocol):
         conns = self.server._conns
         if id(self) in conns:
             conns.move_to_end(id(self))
-        transport.resume_reading()
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
         if self.eof and not self.buf:
             self.close()
             return
