@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,13 +24,15 @@ class BadRequest(ValueError):
     """The body is not an Alertmanager v4 payload; the message names what is wrong."""
 
 
-@dataclass(frozen=True)
-class Alert:
+class Alert(msgspec.Struct, frozen=True, array_like=True):
+    """One alert of a delivery, as deciding needs it (and as the journal keeps it: an array)."""
+
     status: str
     fp: str | None
     fingerprint: str
     starts_at: str
-    #: the alert's labels, only ever compared with healer.match_labels (never used as data)
+    #: of the alert's labels only those named in healer.match_labels, sorted: only ever compared
+    #: with it (never used as data, never journaled beyond what the comparison needs)
     labels: tuple[tuple[str, str], ...] = ()
 
 
@@ -87,7 +88,7 @@ class _PayloadIn(msgspec.Struct, forbid_unknown_fields=True):
 _fast_decoder = msgspec.json.Decoder(_PayloadIn)
 
 
-def _parse_fast(body: bytes) -> tuple[list[Alert], str] | None:
+def _parse_fast(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str] | None:
     """A well-formed payload, decoded and type-checked in one pass (msgspec, in C); None for
     anything it does not accept, which ``parse_payload`` then checks field by field to name what
     is wrong. It accepts exactly what that check accepts."""
@@ -101,19 +102,23 @@ def _parse_fast(body: bytes) -> tuple[list[Alert], str] | None:
         return None
     out = [Alert(a.status, a.labels.get("fp"),
                  (a.fingerprint or json.dumps(sorted(a.labels.items())))[:128], canonical_time(a.startsAt),
-                 tuple(sorted(a.labels.items()))) for a in raw]
+                 _kept(a.labels, keep)) for a in raw]
     url = data.externalURL
     return out, url[:100] if isinstance(url, str) else ""
 
 
-def parse_payload(body: bytes) -> tuple[list[Alert], str]:
-    """Validate a webhook v4 body and return its alerts and the sending Alertmanager's
-    externalURL; BadRequest for anything else."""
-    fast = _parse_fast(body)
-    return fast if fast is not None else _parse_checked(body)
+def parse_payload(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:
+    """Validate a webhook v4 body and return its alerts (each with the labels named in ``keep``)
+    and the sending Alertmanager's externalURL; BadRequest for anything else."""
+    fast = _parse_fast(body, keep)
+    return fast if fast is not None else _parse_checked(body, keep)
 
 
-def _parse_checked(body: bytes) -> tuple[list[Alert], str]:
+def _kept(labels: dict[str, str], keep: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k in keep)) if keep else ()
+
+
+def _parse_checked(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:
     """``parse_payload`` field by field: the message of its BadRequest names what is wrong."""
     try:
         data = json.loads(body)
@@ -149,6 +154,6 @@ def _parse_checked(body: bytes) -> tuple[list[Alert], str]:
                 raise BadRequest(f"{where}.{key} must be a string")
         fingerprint = a.get("fingerprint") or json.dumps(sorted(labels.items()))
         out.append(Alert(status, labels.get("fp"), fingerprint[:128], canonical_time(a.get("startsAt", "")),
-                         tuple(sorted(labels.items()))))
+                         _kept(labels, keep)))
     url = data.get("externalURL")
     return out, url[:100] if isinstance(url, str) else ""

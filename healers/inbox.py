@@ -93,16 +93,16 @@ class Delivery:
         return out
 
 
-def _encode(d: Delivery, keep: frozenset[str]) -> bytes:
-    """One journal line; of the labels only those named in ``keep`` (what healer.match_labels
-    compares), never annotations: the journal holds what deciding needs, nothing more."""
-    alerts = [(a.status, a.fp, a.fingerprint, a.starts_at, [kv for kv in a.labels if kv[0] in keep] if keep else ())
-              for a in d.alerts]
-    rec = {"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": alerts}
+def _encode(d: Delivery) -> bytes:
+    """One journal line: each alert as ``[status, fp, fingerprint, starts_at, labels]``, where the
+    labels are only those named in healer.match_labels (what the alert kept when it was parsed);
+    never annotations: the journal holds what deciding needs, nothing more."""
+    rec = {"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": d.alerts}
     try:
         return _encoder.encode(rec) + b"\n"
     except UnicodeEncodeError:  # a lone surrogate (valid JSON, not UTF-8): json escapes it
-        return (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+        return (json.dumps({**rec, "alerts": [list(msgspec.structs.astuple(a)) for a in d.alerts]},
+                           separators=(",", ":")) + "\n").encode()
 
 
 _encoder = msgspec.json.Encoder()
@@ -162,8 +162,6 @@ class Journal(audit.AuditLog):
         #: for the GIL on the way back while the event loop holds it); reopened after a rewrite
         self._append: int | None = None
         self._append_ino = 0
-        #: the labels a delivery's alerts keep in the journal (healer.match_labels' names)
-        self.keep_labels: frozenset[str] = frozenset()
         #: numbered, waiting for the flusher's synced write
         self._waiting: list[tuple[int, bytes, Synced, Delivery]] = []
         #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
@@ -256,7 +254,7 @@ class Journal(audit.AuditLog):
         with self.lock, self._state:
             self._next = max([*found, *done, 0]) + 1
             for d in out:
-                self._hold(d.seq, _encode(d, self.keep_labels), len(d.alerts))
+                self._hold(d.seq, _encode(d), len(d.alerts))
         with self.lock:
             self._rewrite()
         threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
@@ -277,7 +275,7 @@ class Journal(audit.AuditLog):
                 raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
             delivery.seq = self._next
             self._next += 1
-            line = _encode(delivery, self.keep_labels)
+            line = _encode(delivery)
             self._hold(delivery.seq, line, len(delivery.alerts))
             self._waiting.append((delivery.seq, line, on_synced, delivery))
             kick = self.batcher is not None and not self._kick_pending
@@ -396,7 +394,8 @@ class Intake(Logbook):
     def __init__(self, config: Config, token: str | None) -> None:
         super().__init__(config, token)
         self.journal = Journal(config.resolve(config["healer"]["audit_file"]))
-        self.journal.keep_labels = frozenset(config["healer"]["match_labels"] or {})
+        #: the labels an alert keeps (healer.match_labels' names): all deciding compares, all the journal holds
+        self.keep_labels: frozenset[str] = frozenset(config["healer"]["match_labels"] or {})
         self.inbox: _Inbox = _Inbox()
         self.journal.synced = self._accepted
         self.deliveries: OrderedDict[int, Delivery] = OrderedDict()

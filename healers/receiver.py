@@ -100,12 +100,17 @@ class Healer(Intake):
             threading.Thread(target=self._summariser, name="heal-log-summary", daemon=True).start()
 
     # requests --------------------------------------------------------------------------------
+    #: the token and the Authorization header it makes, built when the token is first checked
+    _bearer: tuple[str, bytes] | None = None
+
     def authorized(self, header: str | None) -> bool:
         if self.token is None:
             return True
-        expected = f"Bearer {self.token}".encode()
+        expected = self._bearer
+        if expected is None or expected[0] != self.token:
+            expected = self._bearer = (self.token, f"Bearer {self.token}".encode())
         given = (header or "").encode("utf-8", "replace")
-        return hmac.compare_digest(given, expected)
+        return hmac.compare_digest(given, expected[1])
 
     def handle_post(self, auth: str | None, body: bytes, reply: Answer | None = None
                     ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
@@ -119,7 +124,7 @@ class Healer(Intake):
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
         try:
-            alerts, source = parse_payload(body)
+            alerts, source = parse_payload(body, self.keep_labels)
         except BadRequest as exc:
             return 400, {"error": str(exc)}
         with self.log_lock:
