@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
+import pytest
+
+from exporter.bot.alpaca import broker_read
+from exporter.bot.broker import BrokerError
+from exporter.bot.context import Context
+from exporter.core.config import load as load_config
 from exporter.core.model import Result, Status
 from sandbox.alpaca import FakeAlpaca
 from sandbox.botroot import BotRoot, append_jsonl, write_json
 from sandbox.factories import make_order, make_position
 
-from .conftest import check_json, evaluate, market_at
+from .conftest import check_json, evaluate, market_at, wait_for
 from .test_checks_data import observed
+
+T = TypeVar("T")
 
 OPEN = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 ET, session open since 09:30
 CLOSED = datetime(2026, 11, 28, 7, 0, tzinfo=UTC)  # Saturday 02:00 ET
@@ -291,3 +302,68 @@ def test_a_transient_broker_fault_is_fp41s_alert_not_each_points(bot: BotRoot, a
     assert r["FP-4.4"].status is Status.ERROR and "not JSON" in r["FP-4.4"].outcome.message
     alpaca.set_mode("ok")
     assert evaluate(bot.path, only=ids).readiness.name == "READY"
+
+
+def _in_thread(fn: Callable[[], T]) -> Callable[[float], T]:
+    """Start ``fn`` in a thread; the returned join gives its value (or raises what it raised)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the joining test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def join(timeout: float) -> T:
+        thread.join(timeout)
+        assert not thread.is_alive(), f"still running after {timeout} s"
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    return join
+
+
+def test_an_outage_that_ends_while_the_clock_is_asked_is_not_this_endpoints_error(
+        bot: BotRoot, alpaca: FakeAlpaca, tmp_path: Path) -> None:
+    # The whole broker hangs: /v2/positions gets no answer, then the point asks the clock whether
+    # the broker answers at all, and the hang ends while that request waits. The clock answers,
+    # but only because the outage is over: /v2/positions is asked again, not blamed (an ERROR
+    # here would stay for the point's whole 60 s interval after the broker recovered).
+    config = cfg(tmp_path, "alpaca: {timeout_seconds: 0.5, cache_seconds: 0.1}\n")
+    alpaca.set_mode("hang")
+    join = _in_thread(lambda: evaluate(bot.path, only=["FP-4.5"], config=config).results["FP-4.5"])
+    wait_for(lambda: alpaca.request_count("/v2/clock"), timeout=5, what="the clock asked after /v2/positions timed out")
+    assert alpaca.request_count("/v2/positions") == 1
+    alpaca.set_mode("ok")
+    r = join(10)
+    assert r.status is Status.OK, r.outcome.message
+    assert alpaca.request_count("/v2/positions") == 2
+
+
+def test_an_endpoint_that_fails_on_its_own_is_still_this_points_error(bot: BotRoot, alpaca: FakeAlpaca,
+                                                                      tmp_path: Path) -> None:
+    config = cfg(tmp_path, "alpaca: {timeout_seconds: 0.3, cache_seconds: 0.1}\n")
+    alpaca.set_mode("hang", paths=["/v2/positions"])
+    # nothing else was asked while /v2/positions waited: asked again once the clock answers, and
+    # blamed when it fails again
+    r = evaluate(bot.path, only=["FP-4.5"], config=config).results["FP-4.5"]
+    assert r.status is Status.ERROR and "did not answer /positions within 0.3 s" in r.outcome.message
+    assert "this endpoint fails on its own" in r.outcome.message
+    assert alpaca.request_count("/v2/positions") == 2
+    # the broker answered another request while /v2/positions waited: blamed at once, no second wait
+    ctx = Context(load_config(str(config), str(bot.path)), environ={})
+    join = _in_thread(lambda: broker_read(ctx, "/positions"))
+    wait_for(lambda: alpaca.request_count("/v2/positions") == 3, timeout=5, what="/v2/positions asked")
+    assert isinstance(ctx.broker.get("/clock"), dict)
+    with pytest.raises(BrokerError) as failed:
+        join(5)
+    assert failed.value.kind == "timeout" and failed.value.others_answered
+    assert alpaca.request_count("/v2/positions") == 3
+    # a request that fails while the broker answers nothing else says so
+    with pytest.raises(BrokerError) as failed:
+        ctx.broker.get("/positions")
+    assert failed.value.kind == "timeout" and not failed.value.others_answered

@@ -14,8 +14,28 @@ from .broker import BrokerError
 from .context import Context
 
 
+def broker_read(ctx: Context, path: str, params: dict[str, Any] | None = None) -> Any:
+    """``ctx.broker_get``, asked once more when its failure may belong to a broker outage that has
+    ended since.
+
+    A request that got no answer, a refusal or a 5xx while the broker answered nothing else
+    cannot tell a broken endpoint from an outage of the whole broker. If the broker clock then
+    answers, such an outage is over (it may have ended only while the clock was asked): the
+    endpoint is asked again, with a fresh request, and that answer stands. Blaming the first
+    failure on the endpoint would leave an ERROR on the point for its whole interval after the
+    broker recovered. A failure while the broker answered other requests is the endpoint's own
+    and is not asked again; while the clock fails too, the failure is the outage's
+    (``broker_failed``)."""
+    try:
+        return ctx.broker_get(path, params)
+    except BrokerError as exc:
+        if exc.others_answered or not _reachability(exc) or not _clock_answers(ctx):
+            raise
+    return ctx.broker_get(path, params, ttl=0)
+
+
 def account(ctx: Context) -> dict[str, Any]:
-    data = ctx.broker_get("/account")
+    data = broker_read(ctx, "/account")
     if not isinstance(data, dict):
         raise BrokerError("bad_response", "Alpaca /v2/account did not return an object")
     return data
@@ -33,7 +53,7 @@ def positions_or_failure(ctx: Context) -> list[Any] | Outcome:
     """The open positions, or the outcome of failing to list them (``broker_failed``, or ERROR for
     an answer that is not a list)."""
     try:
-        raw = ctx.broker_get("/positions")
+        raw = broker_read(ctx, "/positions")
     except BrokerError as exc:
         # a 429, an outage or bad credentials is another point's alert, not a second critical here
         return broker_failed(exc, "list positions", ctx)
@@ -61,8 +81,7 @@ def broker_failed(exc: BrokerError, doing: str, ctx: Context | None = None) -> O
     to report (FP-4.1 is OK): skipping would leave a dead /v2/account or /v2/orders unreported
     by every point, so it is this point's ERROR."""
     owner = error_owner(exc)
-    reachability = owner is not None and owner == catalog.load().broker_errors.clock and exc.kind != "rate_limit"
-    if reachability and ctx is not None and _clock_answers(ctx):
+    if _reachability(exc) and ctx is not None and _clock_answers(ctx):
         return Outcome.error(f"cannot {doing}: {exc} (the broker clock answers: this endpoint fails on its own)",
                              problem=exc.kind)
     if owner is not None:
@@ -70,6 +89,13 @@ def broker_failed(exc: BrokerError, doing: str, ctx: Context | None = None) -> O
         out.skipped_by = owner
         return out
     return Outcome.error(f"cannot {doing}: {exc}", problem=exc.kind)
+
+
+def _reachability(exc: BrokerError) -> bool:
+    """A failure the clock point reports for the whole broker (no answer, a refusal, a 5xx), unless
+    the clock answers while this endpoint fails; a 429 is the shared budget, never one endpoint's."""
+    owner = error_owner(exc)
+    return owner is not None and owner == catalog.load().broker_errors.clock and exc.kind != "rate_limit"
 
 
 def _clock_answers(ctx: Context) -> bool:

@@ -41,10 +41,14 @@ class TradingREST(RESTClient):
 
 class BrokerError(Exception):
     """kind: one of ``exporter.core.faults.BROKER_ERROR_KINDS`` (auth, forbidden, rate_limit, server,
-    timeout, connection, bad_response, not_found, client)."""
+    timeout, connection, bad_response, not_found, client).
+
+    others_answered: the broker answered another request successfully between this request's
+    start and its failure, so it was reachable meanwhile (set by :meth:`Broker.get`)."""
 
     def __init__(self, kind: str, message: str, status: int | None = None, code: int | None = None) -> None:
         self.kind, self.status, self.code = kind, status, code
+        self.others_answered = False
         super().__init__(message)
 
 
@@ -166,6 +170,9 @@ class BoundedSession(requests.Session):
         super().__init__()
         self.timeout = timeout
         self.rate_limit: dict[str, int] = {}
+        #: successful answers (status below 400) received so far, counted when they arrive, also
+        #: those that come after their caller stopped waiting
+        self.answered = 0
         self._lock = threading.Lock()
         self._prepared: dict[Any, requests.PreparedRequest] = {}
         self._settings: dict[Any, dict[str, Any]] = {}
@@ -207,7 +214,10 @@ class BoundedSession(requests.Session):
         def run() -> None:
             _tracking.socks = socks
             try:
-                box["response"] = send() if send is not None else parent(method, url, *args, **kwargs)
+                box["response"] = answer = send() if send is not None else parent(method, url, *args, **kwargs)
+                if answer.status_code < 400:
+                    with self._lock:
+                        self.answered += 1
             except BaseException as exc:  # handed to the caller's thread
                 box["error"] = exc
             finally:
@@ -298,25 +308,32 @@ class Broker:
         return self._client
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        """GET ``/v2<path>`` and return the decoded JSON, or raise BrokerError."""
+        """GET ``/v2<path>`` and return the decoded JSON, or raise BrokerError (its
+        ``others_answered`` says whether the broker answered another request meanwhile)."""
         client = self._trading()
+        answered = self._session.answered
         try:
             return client.get(path, params)
-        except APIError as exc:
-            raise _api_error(exc) from None
-        except requests.Timeout:
-            raise BrokerError("timeout", f"Alpaca did not answer {path} within {self.timeout:g} s") from None
-        except requests.ConnectionError as exc:
-            raise BrokerError("connection", f"cannot connect to Alpaca ({_reason(exc)})") from None
-        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
-                requests.exceptions.InvalidURL) as exc:
+        except (APIError, requests.RequestException, ValueError) as exc:
+            error = self._error(path, exc)
+        error.others_answered = self._session.answered != answered
+        raise error
+
+    def _error(self, path: str, exc: Exception) -> BrokerError:
+        if isinstance(exc, APIError):
+            return _api_error(exc)
+        if isinstance(exc, requests.Timeout):
+            return BrokerError("timeout", f"Alpaca did not answer {path} within {self.timeout:g} s")
+        if isinstance(exc, requests.ConnectionError):
+            return BrokerError("connection", f"cannot connect to Alpaca ({_reason(exc)})")
+        if isinstance(exc, (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                            requests.exceptions.InvalidURL)):
             # these are ValueErrors too: without this a URL missing "https://" read as "not JSON"
-            raise BrokerError("connection", f"the Alpaca base URL is not a usable http(s) URL ({type(exc).__name__}; "
-                                            f"expected e.g. {_EXAMPLE_URL})") from None
-        except ValueError:
-            raise BrokerError("bad_response", f"Alpaca answered {path} with a body that is not JSON") from None
-        except requests.RequestException as exc:
-            raise BrokerError("connection", f"Alpaca request failed ({type(exc).__name__})") from None
+            return BrokerError("connection", f"the Alpaca base URL is not a usable http(s) URL ({type(exc).__name__}; "
+                                             f"expected e.g. {_EXAMPLE_URL})")
+        if isinstance(exc, ValueError):
+            return BrokerError("bad_response", f"Alpaca answered {path} with a body that is not JSON")
+        return BrokerError("connection", f"Alpaca request failed ({type(exc).__name__})")
 
 
 def _api_error(exc: APIError) -> BrokerError:

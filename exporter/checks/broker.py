@@ -11,6 +11,7 @@ from ..bot.alpaca import (
     account_or_failure,
     broker_failed,
     broker_offset,
+    broker_read,
     positions_or_failure,
     require_credentials,
 )
@@ -102,7 +103,7 @@ def _when(order: dict[str, Any], *keys: str) -> datetime | None:
 
 
 def _orders(ctx: Context, status: str, limit: int) -> list[dict[str, Any]]:
-    data = ctx.broker_get("/orders", {"status": status, "limit": limit, "direction": "desc"})
+    data = broker_read(ctx, "/orders", {"status": status, "limit": limit, "direction": "desc"})
     if not isinstance(data, list):
         raise BrokerError("bad_response", f"Alpaca /v2/orders?status={status} did not return a list")
     return [o for o in data if isinstance(o, dict)]
