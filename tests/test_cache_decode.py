@@ -207,6 +207,11 @@ _FIRST = b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, 
     (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": NaN, "C": {"trade_count": 3}}', False),
     (b'{"C": {"trade_count": 3}, "A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}}', True),
     (b'{"A\\u0041": 1, "B": {"x": 1}, "C": {"trade_count": 3}}', False),
+    # a changed entry's encoding is checked where it changed: UTF-8 is walked, anything else is json's error
+    ('{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": "\u00e9\u4e2d"}, "C": {"trade_count": 3}}'
+     .encode(), True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1, "flow_trades": [{"a": "\xff"}]}, '
+     b'"C": {"trade_count": 3}}', False),
 ])
 def test_a_rewrite_walked_against_the_last_file_is_judged_as_by_json(second: bytes, walked: bool) -> None:
     """The walk compares unchanged entries and decodes the rest; what it cannot follow (a new key

@@ -176,13 +176,14 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
     it is what :func:`decode` returns for the same bytes, entry for entry; anything unusual (a
     file the fast decoders refuse) is :func:`decode`'s, and then nothing is remembered.
     """
-    if not _utf8(raw):
-        memo.forget()
-        return decode(raw)
     try:
+        # the walk checks the encoding of what changed (the rest is the last file's bytes)
         walked = _walk(raw, memo) if memo.entries else None
         if walked is not None:
             return walked
+        if not _utf8(raw):
+            memo.forget()
+            return decode(raw)
         top = _TOP.decode(raw)
         value: dict[str, Any] = {}
         kept: dict[str, _Kept] = {}
@@ -233,13 +234,13 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
 
     Every byte is accounted for: the opening brace, each key (quoted, no escape, no control
     character: exactly what ``json`` reads as that text), the colon, each value (the very bytes of
-    that key's value in the last file, which was valid JSON; or else decoded here by msgspec,
-    which accepts exactly one complete value), the commas, the closing brace and only whitespace
-    around them. A changed value ends before the key that followed it in the last file (a new
-    key's at the closing brace: the daemon appends a new ticker); where that is not so, the slice
-    does not decode and the walk gives up. The key that followed is looked for as ``"key":``,
-    which inside a value can only be a nested key (a string value is followed by a comma or a
-    bracket), and then too the slice does not decode.
+    that key's value in the last file, which was valid JSON and UTF-8; or else checked to be UTF-8
+    and decoded here by msgspec, which accepts exactly one complete value), the commas, the
+    closing brace and only whitespace around them. A changed value ends before the key that
+    followed it in the last file (a new key's at the closing brace: the daemon appends a new
+    ticker); where that is not so, the slice does not decode and the walk gives up. The key that
+    followed is looked for as ``"key":``, which inside a value can only be a nested key (a string
+    value is followed by a comma or a bracket), and then too the slice does not decode.
     """
     end = _back_ws(raw, 0, len(raw))
     pos = _skip_ws(raw, 0, end)
@@ -281,6 +282,8 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
                 if vend <= pos or raw[vend - 1] != 0x2C:  # ","
                     return None
                 vend = _back_ws(raw, pos, vend - 1)
+            if not _utf8(raw[pos:vend]):
+                return None  # the whole pass finds it too, and gives the file to decode()
             v = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(view[pos:vend])
             counts = _counts_of(key, v)
         value[key] = v
