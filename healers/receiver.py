@@ -52,6 +52,8 @@ class Healer(Intake):
 
     def __init__(self, config: Config, token: str | None, dry_run: bool = False, start_workers: bool = True) -> None:
         super().__init__(config, token)
+        #: the Authorization header a delivery must carry (None: authentication is off)
+        self._bearer = None if token is None else f"Bearer {token}".encode()
         self.dry_run = dry_run or bool(config["healer"]["dry_run"])
         self.specs: dict[str, HealerSpec] = specs_from_config(config)
         self.policy = Policy(self.specs)
@@ -100,17 +102,11 @@ class Healer(Intake):
             threading.Thread(target=self._summariser, name="heal-log-summary", daemon=True).start()
 
     # requests --------------------------------------------------------------------------------
-    #: the token and the Authorization header it makes, built when the token is first checked
-    _bearer: tuple[str, bytes] | None = None
-
     def authorized(self, header: str | None) -> bool:
-        if self.token is None:
+        if self._bearer is None:
             return True
-        expected = self._bearer
-        if expected is None or expected[0] != self.token:
-            expected = self._bearer = (self.token, f"Bearer {self.token}".encode())
         given = (header or "").encode("utf-8", "replace")
-        return hmac.compare_digest(given, expected[1])
+        return hmac.compare_digest(given, self._bearer)
 
     def handle_post(self, auth: str | None, body: bytes, reply: Answer | None = None
                     ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
