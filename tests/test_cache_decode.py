@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import subprocess
 import sys
@@ -18,12 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.bot.cache import Unchanged, decode, decode_unchanged, summarise
-from exporter.bot.readers import ChangedFileCache, FileProblem, read_json
+from exporter.bot.readers import ChangedFileCache, FileProblem, ReadBuffer, read_json
 from exporter.core.model import Status
 from sandbox.alpaca import FakeAlpaca
 from sandbox.botroot import BotRoot
@@ -250,6 +252,68 @@ def test_edge_cases_after_a_good_decode_are_judged_as_by_json(text: bytes) -> No
     good = b'{"A": {"flow_trades": [{"a": 1}], "trade_count": 1}, "B": {"x": 1}}'
     assert judged(functools.partial(decode_unchanged, memo=memo), good, memo) == judged(json.loads, good)
     assert judged(functools.partial(decode_unchanged, memo=memo), text, memo) == judged(json.loads, text)
+
+
+def test_a_file_read_into_the_kept_buffer_is_read_as_read_bytes_reads_it(tmp_path: Path) -> None:
+    """Growing, shrinking, empty, missing, a directory, and a file longer than its size said
+    (a pipe, which reports none): each read is exactly the file, or read_bytes' error."""
+    buf, path = ReadBuffer(), tmp_path / "f.json"
+    for content in (b'{"a": 1}', production_size(copies=2), b"", b"[1, 2]" * 1000, b"x"):
+        path.write_bytes(content)
+        assert bytes(buf.read(path)) == content == path.read_bytes()
+    for bad, error in ((tmp_path / "missing", FileNotFoundError), (tmp_path, IsADirectoryError)):
+        with pytest.raises(error):
+            buf.read(bad)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    body = bytes(range(256)) * 1000  # past ReadBuffer.GROW several times
+    writer = threading.Thread(target=fifo.write_bytes, args=(body,))
+    writer.start()
+    assert bytes(buf.read(fifo)) == body
+    writer.join(10)
+
+
+def test_a_buffer_something_still_views_is_never_written_over(tmp_path: Path) -> None:
+    """A msgspec.Raw decoded from a read keeps its bytes through the next read (which takes new
+    memory), and a buffer nothing views any more is read into again."""
+    buf, path = ReadBuffer(), tmp_path / "f.json"
+    path.write_bytes(b'{"a": [1, 2, 3]}')
+    first = buf.read(path)
+    kept = msgspec.json.decode(first, type=dict[str, msgspec.Raw])["a"]
+    path.write_bytes(b'{"a": [7, 8, 9]}')
+    second = buf.read(path)
+    assert second is not first and bytes(kept) == b"[1, 2, 3]" and bytes(second) == b'{"a": [7, 8, 9]}'
+    del kept, first
+    path.write_bytes(b'{"b": 4}')
+    assert buf.read(path) is second and bytes(second) == b'{"b": 4}'
+
+
+@pytest.mark.parametrize("rewrite", ["walked", "whole pass", "refused"])
+def test_what_a_decode_remembers_never_holds_the_read_buffer(tmp_path: Path, rewrite: str) -> None:
+    """After each decode the cache is read into the same memory again (nothing the memo keeps
+    refers to the file's buffer), and the summary is json's, whichever way the rewrite was decoded."""
+    cache = json.loads(production_size(copies=14))  # 70 tickers: more than a walk decodes (WALK_CHANGED)
+    tickers = sorted(k for k in cache if not k.startswith("_"))
+    path, memo = tmp_path / "uw_flow_cache.json", Unchanged()
+
+    def decoded() -> tuple[bytearray, tuple[str, Any]]:
+        raw = memo.buffer.read(path)
+        return raw, judged(functools.partial(decode_unchanged, memo=memo), raw, memo)
+
+    path.write_text(json.dumps(cache, indent=2))
+    first, summary = decoded()
+    assert summary == judged(json.loads, path.read_bytes()) and not memo.walked
+    changed = tickers[:2] if rewrite == "walked" else tickers
+    for sym in changed:
+        cache[sym]["flow_trades"] = [{"a": 1}]
+    text = json.dumps(cache, indent=2)
+    path.write_text(text if rewrite != "refused" else text.replace('"a": 1', '"a": NaN', 1))
+    second, summary = decoded()
+    assert summary == judged(json.loads, path.read_bytes())
+    assert memo.walked is (rewrite == "walked") and second is first
+    path.write_text(json.dumps(cache, indent=2))
+    third, summary = decoded()
+    assert third is first and summary == judged(json.loads, path.read_bytes())
 
 
 def test_concurrent_readers_share_one_parse(tmp_path: Path) -> None:

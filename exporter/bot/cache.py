@@ -26,7 +26,7 @@ import msgspec
 
 from ..core.faults import CacheUnreadable
 from .context import Context
-from .readers import FileProblem, read_json
+from .readers import FileProblem, ReadBuffer, read_json
 from .values import number, record_time
 
 #: per-ticker keys that are flow data, not enrichment (everything else dict-valued is intel):
@@ -95,7 +95,7 @@ _LEAN = msgspec.json.Decoder(dict[str, dict[str, _LeanBlock] | list[msgspec.Raw]
 _READ_IN_FULL = ("_metadata", "_market_tide")
 
 
-def decode(raw: bytes) -> Any:
+def decode(raw: bytes | bytearray) -> Any:
     """The cache's JSON, decoded only as deep as :func:`summarise` looks.
 
     The result summarises exactly as ``json.loads(raw)`` would. msgspec accepts strict UTF-8
@@ -121,8 +121,9 @@ _PARTIAL_ENTRY = msgspec.json.Decoder(_Entry)
 
 
 _Counts = tuple[int, int, int, int]
-#: an entry as the last decode left it: its bytes (a view of that file), its value, its counts
-_Kept = tuple[msgspec.Raw | memoryview, Any, _Counts | None]
+#: an entry as the last decode left it: its bytes (a copy, so that nothing keeps the file's
+#: buffer), its value (decoded from that copy), its counts
+_Kept = tuple[bytes, Any, _Counts | None]
 
 
 class Unchanged:
@@ -131,6 +132,8 @@ class Unchanged:
     cache's own)."""
 
     def __init__(self) -> None:
+        #: the file is read into the same memory every time: nothing kept here refers to it
+        self.buffer = ReadBuffer()
         self.entries: dict[str, _Kept] = {}
         #: each key's successor in the last file (None after the last one): where a changed entry ends
         self.after: dict[str, str | None] = {}
@@ -151,20 +154,11 @@ class Unchanged:
         self.after = {k: (keys[i + 1] if i + 1 < len(keys) else None) for i, k in enumerate(keys)}
 
 
-def _same(kept: msgspec.Raw | memoryview, entry: msgspec.Raw) -> bool:
-    """The same bytes. Two Raws compare as bytes; a view compared with a Raw would compare item
-    by item (forty times slower), so it is compared as a copy, once the lengths agree."""
-    if isinstance(kept, msgspec.Raw):
-        return kept == entry
-    view = memoryview(entry)
-    return kept.nbytes == view.nbytes and kept.tobytes() == view.tobytes()
-
-
 def _counts_of(key: str, value: Any) -> _Counts | None:
     return ticker_counts(value) if key[:1] != "_" and isinstance(value, dict) else None
 
 
-def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
+def decode_unchanged(raw: bytes | bytearray, memo: Unchanged) -> Any:
     """:func:`decode`, without decoding again an entry whose bytes are those of the last decode.
 
     stock-bot's daemon merges one ticker's answer into the cache and rewrites the whole file
@@ -175,6 +169,10 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
     gets one msgspec pass that finds every entry instead, and the result is the same. Either way
     it is what :func:`decode` returns for the same bytes, entry for entry; anything unusual (a
     file the fast decoders refuse) is :func:`decode`'s, and then nothing is remembered.
+
+    What is remembered never refers to ``raw``: each entry is kept as a copy of its bytes and
+    decoded from that copy (a ``msgspec.Raw`` refers to the buffer it was decoded from), so the
+    file can be read into the same buffer next time (:class:`~.readers.ReadBuffer`).
     """
     try:
         # the walk checks the encoding of what changed (the rest is the last file's bytes)
@@ -190,17 +188,19 @@ def decode_unchanged(raw: bytes, memo: Unchanged) -> Any:
         previous, reused = memo.entries, 0
         for key, entry in top.items():
             last = previous.get(key)
-            if last is not None and key not in _READ_IN_FULL and _same(last[0], entry):
+            data = bytes(entry)
+            if last is not None and key not in _READ_IN_FULL and last[0] == data:
                 value[key], counts = last[1], last[2]
                 reused += 1
             else:
-                value[key] = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(entry)
+                value[key] = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(data)
                 counts = _counts_of(key, value[key])
-            kept[key] = (entry, value[key], counts)
+            kept[key] = (data, value[key], counts)
+        keys = list(top)
     except (msgspec.DecodeError, RecursionError, UnicodeError):
         memo.forget()
         return decode(raw)
-    memo.remember(kept, list(top), reused, walked=False)
+    memo.remember(kept, keys, reused, walked=False)
     return value
 
 
@@ -215,20 +215,20 @@ _NEXT_KEY = re.compile(rb'[ \t\n\r]*,[ \t\n\r]*' + _KEY.pattern)
 _JSON_WS = b" \t\n\r"
 
 
-def _skip_ws(raw: bytes, pos: int, end: int) -> int:
+def _skip_ws(raw: bytes | bytearray, pos: int, end: int) -> int:
     """Where the whitespace from ``pos`` ends."""
     m = _WS.match(raw, pos, end)
     return pos if m is None else m.end()
 
 
-def _back_ws(raw: bytes, start: int, stop: int) -> int:
+def _back_ws(raw: bytes | bytearray, start: int, stop: int) -> int:
     """Where the whitespace before ``stop`` (and after ``start``) begins."""
     while stop > start and raw[stop - 1] in _JSON_WS:
         stop -= 1
     return stop
 
 
-def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
+def _walk(raw: bytes | bytearray, memo: Unchanged) -> dict[str, Any] | None:
     """The cache decoded by walking it against the last file, or None when the walk cannot follow
     it (then nothing is changed and the caller makes its whole pass).
 
@@ -247,7 +247,6 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
     if end < 2 or raw[pos] != 0x7B or raw[end - 1] != 0x7D:  # "{" ... "}"
         return None
     pos = _skip_ws(raw, pos + 1, end)
-    view = memoryview(raw)
     previous, after = memo.entries, memo.after
     value: dict[str, Any] = {}
     kept: dict[str, _Kept] = {}
@@ -262,7 +261,7 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
         last = previous.get(key)
         if last is not None and key not in _READ_IN_FULL and raw.startswith(last[0], pos):
             vend = pos + len(last[0])
-            v, counts = last[1], last[2]
+            v = last[1]
             reused += 1
         else:
             changed += 1
@@ -282,12 +281,14 @@ def _walk(raw: bytes, memo: Unchanged) -> dict[str, Any] | None:
                 if vend <= pos or raw[vend - 1] != 0x2C:  # ","
                     return None
                 vend = _back_ws(raw, pos, vend - 1)
-            if not _utf8(raw[pos:vend]):
+            data = bytes(raw[pos:vend])
+            if not _utf8(data):
                 return None  # the whole pass finds it too, and gives the file to decode()
-            v = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(view[pos:vend])
+            v = (_PARTIAL_ENTRY if key in _READ_IN_FULL else _LEAN_ENTRY).decode(data)
             counts = _counts_of(key, v)
+            last = (data, v, counts)
         value[key] = v
-        kept[key] = (view[pos:vend], v, counts)  # a key seen twice: the last value is kept, as json does
+        kept[key] = last  # a key seen twice: the last value is kept, as json does
         keys.append(key)
         m = _NEXT_KEY.match(raw, vend, end)  # the comma and the next key, in one match
         if m is None and _skip_ws(raw, vend, end) == end - 1:
@@ -306,7 +307,7 @@ def _counted_in(value: Any) -> bool:
     return False
 
 
-def _utf8(raw: bytes) -> bool:
+def _utf8(raw: bytes | bytearray) -> bool:
     # msgspec does not look inside the strings it skips: bytes that are not UTF-8 there must
     # still make the file corrupt, as for json.loads (which decodes with surrogatepass)
     if raw.isascii():
@@ -434,7 +435,7 @@ def cache_summary(ctx: Context, retries: int = 3, delay: float = 0.2) -> CacheSu
     memo = _unchanged(ctx, path)
 
     def parse(p: Path) -> CacheSummary:
-        raw = read_json(p, retries, delay, lambda data: decode_unchanged(data, memo))
+        raw = read_json(p, retries, delay, lambda data: decode_unchanged(data, memo), memo.buffer.read)
         return summarise(raw, p.stat().st_size, p, memo.counted)
 
     return ctx.files.get(path, lambda p: _PARSER.submit(parse, p).result())  # type: ignore[no-any-return]
