@@ -158,6 +158,8 @@ def test_a_rewrite_decoded_from_the_last_one_summarises_as_with_json(first: dict
     assert judged(functools.partial(decode_unchanged, memo=memo), raw2, memo) == judged(json.loads, raw2)
     # and back: what the second decode remembered serves the first bytes again
     assert judged(functools.partial(decode_unchanged, memo=memo), raw1, memo) == judged(json.loads, raw1)
+    # and once more, now that a walk has remembered what follows each value
+    assert judged(functools.partial(decode_unchanged, memo=memo), raw2, memo) == judged(json.loads, raw2)
 
 
 def test_a_rewrite_decodes_only_the_tickers_it_changed() -> None:
@@ -208,6 +210,9 @@ _FIRST = b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, 
     (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1,}, "C": {"trade_count": 3}}', False),
     (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": NaN, "C": {"trade_count": 3}}', False),
     (b'{"C": {"trade_count": 3}, "A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}}', True),
+    # more whitespace after a colon than last time: the remembered comma and key still match
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B":  \n  {"x": 1}, "C":\t{"trade_count": 3}}', True),
+    (b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, "C": {"trade_count": 3}, "B": 2}', False),
     (b'{"A\\u0041": 1, "B": {"x": 1}, "C": {"trade_count": 3}}', False),
     # a changed entry's encoding is checked where it changed: UTF-8 is walked, anything else is json's error
     ('{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": "\u00e9\u4e2d"}, "C": {"trade_count": 3}}'
@@ -218,12 +223,18 @@ _FIRST = b'{"A": {"trade_count": 12, "flow_trades": [{"a": 1}]}, "B": {"x": 1}, 
 def test_a_rewrite_walked_against_the_last_file_is_judged_as_by_json(second: bytes, walked: bool) -> None:
     """The walk compares unchanged entries and decodes the rest; what it cannot follow (a new key
     in the middle, a key seen twice, a nested key named like the next ticker, anything that is
-    not JSON) gets the whole pass, and every outcome is json's."""
-    memo = Unchanged()
-    fast = functools.partial(decode_unchanged, memo=memo)
-    assert judged(fast, _FIRST, memo) == judged(json.loads, _FIRST) and not memo.walked
-    assert judged(fast, second, memo) == judged(json.loads, second)
-    assert memo.walked is walked
+    not JSON) gets the whole pass, and every outcome is json's. Both right after the whole pass
+    and after a walk of the first bytes, which remembered what followed each value (the comma,
+    the next key and the colon) and compares those bytes instead of matching them."""
+    for walks_before in (0, 1, 2):
+        memo = Unchanged()
+        fast = functools.partial(decode_unchanged, memo=memo)
+        assert judged(fast, _FIRST, memo) == judged(json.loads, _FIRST) and not memo.walked
+        for _ in range(walks_before):
+            assert judged(fast, _FIRST, memo) == judged(json.loads, _FIRST) and memo.walked
+        assert bool(memo.seps) is (walks_before > 0)
+        assert judged(fast, second, memo) == judged(json.loads, second)
+        assert memo.walked is walked
 
 
 def test_a_torn_rewrite_after_a_good_one_fails_with_jsons_reason() -> None:

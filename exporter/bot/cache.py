@@ -143,9 +143,15 @@ class Unchanged:
         #: the last decode's tickers with their :func:`ticker_counts` (for :func:`summarise`),
         #: None when it was not decoded here
         self.counted: dict[str, _Counts] | None = None
+        #: per key, what followed its value the last time the walk matched it (the comma, the next
+        #: key, the colon and the whitespace between, as bytes) and that next key: the walk
+        #: compares those bytes instead of matching them again. Kept across whole passes (which
+        #: do not see them); every use compares the bytes, so an old one is only a missed shortcut.
+        self.seps: dict[str, tuple[bytes, str]] = {}
 
     def forget(self) -> None:
         self.entries, self.after, self.reused, self.walked, self.counted = {}, {}, 0, False, None
+        self.seps = {}
 
     def remember(self, kept: dict[str, _Kept], keys: list[str], reused: int, walked: bool) -> None:
         """The decode just made: its entries, the order of its keys, and the counts derived from them."""
@@ -247,17 +253,16 @@ def _walk(raw: bytes | bytearray, memo: Unchanged) -> dict[str, Any] | None:
     if end < 2 or raw[pos] != 0x7B or raw[end - 1] != 0x7D:  # "{" ... "}"
         return None
     pos = _skip_ws(raw, pos + 1, end)
-    previous, after = memo.entries, memo.after
+    previous, after, seps = memo.entries, memo.after, memo.seps
     value: dict[str, Any] = {}
     kept: dict[str, _Kept] = {}
     keys: list[str] = []
     reused = changed = 0
     m = _KEY.match(raw, pos, end)
+    if m is None:
+        return None
+    key, pos = m.group(1).decode("ascii"), m.end()
     while True:
-        if m is None:
-            return None
-        key = m.group(1).decode("ascii")
-        pos = m.end()
         last = previous.get(key)
         if last is not None and key not in _READ_IN_FULL and raw.startswith(last[0], pos):
             vend = pos + len(last[0])
@@ -290,9 +295,21 @@ def _walk(raw: bytes | bytearray, memo: Unchanged) -> dict[str, Any] | None:
         value[key] = v
         kept[key] = last  # a key seen twice: the last value is kept, as json does
         keys.append(key)
+        sep = seps.get(key)
+        if sep is not None and raw.startswith(sep[0], vend):
+            # the same comma, next key and colon as last time: exactly what the match below finds
+            # (but for whitespace after the colon it would also take, which the next value's
+            # comparison then refuses and its decode accepts)
+            pos, key = vend + len(sep[0]), sep[1]
+            continue
         m = _NEXT_KEY.match(raw, vend, end)  # the comma and the next key, in one match
-        if m is None and _skip_ws(raw, vend, end) == end - 1:
-            break  # the closing brace, and only whitespace after it
+        if m is None:
+            if _skip_ws(raw, vend, end) == end - 1:
+                break  # the closing brace, and only whitespace after it
+            return None
+        follower, pos = m.group(1).decode("ascii"), m.end()
+        seps[key] = (bytes(raw[vend:pos]), follower)
+        key = follower
     memo.remember(kept, keys, reused, walked=True)
     return value
 
