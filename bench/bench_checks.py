@@ -53,6 +53,7 @@ from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
+from exporter.serve import affinity
 from exporter.serve.httpd import SWITCH_INTERVAL
 from exporter.serve.scheduler import freeze_startup_heap
 from sandbox.botroot import BotRoot
@@ -177,6 +178,7 @@ def live(root: Path, offset: float, decoder: str, cycles: int) -> dict[str, Any]
     cfg_file = root / "bench-exporter.yaml"
     cfg_file.write_text("alpaca: {cache_seconds: 0.5}\n")
     cfg = load_config(str(cfg_file), str(root))
+    affinity.keep_threads(cfg["exporter"]["one_cpu"])  # as `serve` does before its first cycle
     ctx = Context(cfg, environ={}, clock=clock)
     eng = Engine(ctx, registry())
     ids = cfg.enabled_ids()
@@ -230,6 +232,7 @@ def live_row(root: Path, servers: Servers, decoder: str) -> tuple[str, dict[str,
 
 def main() -> str:
     sys.setswitchinterval(SWITCH_INTERVAL)  # the exporter's GIL switch interval (`serve` sets it)
+    affinity.keep_threads(True)  # and its threads on one CPU (`exporter.one_cpu`, the default)
     servers = Servers()
     procs: list[subprocess.Popen[bytes]] = []
     one_shot: list[str] = []

@@ -30,6 +30,7 @@ from exporter import generate, readme
 from exporter.core.catalog import load as load_catalog
 from exporter.core.config import load as load_config
 from exporter.core.model import Outcome, Status
+from exporter.serve import affinity
 from exporter.serve.metrics import CORE, MAX_LABEL_VALUE_CHARS, MAX_SERIES_PER_OBSERVATION
 from exporter.serve.scheduler import Scheduler
 from exporter.serve.server import hash_password, make_server, verify_password
@@ -655,5 +656,47 @@ def test_a_reload_to_a_foreign_hash_keeps_the_running_config(bot: BotRoot, tmp_p
         assert code == 500, body
         assert exp.get("/metrics")[0] == 200  # still open: the running config has no users
         assert "not a pbkdf2_sha256 hash" in exp.stderr()
+    finally:
+        exp.stop()
+
+
+def _thread_cpus(pid: int) -> list[str]:
+    """Each thread's ``Cpus_allowed_list`` (threads that ended while they were read are left out)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        out += [line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list:")]
+    return out
+
+
+def test_the_exporters_threads_keep_to_one_cpu_unless_configured_otherwise(bot: BotRoot, tmp_path: Path) -> None:
+    """By default every thread of `serve` (event loop, scheduler, check workers, request and cache
+    threads) runs on one CPU of those it is allowed; `exporter.one_cpu: false` gives them all of
+    those back, also by a reload, and the log says which."""
+    allowed = os.sched_getaffinity(0)  # what the exporter inherits from this test
+    cfg = fast_config(bot.path)
+    exp = Exporter(bot.path, tmp_path / "serve.log")
+    try:
+        wait_for(exp.ready, timeout=30, what="/-/ready")
+        cpus = _thread_cpus(exp.proc.pid)
+        assert len(cpus) >= 4 and len(set(cpus)) == 1, cpus
+        one = int(cpus[0])  # a single CPU, of those allowed
+        assert one in allowed
+        if len(allowed) > 1:
+            assert f"keeping the exporter's threads on CPU {one} of {affinity.cpu_list(allowed)} (exporter.one_cpu)" in exp.stderr()
+        cfg.write_text(cfg.read_text() + "  one_cpu: false\n")
+        os.kill(exp.proc.pid, signal.SIGHUP)
+        wait_for(lambda: set(_thread_cpus(exp.proc.pid)) == {affinity.cpu_list(allowed)}, what="threads released")
+        assert f"the exporter's threads may run on CPUs {affinity.cpu_list(allowed)}" in exp.stderr()
+    finally:
+        exp.stop()
+    fast_config(bot.path, one_cpu=False)
+    exp = Exporter(bot.path, tmp_path / "serve2.log")
+    try:
+        wait_for(exp.ready, timeout=30, what="/-/ready")
+        assert set(_thread_cpus(exp.proc.pid)) == {affinity.cpu_list(allowed)}
     finally:
         exp.stop()

@@ -73,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
         "tls_key_file": None,
         "basic_auth_users": {},
         "premarket_verify_offset_seconds": 1800.0,
+        #: keep the exporter's threads on one CPU (they share one GIL): see exporter/serve/affinity.py
+        "one_cpu": True,
     },
     "healer": {
         "listen": "127.0.0.1:9871",

@@ -25,6 +25,7 @@ from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
 from ..core.engine import Engine
 from ..core.model import Report, Result, Status
+from . import affinity
 from .readiness_log import ReadinessLog
 from .watch import Watcher, pids_of
 
@@ -227,7 +228,10 @@ class Scheduler:
                 self.generation += 1
             log.error("config reload failed, keeping the running config: %s", self.ctx.redact(str(exc)))
             return False
+        one_cpu = self.config["exporter"]["one_cpu"]
         self._install(config)
+        if config["exporter"]["one_cpu"] != one_cpu:
+            affinity.apply(config["exporter"]["one_cpu"])
         with self._lock:
             self._reload_success = True
             self._last_reload = time.time()

@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .. import __version__
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
+from . import affinity
 from .httpd import ON_POOL, SWITCH_INTERVAL, BoundedHTTPServer, OnPool, Request, Response
 from .metrics import IsolatingRegistry, exposition, make_registry
 from .premarket import PremarketVerifier
@@ -325,6 +326,7 @@ def serve(config: Config, listen: str | None, config_file: str | None = None,
     log.info("evaluating %d checks once before listening on %s (at most %g s)", len(scheduler.enabled),
              listen, bound)
     premarket: PremarketVerifier | None = None
+    affinity.apply(config["exporter"]["one_cpu"])  # before the scheduler starts its threads
     try:
         scheduler.start()
         started = time.monotonic()
