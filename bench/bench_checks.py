@@ -50,6 +50,7 @@ from exporter.bot.context import Context
 from exporter.bot.market import NY
 from exporter.checks import registry
 from exporter.core.catalog import load as load_catalog
+from exporter.core.config import DEFAULTS
 from exporter.core.config import load as load_config
 from exporter.core.engine import Engine
 from exporter.core.model import Status
@@ -232,7 +233,7 @@ def live_row(root: Path, servers: Servers, decoder: str) -> tuple[str, dict[str,
 
 def main() -> str:
     sys.setswitchinterval(SWITCH_INTERVAL)  # the exporter's GIL switch interval (`serve` sets it)
-    affinity.keep_threads(True)  # and its threads on one CPU (`exporter.one_cpu`, the default)
+    affinity.keep_threads(DEFAULTS["exporter"]["one_cpu"])  # and its threads on one CPU (the default)
     servers = Servers()
     procs: list[subprocess.Popen[bytes]] = []
     one_shot: list[str] = []
