@@ -35,6 +35,8 @@ BAD_CONFIGS = [
     ("healer_forbidden.yaml", "healers:\n  FP-3.1: {run: [rm, state/governor_freezes.json]}\n",
      "'healers.FP-3.1' in {f}: FP-3.1 must not be healed"),
     ("bad_listen.yaml", "exporter:\n  listen: localhost\n", "key 'exporter.listen' in {f} must be HOST:PORT"),
+    # a digit to str.isdigit, not to int()
+    ("superscript_port.yaml", "healer:\n  listen: '127.0.0.1:\u00b2'\n", "key 'healer.listen' in {f} must be HOST:PORT"),
     ("tls_half.yaml", "exporter:\n  tls_cert_file: /x.pem\n",
      "keys 'exporter.tls_cert_file' and 'exporter.tls_key_file' in {f} go together"),
     ("bad_yaml.yaml", "readiness: [\n", "config file {f} is not valid YAML at line 2"),

@@ -171,6 +171,8 @@ def test_serve_listen_must_be_host_port(tmp_path: Path) -> None:
     assert err == "config error: --listen must be HOST:PORT, got 'localhost'"
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", "127.0.0.1:99999"))
     assert err == "config error: --listen must be HOST:PORT, got '127.0.0.1:99999'"
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "serve", "--listen", "127.0.0.1:\u00b3"))
+    assert err == "config error: --listen must be HOST:PORT, got '127.0.0.1:\u00b3'"
 
 
 def test_serve_cannot_listen_on_a_taken_port(tmp_path: Path, taken_port: int) -> None:
@@ -198,6 +200,8 @@ def test_heal_listen_must_be_host_port(tmp_path: Path) -> None:
     env = clean_env(TRADING_READINESS_HEALER_TOKEN="t0ken-for-tests-0123")
     err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "heal", "--listen", "9871", env=env))
     assert err == "error: --listen must be HOST:PORT, got '9871'"
+    err = _one_line_exit_3(run_cli("--bot-root", str(tmp_path), "heal", "--listen", "127.0.0.1:\u00b2", env=env))
+    assert err == "error: --listen must be HOST:PORT, got '127.0.0.1:\u00b2'"
 
 
 def test_heal_cannot_listen_on_a_taken_port(tmp_path: Path, taken_port: int) -> None:

@@ -118,6 +118,8 @@ def test_a_half_closed_client_still_gets_its_answers() -> None:
     (b"GET /a HTTP/1.1\r\nno colon here\r\n\r\n", 400),
     (b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     (b"POST /a HTTP/1.1\r\nContent-Length: -3\r\n\r\n", 400),
+    # a digit to str.isdigit (ISO-8859-1 superscript two), not to int()
+    (b"POST /a HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),
     (b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411),
     (b"POST /a HTTP/1.1\r\nContent-Length: 2000\r\n\r\n", 413),
     (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),

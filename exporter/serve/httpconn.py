@@ -42,6 +42,12 @@ class Host(Protocol):
     def _admit(self, conn: Connection) -> bool: ...
 
 
+def _ascii_digits(text: str) -> bool:
+    """Only 0-9: ``str.isdigit`` also takes "²" (ISO-8859-1, so a header can carry it), which
+    ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 #: where a connection is: reading a request head, reading its body, or answering it
 _HEAD, _BODY, _BUSY, _CLOSED = range(4)
 
@@ -203,7 +209,7 @@ class Connection(asyncio.Protocol):
         raw_len = req.headers.get("content-length")
         self.length = 0
         if raw_len is not None:
-            self.length = int(raw_len) if raw_len.strip().isdigit() else -1
+            self.length = int(raw_len) if _ascii_digits(raw_len.strip()) else -1
         if self.server.precheck is None:
             self._prechecked(None)
             return

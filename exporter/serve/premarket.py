@@ -70,7 +70,7 @@ class PlannedRun:
 
 def _parse_hhmm(value: Any) -> dtime | None:
     text = str(value or "").strip()
-    if ":" not in text and len(text) == 4 and text.isdigit():
+    if ":" not in text and len(text) == 4 and text.isascii() and text.isdigit():
         text = f"{text[:2]}:{text[2:]}"  # Alpaca's session_open style "0930"
     try:
         return dtime.fromisoformat(text)
