@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.core.audit import heal_status
 from exporter.core.config import ConfigError
@@ -265,6 +268,23 @@ def test_starts_at_is_one_instant_however_alertmanager_spells_it() -> None:
     assert canonical_time("2026-13-25T10:33:32Z") == "2026-13-25T10:33:32Z"  # not a date: kept, only compared
     assert canonical_time("0001-01-01T00:00:00+01:00") == "0001-01-01T00:00:00+01:00"
     assert canonical_time("x" * 500) == "x" * 64
+    assert canonical_time("0999-02-03T04:05:06.000999Z") == "0999-02-03T04:05:06.000Z"  # years below 1000 padded
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),  # noqa: DTZ001
+       st.integers(-23 * 60 - 59, 23 * 60 + 59), st.integers(0, 999))
+def test_starts_at_is_written_as_isoformat_writes_milliseconds(naive: datetime, offset_min: int, nanos: int) -> None:
+    """Whatever the offset and the precision, the instant is written as ``isoformat`` writes it
+    with milliseconds (truncated, not rounded) in UTC."""
+    from healers.alerts import canonical_time
+
+    aware = naive.replace(tzinfo=timezone(timedelta(minutes=offset_min)))
+    sign, off = ("-" if offset_min < 0 else "+"), abs(offset_min)
+    spelled = (f"{naive.year:04d}-{naive.month:02d}-{naive.day:02d}T{naive.hour:02d}:{naive.minute:02d}:"
+               f"{naive.second:02d}.{naive.microsecond:06d}{nanos:03d}{sign}{off // 60:02d}:{off % 60:02d}")
+    expected = aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert canonical_time(spelled) == expected
 
 
 def test_one_action_shared_by_several_points_runs_once_per_cooldown(tmp_path: Path) -> None:
