@@ -3,7 +3,10 @@
 The webhook answers as soon as a delivery is known to be an Alertmanager v4 payload and is on
 disk in the journal (``<audit file's stem>.journal`` next to the heal audit, in the bot root):
 concurrent requests share one synchronous write (``O_DSYNC``: a group commit), so the answer costs a fraction of a
-millisecond of disk, never a policy decision, a lease, an audit record or a log line. A receiver
+millisecond of disk, never a policy decision, a lease, an audit record or a log line. Under the
+receiver's event loop that write is the loop's own, once per turn of the loop for everything the
+turn accepted (no thread hand-off on the way to the disk or back), unless the file is busy; a
+flusher thread writes otherwise. A receiver
 killed after the answer replays the journal's undecided deliveries when it starts; the policy,
 restored from the audit, makes the replay safe (an alert already acted on is a ``duplicate``).
 
@@ -172,13 +175,19 @@ class Journal(audit.AuditLog):
         #: how the flusher hands a synced batch's completion over: to the thread waiting for them
         #: (an event loop's ``call_soon_threadsafe``: one hand-off per batch, not one per delivery)
         self.completer: Callable[[Callable[[], None]], object] = _run_now
-        #: when set (an event loop's ``call_soon``), the flusher is woken once per turn of the loop
-        #: for everything submitted in that turn, rather than by the first submit of each batch
+        #: when set (an event loop's ``call_soon``), what is submitted in one turn of the loop is
+        #: written and synced by the loop itself at the end of that turn, in one ``write``, and
+        #: answered right after: no thread takes the GIL from the loop to write it or to hand it
+        #: back. Only while the journal is being rewritten or marked (``lock`` held) does the loop
+        #: leave the turn to the flusher rather than wait
         self.batcher: Callable[[Callable[[], None]], object] | None = None
         self._kick_pending = False
         #: told once per synced batch, before the deliveries' own callbacks, of the deliveries now
         #: on disk (in order): one hand-over for the batch rather than one per delivery
         self.synced: Callable[[list[Delivery]], None] | None = None
+        #: told once per synced batch, after the deliveries' own callbacks (so what it wakes, such
+        #: as the dispatcher, does not take the GIL from the answers)
+        self.answered: Callable[[list[Delivery]], None] | None = None
 
     def _take_slot(self) -> None:
         for slot in range(MAX_SLOTS):
@@ -199,7 +208,7 @@ class Journal(audit.AuditLog):
         """Release the slot (what waits for an fsync still gets it); the flusher ends."""
         with self._flush:
             fd, self._fd = self._fd, None
-            self._flush.notify()
+            self._flush.notify_all()
         with self.lock:
             self._drop_append()
         if fd is not None:
@@ -280,17 +289,26 @@ class Journal(audit.AuditLog):
             self._waiting.append((delivery.seq, line, on_synced, delivery))
             kick = self.batcher is not None and not self._kick_pending
             if self.batcher is None:
-                self._flush.notify()
+                self._flush.notify_all()
             elif kick:
                 self._kick_pending = True
         if kick and self.batcher is not None:
-            self.batcher(self._kick)
+            self.batcher(self._write_turn)
         return fut
 
-    def _kick(self) -> None:
+    def _write_turn(self) -> None:
+        """Where ``batcher`` runs it (the event loop, after the turn's callbacks): everything
+        waiting written and synced in one call, and each delivery told at once; while the file is
+        busy (a rewrite, a done mark) the flusher writes it instead, when the file is free."""
         with self._flush:
             self._kick_pending = False
-            self._flush.notify()
+            if not self._waiting:
+                return
+            if not self.lock.acquire(blocking=False):
+                self._flush.notify_all()  # never waits for the lock on the event loop
+                return
+            batch, self._waiting = self._waiting, []
+        self._complete(batch, self._write_batch(batch, held=True))
 
     def _flusher(self) -> None:
         while True:
@@ -300,28 +318,39 @@ class Journal(audit.AuditLog):
                 if not self._waiting:
                     return
                 batch, self._waiting = self._waiting, []
-            with self.lock:  # new deliveries are numbered and queued meanwhile: the next batch
-                try:
-                    # the batch's write and its sync in one call (a group commit)
-                    self._write_synced(b"".join(line for _, line, _, _ in batch))
-                    failed: OSError | None = None
-                except OSError as exc:  # a full disk: nothing of the batch is acknowledged
-                    failed = exc
-                    self._drop_append()  # the next batch opens the file again (it may be gone)
-            if failed is not None:
-                with contextlib.suppress(OSError):
-                    self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
-            self.completer(functools.partial(self._complete, batch, failed))
+            # new deliveries are numbered and queued meanwhile: the next batch
+            self.completer(functools.partial(self._complete, batch, self._write_batch(batch)))
+
+    def _write_batch(self, batch: list[tuple[int, bytes, Synced, Delivery]], held: bool = False) -> OSError | None:
+        """The batch's write and its sync in one call (a group commit); the error if it failed.
+        ``held``: the caller holds ``lock``, released here."""
+        if not held:
+            self.lock.acquire()
+        try:
+            self._write_synced(b"".join(line for _, line, _, _ in batch))
+            return None
+        except OSError as exc:  # a full disk: nothing of the batch is acknowledged
+            failed = exc
+            self._drop_append()  # the next batch opens the file again (it may be gone)
+        finally:
+            self.lock.release()
+        with contextlib.suppress(OSError):
+            self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
+        return failed
 
     def _complete(self, batch: list[tuple[int, bytes, Synced, Delivery]], failed: OSError | None) -> None:
-        """Where ``completer`` runs it: the batch handed over, then each delivery told."""
+        """Where ``completer`` runs it: the batch handed over, then each delivery told, then
+        ``answered``."""
+        deliveries = [d for _, _, _, d in batch]
         if failed is None and self.synced is not None:
             try:
-                self.synced([d for _, _, _, d in batch])
+                self.synced(deliveries)
             except Exception as exc:  # noqa: BLE001  (its own fault: the deliveries are still answered)
                 failed = OSError(f"the synced deliveries could not be handed over: {type(exc).__name__}: {exc}")
         for _, _, cb, _ in batch:
             cb(failed)
+        if failed is None and self.answered is not None:
+            self.answered(deliveries)
 
     def _hold(self, seq: int, line: bytes, n: int) -> None:
         self.pending[seq] = line
@@ -397,7 +426,8 @@ class Intake(Logbook):
         #: the labels an alert keeps (healer.match_labels' names): all deciding compares, all the journal holds
         self.keep_labels: frozenset[str] = frozenset(config["healer"]["match_labels"] or {})
         self.inbox: _Inbox = _Inbox()
-        self.journal.synced = self._accepted
+        self.journal.synced = self._track
+        self.journal.answered = self.inbox.put_many
         self.deliveries: OrderedDict[int, Delivery] = OrderedDict()
         self._retry: list[Delivery] = []
         self.last_arrival = 0.0  # monotonic
@@ -405,8 +435,8 @@ class Intake(Logbook):
     def replay_journal(self) -> None:
         """Take this receiver's journal and queue what a stopped receiver left undecided in it."""
         replayed = self.journal.recover()
+        self._track(replayed)
         for delivery in replayed:
-            self._track(delivery)
             self.inbox.put(delivery)
         if replayed:
             self.log(f"heal: deciding {len(replayed)} acknowledged deliver{'y' if len(replayed) == 1 else 'ies'} "
@@ -421,13 +451,9 @@ class Intake(Logbook):
         while (quiet := time.monotonic() - self.last_arrival) < QUIET_SECONDS and time.monotonic() < deadline:
             time.sleep(QUIET_SECONDS - quiet)
 
-    def _accepted(self, deliveries: list[Delivery]) -> None:
-        """Deliveries on disk (the journal's synced batch): kept for ``/api/heals`` and queued for
-        the dispatcher, in one hand-over for the batch."""
-        self._track(*deliveries)
-        self.inbox.put_many(deliveries)
-
-    def _track(self, *deliveries: Delivery) -> None:
+    def _track(self, deliveries: list[Delivery]) -> None:
+        """Deliveries on disk: kept for ``/api/heals`` (the journal's synced batch, before it is
+        answered; it is queued for the dispatcher after, in one hand-over)."""
         self.last_arrival = time.monotonic()
         with self.log_lock:
             for delivery in deliveries:

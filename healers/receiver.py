@@ -117,6 +117,11 @@ class Healer(Intake):
         a journal that cannot be written is a 5xx, and Alertmanager sends the delivery again."""
         if not self.authorized(auth):
             return 401, {"error": "missing or wrong bearer token"}
+        return self.accept(body, reply)
+
+    def accept(self, body: bytes, reply: Answer | None = None
+               ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
+        """``handle_post`` for a delivery whose bearer token was already checked."""
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
         try:
@@ -138,7 +143,7 @@ class Healer(Intake):
                 self._log_error(f"cannot journal a delivery: {failed}")
                 reply(500, {"error": "internal error: the delivery could not be journaled"})
                 return
-            # already kept and queued for the dispatcher with its synced batch (Intake._accepted)
+            # already kept for /api/heals with its synced batch (Intake._track), queued for the dispatcher after
             reply(200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"})
 
         try:

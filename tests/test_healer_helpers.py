@@ -177,10 +177,11 @@ def deliver(url: str, body: Any, token: str | None = TOKEN, timeout: float = 15)
 
 
 @contextmanager
-def receiver(hb: HealBot, config: Path, token: str | None = TOKEN, dry_run: bool = False) -> Iterator[Running]:
+def receiver(hb: HealBot, config: Path, token: str | None = TOKEN, dry_run: bool = False,
+             short_path: bool = True) -> Iterator[Running]:
     """An in-process receiver on a free loopback port; stopped (and its actions killed) after."""
     healer = Healer(load_config(str(config), str(hb.root)), token, dry_run=dry_run)
-    server = HealerServer(("127.0.0.1", 0), healer)
+    server = HealerServer(("127.0.0.1", 0), healer, short_path=short_path)
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     t.start()
     try:

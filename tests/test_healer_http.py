@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -107,3 +108,111 @@ def test_keep_alive_and_refusals_before_the_body(tmp_path: Path) -> None:
             resp.read()
         finally:
             conn.close()
+
+
+def _answers(port: int, data: bytes) -> list[tuple[bytes, bytes]]:
+    """What the receiver answers to ``data`` sent on a fresh connection, until it closes it or
+    goes quiet (0.3 s): (the answer's head, its body with delivery numbers blanked)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.settimeout(0.3)
+        raw = b""
+        try:
+            while chunk := s.recv(65536):
+                raw += chunk
+        except TimeoutError:
+            pass
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        body, raw = rest[:length], rest[length:]
+        out.append((head, re.sub(rb'"delivery": \d+', b'"delivery": N', body)))
+    return out
+
+
+def _delivery(headers: bytes, body: bytes) -> bytes:
+    return b"POST /alertmanager HTTP/1.1\r\n" + headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+BODY = json.dumps(payload(alert("FP-9.9"))).encode()
+AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
+#: (what is sent, whether it is a delivery the short path takes)
+WIRE_CASES: list[tuple[bytes, bool]] = [
+    (_delivery(b"Host: x\r\n" + AUTH + b"Content-Type: application/json\r\n", BODY), True),
+    # what Alertmanager's client sends, header names in any case
+    (_delivery(b"host: x\r\nuser-agent: Alertmanager/0.27.0\r\nauthorization: Bearer " + TOKEN.encode()
+               + b"\r\naccept-encoding: gzip\r\n", BODY), True),
+    (_delivery(b"Authorization: Bearer wrong-token-0123456789\r\n", BODY), False),
+    (_delivery(b"", BODY), False),
+    (_delivery(b"Authorization: Bearer \xe9" + TOKEN.encode()[1:] + b"\r\n", BODY), False),
+    (_delivery(AUTH + AUTH, BODY), False),
+    (_delivery(AUTH + b"Content-Length: %d\r\n" % len(BODY), BODY), False),
+    (_delivery(AUTH + b"Content-Length : %d\r\n" % len(BODY), BODY), False),
+    (_delivery(AUTH + b" folded: line\r\n", BODY), False),
+    (_delivery(AUTH + b"no colon\r\n", BODY), False),
+    (_delivery(AUTH + b"Transfer-Encoding: chunked\r\n", BODY), False),
+    (_delivery(AUTH + b"Connection: close\r\n", BODY), False),
+    (_delivery(AUTH + b"Expect: 100-continue\r\n", BODY), False),
+    (_delivery(AUTH, b"{not json"), True),
+    (_delivery(AUTH, json.dumps({**payload(alert("FP-9.9")), "version": "3"}).encode()), True),
+    (_delivery(AUTH, b""), True),
+    (_delivery(AUTH, json.dumps(payload(*[alert("FP-9.9", fingerprint=f"{i:016x}") for i in range(200)])).encode()),
+     False),  # larger than the loop validates: the pool does
+    (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: \xb2\r\n\r\n", False),
+    (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: +%d\r\n\r\n" % len(BODY) + BODY, False),
+    (b"POST /alertmanager HTTP/1.0\r\n" + AUTH + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY, False),
+    (b"POST /alertmanager?x=1 HTTP/1.1\r\n" + AUTH + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY, False),
+    (b"POST /other HTTP/1.1\r\n" + AUTH + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY, False),
+    # two deliveries in one write: not whole in one read by itself, so the general path takes both
+    (_delivery(AUTH, BODY) * 2, False),
+    # a body shorter than its Content-Length: the general path waits for the rest
+    (_delivery(AUTH, BODY)[:-5], False),
+]
+
+
+def test_the_short_path_answers_every_request_as_the_general_path_does(tmp_path: Path) -> None:
+    """A plain delivery that arrives whole is validated and journaled straight from the read;
+    everything else takes the general parser. Each request goes to a receiver with the short
+    path and to one without it: the answers (heads byte for byte, bodies, where the connection
+    ends) are the same, and the short path took exactly the requests it should."""
+    answers = {}
+    for short in (True, False):
+        hb = HealBot(tmp_path / f"short-{short}")
+        with receiver(hb, hb.config({}), short_path=short) as r:
+            port = int(r.server.server_address[1])
+            answers[short] = [_answers(port, data) for data, _ in WIRE_CASES]
+            taken = r.server.short_path_taken
+            assert delivered(r.url, 1) == ["unknown_fp"]  # what the short path journaled is decided
+        assert taken == (sum(1 for _, short_path in WIRE_CASES if short_path) if short else 0)
+    for (data, _), a, b in zip(WIRE_CASES, answers[True], answers[False], strict=True):
+        assert a == b, data[:120]
+    statuses = [[int(head.split(b" ")[1]) for head, _ in a] for a in answers[True]]
+    assert statuses[:2] == [[200], [200]] and statuses[2:5] == [[401]] * 3
+    assert statuses[-3] == [404] and statuses[-2] == [200, 200] and statuses[-1] == []
+    assert b"body is not valid JSON" in answers[True][13][0][1]
+    (head, body), = answers[True][0]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ")
+    assert body == b'{"delivery": N, "alerts": 1, "state": "queued"}\n'
+
+
+def test_a_busy_journal_never_holds_the_event_loop(tmp_path: Path) -> None:
+    """While the journal file is busy (the dispatcher rewriting or marking it holds its lock), the
+    event loop leaves its turn's write to the flusher instead of waiting: other requests are
+    answered meanwhile, and the delivery is answered once its write is on disk."""
+    hb = HealBot(tmp_path)
+    with receiver(hb, hb.config({})) as r, socket.create_connection(r.server.server_address, timeout=10) as s:
+        with r.healer.journal.lock:
+            s.sendall(_delivery(AUTH, BODY))
+            # the event loop is free: a health check on another connection is answered at once
+            assert requests.get(r.url + "/-/healthy", timeout=2).status_code == 200
+            s.settimeout(0.3)
+            with pytest.raises(TimeoutError):  # no answer before the delivery is on disk
+                s.recv(65536)
+            assert r.server.short_path_taken == 1 and r.healer.journal.path.read_bytes() == b""
+        s.settimeout(10)
+        answer = b""
+        while not answer.endswith(b"}\n"):
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"state": "queued"' in answer
+        assert delivered(r.url, 1) == ["unknown_fp"]

@@ -109,6 +109,8 @@ class Connection(asyncio.Protocol):
         self.buf = b""
 
     def data_received(self, data: bytes) -> None:
+        if self.state == _HEAD and not self.buf and not self.write_paused and self.shortcut(data):
+            return
         buf = self.buf
         if not buf:
             self.buf = data
@@ -122,6 +124,20 @@ class Connection(asyncio.Protocol):
             assert self.transport is not None
             self.read_paused = True
             self.transport.pause_reading()  # a client pipelining more than one request's worth waits
+
+    def shortcut(self, data: bytes) -> bool:
+        """A subclass's shorter path for a request that arrived whole in one read (``data`` starts
+        with its request line): True when it took the request and called ``taken`` (the answer
+        then comes through ``reply``); False leaves ``data`` to the general parser, which is the
+        one that refuses anything wrong or unusual."""
+        return False
+
+    def taken(self, keep_alive: bool) -> None:
+        """``shortcut`` took a whole request: the connection waits for its answer."""
+        self._disarm()
+        self.state = _BUSY
+        self.keep_alive = keep_alive
+        self.req = None
 
     def _take(self, n: int) -> bytes:
         """The first ``n`` bytes of what the client sent, taken out of the buffer."""
@@ -308,6 +324,23 @@ class Connection(asyncio.Protocol):
         req = self.req
         keep = keep_alive and not resp.close
         transport.write(encode_response(resp, keep, head_only=req is not None and req.method == "HEAD"))
+        self._sent(transport, keep)
+
+    def answer_raw(self, raw: bytes) -> None:
+        """Answer the request ``shortcut`` took (keep-alive) with ``raw``, a whole HTTP/1.1
+        answer the subclass wrote itself (from any thread)."""
+        if threading.get_ident() != self.server._loop_thread:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self.loop.call_soon_threadsafe(self.answer_raw, raw)
+            return
+        transport = self.transport
+        if transport is None or self.state == _CLOSED:
+            return
+        transport.write(raw)
+        self._sent(transport, True)
+
+    def _sent(self, transport: asyncio.Transport, keep: bool) -> None:
+        """An answer is written: the connection closes, or waits for the next request."""
         self.req = None
         if not keep:
             self.state = _CLOSED

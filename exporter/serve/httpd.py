@@ -66,8 +66,12 @@ class BoundedHTTPServer:
                  workers: int = 4, max_body: int = 1024 * 1024, read_timeout: float = 10.0,
                  max_connections: int = 512, backlog: int = 512, name: str = "httpd",
                  tls: ssl.SSLContext | None = None, listen: bool = True, precheck_on_loop: bool = False,
-                 inline: Callable[[Request], Response | Future[Response] | Later | None] | None = None) -> None:
+                 inline: Callable[[Request], Response | Future[Response] | Later | None] | None = None,
+                 connection: type[Connection] = Connection) -> None:
         self.handler = handler
+        #: the protocol class of each client connection (a subclass may take a server's own
+        #: requests on a shorter path, and hand everything else to this one)
+        self.connection = connection
         #: the precheck and ``inline`` run on the event loop itself (they must never block): a cheap
         #: answer skips two hand-offs to the pool; ``inline`` returning None passes the request on,
         #: and a precheck returning ON_POOL is run again on the pool (a password hash, say)
@@ -149,7 +153,7 @@ class BoundedHTTPServer:
         self._loop_thread = threading.get_ident()
         self._stop = asyncio.Event()
         # asyncio listens again on the socket with its own backlog (100 unless told): keep ours
-        server = await loop.create_server(lambda: Connection(self, loop), sock=self.socket, backlog=self.backlog,
+        server = await loop.create_server(lambda: self.connection(self, loop), sock=self.socket, backlog=self.backlog,
                                           ssl=self.tls,
                                           ssl_handshake_timeout=self.read_timeout if self.tls else None)
         self._started.set()
