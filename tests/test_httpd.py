@@ -271,3 +271,15 @@ def test_a_precheck_on_the_loop_can_hand_itself_to_the_pool() -> None:
         assert statuses(exchange(srv.port, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == [403]
     assert threads[0] == threads[1] and not threads[0].startswith("t-worker")  # the loop's thread
     assert threads[2].startswith("t-worker")  # the second call, on the pool
+
+
+def test_answers_leave_without_waiting_for_a_delayed_ack() -> None:
+    """Nagle's algorithm is off on every connection the server accepts (uvloop's own setting), so
+    an answer after a client's second request never waits for the client's delayed ACK."""
+    with serving() as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(GET)
+        assert statuses(s.recv(65536)) == [200]
+        conns = list(srv.server._conns.values())
+        assert len(conns) == 1 and conns[0].transport is not None
+        sock = conns[0].transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

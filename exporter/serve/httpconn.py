@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -95,10 +94,8 @@ class Connection(asyncio.Protocol):
             transport.close()
             self._close_within_timeout()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # headers and body in one write anyway; never wait for a delayed ACK
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # uvloop turns Nagle's algorithm off on every TCP connection it accepts (an answer never
+        # waits for a delayed ACK; tests/test_httpd.py checks it): no socket object is made here
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
