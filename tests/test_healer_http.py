@@ -4,14 +4,18 @@ alerts (a bounded number of log lines), keep-alive, and repeated identical log l
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import flood_slow_clients, wait_for
 from .test_healer_helpers import TOKEN, HealBot, alert, deliver, free_port, payload, receiver, start_heal_cli, wait_idle
@@ -216,3 +220,72 @@ def test_a_busy_journal_never_holds_the_event_loop(tmp_path: Path) -> None:
             answer += s.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"state": "queued"' in answer
         assert delivered(r.url, 1) == ["unknown_fp"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """Two receivers, with the short path and without it: their ports."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for short in (True, False):
+            hb = HealBot(tmp_path_factory.mktemp(f"short-{short}"))
+            r = stack.enter_context(receiver(hb, hb.config({}), short_path=short))
+            ports.append(int(r.server.server_address[1]))
+        yield ports[0], ports[1]
+
+
+def _one_answer(s: socket.socket) -> tuple[bytes, bytes]:
+    """One whole answer from a keep-alive connection: (head, body with delivery numbers blanked)."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = s.recv(65536)
+        assert chunk, "the connection closed without an answer"
+        raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+    while len(rest) < length:
+        rest += s.recv(65536)
+    return head, re.sub(rb'"delivery": \d+', b'"delivery": N', rest[:length])
+
+
+_NAMES = st.sampled_from([b"Host", b"host", b"Content-Type", b"User-Agent", b"Accept-Encoding", b"X-Forwarded-For",
+                          b"Authorization", b"authorization", b"AUTHORIZATION", b"Content-Length",
+                          b"content-length", b"Transfer-Encoding", b"Connection", b"Expect", b"Content-Length ",
+                          b" Host", b"X\tY", b"", b"Keep-Alive", b"TE", b"\xe9t\xe9"])
+_VALUES = st.sampled_from([b"x", b"", b" ", b"application/json", b"close", b"keep-alive", b"chunked",
+                           b"100-continue", b"Bearer " + TOKEN.encode(), b"bearer " + TOKEN.encode(),
+                           b"Bearer " + TOKEN.encode() + b" ", b"Bearer x", b"\xb2", b"+1", b"-1", b"0",
+                           b"\xe9\xe8"])
+
+
+#: whole header lines worth trying as they are (an independent name and value rarely meet)
+_LINES = st.sampled_from([b"Connection: close", b"connection: Close", b"Connection: keep-alive",
+                          b"Transfer-Encoding: chunked", b"Expect: 100-continue", b"Keep-Alive: timeout=5",
+                          b"Content-Type: application/json", b"User-Agent: Alertmanager/0.27.0", b" Host: x",
+                          b"Host x", b"Host:", b"X\tY: 1", b"\xe9t\xe9: \xe9", b"Authorization: Bearer x",
+                          b"authorization: Bearer " + TOKEN.encode(), b"Content-Length: \xb2", b"Content-Length: 0"])
+_LINE = st.one_of(_LINES, st.tuples(_NAMES, st.sampled_from([b":", b": ", b" : ", b""]), _VALUES).map(b"".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(extra=st.lists(_LINE, max_size=4),
+       auth=st.sampled_from([AUTH, b"", AUTH + AUTH, b"Authorization:Bearer " + TOKEN.encode() + b"\r\n"]),
+       length=st.sampled_from(["ok", "none", "twice", "digits-space"]),
+       version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+       body=st.sampled_from([BODY, b"{", b"", json.dumps(payload(alert("FP-9.9", status="resolved"))).encode()]))
+def test_generated_heads_get_the_same_answer_from_both_paths(pair: tuple[int, int], extra: list[bytes], auth: bytes,
+                                                             length: str, version: bytes, body: bytes) -> None:
+    """Generated request heads (header names in any case, with whitespace, missing colons, the
+    headers the short path must leave alone, tokens right and wrong, Content-Length missing,
+    doubled or odd): the receiver with the short path answers each exactly as the one without it."""
+    cl = b"Content-Length: %d\r\n" % len(body)
+    lengths = {"ok": cl, "none": b"", "twice": cl + cl, "digits-space": b"Content-Length: %d %d\r\n" % (len(body),
+                                                                                                      len(body))}
+    head = (b"POST /alertmanager " + version + b"\r\n" + auth + b"".join(line + b"\r\n" for line in extra)
+            + lengths[length] + b"\r\n")
+    answers = []
+    for port in pair:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + body)
+            answers.append(_one_answer(s))
+    assert answers[0] == answers[1], head
