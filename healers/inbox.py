@@ -188,6 +188,9 @@ class Journal(audit.AuditLog):
         #: told once per synced batch, after the deliveries' own callbacks (so what it wakes, such
         #: as the dispatcher, does not take the GIL from the answers)
         self.answered: Callable[[list[Delivery]], None] | None = None
+        #: told (a one-line message) when a delivery's own callback raised; the batch's other
+        #: deliveries are answered and handed over all the same
+        self.on_error: Callable[[str], None] | None = None
 
     def _take_slot(self) -> None:
         for slot in range(MAX_SLOTS):
@@ -347,10 +350,16 @@ class Journal(audit.AuditLog):
                 self.synced(deliveries)
             except Exception as exc:  # noqa: BLE001  (its own fault: the deliveries are still answered)
                 failed = OSError(f"the synced deliveries could not be handed over: {type(exc).__name__}: {exc}")
+        error: Exception | None = None
         for _, _, cb, _ in batch:
-            cb(failed)
+            try:
+                cb(failed)
+            except Exception as exc:  # noqa: BLE001  (one answer's fault never costs the others theirs)
+                error = error or exc
         if failed is None and self.answered is not None:
-            self.answered(deliveries)
+            self.answered(deliveries)  # on disk: decided whatever became of an answer
+        if error is not None and self.on_error is not None:
+            self.on_error(f"a journaled delivery could not be answered: {type(error).__name__}: {error}")
 
     def _hold(self, seq: int, line: bytes, n: int) -> None:
         self.pending[seq] = line
@@ -428,6 +437,7 @@ class Intake(Logbook):
         self.inbox: _Inbox = _Inbox()
         self.journal.synced = self._track
         self.journal.answered = self.inbox.put_many
+        self.journal.on_error = self._log_error
         self.deliveries: OrderedDict[int, Delivery] = OrderedDict()
         self._retry: list[Delivery] = []
         self.last_arrival = 0.0  # monotonic

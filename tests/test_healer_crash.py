@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -280,4 +281,36 @@ def test_a_delivery_after_the_journal_was_moved_away_is_journaled_in_a_new_one(t
     third = Delivery(time.time(), "http://am", [Alert("firing", "FP-3.1", "f3", "2026-11-25T10:00:00.000Z")])
     journal.submit(third).result(timeout=10)
     assert b'"f3"' in journal.path.read_bytes()
+    journal.close()
+
+
+def test_one_answer_that_fails_never_costs_the_batch_its_answers_or_its_decisions(tmp_path: Path) -> None:
+    """One turn of the event loop journals three deliveries in one write; the middle one's answer
+    raises (its client went away): the other two are still answered, all three are handed to the
+    dispatcher (they are on disk: they must be decided), and the failure is reported in one line."""
+    journal = Journal(tmp_path / "logs/heals.jsonl")
+    assert journal.recover() == []
+    turns: list[Callable[[], None]] = []
+    answered: list[Delivery] = []
+    errors: list[str] = []
+    told: list[tuple[int, OSError | None]] = []
+    journal.batcher, journal.answered, journal.on_error = turns.append, answered.extend, errors.append
+
+    def answer(i: int) -> Callable[[OSError | None], None]:
+        def on_synced(failed: OSError | None) -> None:
+            told.append((i, failed))
+            if i == 1:
+                raise RuntimeError("the client went away")
+        return on_synced
+
+    ds = [Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", f"f{i}", "2026-11-25T10:00:00.000Z")])
+          for i in range(3)]
+    for i, d in enumerate(ds):
+        assert journal.submit(d, answer(i)) is None
+    assert len(turns) == 1  # what one turn of the loop submitted is written once, at its end
+    turns[0]()
+    assert told == [(0, None), (1, None), (2, None)]
+    assert answered == ds
+    assert errors == ["a journaled delivery could not be answered: RuntimeError: the client went away"]
+    assert all(b'"f%d"' % i in journal.path.read_bytes() for i in range(3))
     journal.close()
