@@ -35,7 +35,8 @@ def owner_alive(owner: object) -> bool:
     if not isinstance(owner, str):
         return False
     parts = owner.split(":")
-    if len(parts) < 2 or not (parts[0].isascii() and parts[0].isdigit()) or parts[1] in ("", "None"):
+    pid = parts[0]
+    if len(parts) < 2 or not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or parts[1] in ("", "None"):
         return False
     return str(actions.proc_start_time(int(parts[0]))) == parts[1]
 

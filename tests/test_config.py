@@ -37,6 +37,8 @@ BAD_CONFIGS = [
     ("bad_listen.yaml", "exporter:\n  listen: localhost\n", "key 'exporter.listen' in {f} must be HOST:PORT"),
     # a digit to str.isdigit, not to int()
     ("superscript_port.yaml", "healer:\n  listen: '127.0.0.1:\u00b2'\n", "key 'healer.listen' in {f} must be HOST:PORT"),
+    # more digits than int() reads
+    ("long_port.yaml", "exporter:\n  listen: '127.0.0.1:" + "9" * 5000 + "'\n", "key 'exporter.listen' in {f} must be HOST:PORT"),
     ("tls_half.yaml", "exporter:\n  tls_cert_file: /x.pem\n",
      "keys 'exporter.tls_cert_file' and 'exporter.tls_key_file' in {f} go together"),
     ("bad_yaml.yaml", "readiness: [\n", "config file {f} is not valid YAML at line 2"),

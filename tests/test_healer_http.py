@@ -164,6 +164,8 @@ WIRE_CASES: list[tuple[bytes, bool]] = [
     (_delivery(AUTH, json.dumps(payload(*[alert("FP-9.9", fingerprint=f"{i:016x}") for i in range(200)])).encode()),
      False),  # larger than the loop validates: the pool does
     (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: \xb2\r\n\r\n", False),
+    (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: " + b"0" * 5000 + b"%d\r\n\r\n" % len(BODY)
+     + BODY, False),
     (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: +%d\r\n\r\n" % len(BODY) + BODY, False),
     (b"POST /alertmanager HTTP/1.0\r\n" + AUTH + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY, False),
     (b"POST /alertmanager?x=1 HTTP/1.1\r\n" + AUTH + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY, False),

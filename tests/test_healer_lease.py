@@ -75,6 +75,13 @@ def test_an_expired_lease_of_a_dead_owner_is_taken_over_and_its_orphan_ended(tmp
         orphan.kill()
 
 
+@pytest.mark.parametrize("owner", ["\u00b2:1", "9" * 5000 + ":1", ":1", "12", "x:1", None, 7])
+def test_an_owner_the_lease_file_cannot_name_is_not_alive(owner: object) -> None:
+    """What a corrupt or foreign lease file holds as its owner (a superscript digit, more digits
+    than int() reads, no pid, no start time) is an owner that does not run: never an exception."""
+    assert owner_alive(owner) is False
+
+
 def test_a_torn_tail_after_the_first_line_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "heal.lease"
     a = Lease(path, "a")

@@ -120,6 +120,8 @@ def test_a_half_closed_client_still_gets_its_answers() -> None:
     (b"POST /a HTTP/1.1\r\nContent-Length: -3\r\n\r\n", 400),
     # a digit to str.isdigit (ISO-8859-1 superscript two), not to int()
     (b"POST /a HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),
+    # more digits than int() reads (4,300)
+    (b"POST /a HTTP/1.1\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n", 400),
     (b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411),
     (b"POST /a HTTP/1.1\r\nContent-Length: 2000\r\n\r\n", 413),
     (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),

@@ -237,7 +237,7 @@ class BoundedSession(requests.Session):
         for header, key in (("X-RateLimit-Limit", "limit"), ("X-RateLimit-Remaining", "remaining"),
                             ("X-RateLimit-Reset", "reset")):
             value = response.headers.get(header)
-            if value is not None and value.strip().isascii() and value.strip().isdigit():
+            if value is not None and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 18:
                 limits[key] = int(value)
         if limits:
             with self._lock:

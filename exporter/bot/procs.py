@@ -75,7 +75,7 @@ def unit_state(unit: str, timeout: float = 3.0) -> UnitState | None:
         active_state=props.get("ActiveState", ""),
         sub_state=props.get("SubState", ""),
         main_pid=int(props.get("MainPID", "0") or 0),
-        n_restarts=int(restarts) if restarts.isascii() and restarts.isdigit() else None,
+        n_restarts=int(restarts) if restarts.isascii() and restarts.isdigit() and len(restarts) <= 18 else None,
     )
 
 

@@ -392,8 +392,8 @@ def _semantic(data: dict[str, Any], src: str, problems: list[str]) -> None:
         sect, name = key.split(".")
         value = data[sect][name]
         host, sep, port = str(value).rpartition(":")
-        if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            problems.append(f"key '{key}' in {src} must be HOST:PORT, got {value!r}")
+        if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
+            problems.append(f"key '{key}' in {src} must be HOST:PORT, got {value!r:.80}")
     rule_files = data["verify"]["rule_files"]
     if isinstance(rule_files, list) and not (rule_files and all(isinstance(f, str) and f for f in rule_files)):
         problems.append(f"key 'verify.rule_files' in {src} must be a non-empty list of file paths")

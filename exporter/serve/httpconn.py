@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
-from .httpwire import Handler, Later, OnPool, Precheck, Request, Response, encode_response, parse_head
+from .httpwire import Handler, Later, OnPool, Precheck, Request, Response, encode_response, is_length, parse_head
 
 #: a request head larger than this is refused with 431, a request line longer than MAX_LINE_BYTES
 #: with 414 (http.server's limit), more header lines than MAX_HEADERS with 431
@@ -39,12 +39,6 @@ class Host(Protocol):
     _closing: dict[int, Connection]
 
     def _admit(self, conn: Connection) -> bool: ...
-
-
-def _ascii_digits(text: str) -> bool:
-    """Only 0-9: ``str.isdigit`` also takes "²" (ISO-8859-1, so a header can carry it), which
-    ``int`` refuses."""
-    return text.isascii() and text.isdigit()
 
 
 #: where a connection is: reading a request head, reading its body, or answering it
@@ -222,7 +216,7 @@ class Connection(asyncio.Protocol):
         raw_len = req.headers.get("content-length")
         self.length = 0
         if raw_len is not None:
-            self.length = int(raw_len) if _ascii_digits(raw_len.strip()) else -1
+            self.length = int(raw_len) if is_length(raw_len.strip()) else -1
         if self.server.precheck is None:
             self._prechecked(None)
             return

@@ -264,7 +264,7 @@ _DUMMY_HASH = hash_password("not a password", salt=b"0" * 16)
 
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) < 65536:
         raise ConfigError([f"--listen must be HOST:PORT, got {value!r}"])
     return host.strip("[]") or "127.0.0.1", int(port)
 

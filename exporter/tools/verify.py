@@ -246,7 +246,7 @@ def _remove_stale_temps(directory: Path) -> None:
     for name in (LATEST, LEGACY):
         for tmp in directory.glob(f".{name}.*.tmp"):
             pid = tmp.name.removeprefix(f".{name}.").removesuffix(".tmp")
-            if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
+            if not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or int(pid) == os.getpid():
                 continue
             try:
                 os.kill(int(pid), 0)
