@@ -221,7 +221,7 @@ class ReadinessGate:
             data = json.loads(body)
             readiness = str(data["readiness"])
             points: dict[str, Any] = data["failure_points"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise LookupError(f"exporter {self.exporter_url} sent a body that is not the readiness JSON") from None
         if readiness == "UNKNOWN" or data.get("ready") is False:
             pending = data.get("pending_fps") or []

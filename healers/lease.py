@@ -65,7 +65,7 @@ class Lease:
                 raw += chunk
             try:
                 data = json.loads(raw.split(b"\n", 1)[0] or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):  # corrupt, or nested deeper than the parser goes
                 data = {}
             entries = data.get("entries") if isinstance(data, dict) else None
             yield fd, entries if isinstance(entries, dict) else {}

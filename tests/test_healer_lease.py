@@ -192,3 +192,21 @@ def leased(port: int) -> float:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     prefix = 'trading_healer_skipped_total{fp="FP-1.1",reason="leased"} '
     return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def test_a_lease_audit_or_log_line_nested_deeper_than_the_parser_goes_reads_as_corrupt(tmp_path: Path) -> None:
+    """JSON nested deeper than the parser goes raises RecursionError, not ValueError: the lease
+    file, an audit or journal line and a bot log line read by the pipeline probe each treat it as
+    the corrupt line it is."""
+    from exporter.core.audit import parse_lines
+    from exporter.tools.pipeline import _tail_lines
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    lease = tmp_path / "heal.lease"
+    lease.write_bytes(deep + b"\n")
+    assert Lease(lease, "a").entries() == {}
+    assert Lease(lease, "a").acquire("FP-1.1", ARGV, time.time(), hold_seconds=30, cooldown_seconds=300) is None
+    assert parse_lines(deep + b'\n{"event": "attempt"}\n') == [{"event": "attempt"}]
+    log = tmp_path / "blocked_trades.jsonl"
+    log.write_bytes(deep + b'\n{"symbol": "SPY"}\n')
+    assert _tail_lines(log) == [{"symbol": "SPY"}]

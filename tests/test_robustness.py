@@ -50,7 +50,10 @@ JUDGES: dict[str, tuple[str, ...]] = {
 }
 #: objects are expected; a valid JSON document of another type is as unusable as garbage
 WRONG_TYPES = {"list": "[1, 2]", "string": '"hello"', "null": "null", "number": "42"}
-CORRUPTIONS = ("empty", "truncated", *WRONG_TYPES, "binary", "directory")
+#: JSON the parser refuses although every byte of it is JSON: nesting deeper than it goes, and an
+#: integer of more digits than int() reads
+UNREADABLE = {"deep": "[" * 100_000 + "]" * 100_000, "bigint": '{"ts": ' + "1" * 5000 + "}"}
+CORRUPTIONS = ("empty", "truncated", *WRONG_TYPES, *UNREADABLE, "binary", "directory")
 #: the points that re-read a file that does not parse (catalog params retries, retry_delay_seconds)
 RETRYING = ("FP-1.2", "FP-2.1", "FP-2.6", "FP-2.7", "FP-5.3")
 #: every number in the file replaced: valid JSON, absurd values
@@ -92,6 +95,8 @@ def corrupt(path: Path, how: str) -> None:
         path.write_text(text[: len(text) // 2] if not jsonl else text + '{"ts": 17')
     elif how in WRONG_TYPES:
         path.write_text(WRONG_TYPES[how] + ("\n" if jsonl else ""))
+    elif how in UNREADABLE:
+        path.write_text(UNREADABLE[how] + ("\n" if jsonl else ""))
     elif how == "binary":
         path.write_bytes(bytes(range(256)) * 8)
     elif how == "directory":

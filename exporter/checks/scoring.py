@@ -216,7 +216,7 @@ def _weights_read(ctx: Context, p: dict[str, Any], torn_at: list[float]) -> Any:
     def parse(path: Path) -> Any:
         try:
             return json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             torn_at.append(ctx.now())
             return read_json(path, int(p["retries"]), float(p["retry_delay_seconds"]))
         except FileNotFoundError:

@@ -109,8 +109,8 @@ def parse_lines(data: bytes) -> list[dict[str, Any]]:
     for raw in data.splitlines():
         try:
             rec = json.loads(raw)
-        except ValueError:
-            continue  # a torn or foreign line
+        except (ValueError, RecursionError):
+            continue  # a torn or foreign line (or one nested deeper than the parser goes)
         if isinstance(rec, dict):
             out.append(rec)
     return out

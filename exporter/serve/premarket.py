@@ -193,7 +193,7 @@ def read_record(path: Path) -> LastRun | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         started = market.parse_ts(data["verification"]["started"])
         status = int(data["exit_code"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if started is None or status not in (0, 1, 2, 3):
         return None

@@ -194,7 +194,7 @@ def _tail_lines(path: Path, limit: int = BLOCKED_TAIL_BYTES) -> list[dict[str, A
     for line in lines:
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # torn, foreign, or nested deeper than the parser goes
             continue
         if isinstance(rec, dict):
             out.append(rec)
