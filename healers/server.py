@@ -125,7 +125,7 @@ class WebhookConnection(Connection):
         if length is None or not is_length(length) or int(length) > INLINE_BODY_BYTES \
                 or len(data) != end + 4 + int(length):
             return False
-        bearer = self.healer._bearer
+        bearer = self.healer.bearer
         if bearer is not None and (auth is None or not auth.isascii() or not hmac.compare_digest(auth, bearer)):
             return False  # the general path answers 401
         self.taken(keep_alive=True)
