@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from exporter.core.fields import decimal
 from healers import actions
 
 
@@ -35,10 +36,10 @@ def owner_alive(owner: object) -> bool:
     if not isinstance(owner, str):
         return False
     parts = owner.split(":")
-    pid = parts[0]
-    if len(parts) < 2 or not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or parts[1] in ("", "None"):
+    pid = decimal(parts[0], 10)
+    if len(parts) < 2 or pid is None or parts[1] in ("", "None"):
         return False
-    return str(actions.proc_start_time(int(parts[0]))) == parts[1]
+    return str(actions.proc_start_time(pid)) == parts[1]
 
 
 class LeaseRefused(Exception):  # noqa: N818  (a decision, not a fault)

@@ -19,9 +19,9 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter.core.config import load as load_config
+from exporter.core.fields import decimal, host_port
 from exporter.serve.httpconn import MAX_HEADERS, Connection
 from exporter.serve.httpd import LATER, MAX_HEAD_BYTES, SWITCH_INTERVAL, BoundedHTTPServer, Later, Request, Response
-from exporter.serve.httpwire import is_length
 from healers.alerts import MAX_BODY_BYTES
 from healers.lease import Lease
 from healers.receiver import Healer
@@ -111,19 +111,19 @@ class WebhookConnection(Connection):
         end = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
         if end < 0 or data.count(b"\r\n", 0, end) > MAX_HEADERS:
             return False
-        length: bytes | None = None
+        raw_length: bytes | None = None
         auth: bytes | None = None
         for line in data[len(DELIVERY_LINE):end].split(b"\r\n"):
             name, sep, value = line.partition(b":")
             name = name.lower()
-            if name == b"content-length" and length is None:
-                length = value.strip()
+            if name == b"content-length" and raw_length is None:
+                raw_length = value.strip()
             elif name == b"authorization" and auth is None:
                 auth = value.strip()
             elif not sep or not name or name != name.strip() or name in _GENERAL_PATH_HEADERS:
                 return False
-        if length is None or not is_length(length) or int(length) > INLINE_BODY_BYTES \
-                or len(data) != end + 4 + int(length):
+        length = None if raw_length is None else decimal(raw_length)
+        if length is None or length > INLINE_BODY_BYTES or len(data) != end + 4 + length:
             return False
         bearer = self.healer.bearer
         if bearer is not None and (auth is None or not auth.isascii() or not hmac.compare_digest(auth, bearer)):
@@ -174,10 +174,10 @@ class HealerServer(BoundedHTTPServer):
             return _json(404, {"error": "not found"})
         if not self.healer.authorized(req.headers.get("authorization")):
             return _json(401, {"error": "missing or wrong bearer token"}, close=True)
-        raw = req.headers.get("content-length", "")
-        if not is_length(raw.strip()):
+        length = decimal(req.headers.get("content-length", "").strip())
+        if length is None:
             return _json(400, {"error": "Content-Length is required"}, close=True)
-        if int(raw) > MAX_BODY_BYTES:
+        if length > MAX_BODY_BYTES:
             return _json(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, close=True)
         return None
 
@@ -231,10 +231,10 @@ class HealerServer(BoundedHTTPServer):
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) < 65536:
+    addr = host_port(value)
+    if addr is None:
         raise ValueError(f"--listen must be HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return addr
 
 
 def cli_heal(args: argparse.Namespace) -> int:

@@ -181,3 +181,22 @@ def test_defaults_need_only_bot_root(tmp_path: Path) -> None:
     r = run_cli("--bot-root", str(tmp_path), "check", "--json", env=clean_env())
     assert r.returncode == 2  # a bot root with nothing in it is not a working bot, and says so
     assert '"readiness": "BLOCKED"' in r.stdout
+
+
+@pytest.mark.parametrize(("text", "limit", "expected"), [
+    ("0", 18, 0), ("007", 18, 7), ("9" * 18, 18, int("9" * 18)), ("9" * 19, 18, None), ("65536", 5, 65536),
+    ("", 18, None), (" 1", 18, None), ("+1", 18, None), ("-1", 18, None), ("1.0", 18, None), ("\u00b2", 18, None),
+    ("\u0663", 18, None), ("1" * 5000, 18, None), (b"42", 18, 42), (b"\xb2", 18, None)])
+def test_decimal_takes_only_the_digits_0_to_9(text: str | bytes, limit: int, expected: int | None) -> None:
+    from exporter.core.fields import decimal
+
+    assert decimal(text, limit) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:9870", ("127.0.0.1", 9870)), (":9870", ("127.0.0.1", 9870)), ("[::1]:0", ("::1", 0)),
+    ("localhost", None), ("h:65536", None), ("h:\u00b2", None), ("h:" + "9" * 5000, None), ("h:", None)])
+def test_host_port(value: str, expected: tuple[str, int] | None) -> None:
+    from exporter.core.fields import host_port
+
+    assert host_port(value) == expected

@@ -27,6 +27,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ..core.fields import decimal
+
 _EXAMPLE_URL = "https://paper-api.alpaca.markets"
 
 
@@ -236,9 +238,9 @@ class BoundedSession(requests.Session):
         limits = {}
         for header, key in (("X-RateLimit-Limit", "limit"), ("X-RateLimit-Remaining", "remaining"),
                             ("X-RateLimit-Reset", "reset")):
-            value = response.headers.get(header)
-            if value is not None and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 18:
-                limits[key] = int(value)
+            count = decimal(response.headers.get(header, "").strip())
+            if count is not None:
+                limits[key] = count
         if limits:
             with self._lock:
                 self.rate_limit = limits

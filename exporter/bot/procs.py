@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from ..core.fields import decimal
+
 PYTHON_EXE = re.compile(r"^python(\d+(\.\d+)?)?$")
 #: process states in which a process does no work: SIGSTOPped or traced (`T`/`t`), exited but not
 #: reaped (`Z`), dead (`X`)
@@ -75,7 +77,7 @@ def unit_state(unit: str, timeout: float = 3.0) -> UnitState | None:
         active_state=props.get("ActiveState", ""),
         sub_state=props.get("SubState", ""),
         main_pid=int(props.get("MainPID", "0") or 0),
-        n_restarts=int(restarts) if restarts.isascii() and restarts.isdigit() and len(restarts) <= 18 else None,
+        n_restarts=decimal(restarts),
     )
 
 

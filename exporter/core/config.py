@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from . import catalog as catalog_mod
+from .fields import host_port
 
 CONFIG_ENV = "TRADING_READINESS_CONFIG"
 BOT_ROOT_ENV = "TRADING_READINESS_BOT_ROOT"
@@ -391,8 +392,8 @@ def _semantic(data: dict[str, Any], src: str, problems: list[str]) -> None:
     for key in ("exporter.listen", "healer.listen"):
         sect, name = key.split(".")
         value = data[sect][name]
-        host, sep, port = str(value).rpartition(":")
-        if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) < 65536:
+        addr = host_port(str(value))
+        if addr is None or addr[1] == 0:
             problems.append(f"key '{key}' in {src} must be HOST:PORT, got {value!r:.80}")
     rule_files = data["verify"]["rule_files"]
     if isinstance(rule_files, list) and not (rule_files and all(isinstance(f, str) and f for f in rule_files)):

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
-from .httpwire import Handler, Later, OnPool, Precheck, Request, Response, encode_response, is_length, parse_head
+from ..core.fields import decimal
+from .httpwire import Handler, Later, OnPool, Precheck, Request, Response, encode_response, parse_head
 
 #: a request head larger than this is refused with 431, a request line longer than MAX_LINE_BYTES
 #: with 414 (http.server's limit), more header lines than MAX_HEADERS with 431
@@ -216,7 +217,8 @@ class Connection(asyncio.Protocol):
         raw_len = req.headers.get("content-length")
         self.length = 0
         if raw_len is not None:
-            self.length = int(raw_len) if is_length(raw_len.strip()) else -1
+            length = decimal(raw_len.strip())  # 0-9 only, at most 18 of them
+            self.length = -1 if length is None else length
         if self.server.precheck is None:
             self._prechecked(None)
             return

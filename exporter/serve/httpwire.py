@@ -52,17 +52,6 @@ Handler = Callable[[Request], "Response | Future[Response] | Later"]
 Precheck = Callable[[Request], "Response | OnPool | None"]
 
 
-#: the longest Content-Length value taken (1 EB); a longer one is refused rather than read by
-#: int(), which refuses more than 4,300 digits with a ValueError
-MAX_LENGTH_DIGITS = 18
-
-
-def is_length(text: str | bytes) -> bool:
-    """A Content-Length value: 0-9 only (``str.isdigit`` also takes "²", which ISO-8859-1 headers
-    can carry and int() refuses), at most MAX_LENGTH_DIGITS of them."""
-    return 0 < len(text) <= MAX_LENGTH_DIGITS and text.isascii() and text.isdigit()
-
-
 def parse_head(head: bytes) -> tuple[Request | None, str]:
     try:
         text = head.decode("iso-8859-1")

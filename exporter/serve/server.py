@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .. import __version__
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
+from ..core.fields import host_port
 from . import affinity
 from .httpd import ON_POOL, SWITCH_INTERVAL, BoundedHTTPServer, OnPool, Request, Response
 from .metrics import IsolatingRegistry, exposition, make_registry
@@ -263,10 +264,10 @@ _DUMMY_HASH = hash_password("not a password", salt=b"0" * 16)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) < 65536:
+    addr = host_port(value)
+    if addr is None:
         raise ConfigError([f"--listen must be HOST:PORT, got {value!r}"])
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return addr
 
 
 def make_server(scheduler: Scheduler, listen: str, accept: bool = True) -> ExporterServer:

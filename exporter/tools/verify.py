@@ -32,6 +32,7 @@ from ..checks import registry
 from ..core.config import Config, ConfigError
 from ..core.config import load as load_config
 from ..core.engine import Engine
+from ..core.fields import decimal
 from ..core.model import Readiness, iso_utc
 from .probe import ProbeReport, run_probe
 
@@ -245,11 +246,11 @@ def _remove_stale_temps(directory: Path) -> None:
     """Temp files a killed run left behind (their writer is gone); never another live run's."""
     for name in (LATEST, LEGACY):
         for tmp in directory.glob(f".{name}.*.tmp"):
-            pid = tmp.name.removeprefix(f".{name}.").removesuffix(".tmp")
-            if not (pid.isascii() and pid.isdigit() and len(pid) <= 10) or int(pid) == os.getpid():
+            pid = decimal(tmp.name.removeprefix(f".{name}.").removesuffix(".tmp"), 10)
+            if pid is None or pid == os.getpid():
                 continue
             try:
-                os.kill(int(pid), 0)
+                os.kill(pid, 0)
                 continue  # that run is still writing
             except ProcessLookupError:
                 pass
