@@ -2,7 +2,7 @@
 
 Alertmanager delivers at least once (HA peers both notify, repeats every repeat_interval), so a
 naive receiver restarts things several times. Here a delivery is acknowledged once it is a valid
-payload and on disk in the journal (healers.inbox); the dispatcher thread then admits every alert
+payload and on disk in the journal (healers.journal); the dispatcher thread then admits every alert
 by the policy (dedupe, cooldown, attempt window, single flight), records the decisions (a batch of
 audit records shares one fsync) and hands accepted actions to the worker threads; success is
 recorded only when the failure point is OK again when re-evaluated by the engine.
@@ -26,7 +26,8 @@ from exporter.core import audit
 from exporter.core.config import Config
 from healers import actions
 from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, parse_payload
-from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Delivery, InboxFull, Intake
+from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Intake
+from healers.journal import Delivery, InboxFull
 from healers.lease import Lease, LeaseRefused
 from healers.metrics import HealerMetrics
 from healers.orphans import Orphan, attempt_marker, find_orphans, owner_id

@@ -19,7 +19,7 @@ import requests
 
 from exporter.core.audit import heal_status
 from healers.alerts import Alert
-from healers.inbox import COMPACT_BYTES, Delivery, Journal
+from healers.journal import COMPACT_BYTES, Delivery, Journal
 
 from .conftest import wait_for
 from .test_healer_helpers import (

@@ -1,0 +1,399 @@
+"""The receiver's journal: every acknowledged delivery on disk before it is answered.
+
+The webhook answers as soon as a delivery is known to be an Alertmanager v4 payload and is on
+disk in the journal (``<audit file's stem>.journal`` next to the heal audit, in the bot root):
+concurrent requests share one synchronous write (``O_DSYNC``: a group commit), so the answer costs a fraction of a
+millisecond of disk, never a policy decision, a lease, an audit record or a log line. Under the
+receiver's event loop that write is the loop's own, once per turn of the loop for everything the
+turn accepted (no thread hand-off on the way to the disk or back), unless the file is busy; a
+flusher thread writes otherwise. A receiver
+killed after the answer replays the journal's undecided deliveries when it starts; the policy,
+restored from the audit, makes the replay safe (an alert already acted on is a ``duplicate``).
+
+The journal is one JSON object per line: a delivery (``seq``, ``at``, ``source``, ``alerts``) or
+``{"done": [seq, ...]}`` once those were decided. It is bounded: emptied whenever nothing is
+pending, rewritten with only the pending deliveries when it grows past COMPACT_BYTES, and rewritten
+on start. A torn last line (a kill mid-write, before that delivery was answered) is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from exporter.core import audit
+from healers.alerts import Alert
+
+#: rewrite the journal with only its pending deliveries once it is larger than this
+COMPACT_BYTES = 1024 * 1024
+#: a journal larger than this on start is not ours (or a bug): only its end is replayed
+MAX_REPLAY_BYTES = 64 * 1024 * 1024
+#: acknowledged alerts waiting for a decision at most; beyond, deliveries get 503 (Alertmanager retries)
+MAX_PENDING_ALERTS = 100_000
+#: receivers of one bot running at once, each with its own journal
+MAX_SLOTS = 16
+
+
+class InboxFull(Exception):  # noqa: N818  (a refusal, answered 503)
+    """Too many acknowledged alerts wait for a decision."""
+
+
+@dataclass
+class Delivery:
+    """One acknowledged webhook delivery; ``decisions`` fill in as the dispatcher decides."""
+
+    at: float
+    source: str
+    alerts: list[Alert]
+    seq: int = 0
+    decisions: list[str | None] = field(default_factory=list)
+    replayed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.decisions:
+            self.decisions = [None] * len(self.alerts)
+
+    def decided(self) -> bool:
+        return all(d is not None for d in self.decisions)
+
+    def view(self, full: bool = False) -> dict[str, Any]:
+        """For ``/api/heals``: counts by decision, or (``full``) the decision of every alert."""
+        counts: dict[str, int] = {}
+        for d in self.decisions:
+            counts[d or "pending"] = counts.get(d or "pending", 0) + 1
+        out: dict[str, Any] = {"delivery": self.seq, "received": audit.iso(self.at), "alerts": len(self.alerts),
+                               "source": self.source, "state": "decided" if self.decided() else "pending",
+                               "replayed": self.replayed, "counts": counts}
+        if full:
+            out["decisions"] = list(self.decisions)
+        return out
+
+
+def _encode(d: Delivery) -> bytes:
+    """One journal line: each alert as ``[status, fp, fingerprint, starts_at, labels]``, where the
+    labels are only those named in healer.match_labels (what the alert kept when it was parsed);
+    never annotations: the journal holds what deciding needs, nothing more."""
+    rec = {"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": d.alerts}
+    try:
+        return _encoder.encode(rec) + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (valid JSON, not UTF-8): json escapes it
+        return (json.dumps({**rec, "alerts": [list(msgspec.structs.astuple(a)) for a in d.alerts]},
+                           separators=(",", ":")) + "\n").encode()
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _decode(rec: dict[str, Any]) -> Delivery | None:
+    try:
+        alerts = [Alert(str(s), None if fp is None else str(fp), str(f), str(t),
+                        tuple((str(k), str(v)) for k, v in labels)) for s, fp, f, t, labels in rec["alerts"]]
+        return Delivery(float(rec["at"]), str(rec.get("source", "")), alerts, seq=int(rec["seq"]), replayed=True)
+    except (KeyError, TypeError, ValueError):
+        return None  # not a delivery line of ours
+
+
+def _run_now(fn: Callable[[], None]) -> None:
+    fn()
+
+
+#: told once a delivery is on disk (None) or could not be written (the error)
+Synced = Callable[[OSError | None], None]
+
+
+def _settle(fut: Future[None], failed: OSError | None) -> None:
+    if failed is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(failed)
+
+
+def journal_path(audit_file: Path, slot: int = 0) -> Path:
+    """``logs/trading_readiness_heals.jsonl`` -> ``logs/trading_readiness_heals.journal`` (slot 0),
+    ``...journal.1`` (slot 1): one per receiver of the bot running at once."""
+    path = audit_file.with_name(audit_file.stem + ".journal")
+    if path == audit_file:
+        path = audit_file.with_name(audit_file.name + ".journal")
+    return path if slot == 0 else path.with_name(f"{path.name}.{slot}")
+
+
+class Journal(audit.AuditLog):
+    """This receiver's journal file and the deliveries acknowledged but not yet decided.
+
+    Receivers of one bot may share the audit file, never a journal: each holds an exclusive
+    ``flock`` on the first free slot for its lifetime, so a crashed receiver's journal is free
+    and adopted (replayed) by the next receiver that starts, while a live peer's is left alone.
+    """
+
+    def __init__(self, audit_file: Path) -> None:
+        super().__init__(journal_path(audit_file))
+        self.audit_file = audit_file
+        self.pending: OrderedDict[int, bytes] = OrderedDict()  # seq -> its journal line
+        self.pending_alerts = 0
+        self._alerts: dict[int, int] = {}
+        self._next = 1
+        self._fd: int | None = None  # holds the slot's flock
+        #: the flusher's descriptor of the journal: appends, and each write is on disk when it
+        #: returns (O_DSYNC), so a batch costs the flusher one system call (each call is a wait
+        #: for the GIL on the way back while the event loop holds it); reopened after a rewrite
+        self._append: int | None = None
+        self._append_ino = 0
+        #: numbered, waiting for the flusher's synced write
+        self._waiting: list[tuple[int, bytes, Synced, Delivery]] = []
+        #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
+        #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards
+        #: the file (taken first when both are needed)
+        self._state = threading.Lock()
+        self._flush = threading.Condition(self._state)
+        #: how the flusher hands a synced batch's completion over: to the thread waiting for them
+        #: (an event loop's ``call_soon_threadsafe``: one hand-off per batch, not one per delivery)
+        self.completer: Callable[[Callable[[], None]], object] = _run_now
+        #: when set (an event loop's ``call_soon``), what is submitted in one turn of the loop is
+        #: written and synced by the loop itself at the end of that turn, in one ``write``, and
+        #: answered right after: no thread takes the GIL from the loop to write it or to hand it
+        #: back. Only while the journal is being rewritten or marked (``lock`` held) does the loop
+        #: leave the turn to the flusher rather than wait
+        self.batcher: Callable[[Callable[[], None]], object] | None = None
+        self._kick_pending = False
+        #: told once per synced batch, before the deliveries' own callbacks, of the deliveries now
+        #: on disk (in order): one hand-over for the batch rather than one per delivery
+        self.synced: Callable[[list[Delivery]], None] | None = None
+        #: told once per synced batch, after the deliveries' own callbacks (so what it wakes, such
+        #: as the dispatcher, does not take the GIL from the answers)
+        self.answered: Callable[[list[Delivery]], None] | None = None
+        #: told (a one-line message) when a delivery's own callback raised; the batch's other
+        #: deliveries are answered and handed over all the same
+        self.on_error: Callable[[str], None] | None = None
+
+    def _take_slot(self) -> None:
+        for slot in range(MAX_SLOTS):
+            path = journal_path(self.audit_file, slot)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino == path.stat().st_ino:  # not a copy a live owner just replaced
+                    self.path, self._fd = path, fd
+                    return
+            except OSError:
+                pass
+            os.close(fd)
+        raise OSError(errno.EBUSY, f"all {MAX_SLOTS} journal slots next to {self.audit_file} are in use")
+
+    def close(self) -> None:
+        """Release the slot (what waits for an fsync still gets it); the flusher ends."""
+        with self._flush:
+            fd, self._fd = self._fd, None
+            self._flush.notify_all()
+        with self.lock:
+            self._drop_append()
+        if fd is not None:
+            os.close(fd)
+
+    def _drop_append(self) -> None:
+        """Forget the append descriptor (the caller holds ``lock``): the file was replaced or closed."""
+        fd, self._append = self._append, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _write_synced(self, data: bytes) -> None:
+        """Append ``data`` in one ``write`` that returns once it is on disk (the caller holds
+        ``lock``); a short write (a disk that filled up) is cut off again and raised as ENOSPC."""
+        fd = self._append
+        if fd is not None:
+            try:  # the file this descriptor writes to must still be the journal (not moved or deleted)
+                same = os.stat(self.path).st_ino == self._append_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self._drop_append()
+                fd = None
+        if fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._append = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_DSYNC | os.O_CLOEXEC,
+                                        0o640)
+            self._append_ino = os.fstat(fd).st_ino
+        n = os.write(fd, data)
+        if n != len(data):
+            os.ftruncate(fd, os.fstat(fd).st_size - n)
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write)")
+
+    def recover(self) -> list[Delivery]:
+        """Take a journal slot and return the undecided deliveries a previous receiver
+        acknowledged in it, oldest first; the file is rewritten with only them (which also
+        drops a torn last line)."""
+        self._take_slot()
+        with self.path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - MAX_REPLAY_BYTES))
+            data = fh.read()
+        found: dict[int, Delivery] = {}
+        done: set[int] = set()
+        for rec in audit.parse_lines(data):
+            if isinstance(rec.get("done"), list):
+                done.update(s for s in rec["done"] if isinstance(s, int))
+            elif (d := _decode(rec)) is not None:
+                found[d.seq] = d
+        out = [found[s] for s in sorted(found) if s not in done]
+        with self.lock, self._state:
+            self._next = max([*found, *done, 0]) + 1
+            for d in out:
+                self._hold(d.seq, _encode(d), len(d.alerts))
+        with self.lock:
+            self._rewrite()
+        threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
+        return out
+
+    def submit(self, delivery: Delivery, on_synced: Synced | None = None) -> Future[None] | None:
+        """Number the delivery and hand it to the flusher thread; ``on_synced`` is called (through
+        ``completer``) once it is on disk, or else the returned Future completes then. The flusher
+        writes everything handed to it in one ``write`` that returns once it is on disk (a group commit), so no
+        request waits on the disk by itself, and the caller never touches it. InboxFull when too
+        many alerts already wait."""
+        fut: Future[None] | None = None
+        if on_synced is None:
+            fut = Future()
+            on_synced = functools.partial(_settle, fut)
+        with self._state:
+            if self.pending_alerts + len(delivery.alerts) > MAX_PENDING_ALERTS:
+                raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
+            delivery.seq = self._next
+            self._next += 1
+            line = _encode(delivery)
+            self._hold(delivery.seq, line, len(delivery.alerts))
+            self._waiting.append((delivery.seq, line, on_synced, delivery))
+            kick = self.batcher is not None and not self._kick_pending
+            if self.batcher is None:
+                self._flush.notify_all()
+            elif kick:
+                self._kick_pending = True
+        if kick and self.batcher is not None:
+            self.batcher(self._write_turn)
+        return fut
+
+    def _write_turn(self) -> None:
+        """Where ``batcher`` runs it (the event loop, after the turn's callbacks): everything
+        waiting written and synced in one call, and each delivery told at once; while the file is
+        busy (a rewrite, a done mark) the flusher writes it instead, when the file is free."""
+        with self._flush:
+            self._kick_pending = False
+            if not self._waiting:
+                return
+            if not self.lock.acquire(blocking=False):
+                self._flush.notify_all()  # never waits for the lock on the event loop
+                return
+            batch, self._waiting = self._waiting, []
+        self._complete(batch, self._write_batch(batch, held=True))
+
+    def _flusher(self) -> None:
+        while True:
+            with self._flush:
+                while not self._waiting and self._fd is not None:
+                    self._flush.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+            # new deliveries are numbered and queued meanwhile: the next batch
+            self.completer(functools.partial(self._complete, batch, self._write_batch(batch)))
+
+    def _write_batch(self, batch: list[tuple[int, bytes, Synced, Delivery]], held: bool = False) -> OSError | None:
+        """The batch's write and its sync in one call (a group commit); the error if it failed.
+        ``held``: the caller holds ``lock``, released here."""
+        if not held:
+            self.lock.acquire()
+        try:
+            self._write_synced(b"".join(line for _, line, _, _ in batch))
+            return None
+        except OSError as exc:  # a full disk: nothing of the batch is acknowledged
+            failed = exc
+            self._drop_append()  # the next batch opens the file again (it may be gone)
+        finally:
+            self.lock.release()
+        with contextlib.suppress(OSError):
+            self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
+        return failed
+
+    def _complete(self, batch: list[tuple[int, bytes, Synced, Delivery]], failed: OSError | None) -> None:
+        """Where ``completer`` runs it: the batch handed over, then each delivery told, then
+        ``answered``."""
+        deliveries = [d for _, _, _, d in batch]
+        if failed is None and self.synced is not None:
+            try:
+                self.synced(deliveries)
+            except Exception as exc:  # noqa: BLE001  (its own fault: the deliveries are still answered)
+                failed = OSError(f"the synced deliveries could not be handed over: {type(exc).__name__}: {exc}")
+        error: Exception | None = None
+        for _, _, cb, _ in batch:
+            try:
+                cb(failed)
+            except Exception as exc:  # noqa: BLE001  (one answer's fault never costs the others theirs)
+                error = error or exc
+        if failed is None and self.answered is not None:
+            self.answered(deliveries)  # on disk: decided whatever became of an answer
+        if error is not None and self.on_error is not None:
+            self.on_error(f"a journaled delivery could not be answered: {type(error).__name__}: {error}")
+
+    def _hold(self, seq: int, line: bytes, n: int) -> None:
+        self.pending[seq] = line
+        self._alerts[seq] = n
+        self.pending_alerts += n
+
+    def done(self, seqs: list[int]) -> None:
+        """These deliveries are decided (their records are on disk): they are never replayed."""
+        if not seqs:
+            return
+        with self.lock:
+            with self._state:
+                for s in seqs:
+                    if self.pending.pop(s, None) is not None:
+                        self.pending_alerts -= self._alerts.pop(s, 0)
+                empty = not self.pending
+            if empty:
+                self._rewrite()  # nothing pending: the journal is emptied
+                return
+            self._write_line((json.dumps({"done": seqs}) + "\n").encode())
+            if self.path.stat().st_size > COMPACT_BYTES:
+                self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The journal holds exactly the pending deliveries (the caller holds ``lock``); the new
+        copy is locked before it replaces the old one, so the slot never looks free. A delivery
+        numbered but not yet written by the flusher is in the copy already, and the flusher's
+        later line for it is a duplicate that a replay reads once."""
+        with self._state:
+            data = b"".join(self.pending.values())
+        if not data:
+            if self.path.stat().st_size:
+                os.truncate(self.path, 0)
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        audit.fsync_path(self.path.parent)
+        self._drop_append()  # the old file is gone: the next batch appends to the new one
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
