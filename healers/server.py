@@ -69,10 +69,16 @@ MAX_CONNECTIONS = 512
 READ_TIMEOUT = 10.0
 
 
+def _queued(obj: Any) -> bytes | None:
+    """The body of the answer to an accepted delivery, byte for byte what json.dumps writes,
+    without it; None for any other answer."""
+    if isinstance(obj, dict) and len(obj) == 3 and obj.get("state") == "queued":
+        return b'{"delivery": %d, "alerts": %d, "state": "queued"}\n' % (obj["delivery"], obj["alerts"])
+    return None
+
+
 def _json(status: int, obj: Any, close: bool = False) -> Response:
-    if status == 200 and isinstance(obj, dict) and len(obj) == 3 and obj.get("state") == "queued":
-        # the answer to every accepted delivery, byte for byte what json.dumps writes, without it
-        body = b'{"delivery": %d, "alerts": %d, "state": "queued"}\n' % (obj["delivery"], obj["alerts"])
+    if status == 200 and (body := _queued(obj)) is not None:
         return Response(200, body, "application/json")
     return Response(status, (json.dumps(obj) + "\n").encode(), "application/json", close=close)
 
@@ -141,8 +147,7 @@ class WebhookConnection(Connection):
         return True
 
     def _answer(self, status: int, obj: dict[str, Any]) -> None:
-        if status == 200 and obj.get("state") == "queued":
-            body = b'{"delivery": %d, "alerts": %d, "state": "queued"}\n' % (obj["delivery"], obj["alerts"])
+        if status == 200 and (body := _queued(obj)) is not None:
             self.answer_raw(b"%b%d\r\n\r\n%b" % (_QUEUED_HEAD, len(body), body))
         else:
             self.reply(_json(status, obj))
