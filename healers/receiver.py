@@ -54,8 +54,7 @@ class Healer(Intake):
     def __init__(self, config: Config, token: str | None, dry_run: bool = False, start_workers: bool = True) -> None:
         super().__init__(config, token)
         #: the Authorization header a delivery must carry (None: authentication is off)
-        #: the Authorization header a delivery must carry, as bytes (None: authentication is off)
-        self.bearer = None if token is None else f"Bearer {token}".encode()
+        self._bearer = None if token is None else f"Bearer {token}".encode()
         self.dry_run = dry_run or bool(config["healer"]["dry_run"])
         self.specs: dict[str, HealerSpec] = specs_from_config(config)
         self.policy = Policy(self.specs)
@@ -105,10 +104,10 @@ class Healer(Intake):
 
     # requests --------------------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
-        if self.bearer is None:
+        if self._bearer is None:
             return True
         given = (header or "").encode("utf-8", "replace")
-        return hmac.compare_digest(given, self.bearer)
+        return hmac.compare_digest(given, self._bearer)
 
     def handle_post(self, auth: str | None, body: bytes, reply: Answer | None = None
                     ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
