@@ -273,11 +273,15 @@ class Connection(asyncio.Protocol):
             self._answered(answer)
 
     def _reply(self, resp: Response) -> None:
+        self._on_loop(self._answered, resp)
+
+    def _on_loop(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """``fn(arg)`` on the event loop's thread: at once when called there, else handed to it."""
         if threading.get_ident() == self.server._loop_thread:
-            self._answered(resp)
+            fn(arg)
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self._answered, resp)
+                self.loop.call_soon_threadsafe(fn, arg)
 
     def _answered(self, resp: Response | Future[Response] | Later | None) -> None:
         if self.state == _CLOSED:
@@ -299,11 +303,7 @@ class Connection(asyncio.Protocol):
                 result: Any = f.result()
             except BaseException:  # noqa: BLE001  (a handler's failure or a cancelled job: answered 500)
                 result = None
-            if threading.get_ident() == self.server._loop_thread:
-                then(result)
-            else:
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    self.loop.call_soon_threadsafe(then, result)
+            self._on_loop(then, result)
 
         fut.add_done_callback(done)
 
@@ -322,10 +322,9 @@ class Connection(asyncio.Protocol):
     def answer_raw(self, raw: bytes) -> None:
         """Answer the request ``shortcut`` took (keep-alive) with ``raw``, a whole HTTP/1.1
         answer the subclass wrote itself (from any thread)."""
-        if threading.get_ident() != self.server._loop_thread:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self.loop.call_soon_threadsafe(self.answer_raw, raw)
-            return
+        self._on_loop(self._write_raw, raw)
+
+    def _write_raw(self, raw: bytes) -> None:
         transport = self.transport
         if transport is None or self.state == _CLOSED:
             return
