@@ -93,9 +93,9 @@ def test_hung_action_group_is_killed_at_its_timeout(tmp_path: Path) -> None:
     hb = HealBot(tmp_path)
     cfg = hb.config({"FP-1.1": {"run": [str(hb.hang)], "timeout_seconds": 1}})
     with receiver(hb, cfg) as r:
-        t0 = time.monotonic()
-        r.post(payload(alert("FP-1.1")))
-        assert time.monotonic() - t0 < 5  # the answer did not wait for the action (bounded, not timed)
+        assert r.post(payload(alert("FP-1.1"))).status_code == 200
+        # answered before the action ended: its timeout (1 s) is not recorded yet
+        assert r.metric("trading_healer_attempts_total", fp="FP-1.1", outcome="timeout") in (None, 0.0)
         child = int(wait_for(lambda: (tmp_path / "child.pid").exists() and (tmp_path / "child.pid").read_text().strip(),
                              what="the hung action's child"))
         assert r.metric("trading_healer_running", fp="FP-1.1") == 1.0
