@@ -135,3 +135,4 @@ class Intake(Logbook):
             except Exception as exc:  # never a dead dispatcher: what is undecided is tried again
                 self._log_error(f"heal: internal error deciding deliveries: {type(exc).__name__}: {exc}")
                 self._retry += [d for d in batch if not d.decided() and d not in self._retry]
+            self.collect_garbage()  # between bursts: deciding waited for a pause in the deliveries

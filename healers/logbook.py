@@ -5,6 +5,7 @@ repeated, and deliberate skips are summarised periodically instead of a line eac
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 import threading
 import time
@@ -17,6 +18,9 @@ from exporter.core.config import Config
 #: how often skipped deliveries and suppressed repeated lines are summarised on stderr
 SUMMARY_SECONDS = 60.0
 LOG_REPEAT_SECONDS = 60.0
+#: with automatic collection off (``heal``), reference cycles are collected after a decided batch
+#: of deliveries (a pause between bursts) at most this often, and with every periodic summary
+GC_SECONDS = 1.0
 
 #: audit fields that are never redacted: what the policy restores from (a rewritten fingerprint
 #: or startsAt would make a restarted receiver heal the same alert again)
@@ -47,6 +51,7 @@ class Logbook:
         self._last_logged: dict[str, float] = {}
         self._repeats: dict[str, int] = {}
         self._skip_counts: dict[tuple[str, str], int] = {}
+        self._collected = 0.0  # monotonic
 
     def redactor(self) -> Redactor:
         """The bot's secrets and the webhook token: an action's output (a ``set -x`` script, a tool
@@ -107,10 +112,27 @@ class Logbook:
             with self.log_lock:
                 print("\n".join(lines), file=sys.stderr, flush=True)
 
+    def collect_garbage(self, due: bool = False) -> bool:
+        """Collect reference cycles now, when the process turned automatic collection off and
+        the last collection is GC_SECONDS old (or ``due``); True when it did. ``heal`` turns it
+        off so that no collection lands in the middle of a burst of deliveries; this runs after
+        each decided batch (a pause in the deliveries) and with each summary (an idle receiver's
+        scrapes and heals leave no cycles for long)."""
+        if gc.isenabled():
+            return False
+        now = time.monotonic()
+        if not due and now - self._collected < GC_SECONDS:
+            return False
+        self._collected = now
+        gc.collect()
+        return True
+
     def _summariser(self) -> None:
         while not self.stopping.wait(SUMMARY_SECONDS):
             with contextlib.suppress(Exception):
                 self.summarise()
+            with contextlib.suppress(Exception):
+                self.collect_garbage(due=True)
 
     def _log_error(self, msg: str) -> None:
         with contextlib.suppress(Exception):

@@ -3,8 +3,10 @@ process-group timeouts, proof of healing, the audit and restarts."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -476,3 +478,42 @@ def test_insecure_no_auth_accepts_webhooks_without_a_token_and_says_so(tmp_path:
     assert (f"WARNING: authentication is OFF (--insecure-no-auth): any process that can reach 127.0.0.1:{port} "
             "can make this healer run its actions; set TRADING_READINESS_HEALER_TOKEN instead") in err
     assert "auth: NONE (--insecure-no-auth)" in err
+
+
+def test_with_automatic_collection_off_cycles_are_collected_between_bursts(tmp_path: Path) -> None:
+    """``heal`` turns the collector's automatic passes off (none lands in the middle of a burst of
+    deliveries): reference cycles are collected once a batch of deliveries is decided instead,
+    and not before."""
+    class Node:
+        other: object = None
+
+    hb = HealBot(tmp_path)
+    cfg = hb.config({"FP-1.1": {"run": [str(hb.ok)], "cooldown_seconds": 300}})
+    gc.collect()
+    gc.disable()
+    try:
+        with receiver(hb, cfg) as r:
+            r.healer._collected = 0.0  # the last collection is long past
+            node = Node()
+            node.other = node
+            cycle = weakref.ref(node)
+            del node
+            time.sleep(0.2)
+            assert cycle() is not None  # nothing collects it on its own
+            assert r.deliver(payload(alert("FP-1.3", status="resolved"))) == ["resolved"]
+            wait_for(lambda: cycle() is None, timeout=10, what="the cycle collected after the decided batch")
+            # and at most once per GC_SECONDS: a second batch right after collects nothing
+            node = Node()
+            node.other = node
+            cycle = weakref.ref(node)
+            del node
+            r.healer._collected = time.monotonic()
+            assert r.deliver(payload(alert("FP-1.3", status="resolved", starts_at="2026-11-25T10:01:00Z"))) \
+                == ["resolved"]
+            time.sleep(0.2)
+            assert cycle() is not None
+            assert r.healer.collect_garbage(due=True) and cycle() is None
+    finally:
+        gc.enable()
+    # with automatic collection on (tests, an embedding program) the receiver leaves it alone
+    assert r.healer.collect_garbage(due=True) is False
