@@ -92,6 +92,16 @@ _GENERAL_PATH_HEADERS = frozenset({b"transfer-encoding", b"connection", b"expect
                                    b"authorization"})
 
 
+#: Content-Length as Alertmanager (Go's net/http) writes it: a head equal, but for this header's
+#: value, to one that passed the short path's check is taken without checking its lines again
+_CONTENT_LENGTH = b"\r\nContent-Length: "
+
+
+#: such heads remembered (an Alertmanager writes the same head for every delivery; only heads
+#: with the right token are kept)
+MAX_PLAIN_HEADS = 64
+
+
 #: an accepted delivery's answer up to its Content-Length value, as encode_response writes it
 _QUEUED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 
@@ -101,7 +111,9 @@ class WebhookConnection(Connection):
     head (``POST /alertmanager HTTP/1.1``, one Content-Length, the right bearer token, nothing else
     the general parser would have to interpret) is validated and journaled straight from the read,
     without a Request, a precheck or a handler call in between: under a burst that takes about a
-    third off the event loop's time per delivery. Anything else, every refusal included, takes the general path, so
+    third off the event loop's time per delivery. A head that is, but for its Content-Length value,
+    one that already passed this check (an Alertmanager sends the same head every time) is not
+    read line by line again. Anything else, every refusal included, takes the general path, so
     both answer every request alike (``tests/test_healer_http.py``)."""
 
     server: HealerServer
@@ -114,25 +126,26 @@ class WebhookConnection(Connection):
         if not data.startswith(DELIVERY_LINE):
             return False
         end = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
-        if end < 0 or data.count(b"\r\n", 0, end) > MAX_HEADERS:
+        if end < 0:
             return False
-        raw_length: bytes | None = None
-        auth: bytes | None = None
-        for line in data[len(DELIVERY_LINE):end].split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length" and raw_length is None:
-                raw_length = value.strip()
-            elif name == b"authorization" and auth is None:
-                auth = value.strip()
-            elif not sep or not name or name != name.strip() or name in _GENERAL_PATH_HEADERS:
+        length: int | None = None
+        rest = b""
+        heads = self.server.plain_heads
+        at = data.find(_CONTENT_LENGTH, 0, end)
+        if at >= 0:
+            value_at = at + len(_CONTENT_LENGTH)
+            stop = data.find(b"\r\n", value_at, end + 2)
+            rest = data[:at] + data[stop:end]  # the head without its Content-Length line
+            if rest in heads:
+                length = decimal(data[value_at:stop])
+        if length is None:
+            length = self._plain_length(data, end)
+            if length is None:
                 return False
-        length = None if raw_length is None else decimal(raw_length)
-        if length is None or length > INLINE_BODY_BYTES or len(data) != end + 4 + length:
+            if at >= 0 and len(heads) < MAX_PLAIN_HEADS:
+                heads.add(rest)
+        if length > INLINE_BODY_BYTES or len(data) != end + 4 + length:
             return False
-        # the header as the general path reads it (ISO-8859-1); anything not ASCII is left to it
-        if not self.healer.authorized(auth.decode("ascii") if auth is not None and auth.isascii() else None):
-            return False  # the general path answers 401
         self.taken(keep_alive=True)
         self.server.short_path_taken += 1
         try:
@@ -144,6 +157,29 @@ class WebhookConnection(Connection):
             assert isinstance(answer, tuple)  # given a reply, accept returns no future
             self._answer(*answer)
         return True
+
+    def _plain_length(self, data: bytes, end: int) -> int | None:
+        """The Content-Length of a plain head ending at ``end`` that carries the right token; None
+        for any other head (the general path's to answer)."""
+        if data.count(b"\r\n", 0, end) > MAX_HEADERS:
+            return None
+        raw_length: bytes | None = None
+        auth: bytes | None = None
+        for line in data[len(DELIVERY_LINE):end].split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length" and raw_length is None:
+                raw_length = value.strip()
+            elif name == b"authorization" and auth is None:
+                auth = value.strip()
+            elif not sep or not name or name != name.strip() or name in _GENERAL_PATH_HEADERS:
+                return None
+        length = None if raw_length is None else decimal(raw_length)
+        # the header as the general path reads it (ISO-8859-1); anything not ASCII is left to it
+        if length is None or not self.healer.authorized(
+                auth.decode("ascii") if auth is not None and auth.isascii() else None):
+            return None  # the general path answers 400 or 401
+        return length
 
     def _answer(self, status: int, obj: dict[str, Any]) -> None:
         if status == 200 and (body := _queued(obj)) is not None:
@@ -162,6 +198,9 @@ class HealerServer(BoundedHTTPServer):
         #: deliveries taken on WebhookConnection's short path (``short_path=False``: none; every
         #: request then takes the general path, as the tests that compare the two do)
         self.short_path_taken = 0
+        #: delivery heads without their Content-Length line that passed the short path's check
+        #: (only the event loop's thread reads or adds them)
+        self.plain_heads: set[bytes] = set()
         super().__init__(addr, self._handle, precheck=self._precheck, precheck_on_loop=True, inline=self._inline,
                          workers=HTTP_WORKERS,
                          max_body=MAX_BODY_BYTES, read_timeout=READ_TIMEOUT, max_connections=MAX_CONNECTIONS,

@@ -17,6 +17,8 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from healers.server import MAX_PLAIN_HEADS
+
 from .conftest import flood_slow_clients, wait_for
 from .test_healer_helpers import TOKEN, HealBot, alert, deliver, free_port, payload, receiver, start_heal_cli, wait_idle
 from .test_healer_helpers import decisions as delivered
@@ -198,6 +200,43 @@ def test_the_short_path_answers_every_request_as_the_general_path_does(tmp_path:
     (head, body), = answers[True][0]
     assert head.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ")
     assert body == b'{"delivery": N, "alerts": 1, "state": "queued"}\n'
+
+
+def test_a_remembered_head_is_taken_only_when_all_but_its_length_is_the_same(tmp_path: Path) -> None:
+    """The short path remembers a plain head that carried the right token (without its
+    Content-Length line) and takes the same head again without reading its lines: a head that
+    differs anywhere else (one character of the token, the Content-Length's spelling or value)
+    is checked again, and each is answered as the general path answers it."""
+    fresh = _delivery(b"Host: am-1\r\n" + AUTH + b"User-Agent: Alertmanager/0.27.0\r\n", BODY)
+    again = fresh.replace(b"Content-Length: %d" % len(BODY), b"Content-Length: %d" % (len(BODY) + 1)) + b" "
+    cases = [
+        fresh,
+        again,  # only the length differs: taken from the remembered head
+        fresh.replace(TOKEN.encode(), TOKEN.encode()[:-1] + b"#"),  # one character of the token
+        # checked again (the remembered head's length is digits only), and then taken: a header
+        # value's surrounding whitespace is no part of it
+        fresh.replace(b"Content-Length: %d" % len(BODY), b"Content-Length: %d " % len(BODY)),
+        fresh.replace(b"Content-Length: %d" % len(BODY), b"Content-Length: +%d" % len(BODY)),
+        fresh.replace(b"Content-Length: %d" % len(BODY), b"Content-Length: %d" % (len(BODY) - 1)),  # not whole
+        fresh.replace(b"Host: am-1", b"Host: am-2"),  # another head: checked, then remembered too
+    ]
+    answers = {}
+    for short in (True, False):
+        hb = HealBot(tmp_path / f"short-{short}")
+        with receiver(hb, hb.config({}), short_path=short) as r:
+            port = int(r.server.server_address[1])
+            answers[short] = [_answers(port, data) for data in cases]
+            if short:
+                assert r.server.short_path_taken == 4 and len(r.server.plain_heads) == 2
+                # bounded: heads beyond MAX_PLAIN_HEADS are checked every time, and still taken
+                for i in range(MAX_PLAIN_HEADS + 5):
+                    data = fresh.replace(b"Host: am-1", b"Host: am-%d" % (i + 10))
+                    assert _answers(port, data)[0][0].startswith(b"HTTP/1.1 200 OK")
+                assert len(r.server.plain_heads) == MAX_PLAIN_HEADS
+                assert r.server.short_path_taken == 4 + MAX_PLAIN_HEADS + 5
+    assert answers[True] == answers[False]
+    assert [[int(head.split(b" ")[1]) for head, _ in a] for a in answers[True]] == \
+        [[200], [200], [401], [200], [400], [400], [200]]
 
 
 def test_a_busy_journal_never_holds_the_event_loop(tmp_path: Path) -> None:
