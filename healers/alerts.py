@@ -72,7 +72,9 @@ class _AlertIn(msgspec.Struct, forbid_unknown_fields=True):
     generatorURL: str = ""  # noqa: N815
 
 
-class _PayloadIn(msgspec.Struct, forbid_unknown_fields=True):
+class Payload(msgspec.Struct, forbid_unknown_fields=True):
+    """A webhook body as ``check_payload`` accepted it."""
+
     version: Any = None
     groupKey: Any = None  # noqa: N815
     truncatedAlerts: Any = None  # noqa: N815
@@ -85,10 +87,10 @@ class _PayloadIn(msgspec.Struct, forbid_unknown_fields=True):
     externalURL: Any = ""  # noqa: N815
 
 
-_fast_decoder = msgspec.json.Decoder(_PayloadIn)
+_fast_decoder = msgspec.json.Decoder(Payload)
 
 
-def _parse_fast(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str] | None:
+def check_payload(body: bytes) -> Payload | None:
     """A well-formed payload, decoded and type-checked in one pass (msgspec, in C); None for
     anything it does not accept, which ``parse_payload`` then checks field by field to name what
     is wrong. It accepts exactly what that check accepts."""
@@ -100,9 +102,16 @@ def _parse_fast(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[A
     if (data.version != "4" or data.status not in ("firing", "resolved") or raw is None
             or len(raw) > MAX_ALERTS or any(a.status not in ("firing", "resolved") for a in raw)):
         return None
+    return data
+
+
+def payload_alerts(data: Payload, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:
+    """A checked payload's alerts (each with the labels named in ``keep``) and the sending
+    Alertmanager's externalURL."""
+    assert data.alerts is not None  # check_payload refuses a payload without its list
     out = [Alert(a.status, a.labels.get("fp"),
                  (a.fingerprint or json.dumps(sorted(a.labels.items())))[:128], canonical_time(a.startsAt),
-                 _kept(a.labels, keep)) for a in raw]
+                 _kept(a.labels, keep)) for a in data.alerts]
     url = data.externalURL
     return out, url[:100] if isinstance(url, str) else ""
 
@@ -110,8 +119,8 @@ def _parse_fast(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[A
 def parse_payload(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:
     """Validate a webhook v4 body and return its alerts (each with the labels named in ``keep``)
     and the sending Alertmanager's externalURL; BadRequest for anything else."""
-    fast = _parse_fast(body, keep)
-    return fast if fast is not None else _parse_checked(body, keep)
+    data = check_payload(body)
+    return payload_alerts(data, keep) if data is not None else _parse_checked(body, keep)
 
 
 def _kept(labels: dict[str, str], keep: frozenset[str]) -> tuple[tuple[str, str], ...]:

@@ -27,6 +27,8 @@ QUIET_SECONDS = 0.02
 COLLECT_SECONDS = 0.5
 #: a delivery whose decision failed (its start record could not be written) is tried again after this
 RETRY_SECONDS = 5.0
+#: Alertmanagers (externalURL) whose deliveries are counted, at most
+MAX_SOURCES = 16
 
 
 class _Inbox(queue.Queue[Delivery | None]):
@@ -50,6 +52,9 @@ class Intake(Logbook):
         self.journal = Journal(config.resolve(config["healer"]["audit_file"]))
         #: the labels an alert keeps (healer.match_labels' names): all deciding compares, all the journal holds
         self.keep_labels: frozenset[str] = frozenset(config["healer"]["match_labels"] or {})
+        self.journal.keep_labels = self.keep_labels
+        #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
+        self.sources: dict[str, int] = {}
         self.inbox: _Inbox = _Inbox()
         self.journal.synced = self._track
         self.journal.answered = self.inbox.put_many
@@ -78,12 +83,16 @@ class Intake(Logbook):
             time.sleep(QUIET_SECONDS - quiet)
 
     def _track(self, deliveries: list[Delivery]) -> None:
-        """Deliveries on disk: kept for ``/api/heals`` (the journal's synced batch, before it is
-        answered; it is queued for the dispatcher after, in one hand-over)."""
+        """Deliveries on disk: kept for ``/api/heals`` and counted by the Alertmanager that sent
+        them (the journal's synced batch, once answered; it is queued for the dispatcher next,
+        in one hand-over)."""
         self.last_arrival = time.monotonic()
         with self.log_lock:
             for delivery in deliveries:
                 self.deliveries[delivery.seq] = delivery
+                source = delivery.source
+                if not delivery.replayed and (source in self.sources or len(self.sources) < MAX_SOURCES):
+                    self.sources[source] = self.sources.get(source, 0) + 1
             while len(self.deliveries) > RECENT_DELIVERIES:
                 self.deliveries.popitem(last=False)
 

@@ -10,8 +10,11 @@ flusher thread writes otherwise. A receiver
 killed after the answer replays the journal's undecided deliveries when it starts; the policy,
 restored from the audit, makes the replay safe (an alert already acted on is a ``duplicate``).
 
-The journal is one JSON object per line: a delivery (``seq``, ``at``, ``source``, ``alerts``) or
-``{"done": [seq, ...]}`` once those were decided. It is bounded: emptied whenever nothing is
+The journal is one JSON object per line: a delivery, or ``{"done": [seq, ...]}`` once those were
+decided. A delivery the receiver's check took in one pass is its webhook body as it came
+(``seq``, ``at``, ``body``): writing it costs no encoding, and its alerts are made from the
+checked payload only after it is answered. Any other is its alerts as deciding needs them
+(``seq``, ``at``, ``source``, ``alerts``). It is bounded: emptied whenever nothing is
 pending, rewritten with only the pending deliveries when it grows past COMPACT_BYTES, and rewritten
 on start. A torn last line (a kill mid-write, before that delivery was answered) is skipped.
 """
@@ -25,17 +28,18 @@ import functools
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from exporter.core import audit
-from healers.alerts import Alert
+from healers.alerts import Alert, Payload, check_payload, payload_alerts
 
 #: rewrite the journal with only its pending deliveries once it is larger than this
 COMPACT_BYTES = 1024 * 1024
@@ -43,6 +47,9 @@ COMPACT_BYTES = 1024 * 1024
 MAX_REPLAY_BYTES = 64 * 1024 * 1024
 #: acknowledged alerts waiting for a decision at most; beyond, deliveries get 503 (Alertmanager retries)
 MAX_PENDING_ALERTS = 100_000
+#: bytes of journal lines waiting for a decision at most (a delivery's line holds its body): beyond,
+#: 503; well under MAX_REPLAY_BYTES, so a restart replays every one of them
+MAX_PENDING_BYTES = 32 * 1024 * 1024
 #: receivers of one bot running at once, each with its own journal
 MAX_SLOTS = 16
 
@@ -83,9 +90,10 @@ class Delivery:
 
 
 def _encode(d: Delivery) -> bytes:
-    """One journal line: each alert as ``[status, fp, fingerprint, starts_at, labels]``, where the
-    labels are only those named in healer.match_labels (what the alert kept when it was parsed);
-    never annotations: the journal holds what deciding needs, nothing more."""
+    """A delivery's short journal line: each alert as ``[status, fp, fingerprint, starts_at,
+    labels]``, where the labels are only those named in healer.match_labels (what the alert kept
+    when it was parsed), no annotations: what deciding needs. Used for a delivery that was not
+    journaled as its body, and for what a restart replays."""
     rec = {"seq": d.seq, "at": round(d.at, 3), "source": d.source, "alerts": d.alerts}
     try:
         return _encoder.encode(rec) + b"\n"
@@ -97,12 +105,25 @@ def _encode(d: Delivery) -> bytes:
 _encoder = msgspec.json.Encoder()
 
 
-def _decode(rec: dict[str, Any]) -> Delivery | None:
+class _Checked(NamedTuple):
+    """A delivery journaled as its body: what its Delivery is made of once it is answered."""
+
+    at: float
+    payload: Payload
+
+
+def _decode(rec: dict[str, Any], keep: frozenset[str] = frozenset()) -> Delivery | None:
     try:
+        if "body" in rec:  # the body as it came: checked again and made into alerts as on arrival
+            payload = check_payload(json.dumps(rec["body"]).encode())
+            if payload is None:
+                return None
+            alerts, source = payload_alerts(payload, keep)
+            return Delivery(float(rec["at"]), source, alerts, seq=int(rec["seq"]), replayed=True)
         alerts = [Alert(str(s), None if fp is None else str(fp), str(f), str(t),
                         tuple((str(k), str(v)) for k, v in labels)) for s, fp, f, t, labels in rec["alerts"]]
         return Delivery(float(rec["at"]), str(rec.get("source", "")), alerts, seq=int(rec["seq"]), replayed=True)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         return None  # not a delivery line of ours
 
 
@@ -143,7 +164,10 @@ class Journal(audit.AuditLog):
         self.audit_file = audit_file
         self.pending: OrderedDict[int, bytes] = OrderedDict()  # seq -> its journal line
         self.pending_alerts = 0
+        self.pending_bytes = 0
         self._alerts: dict[int, int] = {}
+        #: the labels an alert keeps (healer.match_labels' names), for deliveries journaled as their body
+        self.keep_labels: frozenset[str] = frozenset()
         self._next = 1
         self._fd: int | None = None  # holds the slot's flock
         #: the flusher's descriptor of the journal: appends, and each write is on disk when it
@@ -152,7 +176,7 @@ class Journal(audit.AuditLog):
         self._append: int | None = None
         self._append_ino = 0
         #: numbered, waiting for the flusher's synced write
-        self._waiting: list[tuple[int, bytes, Synced, Delivery]] = []
+        self._waiting: list[tuple[int, bytes, Synced, Delivery | _Checked]] = []
         #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
         #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards
         #: the file (taken first when both are needed)
@@ -168,8 +192,9 @@ class Journal(audit.AuditLog):
         #: leave the turn to the flusher rather than wait
         self.batcher: Callable[[Callable[[], None]], object] | None = None
         self._kick_pending = False
-        #: told once per synced batch, before the deliveries' own callbacks, of the deliveries now
-        #: on disk (in order): one hand-over for the batch rather than one per delivery
+        #: told once per synced batch, after the deliveries' own callbacks (in the same call, before
+        #: anything else can ask for them), of the deliveries now on disk, in order: one hand-over
+        #: for the batch rather than one per delivery
         self.synced: Callable[[list[Delivery]], None] | None = None
         #: told once per synced batch, after the deliveries' own callbacks (so what it wakes, such
         #: as the dispatcher, does not take the GIL from the answers)
@@ -246,7 +271,7 @@ class Journal(audit.AuditLog):
         for rec in audit.parse_lines(data):
             if isinstance(rec.get("done"), list):
                 done.update(s for s in rec["done"] if isinstance(s, int))
-            elif (d := _decode(rec)) is not None:
+            elif (d := _decode(rec, self.keep_labels)) is not None:
                 found[d.seq] = d
         out = [found[s] for s in sorted(found) if s not in done]
         with self.lock, self._state:
@@ -269,11 +294,10 @@ class Journal(audit.AuditLog):
             fut = Future()
             on_synced = functools.partial(_settle, fut)
         with self._state:
-            if self.pending_alerts + len(delivery.alerts) > MAX_PENDING_ALERTS:
-                raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
             delivery.seq = self._next
-            self._next += 1
             line = _encode(delivery)
+            self._room(len(delivery.alerts), len(line))  # refused: its number is given to the next one
+            self._next += 1
             self._hold(delivery.seq, line, len(delivery.alerts))
             self._waiting.append((delivery.seq, line, on_synced, delivery))
             kick = self.batcher is not None and not self._kick_pending
@@ -284,6 +308,38 @@ class Journal(audit.AuditLog):
         if kick and self.batcher is not None:
             self.batcher(self._write_turn)
         return fut
+
+    def submit_checked(self, payload: Payload, body: bytes, answer: Callable[[int, int, OSError | None], None]
+                       ) -> None:
+        """``submit`` for a delivery ``check_payload`` took (its ``body``, which holds no line
+        break): journaled as the body it came as, no encoding; ``answer(seq, alerts, failed)``
+        once it is on disk (``failed`` None) or could not be written, and its alerts made from
+        ``payload`` only after that, for ``synced`` and ``answered``. InboxFull when too many
+        alerts or bytes already wait."""
+        assert payload.alerts is not None
+        n, at = len(payload.alerts), time.time()
+        with self._state:
+            self._room(n, len(body) + 48)
+            seq = self._next
+            self._next += 1
+            line = b'{"seq":%d,"at":%.3f,"body":%b}\n' % (seq, at, body)
+            self._hold(seq, line, n)
+            self._waiting.append((seq, line, functools.partial(answer, seq, n), _Checked(at, payload)))
+            kick = self.batcher is not None and not self._kick_pending
+            if self.batcher is None:
+                self._flush.notify_all()
+            elif kick:
+                self._kick_pending = True
+        if kick and self.batcher is not None:
+            self.batcher(self._write_turn)
+
+    def _room(self, alerts: int, size: int) -> None:
+        """InboxFull unless ``alerts`` more alerts in a line of ``size`` bytes fit the bounds (the
+        caller holds ``_state``)."""
+        if self.pending_alerts + alerts > MAX_PENDING_ALERTS:
+            raise InboxFull(f"{self.pending_alerts} acknowledged alerts wait for a decision")
+        if self.pending_bytes + size > MAX_PENDING_BYTES:
+            raise InboxFull(f"{self.pending_bytes} bytes of acknowledged deliveries wait for a decision")
 
     def _write_turn(self) -> None:
         """Where ``batcher`` runs it (the event loop, after the turn's callbacks): everything
@@ -310,7 +366,8 @@ class Journal(audit.AuditLog):
             # new deliveries are numbered and queued meanwhile: the next batch
             self.completer(functools.partial(self._complete, batch, self._write_batch(batch)))
 
-    def _write_batch(self, batch: list[tuple[int, bytes, Synced, Delivery]], held: bool = False) -> OSError | None:
+    def _write_batch(self, batch: list[tuple[int, bytes, Synced, Delivery | _Checked]], held: bool = False
+                     ) -> OSError | None:
         """The batch's write and its sync in one call (a group commit); the error if it failed.
         ``held``: the caller holds ``lock``, released here."""
         if not held:
@@ -327,30 +384,46 @@ class Journal(audit.AuditLog):
             self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
         return failed
 
-    def _complete(self, batch: list[tuple[int, bytes, Synced, Delivery]], failed: OSError | None) -> None:
-        """Where ``completer`` runs it: the batch handed over, then each delivery told, then
-        ``answered``."""
-        deliveries = [d for _, _, _, d in batch]
-        if failed is None and self.synced is not None:
-            try:
-                self.synced(deliveries)
-            except Exception as exc:  # noqa: BLE001  (its own fault: the deliveries are still answered)
-                failed = OSError(f"the synced deliveries could not be handed over: {type(exc).__name__}: {exc}")
+    def _complete(self, batch: list[tuple[int, bytes, Synced, Delivery | _Checked]], failed: OSError | None) -> None:
+        """Where ``completer`` runs it: each delivery told (answered), then, when the batch is on
+        disk, its deliveries (those journaled as their body made into alerts now) handed over in
+        one call each to ``synced`` and ``answered``."""
         error: Exception | None = None
         for _, _, cb, _ in batch:
             try:
                 cb(failed)
             except Exception as exc:  # noqa: BLE001  (one answer's fault never costs the others theirs)
                 error = error or exc
-        if failed is None and self.answered is not None:
-            self.answered(deliveries)  # on disk: decided whatever became of an answer
         if error is not None and self.on_error is not None:
             self.on_error(f"a journaled delivery could not be answered: {type(error).__name__}: {error}")
+        if failed is not None:
+            return
+        deliveries: list[Delivery] = []
+        lost: Exception | None = None
+        for seq, _, _, item in batch:
+            if isinstance(item, Delivery):
+                deliveries.append(item)
+                continue
+            try:
+                alerts, source = payload_alerts(item.payload, self.keep_labels)
+            except Exception as exc:  # noqa: BLE001  (it stays pending: the next start replays it)
+                lost = lost or exc
+                continue
+            deliveries.append(Delivery(item.at, source, alerts, seq))
+        for hand in (self.synced, self.answered):  # on disk: decided whatever became of an answer
+            if hand is not None:
+                try:
+                    hand(deliveries)
+                except Exception as exc:  # noqa: BLE001  (the other hand-over still happens)
+                    lost = lost or exc
+        if lost is not None and self.on_error is not None:
+            self.on_error(f"journaled deliveries could not be handed over: {type(lost).__name__}: {lost}")
 
     def _hold(self, seq: int, line: bytes, n: int) -> None:
         self.pending[seq] = line
         self._alerts[seq] = n
         self.pending_alerts += n
+        self.pending_bytes += len(line)
 
     def done(self, seqs: list[int]) -> None:
         """These deliveries are decided (their records are on disk): they are never replayed."""
@@ -359,8 +432,9 @@ class Journal(audit.AuditLog):
         with self.lock:
             with self._state:
                 for s in seqs:
-                    if self.pending.pop(s, None) is not None:
+                    if (line := self.pending.pop(s, None)) is not None:
                         self.pending_alerts -= self._alerts.pop(s, 0)
+                        self.pending_bytes -= len(line)
                 empty = not self.pending
             if empty:
                 self._rewrite()  # nothing pending: the journal is emptied

@@ -11,6 +11,7 @@ recorded only when the failure point is OK again when re-evaluated by the engine
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import os
 import queue
@@ -25,7 +26,7 @@ from typing import Any
 from exporter.core import audit
 from exporter.core.config import Config
 from healers import actions
-from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, parse_payload
+from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, check_payload, parse_payload
 from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Intake
 from healers.journal import Delivery, InboxFull
 from healers.lease import Lease, LeaseRefused
@@ -37,7 +38,6 @@ from healers.verify import verify_point
 RECENT = 200
 #: how an accepted delivery is answered once it is on disk: (status, JSON body)
 Answer = Callable[[int, dict[str, Any]], None]
-MAX_SOURCES = 16
 #: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
 OTHER_FP = "other"
 
@@ -68,8 +68,6 @@ class Healer(Intake):
         self.groups: set[int] = set()
         #: per worker thread: the point reservation (generation) its current item holds
         self._held = _Held()
-        #: deliveries per Alertmanager (its externalURL): shows that every HA peer reaches us
-        self.sources: dict[str, int] = {}
         metrics = HealerMetrics(config, self.specs)
         self.registry, self.attempts, self.skipped = metrics.registry, metrics.attempts, metrics.skipped
         self.running, self.queued, self.stuck = metrics.running, metrics.queued, metrics.stuck
@@ -125,33 +123,41 @@ class Healer(Intake):
         """``handle_post`` for a delivery whose bearer token was already checked."""
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
+        if reply is not None and b"\n" not in body and (payload := check_payload(body)) is not None:
+            # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
+            # are made once the answer is written
+            try:
+                self.journal.submit_checked(payload, body, functools.partial(self._journaled, reply))
+            except InboxFull as exc:
+                return 503, {"error": f"too busy: {exc}"}
+            return None
         try:
             alerts, source = parse_payload(body, self.keep_labels)
         except BadRequest as exc:
             return 400, {"error": str(exc)}
-        with self.log_lock:
-            if source in self.sources or len(self.sources) < MAX_SOURCES:
-                self.sources[source] = self.sources.get(source, 0) + 1
         delivery = Delivery(time.time(), source, alerts)
         answer: Future[tuple[int, dict[str, Any]]] | None = None
         if reply is None:
             answer = Future()
             reply = lambda status, obj: answer.set_result((status, obj))  # noqa: E731
-
-        def on_disk(failed: OSError | None) -> None:  # the journal's fsync covers it: acknowledge
-            assert reply is not None
-            if failed is not None:
-                self._log_error(f"cannot journal a delivery: {failed}")
-                reply(500, {"error": "internal error: the delivery could not be journaled"})
-                return
-            # already kept for /api/heals with its synced batch (Intake._track), queued for the dispatcher after
-            reply(200, {"delivery": delivery.seq, "alerts": len(alerts), "state": "queued"})
-
+        on_disk = functools.partial(self._journaled_delivery, reply, delivery)
         try:
             self.journal.submit(delivery, on_disk)
         except InboxFull as exc:
             return 503, {"error": f"too busy: {exc}"}
         return answer
+
+    def _journaled(self, reply: Answer, seq: int, alerts: int, failed: OSError | None) -> None:
+        """A delivery is on disk (``failed`` None): acknowledged; or it could not be written: 5xx,
+        and Alertmanager sends it again."""
+        if failed is not None:
+            self._log_error(f"cannot journal a delivery: {failed}")
+            reply(500, {"error": "internal error: the delivery could not be journaled"})
+            return
+        reply(200, {"delivery": seq, "alerts": alerts, "state": "queued"})
+
+    def _journaled_delivery(self, reply: Answer, delivery: Delivery, failed: OSError | None) -> None:
+        self._journaled(reply, delivery.seq, len(delivery.alerts), failed)
 
     def decide(self, batch: list[Delivery]) -> None:
         """Every alert of the batch decided; the records written for it synced once; the accepted

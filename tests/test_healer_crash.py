@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import requests
 
 from exporter.core.audit import heal_status
-from healers.alerts import Alert
-from healers.journal import COMPACT_BYTES, Delivery, Journal
+from healers import journal as journal_module
+from healers.alerts import Alert, check_payload, parse_payload
+from healers.journal import COMPACT_BYTES, Delivery, InboxFull, Journal
 
 from .conftest import wait_for
 from .test_healer_helpers import (
@@ -201,7 +203,7 @@ def test_kill_9_right_after_the_answer_the_journaled_delivery_is_decided_and_run
             assert resp.status_code == 200 and resp.json()["state"] == "queued", resp.text
             metrics = requests.get(url + "/metrics", timeout=5).text
             assert "trading_healer_backlog 1.0" in metrics
-            assert '"FP-2.1"' in journal.read_text() and "TradingFailurePoint" not in journal.read_text()
+            assert '"FP-2.1"' in journal.read_text()  # the body as it came, on disk before the answer
             first.send_signal(signal.SIGKILL)
             first.communicate(timeout=10)
     finally:
@@ -313,4 +315,62 @@ def test_one_answer_that_fails_never_costs_the_batch_its_answers_or_its_decision
     assert answered == ds
     assert errors == ["a journaled delivery could not be answered: RuntimeError: the client went away"]
     assert all(b'"f%d"' % i in journal.path.read_bytes() for i in range(3))
+    journal.close()
+
+
+def test_a_delivery_journaled_as_its_body_is_answered_then_made_into_the_same_alerts(tmp_path: Path) -> None:
+    """A delivery the one-pass check took is journaled as the body it came as and answered once
+    that is on disk; its alerts are made after the answer, and are the alerts parse_payload
+    makes of it (the kept labels, startsAt as one UTC instant), on arrival and on a replay."""
+    audit_file = tmp_path / "logs/heals.jsonl"
+    keep = frozenset({"bot"})
+    journal = Journal(audit_file)
+    journal.keep_labels = keep
+    assert journal.recover() == []
+    turns: list[Callable[[], None]] = []
+    told: list[tuple[int, int, OSError | None]] = []
+    handed: list[Delivery] = []
+    journal.batcher, journal.answered = turns.append, handed.extend
+    body = json.dumps(payload(alert("FP-1.1", bot="b1", other="x", starts_at="2026-11-25T11:00:00.123456789+01:00"),
+                              alert("FP-1.3", status="resolved"))).encode()
+    checked = check_payload(body)
+    assert checked is not None
+    journal.submit_checked(checked, body, lambda seq, n, failed: told.append((seq, n, failed)))
+    assert told == [] and handed == [] and journal.path.read_bytes() == b""  # nothing before the turn's write
+    turns[0]()
+    assert told == [(1, 2, None)]
+    alerts, source = parse_payload(body, keep)
+    assert alerts[0].labels == (("bot", "b1"),) and alerts[0].starts_at == "2026-11-25T10:00:00.123Z"
+    [d] = handed
+    assert (d.seq, d.alerts, d.source, d.replayed) == (1, alerts, source, False)
+    assert journal.path.read_bytes().startswith(b'{"seq":1,"at":') and body in journal.path.read_bytes()
+    journal.close()  # the receiver stops before deciding it: the next one replays it
+    again = Journal(audit_file)
+    again.keep_labels = keep
+    [left] = again.recover()
+    assert (left.seq, left.alerts, left.source, left.replayed) == (1, alerts, source, True)
+    assert body not in again.path.read_bytes()  # rewritten with only what deciding needs
+    again.close()
+
+
+def test_the_bytes_waiting_for_a_decision_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deliveries journaled as their bodies are bounded by bytes as well as by alerts: beyond
+    MAX_PENDING_BYTES the next is refused (the receiver answers 503, Alertmanager retries) until
+    decided ones make room."""
+    body = json.dumps(payload(alert("FP-1.1"))).encode()
+    checked = check_payload(body)
+    assert checked is not None
+    monkeypatch.setattr(journal_module, "MAX_PENDING_BYTES", 3 * len(body) + 200)
+    journal = Journal(tmp_path / "logs/heals.jsonl")
+    assert journal.recover() == []
+    told: list[int] = []
+    for _ in range(3):
+        journal.submit_checked(checked, body, lambda seq, n, failed: told.append(seq))
+    with pytest.raises(InboxFull, match="bytes of acknowledged deliveries wait"):
+        journal.submit_checked(checked, body, lambda seq, n, failed: told.append(seq))
+    wait_for(lambda: told == [1, 2, 3], what="the three written")
+    journal.done([1])
+    journal.submit_checked(checked, body, lambda seq, n, failed: told.append(seq))
+    wait_for(lambda: told == [1, 2, 3, 4], what="the fourth written once the first was decided")
+    assert journal.pending_bytes == sum(len(line) for line in journal.pending.values())
     journal.close()

@@ -489,12 +489,20 @@ def test_generated_payloads_and_tokens_over_real_http(tmp_path: Path, capfd: pyt
     assert_nothing_leaked(hb, marker, action)
 
 
+def _fast(body: bytes) -> tuple[Any, ...] | None:
+    """The alerts of ``body`` as the one-pass decoder reads them, or None where it refuses."""
+    from healers.alerts import check_payload, payload_alerts
+
+    data = check_payload(body)
+    return None if data is None else payload_alerts(data)
+
+
 def decoders_agree(body: bytes) -> bool:
     """Whatever the one-pass decoder accepts, the field-by-field check accepts with the same alerts.
     Returns whether the fast pass accepted ``body``."""
-    from healers.alerts import BadRequest, _parse_checked, _parse_fast
+    from healers.alerts import BadRequest, _parse_checked
 
-    fast = _parse_fast(body)
+    fast = _fast(body)
     try:
         checked: tuple[Any, ...] | None = _parse_checked(body)
     except BadRequest:
@@ -525,7 +533,7 @@ def test_the_fast_decoder_agrees_with_the_field_by_field_check_on_the_seeded_fuz
 
 
 def test_a_real_alertmanager_payload_takes_the_fast_path() -> None:
-    from healers.alerts import _parse_checked, _parse_fast
+    from healers.alerts import _parse_checked
 
     body = json.dumps(payload(alert("FP-1.1"), alert("FP-2.1"))).encode()
-    assert _parse_fast(body) is not None and _parse_fast(body) == _parse_checked(body)
+    assert _fast(body) is not None and _fast(body) == _parse_checked(body)

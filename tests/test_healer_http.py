@@ -161,6 +161,8 @@ WIRE_CASES: list[tuple[bytes, bool]] = [
     (_delivery(AUTH, b"{not json"), True),
     (_delivery(AUTH, json.dumps({**payload(alert("FP-9.9")), "version": "3"}).encode()), True),
     (_delivery(AUTH, b""), True),
+    # pretty-printed: journaled as its alerts rather than as its body (a journal line has no line break)
+    (_delivery(AUTH, json.dumps(payload(alert("FP-9.9")), indent=1).encode()), True),
     (_delivery(AUTH, json.dumps(payload(*[alert("FP-9.9", fingerprint=f"{i:016x}") for i in range(200)])).encode()),
      False),  # larger than the loop validates: the pool does
     (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: \xb2\r\n\r\n", False),
@@ -190,6 +192,10 @@ def test_the_short_path_answers_every_request_as_the_general_path_does(tmp_path:
             answers[short] = [_answers(port, data) for data, _ in WIRE_CASES]
             taken = r.server.short_path_taken
             assert delivered(r.url, 1) == ["unknown_fp"]  # what the short path journaled is decided
+            wait_idle(r)  # and so is every delivery answered 200, however it was journaled
+            accepted = sum(head.startswith(b"HTTP/1.1 200") for a in answers[short] for head, _ in a)
+            views = r.healer.delivery_views(limit=100)
+            assert len(views) == accepted and all(v["state"] == "decided" for v in views)
         assert taken == (sum(1 for _, short_path in WIRE_CASES if short_path) if short else 0)
     for (data, _), a, b in zip(WIRE_CASES, answers[True], answers[False], strict=True):
         assert a == b, data[:120]
