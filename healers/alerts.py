@@ -73,27 +73,31 @@ class _AlertIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Payload(msgspec.Struct, forbid_unknown_fields=True):
-    """A webhook body as ``check_payload`` accepted it."""
+    """A webhook body as ``check_payload`` accepted it. Every field has the type Alertmanager
+    writes, so nothing in an accepted body nests deeper than an alert's labels: a body with
+    anything else (a null, a nested value) goes to the field-by-field check, and no accepted
+    body comes near a decoder's nesting limit (the journal's replay checks it again)."""
 
-    version: Any = None
-    groupKey: Any = None  # noqa: N815
-    truncatedAlerts: Any = None  # noqa: N815
-    receiver: Any = None
-    status: Any = None
+    version: str = ""
+    groupKey: str = ""  # noqa: N815  (the payload's own names)
+    truncatedAlerts: int = 0  # noqa: N815
+    receiver: str = ""
+    status: str = ""
     alerts: list[_AlertIn] | None = None
     groupLabels: dict[str, str] = {}  # noqa: N815
     commonLabels: dict[str, str] = {}  # noqa: N815
     commonAnnotations: dict[str, str] = {}  # noqa: N815
-    externalURL: Any = ""  # noqa: N815
+    externalURL: str = ""  # noqa: N815
 
 
 _fast_decoder = msgspec.json.Decoder(Payload)
 
 
 def check_payload(body: bytes) -> Payload | None:
-    """A well-formed payload, decoded and type-checked in one pass (msgspec, in C); None for
-    anything it does not accept, which ``parse_payload`` then checks field by field to name what
-    is wrong. It accepts exactly what that check accepts."""
+    """A well-formed payload as Alertmanager writes it, decoded and type-checked in one pass
+    (msgspec, in C); None for anything else, which ``parse_payload`` then checks field by field
+    (to name what is wrong, or to accept an unusual but valid body). What it accepts, that check
+    accepts with the same alerts."""
     try:
         data = _fast_decoder.decode(body)
     except (msgspec.DecodeError, ValueError, RecursionError):  # a ValidationError is a DecodeError

@@ -27,6 +27,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -105,6 +106,12 @@ def _encode(d: Delivery) -> bytes:
 _encoder = msgspec.json.Encoder()
 
 
+def one_line(body: bytes) -> bool:
+    """Whether ``body`` can be a journal line's field as it is: no line break (a replay splits
+    lines at CR as well as LF, and JSON may use either as whitespace)."""
+    return b"\n" not in body and b"\r" not in body
+
+
 class _Checked(NamedTuple):
     """A delivery journaled as its body: what its Delivery is made of once it is answered."""
 
@@ -112,18 +119,24 @@ class _Checked(NamedTuple):
     payload: Payload
 
 
-def _decode(rec: dict[str, Any], keep: frozenset[str] = frozenset()) -> Delivery | None:
+#: a delivery journaled as its body: ``submit_checked`` writes exactly this
+_BODY_LINE = re.compile(rb'\{"seq":(\d{1,18}),"at":(\d{1,15}\.\d{3}),"body":(.*)\}')
+
+
+def _from_body(seq: int, at: float, body: bytes, keep: frozenset[str]) -> Delivery | None:
+    payload = check_payload(body)
+    if payload is None:
+        return None
+    alerts, source = payload_alerts(payload, keep)
+    return Delivery(at, source, alerts, seq=seq, replayed=True)
+
+
+def _decode(rec: dict[str, Any]) -> Delivery | None:
     try:
-        if "body" in rec:  # the body as it came: checked again and made into alerts as on arrival
-            payload = check_payload(json.dumps(rec["body"]).encode())
-            if payload is None:
-                return None
-            alerts, source = payload_alerts(payload, keep)
-            return Delivery(float(rec["at"]), source, alerts, seq=int(rec["seq"]), replayed=True)
         alerts = [Alert(str(s), None if fp is None else str(fp), str(f), str(t),
                         tuple((str(k), str(v)) for k, v in labels)) for s, fp, f, t, labels in rec["alerts"]]
         return Delivery(float(rec["at"]), str(rec.get("source", "")), alerts, seq=int(rec["seq"]), replayed=True)
-    except (KeyError, TypeError, ValueError, RecursionError):
+    except (KeyError, TypeError, ValueError):
         return None  # not a delivery line of ours
 
 
@@ -268,11 +281,19 @@ class Journal(audit.AuditLog):
             data = fh.read()
         found: dict[int, Delivery] = {}
         done: set[int] = set()
-        for rec in audit.parse_lines(data):
-            if isinstance(rec.get("done"), list):
-                done.update(s for s in rec["done"] if isinstance(s, int))
-            elif (d := _decode(rec, self.keep_labels)) is not None:
-                found[d.seq] = d
+        for raw in data.splitlines():
+            if (m := _BODY_LINE.fullmatch(raw)) is not None:
+                # the body is checked again by the one-pass check that took it on arrival (not
+                # by json, whose nesting limit depends on the stack): the same alerts, or none
+                # for a line torn by a kill (a body cut short is never a whole JSON object)
+                if (d := _from_body(int(m[1]), float(m[2]), m[3], self.keep_labels)) is not None:
+                    found[d.seq] = d
+                continue
+            for rec in audit.parse_lines(raw):
+                if isinstance(rec.get("done"), list):
+                    done.update(s for s in rec["done"] if isinstance(s, int))
+                elif (d := _decode(rec)) is not None:
+                    found[d.seq] = d
         out = [found[s] for s in sorted(found) if s not in done]
         with self.lock, self._state:
             self._next = max([*found, *done, 0]) + 1
@@ -311,12 +332,14 @@ class Journal(audit.AuditLog):
 
     def submit_checked(self, payload: Payload, body: bytes, answer: Callable[[int, int, OSError | None], None]
                        ) -> None:
-        """``submit`` for a delivery ``check_payload`` took (its ``body``, which holds no line
-        break): journaled as the body it came as, no encoding; ``answer(seq, alerts, failed)``
+        """``submit`` for a delivery ``check_payload`` took (its ``body``, ``one_line``):
+        journaled as the body it came as, no encoding; ``answer(seq, alerts, failed)``
         once it is on disk (``failed`` None) or could not be written, and its alerts made from
         ``payload`` only after that, for ``synced`` and ``answered``. InboxFull when too many
         alerts or bytes already wait."""
         assert payload.alerts is not None
+        if not one_line(body):
+            raise ValueError("a body journaled as it came must hold no line break")
         n, at = len(payload.alerts), time.time()
         with self._state:
             self._room(n, len(body) + 48)

@@ -28,7 +28,7 @@ from exporter.core.config import Config
 from healers import actions
 from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, check_payload, parse_payload
 from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Intake
-from healers.journal import Delivery, InboxFull
+from healers.journal import Delivery, InboxFull, one_line
 from healers.lease import Lease, LeaseRefused
 from healers.metrics import HealerMetrics
 from healers.orphans import Orphan, attempt_marker, find_orphans, owner_id
@@ -123,7 +123,7 @@ class Healer(Intake):
         """``handle_post`` for a delivery whose bearer token was already checked."""
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
-        if reply is not None and b"\n" not in body and (payload := check_payload(body)) is not None:
+        if reply is not None and one_line(body) and (payload := check_payload(body)) is not None:
             # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
             # are made once the answer is written
             try:

@@ -163,6 +163,7 @@ WIRE_CASES: list[tuple[bytes, bool]] = [
     (_delivery(AUTH, b""), True),
     # pretty-printed: journaled as its alerts rather than as its body (a journal line has no line break)
     (_delivery(AUTH, json.dumps(payload(alert("FP-9.9")), indent=1).encode()), True),
+    (_delivery(AUTH, json.dumps(payload(alert("FP-9.9"))).replace(", ", ",\r").encode()), True),
     (_delivery(AUTH, json.dumps(payload(*[alert("FP-9.9", fingerprint=f"{i:016x}") for i in range(200)])).encode()),
      False),  # larger than the loop validates: the pool does
     (b"POST /alertmanager HTTP/1.1\r\n" + AUTH + b"Content-Length: \xb2\r\n\r\n", False),
