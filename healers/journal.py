@@ -319,15 +319,9 @@ class Journal(audit.AuditLog):
             line = _encode(delivery)
             self._room(len(delivery.alerts), len(line))  # refused: its number is given to the next one
             self._next += 1
-            self._hold(delivery.seq, line, len(delivery.alerts))
-            self._waiting.append((delivery.seq, line, on_synced, delivery))
-            kick = self.batcher is not None and not self._kick_pending
-            if self.batcher is None:
-                self._flush.notify_all()
-            elif kick:
-                self._kick_pending = True
-        if kick and self.batcher is not None:
-            self.batcher(self._write_turn)
+            kick = self._queue(delivery.seq, line, len(delivery.alerts), on_synced, delivery)
+        if kick is not None:
+            kick(self._write_turn)
         return fut
 
     def submit_checked(self, payload: Payload, body: bytes, answer: Callable[[int, int, OSError | None], None]
@@ -346,15 +340,24 @@ class Journal(audit.AuditLog):
             seq = self._next
             self._next += 1
             line = b'{"seq":%d,"at":%.3f,"body":%b}\n' % (seq, at, body)
-            self._hold(seq, line, n)
-            self._waiting.append((seq, line, functools.partial(answer, seq, n), _Checked(at, payload)))
-            kick = self.batcher is not None and not self._kick_pending
-            if self.batcher is None:
-                self._flush.notify_all()
-            elif kick:
-                self._kick_pending = True
-        if kick and self.batcher is not None:
-            self.batcher(self._write_turn)
+            kick = self._queue(seq, line, n, functools.partial(answer, seq, n), _Checked(at, payload))
+        if kick is not None:
+            kick(self._write_turn)
+
+    def _queue(self, seq: int, line: bytes, alerts: int, told: Synced, item: Delivery | _Checked
+               ) -> Callable[[Callable[[], None]], object] | None:
+        """Hold a numbered line and queue it for the next write (the caller holds ``_state``):
+        the flusher is woken, or the batcher returned when this turn of the event loop has not
+        asked it for its write yet (the caller asks it once the state lock is released)."""
+        self._hold(seq, line, alerts)
+        self._waiting.append((seq, line, told, item))
+        if self.batcher is None:
+            self._flush.notify_all()
+            return None
+        if self._kick_pending:
+            return None
+        self._kick_pending = True
+        return self.batcher
 
     def _room(self, alerts: int, size: int) -> None:
         """InboxFull unless ``alerts`` more alerts in a line of ``size`` bytes fit the bounds (the
