@@ -116,8 +116,7 @@ def payload_alerts(data: Payload, keep: frozenset[str] = frozenset()) -> tuple[l
     out = [Alert(a.status, a.labels.get("fp"),
                  (a.fingerprint or json.dumps(sorted(a.labels.items())))[:128], canonical_time(a.startsAt),
                  _kept(a.labels, keep)) for a in data.alerts]
-    url = data.externalURL
-    return out, url[:100] if isinstance(url, str) else ""
+    return out, data.externalURL[:100]
 
 
 def parse_payload(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:
