@@ -493,15 +493,24 @@ def test_with_automatic_collection_off_cycles_are_collected_between_bursts(tmp_p
     gc.disable()
     try:
         with receiver(hb, cfg) as r:
+            collect = r.healer.collect_garbage
+            collected: list[bool] = []  # what each of the dispatcher's calls did, as it happens
+
+            def recorded(due: bool = False) -> bool:
+                did = collect(due)
+                collected.append(did)
+                return did
+
+            r.healer.collect_garbage = recorded  # type: ignore[method-assign]
             r.healer._collected = 0.0  # the last collection is long past
             node = Node()
             node.other = node
             cycle = weakref.ref(node)
             del node
-            time.sleep(0.2)
             assert cycle() is not None  # nothing collects it on its own
             assert r.deliver(payload(alert("FP-1.3", status="resolved"))) == ["resolved"]
-            wait_for(lambda: cycle() is None, timeout=10, what="the cycle collected after the decided batch")
+            wait_for(lambda: collected, timeout=10, what="the dispatcher done with the batch")
+            assert collected == [True] and cycle() is None
             # and at most once per GC_SECONDS: a second batch right after collects nothing
             node = Node()
             node.other = node
@@ -510,10 +519,10 @@ def test_with_automatic_collection_off_cycles_are_collected_between_bursts(tmp_p
             r.healer._collected = time.monotonic()
             assert r.deliver(payload(alert("FP-1.3", status="resolved", starts_at="2026-11-25T10:01:00Z"))) \
                 == ["resolved"]
-            time.sleep(0.2)
-            assert cycle() is not None
-            assert r.healer.collect_garbage(due=True) and cycle() is None
+            wait_for(lambda: len(collected) == 2, timeout=10, what="the dispatcher done with the second batch")
+            assert collected == [True, False] and cycle() is not None
+            assert collect(due=True) and cycle() is None
     finally:
         gc.enable()
     # with automatic collection on (tests, an embedding program) the receiver leaves it alone
-    assert r.healer.collect_garbage(due=True) is False
+    assert collect(due=True) is False
