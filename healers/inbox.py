@@ -1,6 +1,6 @@
 """Acknowledged deliveries, decided later by the receiver's dispatcher.
 
-Each delivery is in the journal (``healers.journal``) before it is answered; here the synced ones
+A delivery is validated here and is in the journal (``healers.journal``) before it is answered; the synced ones
 are kept by number for ``/api/heals`` and queued in order for the dispatcher thread, which decides
 them in batches once a burst of deliveries has passed, and a receiver's start replays what a
 stopped one acknowledged and never decided.
@@ -8,13 +8,17 @@ stopped one acknowledged and never decided.
 
 from __future__ import annotations
 
+import functools
 import queue
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from exporter.core.config import Config
-from healers.journal import Delivery, Journal
+from healers.alerts import MAX_BODY_BYTES, BadRequest, check_payload, parse_payload
+from healers.journal import Delivery, InboxFull, Journal, one_line
 from healers.logbook import Logbook
 
 #: decided deliveries kept for ``/api/heals`` (their per-alert decisions)
@@ -29,6 +33,8 @@ COLLECT_SECONDS = 0.5
 RETRY_SECONDS = 5.0
 #: Alertmanagers (externalURL) whose deliveries are counted, at most
 MAX_SOURCES = 16
+#: how an accepted delivery is answered once it is on disk: (status, JSON body)
+Answer = Callable[[int, dict[str, Any]], None]
 
 
 class _Inbox(queue.Queue[Delivery | None]):
@@ -72,6 +78,50 @@ class Intake(Logbook):
         if replayed:
             self.log(f"heal: deciding {len(replayed)} acknowledged deliver{'y' if len(replayed) == 1 else 'ies'} "
                      f"({sum(len(d.alerts) for d in replayed)} alerts) a stopped receiver left in {self.journal.path}")
+
+    def accept(self, body: bytes, reply: Answer | None = None
+               ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
+        """Validate and journal one delivery whose bearer token was already checked (the
+        receiver's ``handle_post``). A refusal is returned at once; an accepted delivery is
+        answered once it is on disk: through ``reply(status, body)`` (then None is returned),
+        or else through the returned Future."""
+        if len(body) > MAX_BODY_BYTES:
+            return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
+        if reply is not None and one_line(body) and (payload := check_payload(body)) is not None:
+            # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
+            # are made once the answer is written
+            try:
+                self.journal.submit_checked(payload, body, functools.partial(self._journaled, reply))
+            except InboxFull as exc:
+                return 503, {"error": f"too busy: {exc}"}
+            return None
+        try:
+            alerts, source = parse_payload(body, self.keep_labels)
+        except BadRequest as exc:
+            return 400, {"error": str(exc)}
+        delivery = Delivery(time.time(), source, alerts)
+        answer: Future[tuple[int, dict[str, Any]]] | None = None
+        if reply is None:
+            answer = Future()
+            reply = lambda status, obj: answer.set_result((status, obj))  # noqa: E731
+        on_disk = functools.partial(self._journaled_delivery, reply, delivery)
+        try:
+            self.journal.submit(delivery, on_disk)
+        except InboxFull as exc:
+            return 503, {"error": f"too busy: {exc}"}
+        return answer
+
+    def _journaled(self, reply: Answer, seq: int, alerts: int, failed: OSError | None) -> None:
+        """A delivery is on disk (``failed`` None): acknowledged; or it could not be written: 5xx,
+        and Alertmanager sends it again."""
+        if failed is not None:
+            self._log_error(f"cannot journal a delivery: {failed}")
+            reply(500, {"error": "internal error: the delivery could not be journaled"})
+            return
+        reply(200, {"delivery": seq, "alerts": alerts, "state": "queued"})
+
+    def _journaled_delivery(self, reply: Answer, delivery: Delivery, failed: OSError | None) -> None:
+        self._journaled(reply, delivery.seq, len(delivery.alerts), failed)
 
     def decide(self, batch: list[Delivery]) -> None:
         raise NotImplementedError

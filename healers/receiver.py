@@ -11,7 +11,6 @@ recorded only when the failure point is OK again when re-evaluated by the engine
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
 import os
 import queue
@@ -26,9 +25,9 @@ from typing import Any
 from exporter.core import audit
 from exporter.core.config import Config
 from healers import actions
-from healers.alerts import MAX_BODY_BYTES, Alert, BadRequest, check_payload, parse_payload
-from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Intake
-from healers.journal import Delivery, InboxFull, one_line
+from healers.alerts import Alert
+from healers.inbox import COLLECT_SECONDS, RETRY_SECONDS, Answer, Intake
+from healers.journal import Delivery
 from healers.lease import Lease, LeaseRefused
 from healers.metrics import HealerMetrics
 from healers.orphans import Orphan, attempt_marker, find_orphans, owner_id
@@ -36,8 +35,6 @@ from healers.policy import HealerSpec, Policy, specs_from_config
 from healers.verify import verify_point
 
 RECENT = 200
-#: how an accepted delivery is answered once it is on disk: (status, JSON body)
-Answer = Callable[[int, dict[str, Any]], None]
 #: the metric label for an fp label that names no catalog point (keeps label cardinality bounded)
 OTHER_FP = "other"
 
@@ -109,55 +106,12 @@ class Healer(Intake):
 
     def handle_post(self, auth: str | None, body: bytes, reply: Answer | None = None
                     ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
-        """Authorise, validate and journal one delivery. A refusal is returned at once; an
-        accepted delivery is answered when the journal's shared fsync has it on disk: through
-        ``reply(status, body)`` (then None is returned), or else through the returned Future. The
-        decisions are the dispatcher's (``/api/heals?delivery=N``). Never raises for bad input;
-        a journal that cannot be written is a 5xx, and Alertmanager sends the delivery again."""
+        """One webhook delivery: 401 without the bearer token, else ``accept`` (answered once on
+        disk; the decisions are the dispatcher's, ``/api/heals?delivery=N``). Never raises for bad
+        input; a journal that cannot be written is a 5xx, and Alertmanager sends it again."""
         if not self.authorized(auth):
             return 401, {"error": "missing or wrong bearer token"}
         return self.accept(body, reply)
-
-    def accept(self, body: bytes, reply: Answer | None = None
-               ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
-        """``handle_post`` for a delivery whose bearer token was already checked."""
-        if len(body) > MAX_BODY_BYTES:
-            return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
-        if reply is not None and one_line(body) and (payload := check_payload(body)) is not None:
-            # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
-            # are made once the answer is written
-            try:
-                self.journal.submit_checked(payload, body, functools.partial(self._journaled, reply))
-            except InboxFull as exc:
-                return 503, {"error": f"too busy: {exc}"}
-            return None
-        try:
-            alerts, source = parse_payload(body, self.keep_labels)
-        except BadRequest as exc:
-            return 400, {"error": str(exc)}
-        delivery = Delivery(time.time(), source, alerts)
-        answer: Future[tuple[int, dict[str, Any]]] | None = None
-        if reply is None:
-            answer = Future()
-            reply = lambda status, obj: answer.set_result((status, obj))  # noqa: E731
-        on_disk = functools.partial(self._journaled_delivery, reply, delivery)
-        try:
-            self.journal.submit(delivery, on_disk)
-        except InboxFull as exc:
-            return 503, {"error": f"too busy: {exc}"}
-        return answer
-
-    def _journaled(self, reply: Answer, seq: int, alerts: int, failed: OSError | None) -> None:
-        """A delivery is on disk (``failed`` None): acknowledged; or it could not be written: 5xx,
-        and Alertmanager sends it again."""
-        if failed is not None:
-            self._log_error(f"cannot journal a delivery: {failed}")
-            reply(500, {"error": "internal error: the delivery could not be journaled"})
-            return
-        reply(200, {"delivery": seq, "alerts": alerts, "state": "queued"})
-
-    def _journaled_delivery(self, reply: Answer, delivery: Delivery, failed: OSError | None) -> None:
-        self._journaled(reply, delivery.seq, len(delivery.alerts), failed)
 
     def decide(self, batch: list[Delivery]) -> None:
         """Every alert of the batch decided; the records written for it synced once; the accepted
