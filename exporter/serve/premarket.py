@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from ..bot import market
 from ..bot.broker import BrokerError
 from ..bot.context import Context
+from ..core.fields import decimal
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -70,7 +71,7 @@ class PlannedRun:
 
 def _parse_hhmm(value: Any) -> dtime | None:
     text = str(value or "").strip()
-    if ":" not in text and len(text) == 4 and text.isascii() and text.isdigit():
+    if ":" not in text and len(text) == 4 and decimal(text, 4) is not None:
         text = f"{text[:2]}:{text[2:]}"  # Alpaca's session_open style "0930"
     try:
         return dtime.fromisoformat(text)
