@@ -119,7 +119,8 @@ class _Checked(NamedTuple):
     payload: Payload
 
 
-#: a delivery journaled as its body: ``submit_checked`` writes exactly this
+#: a delivery journaled as its body (``submit_checked``), and how a replay reads it back
+_BODY_LINE_FORMAT = b'{"seq":%d,"at":%.3f,"body":%b}\n'
 _BODY_LINE = re.compile(rb'\{"seq":(\d{1,18}),"at":(\d{1,15}\.\d{3}),"body":(.*)\}')
 
 
@@ -339,7 +340,7 @@ class Journal(audit.AuditLog):
             self._room(n, len(body) + 48)
             seq = self._next
             self._next += 1
-            line = b'{"seq":%d,"at":%.3f,"body":%b}\n' % (seq, at, body)
+            line = _BODY_LINE_FORMAT % (seq, at, body)
             kick = self._queue(seq, line, n, functools.partial(answer, seq, n), _Checked(at, payload))
         if kick is not None:
             kick(self._write_turn)
