@@ -13,7 +13,6 @@ import queue
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from exporter.core.config import Config
@@ -79,15 +78,13 @@ class Intake(Logbook):
             self.log(f"heal: deciding {len(replayed)} acknowledged deliver{'y' if len(replayed) == 1 else 'ies'} "
                      f"({sum(len(d.alerts) for d in replayed)} alerts) a stopped receiver left in {self.journal.path}")
 
-    def accept(self, body: bytes, reply: Answer | None = None
-               ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
+    def accept(self, body: bytes, reply: Answer) -> tuple[int, dict[str, Any]] | None:
         """Validate and journal one delivery whose bearer token was already checked (the
         receiver's ``handle_post``). A refusal is returned at once; an accepted delivery is
-        answered once it is on disk: through ``reply(status, body)`` (then None is returned),
-        or else through the returned Future."""
+        answered through ``reply(status, body)`` once it is on disk, and None is returned."""
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
-        if reply is not None and one_line(body) and (payload := check_payload(body)) is not None:
+        if one_line(body) and (payload := check_payload(body)) is not None:
             # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
             # are made once the answer is written
             try:
@@ -100,16 +97,11 @@ class Intake(Logbook):
         except BadRequest as exc:
             return 400, {"error": str(exc)}
         delivery = Delivery(time.time(), source, alerts)
-        answer: Future[tuple[int, dict[str, Any]]] | None = None
-        if reply is None:
-            answer = Future()
-            reply = lambda status, obj: answer.set_result((status, obj))  # noqa: E731
-        on_disk = functools.partial(self._journaled_delivery, reply, delivery)
         try:
-            self.journal.submit(delivery, on_disk)
+            self.journal.submit(delivery, functools.partial(self._journaled_delivery, reply, delivery))
         except InboxFull as exc:
             return 503, {"error": f"too busy: {exc}"}
-        return answer
+        return None
 
     def _journaled(self, reply: Answer, seq: int, alerts: int, failed: OSError | None) -> None:
         """A delivery is on disk (``failed`` None): acknowledged; or it could not be written: 5xx,

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from exporter.core import audit
@@ -104,8 +103,7 @@ class Healer(Intake):
         given = (header or "").encode("utf-8", "replace")
         return hmac.compare_digest(given, self._bearer)
 
-    def handle_post(self, auth: str | None, body: bytes, reply: Answer | None = None
-                    ) -> tuple[int, dict[str, Any]] | Future[tuple[int, dict[str, Any]]] | None:
+    def handle_post(self, auth: str | None, body: bytes, reply: Answer) -> tuple[int, dict[str, Any]] | None:
         """One webhook delivery: 401 without the bearer token, else ``accept`` (answered once on
         disk; the decisions are the dispatcher's, ``/api/heals?delivery=N``). Never raises for bad
         input; a journal that cannot be written is a 5xx, and Alertmanager sends it again."""

@@ -154,7 +154,6 @@ class WebhookConnection(Connection):
             self.healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
             answer = 500, {"error": "internal error"}
         if answer is not None:
-            assert isinstance(answer, tuple)  # given a reply, accept returns no future
             self._answer(*answer)
         return True
 
@@ -245,10 +244,7 @@ class HealerServer(BoundedHTTPServer):
             except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
                 healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
                 return _json(500, {"error": "internal error"})
-            if answer is None:
-                return LATER
-            assert isinstance(answer, tuple)  # given a reply, handle_post returns no future
-            return _json(*answer)
+            return LATER if answer is None else _json(*answer)
         if req.method not in ("GET", "HEAD"):
             return _json(405, {"error": "method not allowed"})
         if req.path == "/metrics":

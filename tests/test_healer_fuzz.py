@@ -15,7 +15,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -398,8 +398,10 @@ def test_generated_payloads_in_process(tmp_path: Path, capfd: pytest.CaptureFixt
 
         def check(body: bytes, kind: str) -> None:
             nonlocal accepted, near_limit
-            answer = healer.handle_post(f"Bearer {TOKEN}", body)  # raises nothing, or the test fails
-            status, obj = answer if isinstance(answer, tuple) else answer.result(timeout=10)
+            answered: Future[tuple[int, dict[str, Any]]] = Future()
+            answer = healer.handle_post(f"Bearer {TOKEN}", body,  # raises nothing, or the test fails
+                                        lambda status, obj: answered.set_result((status, obj)))
+            status, obj = answer if answer is not None else answered.result(timeout=10)
             got = check_answer(healer.config, body, status, obj, in_process(healer))
             with lock:
                 seen[kind] += 1
