@@ -32,7 +32,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -147,13 +146,6 @@ def _run_now(fn: Callable[[], None]) -> None:
 
 #: told once a delivery is on disk (None) or could not be written (the error)
 Synced = Callable[[OSError | None], None]
-
-
-def _settle(fut: Future[None], failed: OSError | None) -> None:
-    if failed is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(failed)
 
 
 def journal_path(audit_file: Path, slot: int = 0) -> Path:
@@ -305,16 +297,12 @@ class Journal(audit.AuditLog):
         threading.Thread(target=self._flusher, name="heal-journal-flush", daemon=True).start()
         return out
 
-    def submit(self, delivery: Delivery, on_synced: Synced | None = None) -> Future[None] | None:
+    def submit(self, delivery: Delivery, on_synced: Synced) -> None:
         """Number the delivery and hand it to the flusher thread; ``on_synced`` is called (through
-        ``completer``) once it is on disk, or else the returned Future completes then. The flusher
-        writes everything handed to it in one ``write`` that returns once it is on disk (a group commit), so no
+        ``completer``) once it is on disk, or could not be written. The flusher writes everything
+        handed to it in one ``write`` that returns once it is on disk (a group commit), so no
         request waits on the disk by itself, and the caller never touches it. InboxFull when too
         many alerts already wait."""
-        fut: Future[None] | None = None
-        if on_synced is None:
-            fut = Future()
-            on_synced = functools.partial(_settle, fut)
         with self._state:
             delivery.seq = self._next
             line = _encode(delivery)
@@ -323,7 +311,6 @@ class Journal(audit.AuditLog):
             kick = self._queue(delivery.seq, line, len(delivery.alerts), on_synced, delivery)
         if kick is not None:
             kick(self._write_turn)
-        return fut
 
     def submit_checked(self, payload: Payload, body: bytes, answer: Callable[[int, int, OSError | None], None]
                        ) -> None:

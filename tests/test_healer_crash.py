@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -237,6 +238,13 @@ def test_kill_9_right_after_the_answer_the_journaled_delivery_is_decided_and_run
     assert events == ["started", "spawned", "attempt"]
 
 
+def on_disk(journal: Journal, delivery: Delivery) -> None:
+    """Submit ``delivery`` and wait until the journal says it is on disk (its write's error raised)."""
+    synced: Future[None] = Future()
+    journal.submit(delivery, lambda failed: synced.set_exception(failed) if failed else synced.set_result(None))
+    synced.result(timeout=10)
+
+
 def test_the_journal_stays_bounded_and_a_live_receivers_journal_is_its_own(tmp_path: Path) -> None:
     audit_file = tmp_path / "logs/heals.jsonl"
     journal = Journal(audit_file)
@@ -244,13 +252,13 @@ def test_the_journal_stays_bounded_and_a_live_receivers_journal_is_its_own(tmp_p
     peer = Journal(audit_file)  # a second receiver of the bot, running beside it
     assert peer.recover() == [] and peer.path != journal.path
     waiting = Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", "f0", "2026-11-25T10:00:00.000Z")])
-    journal.submit(waiting).result(timeout=10)
+    on_disk(journal, waiting)
     big = [Alert("firing", "FP-9.9", f"{i:016x}", "2026-11-25T10:00:00.000Z", (("fp", "FP-9.9"),))
            for i in range(1000)]
     largest = 0
     for _ in range(40):  # about 4 MB of deliveries through the journal while the first one waits
         d = Delivery(time.time(), "http://am", big)
-        journal.submit(d).result(timeout=10)
+        on_disk(journal, d)
         journal.done([d.seq])
         largest = max(largest, journal.path.stat().st_size)
     one = len(journal.pending[waiting.seq]) + len(json.dumps({"done": [1]}))
@@ -273,15 +281,15 @@ def test_a_delivery_after_the_journal_was_moved_away_is_journaled_in_a_new_one(t
     journal = Journal(audit_file)
     assert journal.recover() == []
     first = Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", "f1", "2026-11-25T10:00:00.000Z")])
-    journal.submit(first).result(timeout=10)
+    on_disk(journal, first)
     assert b'"f1"' in journal.path.read_bytes()
     journal.path.rename(tmp_path / "rotated.journal")
     second = Delivery(time.time(), "http://am", [Alert("firing", "FP-2.1", "f2", "2026-11-25T10:00:00.000Z")])
-    journal.submit(second).result(timeout=10)
+    on_disk(journal, second)
     assert b'"f2"' in journal.path.read_bytes() and b'"f2"' not in (tmp_path / "rotated.journal").read_bytes()
     journal.path.unlink()
     third = Delivery(time.time(), "http://am", [Alert("firing", "FP-3.1", "f3", "2026-11-25T10:00:00.000Z")])
-    journal.submit(third).result(timeout=10)
+    on_disk(journal, third)
     assert b'"f3"' in journal.path.read_bytes()
     journal.close()
 
