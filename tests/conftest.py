@@ -116,13 +116,23 @@ class Procs:
 
     def bot(self, cwd: Path | None = None) -> subprocess.Popen[bytes]:
         (self.root / "main.py").write_text(BOT_SCRIPT)
-        return self.start([sys.executable, "-u", str((cwd and (self.root / "main.py")) or "main.py")], cwd=cwd)
+        p = self.start([sys.executable, "-u", str((cwd and (self.root / "main.py")) or "main.py")], cwd=cwd)
+        # until its exec is done the child shows the test runner's command line, not main.py's
+        wait_for(lambda: _runs_main(p.pid), what="main.py started")
+        return p
 
     def stop_all(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
             p.wait(timeout=5)
+
+
+def _runs_main(pid: int) -> bool:
+    try:
+        return b"main.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _lock_written(root: Path, pid: int) -> bool:
