@@ -116,7 +116,12 @@ def payload_alerts(data: Payload, keep: frozenset[str] = frozenset()) -> tuple[l
     out = [Alert(a.status, a.labels.get("fp"),
                  (a.fingerprint or json.dumps(sorted(a.labels.items())))[:128], canonical_time(a.startsAt),
                  _kept(a.labels, keep)) for a in data.alerts]
-    return out, data.externalURL[:100]
+    return out, payload_source(data)
+
+
+def payload_source(data: Payload) -> str:
+    """The sending Alertmanager's externalURL, as a delivery keeps it."""
+    return data.externalURL[:100]
 
 
 def parse_payload(body: bytes, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from exporter.core.config import Config
 from healers.alerts import MAX_BODY_BYTES, BadRequest, check_payload, parse_payload
-from healers.journal import Delivery, InboxFull, Journal, one_line
+from healers.journal import Delivery, InboxFull, Journal, Synced, one_line
 from healers.logbook import Logbook
 
 #: decided deliveries kept for ``/api/heals`` (their per-alert decisions)
@@ -78,17 +78,21 @@ class Intake(Logbook):
             self.log(f"heal: deciding {len(replayed)} acknowledged deliver{'y' if len(replayed) == 1 else 'ies'} "
                      f"({sum(len(d.alerts) for d in replayed)} alerts) a stopped receiver left in {self.journal.path}")
 
-    def accept(self, body: bytes, reply: Answer) -> tuple[int, dict[str, Any]] | None:
+    def accept(self, body: bytes, reply: Answer, told: Synced | None = None) -> tuple[int, dict[str, Any]] | None:
         """Validate and journal one delivery whose bearer token was already checked (the
         receiver's ``handle_post``). A refusal is returned at once; an accepted delivery is
-        answered through ``reply(status, body)`` once it is on disk, and None is returned."""
+        answered through ``reply(status, body)`` once it is on disk, and None is returned. A
+        connection that writes the answer itself passes ``told``: it is called instead, with
+        ``(seq, alerts, failed)``, and must answer through ``journaled`` when ``failed``."""
         if len(body) > MAX_BODY_BYTES:
             return 413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}
+        if told is None:
+            told = functools.partial(self.journaled, reply)
         if one_line(body) and (payload := check_payload(body)) is not None:
             # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
             # are made once the answer is written
             try:
-                self.journal.submit_checked(payload, body, functools.partial(self._journaled, reply))
+                self.journal.submit_checked(payload, body, told)
             except InboxFull as exc:
                 return 503, {"error": f"too busy: {exc}"}
             return None
@@ -96,14 +100,13 @@ class Intake(Logbook):
             alerts, source = parse_payload(body, self.keep_labels)
         except BadRequest as exc:
             return 400, {"error": str(exc)}
-        delivery = Delivery(time.time(), source, alerts)
         try:
-            self.journal.submit(delivery, functools.partial(self._journaled_delivery, reply, delivery))
+            self.journal.submit(Delivery(time.time(), source, alerts), told)
         except InboxFull as exc:
             return 503, {"error": f"too busy: {exc}"}
         return None
 
-    def _journaled(self, reply: Answer, seq: int, alerts: int, failed: OSError | None) -> None:
+    def journaled(self, reply: Answer, seq: int, alerts: int, failed: OSError | None) -> None:
         """A delivery is on disk (``failed`` None): acknowledged; or it could not be written: 5xx,
         and Alertmanager sends it again."""
         if failed is not None:
@@ -111,9 +114,6 @@ class Intake(Logbook):
             reply(500, {"error": "internal error: the delivery could not be journaled"})
             return
         reply(200, {"delivery": seq, "alerts": alerts, "state": "queued"})
-
-    def _journaled_delivery(self, reply: Answer, delivery: Delivery, failed: OSError | None) -> None:
-        self._journaled(reply, delivery.seq, len(delivery.alerts), failed)
 
     def decide(self, batch: list[Delivery]) -> None:
         raise NotImplementedError
@@ -148,6 +148,17 @@ class Intake(Logbook):
         return [d.view() for d in reversed(items[-limit:])]
 
     # deciding --------------------------------------------------------------------------------
+    def _alerts_made(self, delivery: Delivery) -> bool:
+        """A delivery journaled as its body gets its alerts here, on the dispatcher's thread (the
+        event loop only answered it). One that cannot be made into alerts stays pending in the
+        journal (a restart replays it) and is not decided now."""
+        try:
+            delivery.make_alerts(self.keep_labels)
+        except Exception as exc:
+            self._log_error(f"heal: cannot make the alerts of delivery {delivery.seq}: {type(exc).__name__}: {exc}")
+            return False
+        return True
+
     def _dispatch_loop(self) -> None:
         """Decide acknowledged deliveries in order, up to BATCH at a time; what could not be
         decided is tried again after RETRY_SECONDS without new deliveries. Ends at a None."""
@@ -181,6 +192,7 @@ class Intake(Logbook):
                     except queue.Empty:
                         pass
                     break
+            batch = [d for d in batch if self._alerts_made(d)]
             try:
                 self.decide(batch)
             except Exception as exc:  # never a dead dispatcher: what is undecided is tried again

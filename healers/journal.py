@@ -13,7 +13,7 @@ restored from the audit, makes the replay safe (an alert already acted on is a `
 The journal is one JSON object per line: a delivery, or ``{"done": [seq, ...]}`` once those were
 decided. A delivery the receiver's check took in one pass is its webhook body as it came
 (``seq``, ``at``, ``body``): writing it costs no encoding, and its alerts are made from the
-checked payload only after it is answered. Any other is its alerts as deciding needs them
+checked payload by the dispatcher, off the event loop. Any other is its alerts as deciding needs them
 (``seq``, ``at``, ``source``, ``alerts``). It is bounded: emptied whenever nothing is
 pending, rewritten with only the pending deliveries when it grows past COMPACT_BYTES, and rewritten
 on start. A torn last line (a kill mid-write, before that delivery was answered) is skipped.
@@ -34,12 +34,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
 from exporter.core import audit
-from healers.alerts import Alert, Payload, check_payload, payload_alerts
+from healers.alerts import Alert, Payload, check_payload, payload_alerts, payload_source
 
 #: rewrite the journal with only its pending deliveries once it is larger than this
 COMPACT_BYTES = 1024 * 1024
@@ -68,10 +68,20 @@ class Delivery:
     seq: int = 0
     decisions: list[str | None] = field(default_factory=list)
     replayed: bool = False
+    #: a delivery journaled as its body: the checked payload its ``alerts`` are made from by
+    #: ``make_alerts`` (on the dispatcher's thread, never the event loop's); None once they are
+    payload: Payload | None = None
 
     def __post_init__(self) -> None:
         if not self.decisions:
-            self.decisions = [None] * len(self.alerts)
+            n = len(self.payload.alerts or ()) if self.payload is not None else len(self.alerts)
+            self.decisions = [None] * n
+
+    def make_alerts(self, keep: frozenset[str]) -> None:
+        """The alerts of a delivery journaled as its body (each with the labels named in ``keep``)."""
+        if self.payload is not None:
+            self.alerts = payload_alerts(self.payload, keep)[0]
+            self.payload = None
 
     def decided(self) -> bool:
         return all(d is not None for d in self.decisions)
@@ -81,7 +91,7 @@ class Delivery:
         counts: dict[str, int] = {}
         for d in self.decisions:
             counts[d or "pending"] = counts.get(d or "pending", 0) + 1
-        out: dict[str, Any] = {"delivery": self.seq, "received": audit.iso(self.at), "alerts": len(self.alerts),
+        out: dict[str, Any] = {"delivery": self.seq, "received": audit.iso(self.at), "alerts": len(self.decisions),
                                "source": self.source, "state": "decided" if self.decided() else "pending",
                                "replayed": self.replayed, "counts": counts}
         if full:
@@ -111,13 +121,6 @@ def one_line(body: bytes) -> bool:
     return b"\n" not in body and b"\r" not in body
 
 
-class _Checked(NamedTuple):
-    """A delivery journaled as its body: what its Delivery is made of once it is answered."""
-
-    at: float
-    payload: Payload
-
-
 #: a delivery journaled as its body (``submit_checked``), and how a replay reads it back
 _BODY_LINE_FORMAT = b'{"seq":%d,"at":%.3f,"body":%b}\n'
 _BODY_LINE = re.compile(rb'\{"seq":(\d{1,18}),"at":(\d{1,15}\.\d{3}),"body":(.*)\}')
@@ -144,8 +147,12 @@ def _run_now(fn: Callable[[], None]) -> None:
     fn()
 
 
-#: told once a delivery is on disk (None) or could not be written (the error)
-Synced = Callable[[OSError | None], None]
+#: told once a delivery is on disk (``failed`` None) or could not be written (the error):
+#: ``told(seq, alerts, failed)``, with the number the journal gave it and its count of alerts
+Synced = Callable[[int, int, OSError | None], None]
+
+#: a numbered delivery waiting for the next write: (seq, its journal line, its alerts, told, item)
+_Waiting = tuple[int, bytes, int, Synced, Delivery]
 
 
 def journal_path(audit_file: Path, slot: int = 0) -> Path:
@@ -182,7 +189,7 @@ class Journal(audit.AuditLog):
         self._append: int | None = None
         self._append_ino = 0
         #: numbered, waiting for the flusher's synced write
-        self._waiting: list[tuple[int, bytes, Synced, Delivery | _Checked]] = []
+        self._waiting: list[_Waiting] = []
         #: guards the in-memory state (pending, waiting, numbering) and is never held for I/O, so a
         #: delivery is numbered and queued without waiting for the flusher's write; ``lock`` guards
         #: the file (taken first when both are needed)
@@ -298,8 +305,8 @@ class Journal(audit.AuditLog):
         return out
 
     def submit(self, delivery: Delivery, on_synced: Synced) -> None:
-        """Number the delivery and hand it to the flusher thread; ``on_synced`` is called (through
-        ``completer``) once it is on disk, or could not be written. The flusher writes everything
+        """Number the delivery and hand it to the flusher thread; ``on_synced(seq, alerts, failed)``
+        is called (through ``completer``) once it is on disk, or could not be written. The flusher writes everything
         handed to it in one ``write`` that returns once it is on disk (a group commit), so no
         request waits on the disk by itself, and the caller never touches it. InboxFull when too
         many alerts already wait."""
@@ -312,13 +319,12 @@ class Journal(audit.AuditLog):
         if kick is not None:
             kick(self._write_turn)
 
-    def submit_checked(self, payload: Payload, body: bytes, answer: Callable[[int, int, OSError | None], None]
-                       ) -> None:
+    def submit_checked(self, payload: Payload, body: bytes, answer: Synced) -> None:
         """``submit`` for a delivery ``check_payload`` took (its ``body``, ``one_line``):
         journaled as the body it came as, no encoding; ``answer(seq, alerts, failed)``
-        once it is on disk (``failed`` None) or could not be written, and its alerts made from
-        ``payload`` only after that, for ``synced`` and ``answered``. InboxFull when too many
-        alerts or bytes already wait."""
+        once it is on disk (``failed`` None) or could not be written. Its Delivery, handed to
+        ``synced`` and ``answered``, holds ``payload``: its alerts are made by the dispatcher
+        (``Delivery.make_alerts``). InboxFull when too many alerts or bytes already wait."""
         assert payload.alerts is not None
         if not one_line(body):
             raise ValueError("a body journaled as it came must hold no line break")
@@ -328,17 +334,17 @@ class Journal(audit.AuditLog):
             seq = self._next
             self._next += 1
             line = _BODY_LINE_FORMAT % (seq, at, body)
-            kick = self._queue(seq, line, n, functools.partial(answer, seq, n), _Checked(at, payload))
+            kick = self._queue(seq, line, n, answer, Delivery(at, payload_source(payload), [], seq, payload=payload))
         if kick is not None:
             kick(self._write_turn)
 
-    def _queue(self, seq: int, line: bytes, alerts: int, told: Synced, item: Delivery | _Checked
+    def _queue(self, seq: int, line: bytes, alerts: int, told: Synced, item: Delivery
                ) -> Callable[[Callable[[], None]], object] | None:
         """Hold a numbered line and queue it for the next write (the caller holds ``_state``):
         the flusher is woken, or the batcher returned when this turn of the event loop has not
         asked it for its write yet (the caller asks it once the state lock is released)."""
         self._hold(seq, line, alerts)
-        self._waiting.append((seq, line, told, item))
+        self._waiting.append((seq, line, alerts, told, item))
         if self.batcher is None:
             self._flush.notify_all()
             return None
@@ -380,14 +386,14 @@ class Journal(audit.AuditLog):
             # new deliveries are numbered and queued meanwhile: the next batch
             self.completer(functools.partial(self._complete, batch, self._write_batch(batch)))
 
-    def _write_batch(self, batch: list[tuple[int, bytes, Synced, Delivery | _Checked]], held: bool = False
+    def _write_batch(self, batch: list[_Waiting], held: bool = False
                      ) -> OSError | None:
         """The batch's write and its sync in one call (a group commit); the error if it failed.
         ``held``: the caller holds ``lock``, released here."""
         if not held:
             self.lock.acquire()
         try:
-            self._write_synced(b"".join(line for _, line, _, _ in batch))
+            self._write_synced(b"".join([w[1] for w in batch]))
             return None
         except OSError as exc:  # a full disk: nothing of the batch is acknowledged
             failed = exc
@@ -395,35 +401,24 @@ class Journal(audit.AuditLog):
         finally:
             self.lock.release()
         with contextlib.suppress(OSError):
-            self.done([seq for seq, _, _, _ in batch])  # never answered 2xx: Alertmanager sends them again
+            self.done([w[0] for w in batch])  # never answered 2xx: Alertmanager sends them again
         return failed
 
-    def _complete(self, batch: list[tuple[int, bytes, Synced, Delivery | _Checked]], failed: OSError | None) -> None:
+    def _complete(self, batch: list[_Waiting], failed: OSError | None) -> None:
         """Where ``completer`` runs it: each delivery told (answered), then, when the batch is on
-        disk, its deliveries (those journaled as their body made into alerts now) handed over in
-        one call each to ``synced`` and ``answered``."""
+        disk, its deliveries handed over in one call each to ``synced`` and ``answered``."""
         error: Exception | None = None
-        for _, _, cb, _ in batch:
+        for seq, _, n, told, _ in batch:
             try:
-                cb(failed)
+                told(seq, n, failed)
             except Exception as exc:  # noqa: BLE001  (one answer's fault never costs the others theirs)
                 error = error or exc
         if error is not None and self.on_error is not None:
             self.on_error(f"a journaled delivery could not be answered: {type(error).__name__}: {error}")
         if failed is not None:
             return
-        deliveries: list[Delivery] = []
+        deliveries = [item for _, _, _, _, item in batch]
         lost: Exception | None = None
-        for seq, _, _, item in batch:
-            if isinstance(item, Delivery):
-                deliveries.append(item)
-                continue
-            try:
-                alerts, source = payload_alerts(item.payload, self.keep_labels)
-            except Exception as exc:  # noqa: BLE001  (it stays pending: the next start replays it)
-                lost = lost or exc
-                continue
-            deliveries.append(Delivery(item.at, source, alerts, seq))
         for hand in (self.synced, self.answered):  # on disk: decided whatever became of an answer
             if hand is not None:
                 try:

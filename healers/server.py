@@ -68,11 +68,14 @@ MAX_CONNECTIONS = 512
 READ_TIMEOUT = 10.0
 
 
+#: the body of the answer to an accepted delivery, byte for byte what json.dumps writes
+_QUEUED_BODY = b'{"delivery": %d, "alerts": %d, "state": "queued"}\n'
+
+
 def _queued(obj: Any) -> bytes | None:
-    """The body of the answer to an accepted delivery, byte for byte what json.dumps writes,
-    without it; None for any other answer."""
+    """The body of the answer to an accepted delivery, without json.dumps; None for any other answer."""
     if isinstance(obj, dict) and len(obj) == 3 and obj.get("state") == "queued":
-        return b'{"delivery": %d, "alerts": %d, "state": "queued"}\n' % (obj["delivery"], obj["alerts"])
+        return _QUEUED_BODY % (obj["delivery"], obj["alerts"])
     return None
 
 
@@ -121,6 +124,7 @@ class WebhookConnection(Connection):
     def __init__(self, server: HealerServer, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(server, loop)
         self.healer = server.healer
+        self.told = self._told  # given to every delivery it takes (one bound method, not one per delivery)
 
     def shortcut(self, data: bytes) -> bool:
         if not data.startswith(DELIVERY_LINE):
@@ -149,7 +153,7 @@ class WebhookConnection(Connection):
         self.taken(keep_alive=True)
         self.server.short_path_taken += 1
         try:
-            answer = self.healer.accept(data[end + 4:], self._answer)
+            answer = self.healer.accept(data[end + 4:], self._answer, self.told)
         except Exception as exc:  # our own fault: 5xx (Alertmanager retries), and the receiver keeps serving
             self.healer._log_error(f"internal error handling a delivery: {type(exc).__name__}: {exc}")
             answer = 500, {"error": "internal error"}
@@ -185,6 +189,15 @@ class WebhookConnection(Connection):
             self.answer_raw(b"%b%d\r\n\r\n%b" % (_QUEUED_HEAD, len(body), body))
         else:
             self.reply(_json(status, obj))
+
+    def _told(self, seq: int, alerts: int, failed: OSError | None) -> None:
+        """The delivery this connection took is on disk: its answer written straight from the
+        journal's callback, the bytes ``_answer`` writes for it; a failure goes the usual way."""
+        if failed is not None:
+            self.healer.journaled(self._answer, seq, alerts, failed)
+            return
+        body = _QUEUED_BODY % (seq, alerts)
+        self.answer_raw(b"%b%d\r\n\r\n%b" % (_QUEUED_HEAD, len(body), body))
 
 
 class HealerServer(BoundedHTTPServer):

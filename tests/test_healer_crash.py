@@ -241,7 +241,7 @@ def test_kill_9_right_after_the_answer_the_journaled_delivery_is_decided_and_run
 def on_disk(journal: Journal, delivery: Delivery) -> None:
     """Submit ``delivery`` and wait until the journal says it is on disk (its write's error raised)."""
     synced: Future[None] = Future()
-    journal.submit(delivery, lambda failed: synced.set_exception(failed) if failed else synced.set_result(None))
+    journal.submit(delivery, lambda seq, alerts, failed: synced.set_exception(failed) if failed else synced.set_result(None))
     synced.result(timeout=10)
 
 
@@ -306,8 +306,9 @@ def test_one_answer_that_fails_never_costs_the_batch_its_answers_or_its_decision
     told: list[tuple[int, OSError | None]] = []
     journal.batcher, journal.answered, journal.on_error = turns.append, answered.extend, errors.append
 
-    def answer(i: int) -> Callable[[OSError | None], None]:
-        def on_synced(failed: OSError | None) -> None:
+    def answer(i: int) -> Callable[[int, int, OSError | None], None]:
+        def on_synced(seq: int, alerts: int, failed: OSError | None) -> None:
+            assert (seq, alerts) == (i + 1, 1)
             told.append((i, failed))
             if i == 1:
                 raise RuntimeError("the client went away")
@@ -316,7 +317,7 @@ def test_one_answer_that_fails_never_costs_the_batch_its_answers_or_its_decision
     ds = [Delivery(time.time(), "http://am", [Alert("firing", "FP-1.1", f"f{i}", "2026-11-25T10:00:00.000Z")])
           for i in range(3)]
     for i, d in enumerate(ds):
-        assert journal.submit(d, answer(i)) is None
+        journal.submit(d, answer(i))
     assert len(turns) == 1  # what one turn of the loop submitted is written once, at its end
     turns[0]()
     assert told == [(0, None), (1, None), (2, None)]
@@ -328,7 +329,7 @@ def test_one_answer_that_fails_never_costs_the_batch_its_answers_or_its_decision
 
 def test_a_delivery_journaled_as_its_body_is_answered_then_made_into_the_same_alerts(tmp_path: Path) -> None:
     """A delivery the one-pass check took is journaled as the body it came as and answered once
-    that is on disk; its alerts are made after the answer, and are the alerts parse_payload
+    that is on disk; its alerts are made after the answer (by the dispatcher), and are the alerts parse_payload
     makes of it (the kept labels, startsAt as one UTC instant), on arrival and on a replay, which
     checks the body with the same one-pass check (json's nesting limit, which depends on the
     stack, and its digit limit play no part)."""
@@ -359,8 +360,12 @@ def test_a_delivery_journaled_as_its_body_is_answered_then_made_into_the_same_al
     assert told == [(1, 2, None), (2, 2, None)]
     alerts, source = parse_payload(body, keep)
     assert alerts[0].labels == (("bot", "b1"),) and alerts[0].starts_at == "2026-11-25T10:00:00.123Z"
-    assert [(d.seq, d.alerts, d.source, d.replayed) for d in handed] == [(1, alerts, source, False),
-                                                                          (2, alerts, source, False)]
+    # handed over with their payload: the dispatcher makes the alerts, off the event loop
+    assert [(d.seq, d.alerts, len(d.decisions), d.source) for d in handed] == [(1, [], 2, source), (2, [], 2, source)]
+    for d in handed:
+        d.make_alerts(keep)
+    assert [(d.seq, d.alerts, d.source, d.replayed, d.payload) for d in handed] == [(1, alerts, source, False, None),
+                                                                                    (2, alerts, source, False, None)]
     assert journal.path.read_bytes().startswith(b'{"seq":1,"at":') and body in journal.path.read_bytes()
     journal.close()  # the receiver stops before deciding them: the next one replays them
     with journal.path.open("ab") as fh:  # and a kill tore the write of a third (never answered): skipped
