@@ -7,7 +7,7 @@ import functools
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -63,7 +63,7 @@ def canonical_time(value: str) -> str:
 # Alertmanager's fields, all of them: an unknown field is not skipped unchecked (msgspec would not
 # validate its text) but sends the body down the field-by-field path, as does anything unusual.
 class _AlertIn(msgspec.Struct, forbid_unknown_fields=True):
-    status: str
+    status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = {}
     startsAt: str = ""  # noqa: N815  (the payload's own names)
@@ -78,12 +78,13 @@ class Payload(msgspec.Struct, forbid_unknown_fields=True):
     anything else (a null, a nested value) goes to the field-by-field check, and no accepted
     body comes near a decoder's nesting limit (the journal's replay checks it again)."""
 
-    version: str = ""
+    # what check_payload requires is in the types, checked by the decoder as it reads
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    alerts: Annotated[list[_AlertIn], msgspec.Meta(max_length=MAX_ALERTS)]
     groupKey: str = ""  # noqa: N815  (the payload's own names)
     truncatedAlerts: int = 0  # noqa: N815
     receiver: str = ""
-    status: str = ""
-    alerts: list[_AlertIn] | None = None
     groupLabels: dict[str, str] = {}  # noqa: N815
     commonLabels: dict[str, str] = {}  # noqa: N815
     commonAnnotations: dict[str, str] = {}  # noqa: N815
@@ -99,20 +100,14 @@ def check_payload(body: bytes) -> Payload | None:
     (to name what is wrong, or to accept an unusual but valid body). What it accepts, that check
     accepts with the same alerts."""
     try:
-        data = _fast_decoder.decode(body)
+        return _fast_decoder.decode(body)
     except (msgspec.DecodeError, ValueError, RecursionError):  # a ValidationError is a DecodeError
         return None
-    raw = data.alerts
-    if (data.version != "4" or data.status not in ("firing", "resolved") or raw is None
-            or len(raw) > MAX_ALERTS or any(a.status not in ("firing", "resolved") for a in raw)):
-        return None
-    return data
 
 
 def payload_alerts(data: Payload, keep: frozenset[str] = frozenset()) -> tuple[list[Alert], str]:
     """A checked payload's alerts (each with the labels named in ``keep``) and the sending
     Alertmanager's externalURL."""
-    assert data.alerts is not None  # check_payload refuses a payload without its list
     out = [Alert(a.status, a.labels.get("fp"),
                  (a.fingerprint or json.dumps(sorted(a.labels.items())))[:128], canonical_time(a.startsAt),
                  _kept(a.labels, keep)) for a in data.alerts]

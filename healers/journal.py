@@ -74,7 +74,7 @@ class Delivery:
 
     def __post_init__(self) -> None:
         if not self.decisions:
-            n = len(self.payload.alerts or ()) if self.payload is not None else len(self.alerts)
+            n = len(self.payload.alerts) if self.payload is not None else len(self.alerts)
             self.decisions = [None] * n
 
     def make_alerts(self, keep: frozenset[str]) -> None:
@@ -325,7 +325,6 @@ class Journal(audit.AuditLog):
         once it is on disk (``failed`` None) or could not be written. Its Delivery, handed to
         ``synced`` and ``answered``, holds ``payload``: its alerts are made by the dispatcher
         (``Delivery.make_alerts``). InboxFull when too many alerts or bytes already wait."""
-        assert payload.alerts is not None
         if not one_line(body):
             raise ValueError("a body journaled as it came must hold no line break")
         n, at = len(payload.alerts), time.time()

@@ -539,3 +539,28 @@ def test_a_real_alertmanager_payload_takes_the_fast_path() -> None:
 
     body = json.dumps(payload(alert("FP-1.1"), alert("FP-2.1"))).encode()
     assert _fast(body) is not None and _fast(body) == _parse_checked(body)
+
+
+def test_the_one_pass_check_refuses_what_its_types_refuse_and_the_field_check_names_it() -> None:
+    """The one-pass check's requirements (version "4", a firing or resolved status on the payload
+    and on every alert, a list of at most MAX_ALERTS alerts) are in its types: a body that misses
+    one is left to the field-by-field check, which refuses it with the reason; one just within the
+    limit is taken by both, with the same alerts."""
+    from healers.alerts import BadRequest, check_payload, parse_payload
+
+    good = payload(alert("FP-1.1"))
+    assert check_payload(json.dumps(good).encode()) is not None
+    bad = {"version 3": ({**good, "version": "3"}, "version"),
+           "no version": ({k: v for k, v in good.items() if k != "version"}, "version"),
+           "payload status": ({**good, "status": "pending"}, "status"),
+           "alert status": ({**good, "alerts": [{**good["alerts"][0], "status": "active"}]}, "status"),
+           "alerts null": ({**good, "alerts": None}, "alerts"),
+           "too many": ({**good, "alerts": good["alerts"] * (MAX_ALERTS + 1)}, f"more than {MAX_ALERTS} alerts")}
+    for name, (body, reason) in bad.items():
+        raw = json.dumps(body).encode()
+        assert check_payload(raw) is None, name
+        with pytest.raises(BadRequest, match=reason):
+            parse_payload(raw)
+    full = json.dumps({**good, "alerts": good["alerts"] * MAX_ALERTS}).encode()
+    assert decoders_agree(full)
+    assert len(parse_payload(full)[0]) == MAX_ALERTS
