@@ -333,7 +333,8 @@ class Journal(audit.AuditLog):
             seq = self._next
             self._next += 1
             line = _BODY_LINE_FORMAT % (seq, at, body)
-            kick = self._queue(seq, line, n, answer, Delivery(at, payload_source(payload), [], seq, payload=payload))
+            kick = self._queue(seq, line, n, answer,
+                               Delivery(at, payload_source(payload), [], seq, [None] * n, payload=payload))
         if kick is not None:
             kick(self._write_turn)
 
