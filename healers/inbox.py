@@ -90,7 +90,7 @@ class Intake(Logbook):
             told = functools.partial(self.journaled, reply)
         if one_line(body) and (payload := check_payload(body)) is not None:
             # well-formed (what Alertmanager sends): journaled as it came and answered; its alerts
-            # are made once the answer is written
+            # are made by the dispatcher
             try:
                 self.journal.submit_checked(payload, body, told)
             except InboxFull as exc:

@@ -13,8 +13,8 @@ restored from the audit, makes the replay safe (an alert already acted on is a `
 The journal is one JSON object per line: a delivery, or ``{"done": [seq, ...]}`` once those were
 decided. A delivery the receiver's check took in one pass is its webhook body as it came
 (``seq``, ``at``, ``body``): writing it costs no encoding, and its alerts are made from the
-checked payload by the dispatcher, off the event loop. Any other is its alerts as deciding needs them
-(``seq``, ``at``, ``source``, ``alerts``). It is bounded: emptied whenever nothing is
+checked payload by the dispatcher, off the event loop. Any other is its alerts as deciding needs
+them (``seq``, ``at``, ``source``, ``alerts``). It is bounded: emptied whenever nothing is
 pending, rewritten with only the pending deliveries when it grows past COMPACT_BYTES, and rewritten
 on start. A torn last line (a kill mid-write, before that delivery was answered) is skipped.
 """
@@ -305,11 +305,11 @@ class Journal(audit.AuditLog):
         return out
 
     def submit(self, delivery: Delivery, on_synced: Synced) -> None:
-        """Number the delivery and hand it to the flusher thread; ``on_synced(seq, alerts, failed)``
-        is called (through ``completer``) once it is on disk, or could not be written. The flusher writes everything
-        handed to it in one ``write`` that returns once it is on disk (a group commit), so no
-        request waits on the disk by itself, and the caller never touches it. InboxFull when too
-        many alerts already wait."""
+        """Number the delivery and hand it to the flusher thread; ``on_synced(seq, alerts,
+        failed)`` is called (through ``completer``) once it is on disk, or could not be written.
+        The flusher writes everything handed to it in one ``write`` that returns once it is on
+        disk (a group commit), so no request waits on the disk by itself, and the caller never
+        touches it. InboxFull when too many alerts already wait."""
         with self._state:
             delivery.seq = self._next
             line = _encode(delivery)
