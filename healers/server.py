@@ -186,7 +186,7 @@ class WebhookConnection(Connection):
 
     def _answer(self, status: int, obj: dict[str, Any]) -> None:
         if status == 200 and (body := _queued(obj)) is not None:
-            self.answer_raw(b"%b%d\r\n\r\n%b" % (_QUEUED_HEAD, len(body), body))
+            self._answer_queued(body)
         else:
             self.reply(_json(status, obj))
 
@@ -196,7 +196,10 @@ class WebhookConnection(Connection):
         if failed is not None:
             self.healer.journaled(self._answer, seq, alerts, failed)
             return
-        body = _QUEUED_BODY % (seq, alerts)
+        self._answer_queued(_QUEUED_BODY % (seq, alerts))
+
+    def _answer_queued(self, body: bytes) -> None:
+        """An accepted delivery's answer, as encode_response writes it, around ``body``."""
         self.answer_raw(b"%b%d\r\n\r\n%b" % (_QUEUED_HEAD, len(body), body))
 
 
